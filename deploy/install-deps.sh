@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs stip's build and runtime dependencies from Debian 12's packages.
+# Used by the README's commands, .ci/run and the Dockerfiles alike.
+# Usage: deploy/install-deps.sh [--runtime-only]
+set -euo pipefail
+
+BUILD_PKGS=(
+  build-essential cmake ninja-build pkg-config git
+  libtorch-dev
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
+  libspdlog-dev libabsl-dev libssl-dev openssl
+  libgtest-dev nlohmann-json3-dev libcli11-dev
+  libsentencepiece-dev libpcre2-dev
+)
+# Validating docker-compose.yml offline in the test suite.
+TEST_PKGS=(docker-compose)
+
+pkgs=("${BUILD_PKGS[@]}" "${TEST_PKGS[@]}")
+if [[ "${1:-}" == "--runtime-only" ]]; then
+  pkgs=(libtorch1.13 libgrpc++1.51 libprotobuf32 libspdlog1.10 libsentencepiece0 libpcre2-8-0 openssl)
+fi
+
+missing=()
+for p in "${pkgs[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if ((${#missing[@]} == 0)); then
+  echo "install-deps: all ${#pkgs[@]} packages present"
+  exit 0
+fi
+
+SUDO=""
+if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
+echo "install-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq "${missing[@]}"
