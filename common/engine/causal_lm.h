@@ -1,0 +1,104 @@
+// A causal language model split at the embedding, as STIP splits it:
+//
+//   ClientModel (the user's device): token ids -> hidden states x [T, d]
+//     (token embedding, plus learned positions for GPT-2).
+//   ServerModel (the cloud): hidden states of a batch of sequences, each with
+//     its own KV cache -> logits (decoder layers, final norm, LM head).
+//
+// The two halves share nothing but the hidden-state tensor, so the server half
+// runs a STIP-transformed checkpoint on permuted inputs unchanged.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/arch/model_config.h"
+#include "common/engine/kv_cache.h"
+#include "common/engine/model_weights.h"
+
+namespace stip {
+
+class ClientModel {
+ public:
+  ClientModel(ModelConfig config, ClientWeights weights);
+  // Reads config.json and the embedding tensors of a model directory.
+  static std::unique_ptr<ClientModel> Load(const std::string& dir, const LoadOptions& options = {});
+
+  const ModelConfig& config() const { return config_; }
+  const ClientWeights& weights() const { return weights_; }
+  // ids: [T] int64, for positions [start, start + T). Returns [T, d] in the
+  // weights' dtype. Throws kInvalidArgument for ids outside the vocabulary or
+  // positions past the learned position table.
+  at::Tensor Embed(const at::Tensor& ids, int64_t start_position) const;
+  at::Tensor Embed(const std::vector<int64_t>& ids, int64_t start_position) const;
+
+ private:
+  ModelConfig config_;
+  ClientWeights weights_;
+};
+
+// One sequence's share of a batched forward pass.
+struct SequenceStep {
+  at::Tensor hidden;        // [T, d]: T >= 1 new positions
+  KvCache* cache = nullptr;  // the sequence's cache; its length() is the first new position
+  bool all_logits = false;   // logits for every new position instead of the last only
+};
+
+class ServerModel {
+ public:
+  ServerModel(ModelConfig config, ServerWeights weights, LoadOptions options);
+  // Reads config.json and the server tensors of a (possibly STIP-transformed)
+  // model directory.
+  static std::unique_ptr<ServerModel> Load(const std::string& dir, const LoadOptions& options = {});
+
+  const ModelConfig& config() const { return config_; }
+  const LoadOptions& options() const { return options_; }
+  KvCache NewCache() const;
+  // Bytes of KV cache per position (all layers, keys and values).
+  int64_t CacheBytesPerPosition() const;
+
+  // One forward pass over several sequences of different lengths: projections
+  // and feed-forward layers run on all their tokens at once, attention per
+  // sequence against its own cache. Appends to every cache. Returns, per
+  // sequence, fp32 logits [T, vocab] (all_logits) or [1, vocab]. Throws
+  // kInvalidArgument for a malformed step (nothing is committed to any cache
+  // then).
+  std::vector<at::Tensor> Forward(const std::vector<SequenceStep>& batch) const;
+
+ private:
+  ModelConfig config_;
+  ServerWeights weights_;
+  LoadOptions options_;
+  at::Tensor inv_freq_;  // RoPE
+};
+
+// Both halves in one process: the plain model (tests, verification, demos).
+struct CausalLM {
+  std::unique_ptr<ClientModel> client;
+  std::unique_ptr<ServerModel> server;
+  static CausalLM Load(const std::string& dir, const LoadOptions& options = {});
+};
+
+// Greedy decoding of several prompts at once (one batched Forward per step), as
+// transformers' generate(do_sample=False): a sequence that emits an EOS id
+// stops and is padded with `pad_id`. Returns prompt + generated ids per row.
+// `transform_in`/`transform_out` let the STIP path permute the hidden states
+// before the server and un-permute the logits after it.
+struct GreedyOptions {
+  int max_new_tokens = 16;
+  std::vector<int64_t> eos_ids;
+  int64_t pad_id = 0;
+  std::function<at::Tensor(const at::Tensor&)> transform_in;   // x -> x'
+  std::function<at::Tensor(const at::Tensor&)> transform_out;  // o' -> o
+};
+std::vector<std::vector<int64_t>> GreedyGenerate(const ClientModel& client,
+                                                 const ServerModel& server,
+                                                 const std::vector<std::vector<int64_t>>& prompts,
+                                                 const GreedyOptions& options);
+
+}  // namespace stip

@@ -1,0 +1,173 @@
+#include "common/transform/transform_rules.h"
+
+#include <nlohmann/json.hpp>
+
+#include "common/error.h"
+
+namespace stip {
+
+namespace {
+
+at::Tensor Index(const Permutation& p, at::Device device) {
+  return at::tensor(at::ArrayRef<int64_t>(p), at::kLong).to(device);
+}
+
+Permutation Offset(const Permutation& p, int64_t offset) {
+  Permutation out(p.size());
+  for (size_t i = 0; i < p.size(); ++i) out[i] = p[i] + offset;
+  return out;
+}
+
+Permutation Concat(std::initializer_list<Permutation> parts) {
+  Permutation out;
+  for (const auto& p : parts) out.insert(out.end(), p.begin(), p.end());
+  return out;
+}
+
+}  // namespace
+
+ModelConfig TransformedConfig(const ModelConfig& plain, const std::string& instance_id) {
+  ModelConfig c = plain;
+  c.tie_word_embeddings = false;
+  c.stip_instance = instance_id;
+  return c;
+}
+
+std::string TransformedConfigJson(const std::string& plain_json, const std::string& instance_id) {
+  nlohmann::json overrides = {
+      {"tie_word_embeddings", false},
+      {"stip", {{"format", "stip-server-v1"}, {"instance", instance_id}}},
+  };
+  return PatchConfigJson(plain_json, overrides.dump());
+}
+
+std::vector<TransformedTensor> PlanServerTensors(const ModelConfig& plain) {
+  std::vector<TransformedTensor> plan;
+  bool head = false;
+  for (const TensorEntry& e : ExpectedTensors(plain)) {
+    if (IsClientRole(e.role)) continue;
+    head = head || e.role == Role::kLmHead;
+    TransformedTensor t{e.name, e.name, e.role, e.layout, e.layer, e.expert, e.shape};
+    plan.push_back(t);
+  }
+  if (!head) {
+    // Tied head: the server gets its own untied lm_head = E[p_c][:, p] and never the embedding.
+    ModelConfig untied = plain;
+    untied.tie_word_embeddings = false;
+    TransformedTensor t{TensorName(untied, Role::kLmHead),
+                        TensorName(plain, Role::kTokenEmbedding),
+                        Role::kLmHead,
+                        Layout::kLinear,
+                        -1,
+                        -1,
+                        {plain.vocab_size, plain.hidden_size}};
+    // Keep the head where transformers puts it: after the final norm.
+    plan.push_back(t);
+  }
+  return plan;
+}
+
+AxisPermutations PermutationsFor(const TransformedTensor& t, const ModelConfig& c,
+                                 const ModelKeys& keys) {
+  const Permutation& p = keys.p;
+  if (t.layer >= static_cast<int>(keys.layers.size())) {
+    throw InvalidArgument("keys have fewer layers than the model");
+  }
+  const LayerKey* lk = t.layer >= 0 ? &keys.layers[static_cast<size_t>(t.layer)] : nullptr;
+  switch (t.role) {
+    case Role::kAttnNormWeight:
+    case Role::kAttnNormBias:
+    case Role::kFfnNormWeight:
+    case Role::kFfnNormBias:
+    case Role::kFinalNormWeight:
+    case Role::kFinalNormBias:
+    case Role::kOBias:
+    case Role::kFfnDownBias:
+      return {p, {}};
+    case Role::kQ: return {keys.QPerm(c, t.layer), p};
+    case Role::kQBias: return {keys.QPerm(c, t.layer), {}};
+    case Role::kK: return {keys.KPerm(c, t.layer), p};
+    case Role::kKBias: return {keys.KPerm(c, t.layer), {}};
+    case Role::kV: return {keys.VPerm(c, t.layer), p};
+    case Role::kVBias: return {keys.VPerm(c, t.layer), {}};
+    case Role::kQkv:
+    case Role::kQkvBias: {
+      // GPT-2's fused c_attn: output columns concat(p_q, q + p_k, q + kv + p_v).
+      Permutation rows = Concat({keys.QPerm(c, t.layer), Offset(keys.KPerm(c, t.layer), c.q_size()),
+                                 Offset(keys.VPerm(c, t.layer), c.q_size() + c.kv_size())});
+      return {rows, t.role == Role::kQkv ? p : Permutation{}};
+    }
+    case Role::kO: return {p, keys.OPerm(c, t.layer)};
+    case Role::kFfnUp:
+    case Role::kFfnGate:
+      return {lk->ffn, p};
+    case Role::kFfnUpBias:
+    case Role::kFfnGateBias:
+      return {lk->ffn, {}};
+    case Role::kFfnDown: return {p, lk->ffn};
+    case Role::kRouter: return {lk->expert_order, p};
+    case Role::kExpertGate:
+    case Role::kExpertUp:
+      return {lk->expert_ffn[static_cast<size_t>(t.expert)], p};
+    case Role::kExpertDown: return {p, lk->expert_ffn[static_cast<size_t>(t.expert)]};
+    case Role::kLmHead: return {keys.p_c, p};
+    case Role::kLmHeadBias: return {keys.p_c, {}};
+    case Role::kTokenEmbedding:
+    case Role::kPositionEmbedding:
+      break;
+  }
+  throw Internal(std::string("no transformation rule for role ") + RoleName(t.role));
+}
+
+std::string SourceTensorName(const TransformedTensor& t, const ModelConfig& plain,
+                             const ModelKeys& keys) {
+  if (t.expert < 0) return t.source_name;
+  // New expert e is old expert expert_order[e].
+  const LayerKey& lk = keys.layers[static_cast<size_t>(t.layer)];
+  return TensorName(plain, t.role, t.layer,
+                    static_cast<int>(lk.expert_order[static_cast<size_t>(t.expert)]));
+}
+
+at::Tensor PermuteTensor(const at::Tensor& w, Layout layout, const AxisPermutations& perms) {
+  at::Tensor out = w;
+  const bool conv = layout == Layout::kConv1D;
+  // Linear [out, in]: rows on dim 0, cols on dim 1. Conv1D [in, out]: swapped.
+  const int64_t row_dim = conv ? 1 : 0, col_dim = conv ? 0 : 1;
+  if (!perms.rows.empty()) {
+    if (w.size(row_dim) != static_cast<int64_t>(perms.rows.size())) {
+      throw InvalidArgument("permutation size does not match tensor of shape " +
+                            ShapeString(w.sizes().vec()));
+    }
+    out = out.index_select(row_dim, Index(perms.rows, w.device()));
+  }
+  if (!perms.cols.empty()) {
+    if (w.dim() != 2 || w.size(col_dim) != static_cast<int64_t>(perms.cols.size())) {
+      throw InvalidArgument("permutation size does not match tensor of shape " +
+                            ShapeString(w.sizes().vec()));
+    }
+    out = out.index_select(col_dim, Index(perms.cols, w.device()));
+  }
+  return out.contiguous();
+}
+
+std::map<std::string, at::Tensor> TransformInMemory(const ModelConfig& plain,
+                                                    const TensorSource& source,
+                                                    const ModelKeys& keys) {
+  ValidateKeys(keys, plain);
+  std::map<std::string, at::Tensor> out;
+  for (const TransformedTensor& t : PlanServerTensors(plain)) {
+    at::Tensor w = source.Load(SourceTensorName(t, plain, keys), at::kFloat, at::kCPU);
+    out[t.name] = PermuteTensor(w, t.layout, PermutationsFor(t, plain, keys));
+  }
+  return out;
+}
+
+at::Tensor PermuteHidden(const at::Tensor& x, const Permutation& p) {
+  return x.index_select(-1, Index(p, x.device()));
+}
+
+at::Tensor UnpermuteLogits(const at::Tensor& o_prime, const Permutation& p_c) {
+  return o_prime.index_select(-1, Index(InversePermutation(p_c), o_prime.device()));
+}
+
+}  // namespace stip
