@@ -831,6 +831,8 @@ TEST_F(FingerprintCopy, ConfigBookkeepingIgnoredModelFieldsNot) {
   EXPECT_EQ(FingerprintModel(model_), original_);
   rewrite("\"hidden_act\": \"silu\",", "\"hidden_act\":\n\"silu\",");
   EXPECT_EQ(FingerprintModel(model_), original_);
+  rewrite("{", "{\"_name_or_path\": \"/elsewhere\", \"stip\": {\"instance\": \"abc\"},");
+  EXPECT_EQ(FingerprintModel(model_), original_);
   // A different model.
   rewrite("\"rms_norm_eps\": 1e-06", "\"rms_norm_eps\": 1e-05");
   EXPECT_NE(FingerprintModel(model_), original_);

@@ -21,7 +21,6 @@
 
 #include "common/error.h"
 #include "common/tokenizer/bpe_tokenizer.h"
-#include "common/tokenizer/sentencepiece_tokenizer.h"
 
 namespace stip {
 namespace {
@@ -355,6 +354,13 @@ TEST(KjvGpt2, NonSpecialAddedTokensAndTemplates) {
                                {"rstrip", false},
                                {"normalized", false},
                                {"special", false}});
+  j["added_tokens"].push_back({{"id", 4097},
+                               {"content", "<mask>"},
+                               {"single_word", false},
+                               {"lstrip", true},
+                               {"rstrip", false},
+                               {"normalized", false},
+                               {"special", true}});
   j["post_processor"] = json::parse(R"({"type": "TemplateProcessing",
       "single": [{"SpecialToken": {"id": "<|endoftext|>", "type_id": 0}},
                  {"Sequence": {"id": "A", "type_id": 0}}],
@@ -363,8 +369,9 @@ TEST(KjvGpt2, NonSpecialAddedTokensAndTemplates) {
   TempDir dir;
   dir.Write("tokenizer.json", j.dump());
   auto tok = Tokenizer::FromDirectory(dir.path());
-  EXPECT_EQ(tok->vocab_size(), 4097);
+  EXPECT_EQ(tok->vocab_size(), 4098);
   EXPECT_FALSE(tok->IsSpecial(4096));
+  EXPECT_TRUE(tok->IsSpecial(4097));
   const Ids ids = tok->Encode("the LORD GOD said");
   ASSERT_GE(ids.size(), 3u);
   EXPECT_EQ(ids[0], 0);  // the template's <|endoftext|>
@@ -375,6 +382,15 @@ TEST(KjvGpt2, NonSpecialAddedTokensAndTemplates) {
   no_special.add_special_tokens = false;
   EXPECT_NE(tok->Encode("x", no_special).front(), 0);
   EXPECT_EQ(tok->bos_id(), 0);
+  // lstrip: the special token takes the spaces on its left.
+  no_special.allow_special = true;
+  Ids expected = tok->Encode("a", no_special);
+  expected.push_back(4097);
+  for (int64_t id : tok->Encode("b ", no_special)) expected.push_back(id);
+  EXPECT_EQ(tok->Encode("a  <mask>b ", no_special), expected);
+  no_special.allow_special = false;
+  const Ids typed = tok->Encode("a <mask>");
+  EXPECT_EQ(std::count(typed.begin(), typed.end(), 4097), 0);
 }
 
 // ---------------------------------------------------------------------------
@@ -486,7 +502,8 @@ TEST(StreamDecoder, LongMultilingualText) {
   std::string text;
   for (int i = 0; i < 12; ++i) {
     text +=
-        "In the beginning 神は天と地を創造された。🙂🚀 Привет, мир! 👨‍👩‍👧 "
+        "In the beginning 神は天と地を創造された。🙂🚀 Привет, мир! "
+        "👨‍👩‍👧 "
         "مرحبا ";
   }
   for (const Tokenizer* tok : {&Gpt2(), &KjvGpt2(), &KjvLlama()}) {
@@ -567,7 +584,7 @@ TEST(Errors, MissingDirectoryAndFiles) {
   ExpectError(
       [&] { BpeTokenizer::FromVocabAndMerges(dir.File("vocab.json"), dir.File("nope.txt")); },
       ErrorCode::kNotFound, {"nope.txt"});
-  ExpectError([&] { SentencePieceTokenizer::FromFile(dir.File("tokenizer.model")); },
+  ExpectError([&] { LoadSentencePieceTokenizer(dir.File("tokenizer.model")); },
               ErrorCode::kNotFound, {"tokenizer.model"});
 }
 
@@ -610,6 +627,16 @@ TEST(Errors, MalformedTokenizerJson) {
   dir.Write("tokenizer.json", bad.dump());
   ExpectError([&] { Tokenizer::FromDirectory(dir.path()); }, ErrorCode::kInvalidArgument,
               {path, "added token"});
+  bad = j;
+  bad["added_tokens"][0]["special"] = "yes";
+  dir.Write("tokenizer.json", bad.dump());
+  ExpectError([&] { Tokenizer::FromDirectory(dir.path()); }, ErrorCode::kInvalidArgument,
+              {path, "malformed"});
+  bad = j;
+  bad["pre_tokenizer"] = json::parse(R"({"type": "Sequence", "pretokenizers": [3, 4]})");
+  dir.Write("tokenizer.json", bad.dump());
+  ExpectError([&] { Tokenizer::FromDirectory(dir.path()); }, ErrorCode::kInvalidArgument,
+              {path, "malformed"});
   bad = j;
   bad["normalizer"] = {{"type", "NFKC"}};
   dir.Write("tokenizer.json", bad.dump());

@@ -146,7 +146,7 @@ TEST_P(RandomConfigTest, StipEqualsPlain) {
     for (bool steps : {false, true}) {
       at::Tensor stip = RunStip(m, server, keys, ids, steps);
       // fp32 sums in another order: relative to the logits' magnitude.
-      EXPECT_LE(MaxAbsDiff(plain, stip), 2e-6 * std::max(1.0, plain.abs().max().item<double>()))
+      EXPECT_LE(MaxAbsDiff(plain, stip), 1e-5 * std::max(1.0, plain.abs().max().item<double>()))
           << GetParam() << " trial " << trial << (steps ? " (cached steps)" : "")
           << ": heads " << m.config.num_heads << "/" << m.config.num_kv_heads << " d_h "
           << m.config.head_dim << " tied " << m.config.tie_word_embeddings;

@@ -21,6 +21,9 @@ int Complete(const stip::CausalLM& lm, const stip::Tokenizer& tok, const std::st
   stip::Sampler sampler(sampling);
   stip::KvCache cache = lm.server->NewCache();
   stip::StreamDecoder decoder(tok);
+  // Prime the decoder with the prompt, so that the first new token keeps the
+  // leading space SentencePiece gives it after text.
+  for (int64_t id : ids) decoder.Push(id);
   std::fputs(prompt.c_str(), stdout);
   std::vector<int64_t> pending = ids, history = ids;
   const auto& eos = lm.client->config().eos_token_ids;

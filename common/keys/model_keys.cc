@@ -457,7 +457,7 @@ std::string ReadTextFile(const std::string& path) {
 Permutation ModelKeys::QPerm(const ModelConfig& c, int layer) const {
   const AttentionKey& a = CheckedAttention(*this, c, layer, "QPerm");
   const int64_t g = c.group_size();
-  return Expand(QueryHeads(a, g), a.v_within, g, c.head_dim);
+  return Expand(QueryHeads(a, g), a.qk_within, g, c.head_dim);
 }
 
 Permutation ModelKeys::KPerm(const ModelConfig& c, int layer) const {

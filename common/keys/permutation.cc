@@ -114,9 +114,8 @@ bool IsPermutation(const Permutation& p, int64_t n) {
   std::vector<bool> seen(static_cast<size_t>(n), false);
   for (int64_t v : p) {
     if (v < 0 || v >= n) return false;
-    auto bit = seen[static_cast<size_t>(v)];
-    if (bit) return false;
-    bit = true;
+    if (seen[static_cast<size_t>(v)]) return false;
+    seen[static_cast<size_t>(v)] = true;
   }
   return true;
 }

@@ -58,6 +58,22 @@ const ByteLevelTables& ByteLevel() {
   return tables;
 }
 
+// The code point of a valid UTF-8 sequence of `length` bytes.
+uint32_t CodePoint(const char* s, size_t length) {
+  const auto* p = reinterpret_cast<const unsigned char*>(s);
+  switch (length) {
+    case 1:
+      return p[0];
+    case 2:
+      return ((p[0] & 0x1Fu) << 6) | (p[1] & 0x3Fu);
+    case 3:
+      return ((p[0] & 0x0Fu) << 12) | ((p[1] & 0x3Fu) << 6) | (p[2] & 0x3Fu);
+    default:
+      return ((p[0] & 0x07u) << 18) | ((p[1] & 0x3Fu) << 12) | ((p[2] & 0x3Fu) << 6) |
+             (p[3] & 0x3Fu);
+  }
+}
+
 // Bytes of a byte-level token: each character through the inverse byte map;
 // characters outside it are kept as their UTF-8 (as Hugging Face does).
 std::string ByteLevelDecode(const std::string& token) {
@@ -71,22 +87,7 @@ std::string ByteLevelDecode(const std::string& token) {
       i += step.length;
       continue;
     }
-    const auto* p = reinterpret_cast<const unsigned char*>(token.data() + i);
-    uint32_t cp;
-    switch (step.length) {
-      case 1:
-        cp = p[0];
-        break;
-      case 2:
-        cp = ((p[0] & 0x1Fu) << 6) | (p[1] & 0x3Fu);
-        break;
-      case 3:
-        cp = ((p[0] & 0x0Fu) << 12) | ((p[1] & 0x3Fu) << 6) | (p[2] & 0x3Fu);
-        break;
-      default:
-        cp = ((p[0] & 0x07u) << 18) | ((p[1] & 0x3Fu) << 12) | ((p[2] & 0x3Fu) << 6) |
-             (p[3] & 0x3Fu);
-    }
+    const uint32_t cp = CodePoint(token.data() + i, step.length);
     if (cp < t.char_to_byte.size() && t.char_to_byte[cp] >= 0) {
       out.push_back(static_cast<char>(t.char_to_byte[cp]));
     } else {
@@ -95,6 +96,26 @@ std::string ByteLevelDecode(const std::string& token) {
     i += step.length;
   }
   return out;
+}
+
+// Length of the Unicode White_Space character at the start of `s`, or 0.
+size_t WhitespaceAt(std::string_view s) {
+  if (s.empty()) return 0;
+  const ti::Utf8Step step = ti::NextUtf8(s);
+  if (step.kind != ti::Utf8Step::kValid) return 0;
+  const uint32_t cp = CodePoint(s.data(), step.length);
+  const bool ws = (cp >= 0x09 && cp <= 0x0D) || cp == 0x20 || cp == 0x85 || cp == 0xA0 ||
+                  cp == 0x1680 || (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 ||
+                  cp == 0x202F || cp == 0x205F || cp == 0x3000;
+  return ws ? step.length : 0;
+}
+
+// Length of the White_Space character that ends `s`, or 0.
+size_t WhitespaceBefore(std::string_view s) {
+  for (size_t k = 1; k <= 3 && k <= s.size(); ++k) {
+    if (WhitespaceAt(s.substr(s.size() - k)) == k) return k;
+  }
+  return 0;
 }
 
 uint64_t PairKey(int32_t a, int32_t b) {
@@ -193,6 +214,16 @@ BpeTokenizer::~BpeTokenizer() { pcre2_code_free(static_cast<pcre2_code*>(regex_)
 std::unique_ptr<BpeTokenizer> BpeTokenizer::FromTokenizerJson(const std::string& path,
                                                               const std::string& config_path) {
   const json j = ti::ReadJsonFile(path);
+  try {
+    return FromTokenizerJsonImpl(j, path, config_path);
+  } catch (const json::exception& e) {
+    throw InvalidArgument(path + ": malformed tokenizer.json: " + e.what());
+  }
+}
+
+std::unique_ptr<BpeTokenizer> BpeTokenizer::FromTokenizerJsonImpl(const json& j,
+                                                                  const std::string& path,
+                                                                  const std::string& config_path) {
   if (!j.is_object()) throw InvalidArgument(path + ": expected a JSON object");
   auto model_it = j.find("model");
   if (model_it == j.end() || !model_it->is_object()) {
@@ -234,6 +265,9 @@ std::unique_ptr<BpeTokenizer> BpeTokenizer::FromTokenizerJson(const std::string&
              pre["pretokenizers"][0].value("type", "") == "Split" &&
              pre["pretokenizers"][1].value("type", "") == "ByteLevel" &&
              !byte_level(pre["pretokenizers"][1], true)) {
+    if (tok->add_prefix_space_) {
+      throw Unimplemented(path + ": ByteLevel add_prefix_space after Split is not supported");
+    }
     const json& split = pre["pretokenizers"][0];
     const json pattern = split.value("pattern", json());
     if (split.value("behavior", "") != "Isolated" || split.value("invert", false) ||
@@ -289,7 +323,8 @@ std::unique_ptr<BpeTokenizer> BpeTokenizer::FromTokenizerJson(const std::string&
         throw InvalidArgument(path + ": malformed added token " + a.dump());
       }
       tok->AddAddedToken(a["id"].get<int64_t>(), a["content"].get<std::string>(),
-                         a.value("special", false), path);
+                         a.value("special", false), path, a.value("lstrip", false),
+                         a.value("rstrip", false));
     }
   }
 
@@ -369,7 +404,11 @@ std::unique_ptr<BpeTokenizer> BpeTokenizer::FromVocabAndMerges(const std::string
                                                                const std::string& merges_path,
                                                                const BpeSpecialTokens& specials) {
   std::unique_ptr<BpeTokenizer> tok(new BpeTokenizer());
-  ReadVocab(ti::ReadJsonFile(vocab_path), vocab_path, &tok->token_to_id_, &tok->id_to_token_);
+  try {
+    ReadVocab(ti::ReadJsonFile(vocab_path), vocab_path, &tok->token_to_id_, &tok->id_to_token_);
+  } catch (const json::exception& e) {
+    throw InvalidArgument(vocab_path + ": malformed vocabulary: " + e.what());
+  }
 
   const std::string text = ti::ReadFile(merges_path);
   std::vector<std::pair<std::string, std::string>> merges;
@@ -425,7 +464,7 @@ std::unique_ptr<BpeTokenizer> BpeTokenizer::FromVocabAndMerges(const std::string
 }
 
 void BpeTokenizer::AddAddedToken(int64_t id, const std::string& content, bool special,
-                                 const std::string& source) {
+                                 const std::string& source, bool lstrip, bool rstrip) {
   if (id < 0 || id >= kMaxTokenId) {
     throw InvalidArgument(source + ": added token \"" + content + "\" has invalid id " +
                           std::to_string(id));
@@ -438,13 +477,13 @@ void BpeTokenizer::AddAddedToken(int64_t id, const std::string& content, bool sp
   if (by_id != added_by_id_.end()) {
     AddedToken& t = added_[by_id->second];
     added_by_content_.erase(t.content);
-    t = {id, content, special};
+    t = {id, content, special, lstrip, rstrip};
     added_by_content_[content] = by_id->second;
     return;
   }
   added_by_id_[id] = added_.size();
   added_by_content_[content] = added_.size();
-  added_.push_back({id, content, special});
+  added_.push_back({id, content, special, lstrip, rstrip});
 }
 
 void BpeTokenizer::SetPattern(const std::string& pattern, const std::string& source) {
@@ -562,10 +601,19 @@ std::vector<int64_t> BpeTokenizer::Encode(std::string_view text,
         ++pos;
         continue;
       }
-      EncodeSegment(text.substr(segment, pos - segment), &ids);
+      size_t start = pos, end = pos + found->content.size();
+      if (found->lstrip) {
+        for (size_t k;
+             start > segment && (k = WhitespaceBefore(text.substr(segment, start - segment)));) {
+          start -= k;
+        }
+      }
+      if (found->rstrip) {
+        for (size_t k; end < text.size() && (k = WhitespaceAt(text.substr(end)));) end += k;
+      }
+      EncodeSegment(text.substr(segment, start - segment), &ids);
       ids.push_back(found->id);
-      pos += found->content.size();
-      segment = pos;
+      pos = segment = end;
     }
     EncodeSegment(text.substr(segment), &ids);
   }

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <nlohmann/json_fwd.hpp>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -77,6 +78,8 @@ class BpeTokenizer final : public Tokenizer {
     int64_t id;
     std::string content;
     bool special;
+    bool lstrip = false;  // the match takes the whitespace on its left
+    bool rstrip = false;  // ... and on its right
   };
   struct MergeValue {
     int32_t rank;
@@ -84,12 +87,15 @@ class BpeTokenizer final : public Tokenizer {
   };
 
   BpeTokenizer();
+  static std::unique_ptr<BpeTokenizer> FromTokenizerJsonImpl(const nlohmann::json& j,
+                                                             const std::string& path,
+                                                             const std::string& config_path);
   // Builds the merge table, byte tables, added-token index and the regex.
   // `source` names the file(s) for error messages.
   void Finish(const std::vector<std::pair<std::string, std::string>>& merges,
               const std::vector<size_t>& merge_lines, const std::string& source);
   void AddAddedToken(int64_t id, const std::string& content, bool special,
-                     const std::string& source);
+                     const std::string& source, bool lstrip = false, bool rstrip = false);
   void SetPattern(const std::string& pattern, const std::string& source);
 
   // Appends the ids of a segment without added tokens.

@@ -55,5 +55,6 @@ struct TokenizerConfig {
 };
 // Reads Hugging Face's tokenizer_config.json (the keys above; others ignored).
 TokenizerConfig ReadTokenizerConfig(const std::string& path);
+TokenizerConfig ParseTokenizerConfig(const nlohmann::json& j, const std::string& path);
 
 }  // namespace stip::tokenizer_internal

@@ -49,6 +49,14 @@ class Tokenizer {
   virtual std::string kind() const = 0;
 };
 
+// SentencePiece `tokenizer.model` (+ optional tokenizer_config.json, "" for
+// none). libsentencepiece carries its own copy of protobuf, which clashes with
+// the protobuf that LibTorch and gRPC load; it therefore lives in a module of
+// its own (libstip_sentencepiece.so) loaded with RTLD_LOCAL | RTLD_DEEPBIND on
+// first use (common/tokenizer/sentencepiece_loader.cc).
+std::unique_ptr<Tokenizer> LoadSentencePieceTokenizer(const std::string& model_path,
+                                                      const std::string& config_path = "");
+
 // Incremental detokenizer: feed ids one by one, get the text that became
 // complete. Never returns half a UTF-8 character; an invalid sequence is
 // emitted as U+FFFD once it can no longer become valid. Handles tokenizers
