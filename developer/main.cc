@@ -4,7 +4,6 @@
 //   verify     prove on this model that the STIP path equals the plain model
 //   keygen     draw fresh keys for a model into a key file (0600)
 #include <CLI/CLI.hpp>
-
 #include <cstdio>
 #include <iostream>
 
@@ -26,8 +25,10 @@ ModelKeys KeysFor(const std::string& model_dir, const std::string& key_file, boo
   if (PathExists(key_file)) {
     ModelKeys keys = LoadKeys(key_file);
     if (keys.model_fingerprint != fingerprint) {
-      throw FailedPrecondition(key_file + ": these keys were made for a different model (fingerprint "
-                               "mismatch); refusing to apply them to " + model_dir);
+      throw FailedPrecondition(key_file +
+                               ": these keys were made for a different model (fingerprint "
+                               "mismatch); refusing to apply them to " +
+                               model_dir);
     }
     ValidateKeys(keys, config);
     *created = false;
@@ -54,7 +55,8 @@ int Transform(const std::string& model, const std::string& out, const std::strin
                "(%.1f MiB/s) -> %s/server, %s/client\n",
                static_cast<unsigned long long>(s.tensors), s.bytes_read / 1048576.0,
                s.bytes_written / 1048576.0, s.shards, s.seconds,
-               s.seconds > 0 ? s.bytes_read / 1048576.0 / s.seconds : 0.0, out.c_str(), out.c_str());
+               s.seconds > 0 ? s.bytes_read / 1048576.0 / s.seconds : 0.0, out.c_str(),
+               out.c_str());
   return 0;
 }
 
@@ -63,16 +65,17 @@ int Verify(const std::string& model, const VerifyOptions& opt, bool json) {
   if (json) {
     std::cout << r.ToJson() << std::endl;
   } else {
-    std::printf("arch %s: plain vs reference %s, STIP vs plain %.3g (tolerance %.0e), top-1 %.4f, "
-                "greedy %s, batch %s -> %s\n",
-                r.arch.c_str(),
-                r.max_abs_diff_plain_vs_reference
-                    ? std::to_string(*r.max_abs_diff_plain_vs_reference).c_str()
-                    : "n/a",
-                r.max_abs_diff_stip_vs_plain, r.tolerance, r.top1_agreement,
-                r.greedy_match ? (*r.greedy_match ? "match" : "MISMATCH") : "n/a",
-                r.greedy_batch_match ? (*r.greedy_batch_match ? "match" : "MISMATCH") : "n/a",
-                r.passed ? "PASS" : ("FAIL: " + r.failure).c_str());
+    std::printf(
+        "arch %s: plain vs reference %s, STIP vs plain %.3g (tolerance %.0e), top-1 %.4f, "
+        "greedy %s, batch %s -> %s\n",
+        r.arch.c_str(),
+        r.max_abs_diff_plain_vs_reference
+            ? std::to_string(*r.max_abs_diff_plain_vs_reference).c_str()
+            : "n/a",
+        r.max_abs_diff_stip_vs_plain, r.tolerance, r.top1_agreement,
+        r.greedy_match ? (*r.greedy_match ? "match" : "MISMATCH") : "n/a",
+        r.greedy_batch_match ? (*r.greedy_batch_match ? "match" : "MISMATCH") : "n/a",
+        r.passed ? "PASS" : ("FAIL: " + r.failure).c_str());
   }
   return r.passed ? 0 : 1;
 }
@@ -87,7 +90,8 @@ int main(int argc, char** argv) {
   std::string model, out, keys;
   double shard_gib = 4;
   bool quiet = false;
-  auto* transform = app.add_subcommand("transform", "write the server checkpoint and client bundle");
+  auto* transform =
+      app.add_subcommand("transform", "write the server checkpoint and client bundle");
   transform->add_option("--model", model, "Hugging Face model directory")->required();
   transform->add_option("--out", out, "output directory (gets server/ and client/)")->required();
   transform->add_option("--keys", keys, "instance key file (created 0600 if missing)")->required();

@@ -70,8 +70,8 @@ TEST(ModelConfig, Qwen2HasQkvBiasAndMixtralHasExperts) {
 }
 
 TEST(ModelConfig, MistralSlidingWindow) {
-  std::string text = PatchConfigJson(Slurp(Fixture("llama")),
-                                     R"({"model_type": "mistral", "sliding_window": 8})");
+  std::string text =
+      PatchConfigJson(Slurp(Fixture("llama")), R"({"model_type": "mistral", "sliding_window": 8})");
   ModelConfig c = ParseModelConfig(text, "mistral.json");
   ASSERT_EQ(c.layer_windows.size(), 2u);
   EXPECT_EQ(c.layer_windows[0], std::optional<int64_t>(8));
@@ -100,8 +100,8 @@ TEST(ModelConfig, ClearErrors) {
               "hidden_size");
   ExpectError(PatchConfigJson(llama, R"({"num_hidden_layers": "two"})"),
               ErrorCode::kInvalidArgument, "num_hidden_layers");
-  ExpectError(PatchConfigJson(llama, R"({"num_key_value_heads": 3})"),
-              ErrorCode::kInvalidArgument, "num_key_value_heads");
+  ExpectError(PatchConfigJson(llama, R"({"num_key_value_heads": 3})"), ErrorCode::kInvalidArgument,
+              "num_key_value_heads");
   ExpectError(PatchConfigJson(llama, R"({"rope_parameters": {"rope_type": "yarn"}})"),
               ErrorCode::kUnimplemented, "yarn");
   ExpectError("{not json", ErrorCode::kInvalidArgument, "JSON");

@@ -159,7 +159,8 @@ TEST_P(DemoModelTest, Greedy40TokensMatchReferenceIdsAndText) {
   at::Tensor logits = lm.server->Forward({{lm.client->Embed(prompt, 0), &cache, true}})[0];
   // Logits of these trained models reach ~16: scale the tolerance (see stip-transform.md).
   at::Tensor ref_logits = Reference(dir, "logits")[0];
-  EXPECT_LE(MaxAbsDiff(logits, ref_logits), 1e-3 * std::max(1.0, ref_logits.abs().max().item<double>()));
+  EXPECT_LE(MaxAbsDiff(logits, ref_logits),
+            1e-3 * std::max(1.0, ref_logits.abs().max().item<double>()));
 
   GreedyOptions opt;
   opt.max_new_tokens = 40;

@@ -2,11 +2,11 @@
 // demo models, on random small configurations of every family, with sharded
 // checkpoints on disk -- and the paper's literal (wrong) rules caught as not
 // equivalent by the same checks.
-#include <gtest/gtest.h>
-
 #include <ATen/CPUGeneratorImpl.h>
+#include <gtest/gtest.h>
 #include <sys/stat.h>
 
+#include <cstring>
 #include <nlohmann/json.hpp>
 #include <random>
 
@@ -15,6 +15,7 @@
 #include "common/error.h"
 #include "common/format/safetensors.h"
 #include "common/keys/model_keys.h"
+#include "common/tokenizer/tokenizer.h"
 #include "common/transform/transform_checkpoint.h"
 #include "common/transform/transform_rules.h"
 #include "common/transform/verify.h"
@@ -74,9 +75,11 @@ at::Tensor RunStip(const MemModel& m, const std::map<std::string, at::Tensor>& s
   const size_t half = ids.size() / 2;
   std::vector<at::Tensor> rows;
   std::vector<int64_t> first(ids.begin(), ids.begin() + static_cast<int64_t>(half));
-  rows.push_back(server.Forward({{PermuteHidden(client.Embed(first, 0), keys.p), &cache, true}})[0]);
+  rows.push_back(
+      server.Forward({{PermuteHidden(client.Embed(first, 0), keys.p), &cache, true}})[0]);
   for (size_t i = half; i < ids.size(); ++i) {
-    at::Tensor x = PermuteHidden(client.Embed(std::vector<int64_t>{ids[i]}, cache.length()), keys.p);
+    at::Tensor x =
+        PermuteHidden(client.Embed(std::vector<int64_t>{ids[i]}, cache.length()), keys.p);
     rows.push_back(server.Forward({{x, &cache, false}})[0]);
   }
   return UnpermuteLogits(at::cat(rows, 0), keys.p_c);
@@ -94,15 +97,27 @@ MemModel RandomModel(const std::string& family, std::mt19937& rng) {
   nlohmann::json j;
   if (family == "gpt2") {
     const int64_t heads = pick({2, 4});
-    j = {{"model_type", "gpt2"}, {"vocab_size", vocab}, {"n_embd", heads * pick({4, 8})},
-         {"n_layer", 2}, {"n_head", heads}, {"n_positions", 64},
-         {"n_inner", pick({16, 40})}, {"tie_word_embeddings", rng() % 2 == 0}};
+    j = {{"model_type", "gpt2"},
+         {"vocab_size", vocab},
+         {"n_embd", heads * pick({4, 8})},
+         {"n_layer", 2},
+         {"n_head", heads},
+         {"n_positions", 64},
+         {"n_inner", pick({16, 40})},
+         {"tie_word_embeddings", rng() % 2 == 0}};
   } else {
-    j = {{"model_type", family}, {"vocab_size", vocab}, {"hidden_size", d},
-         {"intermediate_size", pick({20, 48})}, {"num_hidden_layers", 2},
-         {"num_attention_heads", n_h}, {"num_key_value_heads", n_kv}, {"head_dim", d_h},
-         {"max_position_embeddings", 64}, {"rms_norm_eps", 1e-6},
-         {"rope_theta", pick({10000, 500000})}, {"tie_word_embeddings", rng() % 2 == 0}};
+    j = {{"model_type", family},
+         {"vocab_size", vocab},
+         {"hidden_size", d},
+         {"intermediate_size", pick({20, 48})},
+         {"num_hidden_layers", 2},
+         {"num_attention_heads", n_h},
+         {"num_key_value_heads", n_kv},
+         {"head_dim", d_h},
+         {"max_position_embeddings", 64},
+         {"rms_norm_eps", 1e-6},
+         {"rope_theta", pick({10000, 500000})},
+         {"tie_word_embeddings", rng() % 2 == 0}};
     if (family == "llama") j["attention_bias"] = rng() % 2 == 0;
     if (family == "mistral") j["sliding_window"] = pick({3, 5});
     if (family == "mixtral") {
@@ -147,9 +162,9 @@ TEST_P(RandomConfigTest, StipEqualsPlain) {
       at::Tensor stip = RunStip(m, server, keys, ids, steps);
       // fp32 sums in another order: relative to the logits' magnitude.
       EXPECT_LE(MaxAbsDiff(plain, stip), 1e-5 * std::max(1.0, plain.abs().max().item<double>()))
-          << GetParam() << " trial " << trial << (steps ? " (cached steps)" : "")
-          << ": heads " << m.config.num_heads << "/" << m.config.num_kv_heads << " d_h "
-          << m.config.head_dim << " tied " << m.config.tie_word_embeddings;
+          << GetParam() << " trial " << trial << (steps ? " (cached steps)" : "") << ": heads "
+          << m.config.num_heads << "/" << m.config.num_kv_heads << " d_h " << m.config.head_dim
+          << " tied " << m.config.tie_word_embeddings;
       EXPECT_TRUE(at::equal(plain.argmax(-1), stip.argmax(-1)));
     }
     // Sanity: the transformed model on plain inputs is not the plain model.
@@ -207,9 +222,10 @@ TEST(PaperRules, OneArbitraryPermutationAcrossQkColumnsIsNotEquivalent) {
     paper[name] = at::cat({q, k, v}, 1).contiguous();
     const std::string bname = TensorName(m.config, Role::kQkvBias, l);
     at::Tensor b = m.tensors.at(bname);
-    paper[bname] = at::cat({b.narrow(0, 0, d).index_select(0, idx),
-                            b.narrow(0, d, d).index_select(0, idx), paper.at(bname).narrow(0, 2 * d, d)})
-                       .contiguous();
+    paper[bname] =
+        at::cat({b.narrow(0, 0, d).index_select(0, idx), b.narrow(0, d, d).index_select(0, idx),
+                 paper.at(bname).narrow(0, 2 * d, d)})
+            .contiguous();
   }
   double err = StipError(m, keys, paper);
   EXPECT_GT(err, 1e-3) << "a cross-head Q/K permutation should break attention";
@@ -228,7 +244,8 @@ TEST(PaperRules, RandomWithinHeadQkPermutationUnderRopeIsNotEquivalent) {
     for (int64_t kv = 0; kv < c.num_kv_heads; ++kv) w.push_back(RandomPermutation(c.head_dim));
     Permutation iq, ik;
     for (int64_t j = 0; j < c.num_heads; ++j) {
-      for (int64_t t = 0; t < c.head_dim; ++t) iq.push_back(j * c.head_dim + w[j / c.group_size()][t]);
+      for (int64_t t = 0; t < c.head_dim; ++t)
+        iq.push_back(j * c.head_dim + w[j / c.group_size()][t]);
     }
     for (int64_t kv = 0; kv < c.num_kv_heads; ++kv) {
       for (int64_t t = 0; t < c.head_dim; ++t) ik.push_back(kv * c.head_dim + w[kv][t]);
@@ -365,7 +382,26 @@ TEST(TransformCheckpointTest, ShardedInputAndOutputEqualPlain) {
     EXPECT_EQ(server_config.find("p_c"), std::string::npos);
     for (const std::string& f : ListDirectory(out + "/server")) {
       EXPECT_EQ(f.find("key"), std::string::npos) << f;
+      // No key bytes anywhere in the server's files: neither p nor p_c (as
+      // stored in key files, int64 little-endian), not even a 16-entry run.
+      const std::string bytes = ReadFile(out + "/server/" + f);
+      for (const Permutation* perm : {&keys.p, &keys.p_c}) {
+        std::string needle(reinterpret_cast<const char*>(perm->data()), 16 * sizeof(int64_t));
+        EXPECT_EQ(bytes.find(needle), std::string::npos) << f;
+      }
     }
+    // Every weight matrix differs from its plaintext counterpart.
+    Checkpoint plain_ckpt = Checkpoint::Open(FixtureDir(arch));
+    int matrices = 0;
+    for (const std::string& n : server_ckpt.Names()) {
+      TensorRef t = server_ckpt.Get(n);
+      if (t.info->shape.size() != 2 || !plain_ckpt.Has(n)) continue;
+      TensorRef pt = plain_ckpt.Get(n);
+      ASSERT_EQ(t.info->nbytes, pt.info->nbytes) << n;
+      EXPECT_NE(std::memcmp(t.data, pt.data, t.info->nbytes), 0) << n << " left in plaintext";
+      ++matrices;
+    }
+    EXPECT_GT(matrices, 4);
     // The client bundle: private, with the client's share only.
     struct stat st;
     ASSERT_EQ(stat((out + "/client").c_str(), &st), 0);
@@ -422,7 +458,13 @@ TEST(Table4, TransformedWeightsWithoutKeysProduceGibberish) {
   size_t agree = 0;
   for (size_t i = prompt.size(); i < truth.size(); ++i) agree += out[i] == truth[i];
   double rate = static_cast<double>(agree) / static_cast<double>(truth.size() - prompt.size());
-  std::printf("Table 4 (kjv-llama): token agreement without keys %.3f\n", rate);
+  auto tok = Tokenizer::FromDirectory(dir);
+  std::vector<int64_t> cont(out.begin() + static_cast<int64_t>(prompt.size()), out.end());
+  std::vector<int64_t> true_cont(truth.begin() + static_cast<int64_t>(prompt.size()), truth.end());
+  std::printf(
+      "Table 4 (kjv-llama), prompt \"And God said,\"\n  true continuation: %s\n"
+      "  transformed weights without keys: %s\n  token agreement: %.3f\n",
+      tok->Decode(true_cont, true).c_str(), tok->Decode(cont, true).c_str(), rate);
   EXPECT_LE(rate, 0.1);
 }
 

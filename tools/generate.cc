@@ -2,7 +2,6 @@
 // process). A reference point for the three-party path and a quick way to try
 // a model: one completion with --prompt, otherwise an interactive prompt loop.
 #include <CLI/CLI.hpp>
-
 #include <cstdio>
 #include <iostream>
 

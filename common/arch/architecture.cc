@@ -35,36 +35,66 @@ const Architecture& FindArchitecture(const std::string& model_type) {
 
 const char* RoleName(Role role) {
   switch (role) {
-    case Role::kTokenEmbedding: return "token_embedding";
-    case Role::kPositionEmbedding: return "position_embedding";
-    case Role::kAttnNormWeight: return "attn_norm.weight";
-    case Role::kAttnNormBias: return "attn_norm.bias";
-    case Role::kQ: return "attn_q";
-    case Role::kQBias: return "attn_q.bias";
-    case Role::kK: return "attn_k";
-    case Role::kKBias: return "attn_k.bias";
-    case Role::kV: return "attn_v";
-    case Role::kVBias: return "attn_v.bias";
-    case Role::kQkv: return "attn_qkv";
-    case Role::kQkvBias: return "attn_qkv.bias";
-    case Role::kO: return "attn_output";
-    case Role::kOBias: return "attn_output.bias";
-    case Role::kFfnNormWeight: return "ffn_norm.weight";
-    case Role::kFfnNormBias: return "ffn_norm.bias";
-    case Role::kFfnUp: return "ffn_up";
-    case Role::kFfnUpBias: return "ffn_up.bias";
-    case Role::kFfnGate: return "ffn_gate";
-    case Role::kFfnGateBias: return "ffn_gate.bias";
-    case Role::kFfnDown: return "ffn_down";
-    case Role::kFfnDownBias: return "ffn_down.bias";
-    case Role::kRouter: return "moe_router";
-    case Role::kExpertGate: return "expert_gate";
-    case Role::kExpertUp: return "expert_up";
-    case Role::kExpertDown: return "expert_down";
-    case Role::kFinalNormWeight: return "output_norm.weight";
-    case Role::kFinalNormBias: return "output_norm.bias";
-    case Role::kLmHead: return "lm_head";
-    case Role::kLmHeadBias: return "lm_head.bias";
+    case Role::kTokenEmbedding:
+      return "token_embedding";
+    case Role::kPositionEmbedding:
+      return "position_embedding";
+    case Role::kAttnNormWeight:
+      return "attn_norm.weight";
+    case Role::kAttnNormBias:
+      return "attn_norm.bias";
+    case Role::kQ:
+      return "attn_q";
+    case Role::kQBias:
+      return "attn_q.bias";
+    case Role::kK:
+      return "attn_k";
+    case Role::kKBias:
+      return "attn_k.bias";
+    case Role::kV:
+      return "attn_v";
+    case Role::kVBias:
+      return "attn_v.bias";
+    case Role::kQkv:
+      return "attn_qkv";
+    case Role::kQkvBias:
+      return "attn_qkv.bias";
+    case Role::kO:
+      return "attn_output";
+    case Role::kOBias:
+      return "attn_output.bias";
+    case Role::kFfnNormWeight:
+      return "ffn_norm.weight";
+    case Role::kFfnNormBias:
+      return "ffn_norm.bias";
+    case Role::kFfnUp:
+      return "ffn_up";
+    case Role::kFfnUpBias:
+      return "ffn_up.bias";
+    case Role::kFfnGate:
+      return "ffn_gate";
+    case Role::kFfnGateBias:
+      return "ffn_gate.bias";
+    case Role::kFfnDown:
+      return "ffn_down";
+    case Role::kFfnDownBias:
+      return "ffn_down.bias";
+    case Role::kRouter:
+      return "moe_router";
+    case Role::kExpertGate:
+      return "expert_gate";
+    case Role::kExpertUp:
+      return "expert_up";
+    case Role::kExpertDown:
+      return "expert_down";
+    case Role::kFinalNormWeight:
+      return "output_norm.weight";
+    case Role::kFinalNormBias:
+      return "output_norm.bias";
+    case Role::kLmHead:
+      return "lm_head";
+    case Role::kLmHeadBias:
+      return "lm_head.bias";
   }
   return "?";
 }
@@ -97,8 +127,10 @@ namespace {
 std::vector<int64_t> LinearShape(const ModelConfig& c, Role role) {
   const int64_t d = c.hidden_size, m = c.intermediate_size;
   switch (role) {
-    case Role::kTokenEmbedding: return {c.vocab_size, d};
-    case Role::kPositionEmbedding: return {c.max_positions, d};
+    case Role::kTokenEmbedding:
+      return {c.vocab_size, d};
+    case Role::kPositionEmbedding:
+      return {c.max_positions, d};
     case Role::kAttnNormWeight:
     case Role::kAttnNormBias:
     case Role::kFfnNormWeight:
@@ -108,17 +140,22 @@ std::vector<int64_t> LinearShape(const ModelConfig& c, Role role) {
     case Role::kOBias:
     case Role::kFfnDownBias:
       return {d};
-    case Role::kQ: return {c.q_size(), d};
-    case Role::kQBias: return {c.q_size()};
+    case Role::kQ:
+      return {c.q_size(), d};
+    case Role::kQBias:
+      return {c.q_size()};
     case Role::kK:
     case Role::kV:
       return {c.kv_size(), d};
     case Role::kKBias:
     case Role::kVBias:
       return {c.kv_size()};
-    case Role::kQkv: return {c.q_size() + 2 * c.kv_size(), d};
-    case Role::kQkvBias: return {c.q_size() + 2 * c.kv_size()};
-    case Role::kO: return {d, c.q_size()};
+    case Role::kQkv:
+      return {c.q_size() + 2 * c.kv_size(), d};
+    case Role::kQkvBias:
+      return {c.q_size() + 2 * c.kv_size()};
+    case Role::kO:
+      return {d, c.q_size()};
     case Role::kFfnUp:
     case Role::kFfnGate:
     case Role::kExpertGate:
@@ -130,9 +167,12 @@ std::vector<int64_t> LinearShape(const ModelConfig& c, Role role) {
     case Role::kFfnDown:
     case Role::kExpertDown:
       return {d, m};
-    case Role::kRouter: return {c.num_experts, d};
-    case Role::kLmHead: return {c.vocab_size, d};
-    case Role::kLmHeadBias: return {c.vocab_size};
+    case Role::kRouter:
+      return {c.num_experts, d};
+    case Role::kLmHead:
+      return {c.vocab_size, d};
+    case Role::kLmHeadBias:
+      return {c.vocab_size};
   }
   return {};
 }

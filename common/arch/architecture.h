@@ -87,8 +87,8 @@ struct TensorEntry {
   std::string name;
   Role role;
   Layout layout;
-  int layer = -1;   // -1 for global tensors
-  int expert = -1;  // -1 unless per expert
+  int layer = -1;              // -1 for global tensors
+  int expert = -1;             // -1 unless per expert
   std::vector<int64_t> shape;  // as stored on disk (Conv1D: [in, out])
 };
 

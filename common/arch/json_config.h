@@ -3,17 +3,17 @@
 #pragma once
 
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 namespace stip {
 
 class JsonConfig {
  public:
-  JsonConfig(const nlohmann::json& json, std::string source) : j_(json), source_(std::move(source)) {}
+  JsonConfig(const nlohmann::json& json, std::string source)
+      : j_(json), source_(std::move(source)) {}
 
   const nlohmann::json& json() const { return j_; }
   const std::string& source() const { return source_; }

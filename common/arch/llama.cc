@@ -36,7 +36,8 @@ void ParseLlamaCommon(const JsonConfig& cfg, ModelConfig* c, double default_thet
   c->norm = NormKind::kRmsNorm;
   c->norm_eps = cfg.Number("rms_norm_eps", 1e-6);
   std::string act = cfg.String("hidden_act", "silu");
-  if (act != "silu" && act != "swish") cfg.Fail("hidden_act", "unsupported activation \"" + act + "\"");
+  if (act != "silu" && act != "swish")
+    cfg.Fail("hidden_act", "unsupported activation \"" + act + "\"");
   c->activation = Activation::kSilu;
   c->ffn = FfnKind::kGated;
   c->positions = PositionKind::kRope;

@@ -1,16 +1,15 @@
 #include "common/arch/model_config.h"
 
+#include <sys/stat.h>
+
 #include <fstream>
 #include <sstream>
-#include <sys/stat.h>
 
 #include "common/arch/architecture.h"
 #include "common/arch/json_config.h"
 #include "common/error.h"
 
 namespace stip {
-
-
 
 // ---- JsonConfig -------------------------------------------------------------
 
@@ -157,7 +156,8 @@ ModelConfig ParseModelConfig(const std::string& json_text, const std::string& so
   c.pad_token_id = cfg.OptionalInt("pad_token_id");
   if (auto stip = cfg.Object("stip")) c.stip_instance = stip->String("instance", "");
   arch.parse_config(cfg, &c);
-  if (c.layer_windows.empty()) c.layer_windows.assign(static_cast<size_t>(c.num_layers), std::nullopt);
+  if (c.layer_windows.empty())
+    c.layer_windows.assign(static_cast<size_t>(c.num_layers), std::nullopt);
   Validate(c);
   return c;
 }
@@ -173,7 +173,8 @@ std::string PatchConfigJson(const std::string& json_text, const std::string& ove
   nlohmann::ordered_json j = nlohmann::ordered_json::parse(json_text, nullptr, false);
   nlohmann::ordered_json o = nlohmann::ordered_json::parse(overrides_json, nullptr, false);
   if (j.is_discarded() || !j.is_object()) throw InvalidArgument("config: not a JSON object");
-  if (o.is_discarded() || !o.is_object()) throw InvalidArgument("config overrides: not a JSON object");
+  if (o.is_discarded() || !o.is_object())
+    throw InvalidArgument("config overrides: not a JSON object");
   for (auto it = o.begin(); it != o.end(); ++it) j[it.key()] = it.value();
   return j.dump(2) + "\n";
 }

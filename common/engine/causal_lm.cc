@@ -30,8 +30,8 @@ at::Tensor ClientModel::Embed(const at::Tensor& ids, int64_t start_position) con
     int64_t lo = ids.min().item<int64_t>(), hi = ids.max().item<int64_t>();
     if (lo < 0 || hi >= config_.vocab_size) {
       throw InvalidArgument("token id " + std::to_string(lo < 0 ? lo : hi) +
-                            " is outside the vocabulary [0, " +
-                            std::to_string(config_.vocab_size) + ")");
+                            " is outside the vocabulary [0, " + std::to_string(config_.vocab_size) +
+                            ")");
     }
   }
   if (start_position < 0) throw InvalidArgument("Embed: negative start position");
@@ -133,8 +133,8 @@ std::vector<at::Tensor> ServerModel::Forward(const std::vector<SequenceStep>& ba
     int64_t offset = 0;
     for (size_t i = 0; i < batch.size(); ++i) {
       const int64_t t = lengths[i];
-      auto [keys, values] =
-          batch[i].cache->Append(static_cast<int>(l), k.narrow(0, offset, t), v.narrow(0, offset, t));
+      auto [keys, values] = batch[i].cache->Append(static_cast<int>(l), k.narrow(0, offset, t),
+                                                   v.narrow(0, offset, t));
       outs.push_back(CausalAttention(q.narrow(0, offset, t), keys, values, pasts[i],
                                      c.layer_windows[static_cast<size_t>(l)], scale));
       offset += t;

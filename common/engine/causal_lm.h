@@ -44,7 +44,7 @@ class ClientModel {
 
 // One sequence's share of a batched forward pass.
 struct SequenceStep {
-  at::Tensor hidden;        // [T, d]: T >= 1 new positions
+  at::Tensor hidden;         // [T, d]: T >= 1 new positions
   KvCache* cache = nullptr;  // the sequence's cache; its length() is the first new position
   bool all_logits = false;   // logits for every new position instead of the last only
 };

@@ -27,10 +27,14 @@ at::Tensor Norm(const at::Tensor& x, NormKind kind, const at::Tensor& weight,
 
 at::Tensor Activate(const at::Tensor& x, Activation activation) {
   switch (activation) {
-    case Activation::kGeluTanh: return at::gelu(x, "tanh");
-    case Activation::kGelu: return at::gelu(x);
-    case Activation::kSilu: return at::silu(x);
-    case Activation::kRelu: return at::relu(x);
+    case Activation::kGeluTanh:
+      return at::gelu(x, "tanh");
+    case Activation::kGelu:
+      return at::gelu(x);
+    case Activation::kSilu:
+      return at::silu(x);
+    case Activation::kRelu:
+      return at::relu(x);
   }
   return x;
 }
@@ -58,8 +62,8 @@ at::Tensor RopeInverseFrequencies(const ModelConfig& config, at::Device device) 
   return inv_freq.to(device);
 }
 
-std::pair<at::Tensor, at::Tensor> RopeCosSin(const at::Tensor& inv_freq, const at::Tensor& positions,
-                                             at::ScalarType dtype) {
+std::pair<at::Tensor, at::Tensor> RopeCosSin(const at::Tensor& inv_freq,
+                                             const at::Tensor& positions, at::ScalarType dtype) {
   at::Tensor freqs = positions.to(at::kFloat).unsqueeze(1) * inv_freq.unsqueeze(0);  // [N, d/2]
   at::Tensor emb = at::cat({freqs, freqs}, -1);
   return {emb.cos().to(dtype), emb.sin().to(dtype)};
@@ -87,7 +91,7 @@ at::Tensor CausalAttention(const at::Tensor& q, const at::Tensor& keys, const at
   // window W only j > past + i - W.
   auto opts = at::TensorOptions().dtype(at::kLong).device(q.device());
   at::Tensor qpos = at::arange(past, past + t, opts).unsqueeze(1);  // [T, 1]
-  at::Tensor kpos = at::arange(0, s, opts).unsqueeze(0);           // [1, S]
+  at::Tensor kpos = at::arange(0, s, opts).unsqueeze(0);            // [1, S]
   at::Tensor masked = kpos > qpos;
   if (window) masked = masked.logical_or(kpos <= qpos - *window);
   if (masked.any().item<bool>()) {

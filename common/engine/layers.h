@@ -22,8 +22,8 @@ at::Tensor Activate(const at::Tensor& x, Activation activation);
 // Rotary embeddings: inverse frequencies [head_dim / 2] (fp32) for the config's
 // rope type, and cos/sin tables [N, head_dim] for the given positions.
 at::Tensor RopeInverseFrequencies(const ModelConfig& config, at::Device device);
-std::pair<at::Tensor, at::Tensor> RopeCosSin(const at::Tensor& inv_freq, const at::Tensor& positions,
-                                             at::ScalarType dtype);
+std::pair<at::Tensor, at::Tensor> RopeCosSin(const at::Tensor& inv_freq,
+                                             const at::Tensor& positions, at::ScalarType dtype);
 // x: [N, heads, head_dim]; cos/sin: [N, head_dim].
 at::Tensor ApplyRope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
 

@@ -74,24 +74,49 @@ class Loader {
 void Assign(const ModelConfig& c, const TensorEntry& e, at::Tensor t, ServerWeights* w) {
   if (e.layer < 0) {
     switch (e.role) {
-      case Role::kFinalNormWeight: w->final_norm_w = t; return;
-      case Role::kFinalNormBias: w->final_norm_b = t; return;
-      case Role::kLmHead: w->lm_head_w = t; return;
-      case Role::kLmHeadBias: w->lm_head_b = t; return;
-      default: return;
+      case Role::kFinalNormWeight:
+        w->final_norm_w = t;
+        return;
+      case Role::kFinalNormBias:
+        w->final_norm_b = t;
+        return;
+      case Role::kLmHead:
+        w->lm_head_w = t;
+        return;
+      case Role::kLmHeadBias:
+        w->lm_head_b = t;
+        return;
+      default:
+        return;
     }
   }
   LayerWeights& L = w->layers[static_cast<size_t>(e.layer)];
   const int64_t q = c.q_size(), kv = c.kv_size();
   switch (e.role) {
-    case Role::kAttnNormWeight: L.attn_norm_w = t; break;
-    case Role::kAttnNormBias: L.attn_norm_b = t; break;
-    case Role::kQ: L.wq = t; break;
-    case Role::kQBias: L.bq = t; break;
-    case Role::kK: L.wk = t; break;
-    case Role::kKBias: L.bk = t; break;
-    case Role::kV: L.wv = t; break;
-    case Role::kVBias: L.bv = t; break;
+    case Role::kAttnNormWeight:
+      L.attn_norm_w = t;
+      break;
+    case Role::kAttnNormBias:
+      L.attn_norm_b = t;
+      break;
+    case Role::kQ:
+      L.wq = t;
+      break;
+    case Role::kQBias:
+      L.bq = t;
+      break;
+    case Role::kK:
+      L.wk = t;
+      break;
+    case Role::kKBias:
+      L.bk = t;
+      break;
+    case Role::kV:
+      L.wv = t;
+      break;
+    case Role::kVBias:
+      L.bv = t;
+      break;
     case Role::kQkv: {
       auto parts = t.split_with_sizes({q, kv, kv}, 0);
       L.wq = parts[0].contiguous();
@@ -106,21 +131,50 @@ void Assign(const ModelConfig& c, const TensorEntry& e, at::Tensor t, ServerWeig
       L.bv = parts[2].contiguous();
       break;
     }
-    case Role::kO: L.wo = t; break;
-    case Role::kOBias: L.bo = t; break;
-    case Role::kFfnNormWeight: L.ffn_norm_w = t; break;
-    case Role::kFfnNormBias: L.ffn_norm_b = t; break;
-    case Role::kFfnUp: L.w_up = t; break;
-    case Role::kFfnUpBias: L.b_up = t; break;
-    case Role::kFfnGate: L.w_gate = t; break;
-    case Role::kFfnGateBias: L.b_gate = t; break;
-    case Role::kFfnDown: L.w_down = t; break;
-    case Role::kFfnDownBias: L.b_down = t; break;
-    case Role::kRouter: L.router = t; break;
-    case Role::kExpertGate: L.experts[static_cast<size_t>(e.expert)].gate = t; break;
-    case Role::kExpertUp: L.experts[static_cast<size_t>(e.expert)].up = t; break;
-    case Role::kExpertDown: L.experts[static_cast<size_t>(e.expert)].down = t; break;
-    default: break;
+    case Role::kO:
+      L.wo = t;
+      break;
+    case Role::kOBias:
+      L.bo = t;
+      break;
+    case Role::kFfnNormWeight:
+      L.ffn_norm_w = t;
+      break;
+    case Role::kFfnNormBias:
+      L.ffn_norm_b = t;
+      break;
+    case Role::kFfnUp:
+      L.w_up = t;
+      break;
+    case Role::kFfnUpBias:
+      L.b_up = t;
+      break;
+    case Role::kFfnGate:
+      L.w_gate = t;
+      break;
+    case Role::kFfnGateBias:
+      L.b_gate = t;
+      break;
+    case Role::kFfnDown:
+      L.w_down = t;
+      break;
+    case Role::kFfnDownBias:
+      L.b_down = t;
+      break;
+    case Role::kRouter:
+      L.router = t;
+      break;
+    case Role::kExpertGate:
+      L.experts[static_cast<size_t>(e.expert)].gate = t;
+      break;
+    case Role::kExpertUp:
+      L.experts[static_cast<size_t>(e.expert)].up = t;
+      break;
+    case Role::kExpertDown:
+      L.experts[static_cast<size_t>(e.expert)].down = t;
+      break;
+    default:
+      break;
   }
 }
 

@@ -10,7 +10,8 @@ namespace stip {
 
 Sampler::Sampler(SamplingOptions options) : options_(options) {
   if (options_.top_k < 0) throw InvalidArgument("top_k must be >= 0");
-  if (!(options_.top_p > 0 && options_.top_p <= 1)) throw InvalidArgument("top_p must be in (0, 1]");
+  if (!(options_.top_p > 0 && options_.top_p <= 1))
+    throw InvalidArgument("top_p must be in (0, 1]");
   if (!(options_.repetition_penalty > 0)) throw InvalidArgument("repetition_penalty must be > 0");
   uint64_t seed = options_.seed ? *options_.seed : std::random_device{}();
   gen_ = at::make_generator<at::CPUGeneratorImpl>(seed);

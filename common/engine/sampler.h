@@ -13,9 +13,9 @@ namespace stip {
 
 struct SamplingOptions {
   bool greedy = false;
-  double temperature = 1.0;  // <= 0 means greedy
-  int64_t top_k = 0;         // 0: off
-  double top_p = 1.0;        // 1: off
+  double temperature = 1.0;         // <= 0 means greedy
+  int64_t top_k = 0;                // 0: off
+  double top_p = 1.0;               // 1: off
   double repetition_penalty = 1.0;  // 1: off (CTRL-style, as transformers)
   std::optional<uint64_t> seed;     // nullopt: nondeterministic
 };

@@ -615,4 +615,14 @@ void WriteSafetensors(const std::string& path, const std::vector<TensorBytes>& t
   w.Commit();
 }
 
+void SafetensorsFile::Evict(const TensorInfo& info) const {
+  if (map_ == nullptr || info.nbytes == 0) return;
+  const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+  const uint64_t begin = data_start_ + info.offset, end = begin + info.nbytes;
+  const uint64_t first = (begin + page - 1) / page * page, last = end / page * page;
+  if (last > first && last <= map_size_) {
+    ::madvise(static_cast<uint8_t*>(map_) + first, last - first, MADV_DONTNEED);
+  }
+}
+
 }  // namespace stip

@@ -50,13 +50,18 @@ class SafetensorsFile {
   const TensorInfo& Get(std::string_view name) const;
   // Pointer to the tensor's bytes inside the mapping (valid while this object lives).
   const uint8_t* Data(const TensorInfo& info) const;
+  // Tells the kernel this tensor's pages are no longer needed, so that a pass
+  // over a large model (transform, fingerprint) keeps a small resident set.
+  // The data stays readable (it is paged in again on access). No-op for
+  // in-memory files.
+  void Evict(const TensorInfo& info) const;
 
  private:
   SafetensorsFile() = default;
   void Parse();
 
   std::string path_;
-  std::string owned_;            // FromBytes storage
+  std::string owned_;              // FromBytes storage
   const uint8_t* base_ = nullptr;  // whole file
   uint64_t size_ = 0;
   void* map_ = nullptr;

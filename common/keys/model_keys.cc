@@ -674,6 +674,7 @@ std::string FingerprintModel(const std::string& model_dir) {
     for (int64_t d : t.info->shape) h.U64(static_cast<uint64_t>(d));
     h.U64(t.info->nbytes);
     h.Bytes(t.data, t.info->nbytes);
+    t.file->Evict(*t.info);  // keep the resident set small on large models
   }
   return h.HexDigest();
 }

@@ -24,7 +24,7 @@
 namespace stip {
 
 struct AttentionKey {
-  Permutation kv_heads;             // hk: [n_kv]; new KV slot m holds original KV head hk[m]
+  Permutation kv_heads;                 // hk: [n_kv]; new KV slot m holds original KV head hk[m]
   std::vector<Permutation> q_in_group;  // r_m: n_kv x [G]; query slot m*G+t holds hk[m]*G + r_m[t]
   std::vector<Permutation> qk_within;   // w_qk: n_kv x [d_h] (identity under RoPE)
   std::vector<Permutation> v_within;    // w_v: n_kv x [d_h]
@@ -32,9 +32,9 @@ struct AttentionKey {
 
 struct LayerKey {
   AttentionKey attention;
-  Permutation ffn;                        // p_f [m] (dense FFN)
-  Permutation expert_order;               // p_e [n_experts]: new expert e holds old expert p_e[e]
-  std::vector<Permutation> expert_ffn;    // n_experts x [m]: p_f of new expert e
+  Permutation ffn;                      // p_f [m] (dense FFN)
+  Permutation expert_order;             // p_e [n_experts]: new expert e holds old expert p_e[e]
+  std::vector<Permutation> expert_ffn;  // n_experts x [m]: p_f of new expert e
 };
 
 struct ModelKeys {
@@ -70,7 +70,7 @@ void ValidateKeys(const ModelKeys& keys, const ModelConfig& config);
 ClientKeys ClientShare(const ModelKeys& keys);
 
 void SaveKeys(const std::string& path, const ModelKeys& keys);  // 0600, atomic
-ModelKeys LoadKeys(const std::string& path);                     // structural checks only
+ModelKeys LoadKeys(const std::string& path);                    // structural checks only
 void SaveClientKeys(const std::string& path, const ClientKeys& keys);
 ClientKeys LoadClientKeys(const std::string& path);
 

@@ -1,10 +1,12 @@
 // Helpers shared by the tokenizer implementations (common/tokenizer/internal.h).
+#include "common/tokenizer/internal.h"
+
 #include <sys/stat.h>
 
 #include <fstream>
 #include <sstream>
+
 #include "common/error.h"
-#include "common/tokenizer/internal.h"
 
 namespace stip {
 namespace tokenizer_internal {

@@ -53,8 +53,9 @@ OpenFn Module() {
       if (fn) return;
       error = path + ": no entry point stip_sentencepiece_open";
     }
-    if (error.empty()) error = std::string(name) + " not found next to the executable or in " +
-                               "STIP_SENTENCEPIECE_MODULE";
+    if (error.empty())
+      error = std::string(name) + " not found next to the executable or in " +
+              "STIP_SENTENCEPIECE_MODULE";
   });
   if (!fn) throw Internal("cannot load the SentencePiece module: " + error);
   return fn;

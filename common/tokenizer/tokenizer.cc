@@ -11,9 +11,7 @@
 
 namespace stip {
 
-
 namespace ti = tokenizer_internal;
-
 
 std::unique_ptr<Tokenizer> Tokenizer::FromDirectory(const std::string& dir) {
   struct stat st;

@@ -144,10 +144,15 @@ TransformStats WriteServerCheckpoint(const std::string& model_dir, const std::st
       // A view of the mapped bytes (no copy); the gathers make the only copies.
       at::Tensor view = at::from_blob(const_cast<uint8_t*>(it.src.data), it.src.info->shape,
                                       at::TensorOptions().dtype(ToScalarType(it.src.info->dtype)));
-      at::Tensor out = PermuteTensor(view, it.t.layout, PermutationsFor(it.t, config, keys));
-      writer.Write(it.t.name, out.data_ptr(), static_cast<size_t>(out.nbytes()));
+      uint64_t written = 0;
+      PermuteTensorChunked(view, it.t.layout, PermutationsFor(it.t, config, keys), 64u << 20,
+                           [&](const void* data, size_t nbytes) {
+                             writer.Write(it.t.name, data, nbytes);
+                             written += nbytes;
+                           });
+      it.src.file->Evict(*it.src.info);
       stats.bytes_read += it.bytes;
-      stats.bytes_written += static_cast<uint64_t>(out.nbytes());
+      stats.bytes_written += written;
       ++stats.tensors;
       progress.Update(stats.bytes_read);
     }
@@ -186,9 +191,9 @@ void WriteClientBundle(const std::string& model_dir, const std::string& client_d
   nlohmann::json stip = {{"stip", {{"format", "stip-client-v1"}, {"instance", keys.instance_id}}}};
   WriteFileAtomic(JoinPath(tmp.path, "config.json"),
                   PatchConfigJson(ReadFile(JoinPath(model_dir, "config.json")), stip.dump()), 0600);
-  for (const char* f : {"generation_config.json", "tokenizer.json", "tokenizer_config.json",
-                        "tokenizer.model", "vocab.json", "merges.txt", "special_tokens_map.json",
-                        "added_tokens.json"}) {
+  for (const char* f :
+       {"generation_config.json", "tokenizer.json", "tokenizer_config.json", "tokenizer.model",
+        "vocab.json", "merges.txt", "special_tokens_map.json", "added_tokens.json"}) {
     std::string from = JoinPath(model_dir, f);
     if (PathExists(from)) CopyFile(from, JoinPath(tmp.path, f), 0600);
   }
@@ -199,10 +204,12 @@ void WriteClientBundle(const std::string& model_dir, const std::string& client_d
 TransformStats TransformCheckpoint(const std::string& model_dir, const std::string& out_dir,
                                    const ModelKeys& keys, const TransformOptions& options) {
   if (PathExists(JoinPath(out_dir, "server")) || PathExists(JoinPath(out_dir, "client"))) {
-    throw FailedPrecondition(out_dir + ": already holds a transformed model; refusing to overwrite");
+    throw FailedPrecondition(out_dir +
+                             ": already holds a transformed model; refusing to overwrite");
   }
   if (!IsDirectory(out_dir)) MakeDirectories(out_dir, 0700);
-  TransformStats stats = WriteServerCheckpoint(model_dir, JoinPath(out_dir, "server"), keys, options);
+  TransformStats stats =
+      WriteServerCheckpoint(model_dir, JoinPath(out_dir, "server"), keys, options);
   WriteClientBundle(model_dir, JoinPath(out_dir, "client"), keys);
   return stats;
 }

@@ -1,5 +1,6 @@
 #include "common/transform/transform_rules.h"
 
+#include <algorithm>
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
@@ -84,12 +85,18 @@ AxisPermutations PermutationsFor(const TransformedTensor& t, const ModelConfig& 
     case Role::kOBias:
     case Role::kFfnDownBias:
       return {p, {}};
-    case Role::kQ: return {keys.QPerm(c, t.layer), p};
-    case Role::kQBias: return {keys.QPerm(c, t.layer), {}};
-    case Role::kK: return {keys.KPerm(c, t.layer), p};
-    case Role::kKBias: return {keys.KPerm(c, t.layer), {}};
-    case Role::kV: return {keys.VPerm(c, t.layer), p};
-    case Role::kVBias: return {keys.VPerm(c, t.layer), {}};
+    case Role::kQ:
+      return {keys.QPerm(c, t.layer), p};
+    case Role::kQBias:
+      return {keys.QPerm(c, t.layer), {}};
+    case Role::kK:
+      return {keys.KPerm(c, t.layer), p};
+    case Role::kKBias:
+      return {keys.KPerm(c, t.layer), {}};
+    case Role::kV:
+      return {keys.VPerm(c, t.layer), p};
+    case Role::kVBias:
+      return {keys.VPerm(c, t.layer), {}};
     case Role::kQkv:
     case Role::kQkvBias: {
       // GPT-2's fused c_attn: output columns concat(p_q, q + p_k, q + kv + p_v).
@@ -97,21 +104,27 @@ AxisPermutations PermutationsFor(const TransformedTensor& t, const ModelConfig& 
                                  Offset(keys.VPerm(c, t.layer), c.q_size() + c.kv_size())});
       return {rows, t.role == Role::kQkv ? p : Permutation{}};
     }
-    case Role::kO: return {p, keys.OPerm(c, t.layer)};
+    case Role::kO:
+      return {p, keys.OPerm(c, t.layer)};
     case Role::kFfnUp:
     case Role::kFfnGate:
       return {lk->ffn, p};
     case Role::kFfnUpBias:
     case Role::kFfnGateBias:
       return {lk->ffn, {}};
-    case Role::kFfnDown: return {p, lk->ffn};
-    case Role::kRouter: return {lk->expert_order, p};
+    case Role::kFfnDown:
+      return {p, lk->ffn};
+    case Role::kRouter:
+      return {lk->expert_order, p};
     case Role::kExpertGate:
     case Role::kExpertUp:
       return {lk->expert_ffn[static_cast<size_t>(t.expert)], p};
-    case Role::kExpertDown: return {p, lk->expert_ffn[static_cast<size_t>(t.expert)]};
-    case Role::kLmHead: return {keys.p_c, p};
-    case Role::kLmHeadBias: return {keys.p_c, {}};
+    case Role::kExpertDown:
+      return {p, lk->expert_ffn[static_cast<size_t>(t.expert)]};
+    case Role::kLmHead:
+      return {keys.p_c, p};
+    case Role::kLmHeadBias:
+      return {keys.p_c, {}};
     case Role::kTokenEmbedding:
     case Role::kPositionEmbedding:
       break;
@@ -148,6 +161,41 @@ at::Tensor PermuteTensor(const at::Tensor& w, Layout layout, const AxisPermutati
     out = out.index_select(col_dim, Index(perms.cols, w.device()));
   }
   return out.contiguous();
+}
+
+void PermuteTensorChunked(const at::Tensor& w, Layout layout, const AxisPermutations& perms,
+                          size_t chunk_bytes,
+                          const std::function<void(const void* data, size_t nbytes)>& sink) {
+  if (w.dim() < 2 || w.size(0) == 0) {
+    at::Tensor out = PermuteTensor(w, layout, perms);
+    sink(out.data_ptr(), static_cast<size_t>(out.nbytes()));
+    return;
+  }
+  // Stored dim 0 takes rows (Linear) or cols (Conv1D); dim 1 the other.
+  const bool conv = layout == Layout::kConv1D;
+  const Permutation& p0 = conv ? perms.cols : perms.rows;
+  const Permutation& p1 = conv ? perms.rows : perms.cols;
+  for (const auto* p : {&p0, &p1}) {
+    int64_t dim = p == &p0 ? 0 : 1;
+    if (!p->empty() && w.size(dim) != static_cast<int64_t>(p->size())) {
+      throw InvalidArgument("permutation size does not match tensor of shape " +
+                            ShapeString(w.sizes().vec()));
+    }
+  }
+  const int64_t rows = w.size(0);
+  const int64_t row_bytes = w.numel() / rows * static_cast<int64_t>(w.element_size());
+  const int64_t step =
+      std::max<int64_t>(1, static_cast<int64_t>(chunk_bytes) / std::max<int64_t>(1, row_bytes));
+  at::Tensor idx0 = p0.empty() ? at::Tensor() : Index(p0, w.device());
+  at::Tensor idx1 = p1.empty() ? at::Tensor() : Index(p1, w.device());
+  for (int64_t begin = 0; begin < rows; begin += step) {
+    const int64_t n = std::min(step, rows - begin);
+    at::Tensor part =
+        idx0.defined() ? w.index_select(0, idx0.narrow(0, begin, n)) : w.narrow(0, begin, n);
+    if (idx1.defined()) part = part.index_select(1, idx1);
+    part = part.contiguous();
+    sink(part.data_ptr(), static_cast<size_t>(part.nbytes()));
+  }
 }
 
 std::map<std::string, at::Tensor> TransformInMemory(const ModelConfig& plain,

@@ -6,6 +6,7 @@
 
 #include <ATen/ATen.h>
 
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -55,6 +56,13 @@ std::string SourceTensorName(const TransformedTensor& t, const ModelConfig& plai
 // W' = W[rows][:, cols] in Linear layout; Conv1D ([in, out]) gets W[cols][:, rows];
 // vectors b[rows]. Works in any dtype (a gather is exact).
 at::Tensor PermuteTensor(const at::Tensor& w, Layout layout, const AxisPermutations& perms);
+
+// The same permutation produced in slices of about `chunk_bytes` of output
+// (whole rows of the stored layout), handed to `sink` in order: the streaming
+// transform never holds a whole permuted copy of a large tensor.
+void PermuteTensorChunked(const at::Tensor& w, Layout layout, const AxisPermutations& perms,
+                          size_t chunk_bytes,
+                          const std::function<void(const void* data, size_t nbytes)>& sink);
 
 // The server half of the transformed model, in memory (verification, tests).
 std::map<std::string, at::Tensor> TransformInMemory(const ModelConfig& plain,

@@ -58,7 +58,8 @@ std::string VerifyReport::ToJson() const {
   nlohmann::ordered_json j = {
       {"arch", arch},
       {"model", model_dir},
-      {"reference", reference.empty() ? nlohmann::ordered_json(nullptr) : nlohmann::ordered_json(reference)},
+      {"reference",
+       reference.empty() ? nlohmann::ordered_json(nullptr) : nlohmann::ordered_json(reference)},
       {"max_abs_diff_plain_vs_reference", opt(max_abs_diff_plain_vs_reference)},
       {"reference_tolerance", reference_tolerance},
       {"max_abs_diff_stip_vs_plain", max_abs_diff_stip_vs_plain},
@@ -144,9 +145,11 @@ VerifyReport VerifyModel(const std::string& model_dir, const VerifyOptions& opti
     agree += a.argmax(-1).eq(b.argmax(-1)).sum().item<int64_t>();
     r.positions_compared += a.size(0);
   }
-  r.top1_agreement =
-      r.positions_compared ? static_cast<double>(agree) / static_cast<double>(r.positions_compared) : 0;
-  if (r.max_abs_diff_stip_vs_plain > options.tolerance) failures.push_back("STIP differs from plain");
+  r.top1_agreement = r.positions_compared
+                         ? static_cast<double>(agree) / static_cast<double>(r.positions_compared)
+                         : 0;
+  if (r.max_abs_diff_stip_vs_plain > options.tolerance)
+    failures.push_back("STIP differs from plain");
   if (r.top1_agreement != 1.0) failures.push_back("top-1 disagreement");
 
   // 3. Greedy generation through the STIP path with the KV cache.
@@ -159,15 +162,18 @@ VerifyReport VerifyModel(const std::string& model_dir, const VerifyOptions& opti
     const size_t plen = want.size() - std::min(want.size(), prompts[0].size());
     g.max_new_tokens = static_cast<int>(plen);
     // The reference prompt is the first input row (or, for the demo models, its prefix).
-    std::vector<int64_t> prompt(want.begin(), want.begin() + static_cast<int64_t>(prompts[0].size()));
+    std::vector<int64_t> prompt(want.begin(),
+                                want.begin() + static_cast<int64_t>(prompts[0].size()));
     r.greedy_match = GreedyGenerate(client, stip, {prompt}, g)[0] == want;
     if (!*r.greedy_match) failures.push_back("greedy generation differs from reference");
   }
-  if (auto batch = ref.Get("greedy_ids_batch"); batch && prompts.size() == static_cast<size_t>(batch->size(0))) {
+  if (auto batch = ref.Get("greedy_ids_batch");
+      batch && prompts.size() == static_cast<size_t>(batch->size(0))) {
     g.max_new_tokens = static_cast<int>(batch->size(1) - static_cast<int64_t>(prompts[0].size()));
     auto out = GreedyGenerate(client, stip, prompts, g);
     bool ok = true;
-    for (size_t b = 0; b < prompts.size(); ++b) ok = ok && out[b] == ToIds((*batch)[static_cast<int64_t>(b)]);
+    for (size_t b = 0; b < prompts.size(); ++b)
+      ok = ok && out[b] == ToIds((*batch)[static_cast<int64_t>(b)]);
     r.greedy_batch_match = ok;
     if (!ok) failures.push_back("batched greedy generation differs from reference");
   }

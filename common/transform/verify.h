@@ -15,10 +15,10 @@
 namespace stip {
 
 struct VerifyOptions {
-  std::string reference;   // reference.safetensors; "" = <model>/reference.safetensors if present
-  int samples = 8;         // random prompts for the Table 5 figures
-  int sample_length = 16;  // tokens per random prompt
-  uint64_t seed = 0;       // prompts only (keys always come from the CSPRNG)
+  std::string reference;    // reference.safetensors; "" = <model>/reference.safetensors if present
+  int samples = 8;          // random prompts for the Table 5 figures
+  int sample_length = 16;   // tokens per random prompt
+  uint64_t seed = 0;        // prompts only (keys always come from the CSPRNG)
   double tolerance = 1e-4;  // max |STIP - plain| in fp32
 };
 

@@ -70,7 +70,8 @@ bool IsDirectory(const std::string& path) {
 void MakeDirectories(const std::string& path, unsigned mode) {
   std::error_code ec;
   std::filesystem::create_directories(path, ec);
-  if (ec || !IsDirectory(path)) throw Internal(path + ": cannot create directory (" + ec.message() + ")");
+  if (ec || !IsDirectory(path))
+    throw Internal(path + ": cannot create directory (" + ec.message() + ")");
   if (chmod(path.c_str(), static_cast<mode_t>(mode)) != 0) {
     throw Internal(path + ": cannot set mode (" + Errno() + ")");
   }
