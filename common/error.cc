@@ -24,4 +24,27 @@ const char* ErrorCodeName(ErrorCode code) {
   return "UNKNOWN";
 }
 
+std::string QuoteForMessage(std::string_view s, size_t max_bytes) {
+  std::string out = "\"";
+  size_t n = s.size() > max_bytes ? max_bytes : s.size();
+  while (n < s.size() && n > 0 && (static_cast<unsigned char>(s[n]) & 0xC0) == 0x80) --n;
+  for (size_t i = 0; i < n; ++i) {
+    unsigned char c = static_cast<unsigned char>(s[i]);
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += static_cast<char>(c);
+    } else if (c < 0x20 || c == 0x7f) {
+      static const char kHex[] = "0123456789abcdef";
+      out += "\\x";
+      out += kHex[c >> 4];
+      out += kHex[c & 15];
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  out += '"';
+  if (n < s.size()) out += "...";
+  return out;
+}
+
 }  // namespace stip

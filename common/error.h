@@ -5,6 +5,7 @@
 
 #include <stdexcept>
 #include <string>
+#include <string_view>
 
 namespace stip {
 
@@ -20,6 +21,10 @@ enum class ErrorCode {
 };
 
 const char* ErrorCodeName(ErrorCode code);
+
+// Quotes untrusted text for an error message: escapes quotes, backslashes and
+// control bytes, and truncates long input (never inside a UTF-8 sequence).
+std::string QuoteForMessage(std::string_view s, size_t max_bytes = 64);
 
 class Error : public std::runtime_error {
  public:

@@ -1,16 +1,82 @@
 #!/usr/bin/env bash
-# The README's run command. Installs what is missing, builds, and runs the demo
-# model (King James Bible LLaMA) with the stip engine.
-#   deploy/demo.sh                                   interactive prompt loop
-#   deploy/demo.sh --prompt TEXT --max-new-tokens N --greedy   one completion
-# Until the three daemons land, this runs the engine locally in one process;
-# it will start developer, server and client (TLS on) with the same flags.
+# The README's run command: the three-party STIP demo on this machine.
+# Installs what is missing, builds, makes a demo PKI, then starts
+#   stip-server     (P2, the cloud)      on its own port, TLS on
+#   stip-developer  (P1, the developer)  transforms the demo model, pushes it to
+#                                        the server, serves the registry (TLS)
+#   stip-client     (P3, the user)       registers, then opens a chat
+#
+#   deploy/demo.sh                                           interactive chat
+#   deploy/demo.sh --prompt TEXT --max-new-tokens N --greedy one completion, then exit
+#   STIP_DEMO_MODEL=models/kjv-gpt2 deploy/demo.sh ...      the other demo model
+# Any other client flags (--temperature, --top-k, --top-p, --seed, ...) pass through.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+ROOT=$PWD
 MODEL=${STIP_DEMO_MODEL:-models/kjv-llama}
-deploy/install-deps.sh >&2
-deploy/build.sh >&2
 BUILD_DIR=${STIP_BUILD_DIR:-build}
-# Prove on this machine, before serving, that the STIP path equals the plain model.
-"$BUILD_DIR/developer/stip-developer" verify --model "$MODEL" >&2
-exec "$BUILD_DIR/tools/stip-generate" --model "$MODEL" "$@"
+if [[ "${STIP_DEMO_SKIP_BUILD:-0}" != 1 ]]; then
+  deploy/install-deps.sh >&2
+  deploy/build.sh >&2
+fi
+BIN=$ROOT/$BUILD_DIR
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/stip-demo.XXXXXX")
+chmod 700 "$WORK"
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  if [[ "${STIP_DEMO_KEEP:-0}" == 1 ]]; then echo "demo files kept in $WORK" >&2; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Waits for "<name> listening on ADDR" on a daemon's stdout; prints ADDR.
+wait_listening() {
+  local name=$1 out=$2 log=$3 pid=$4
+  for _ in $(seq 1 600); do
+    if grep -q "listening on" "$out" 2>/dev/null; then
+      sed -n 's/.*listening on \(.*\)$/\1/p' "$out" | head -n1
+      return 0
+    fi
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "demo: $name exited during start-up; its log:" >&2
+      tail -n 30 "$log" >&2
+      return 1
+    fi
+    sleep 0.2
+  done
+  echo "demo: $name did not start in time; its log:" >&2
+  tail -n 30 "$log" >&2
+  return 1
+}
+
+deploy/make-demo-ca.sh "$WORK/pki" >/dev/null
+PKI=$WORK/pki
+
+echo "demo: starting stip-server (P2) ..." >&2
+"$BIN/server/stip-server" --listen 127.0.0.1:0 --store "$WORK/server-store" \
+  --tls-cert "$PKI/server.pem" --tls-key "$PKI/server.key" \
+  >"$WORK/server.out" 2>"$WORK/server.log" &
+PIDS+=($!)
+SERVER=$(wait_listening stip-server "$WORK/server.out" "$WORK/server.log" "${PIDS[-1]}")
+
+echo "demo: stip-developer (P1) transforms $MODEL and pushes it to $SERVER ..." >&2
+TOKEN=$("$BIN/developer/stip-developer" add-user demo --state "$WORK/developer")
+"$BIN/developer/stip-developer" serve --model "$MODEL" --state "$WORK/developer" \
+  --listen 127.0.0.1:0 --server "$SERVER" \
+  --tls-cert "$PKI/developer.pem" --tls-key "$PKI/developer.key" --tls-ca "$PKI/ca.pem" \
+  >"$WORK/developer.out" 2>"$WORK/developer.log" &
+PIDS+=($!)
+DEVELOPER=$(wait_listening stip-developer "$WORK/developer.out" "$WORK/developer.log" "${PIDS[-1]}")
+
+echo "demo: stip-client (P3) registers with the developer at $DEVELOPER ..." >&2
+"$BIN/client/stip-client" register --developer "$DEVELOPER" --user demo --token "$TOKEN" \
+  --data-dir "$WORK/client" --ca "$PKI/ca.pem" >&2
+
+if [[ " $* " == *" --prompt "* ]]; then
+  "$BIN/client/stip-client" generate --data-dir "$WORK/client" "$@"
+else
+  echo "demo: chat with the model through STIP (/reset, /exit; Ctrl-C stops an answer)" >&2
+  "$BIN/client/stip-client" chat --data-dir "$WORK/client" "$@"
+fi

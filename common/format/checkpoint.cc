@@ -24,31 +24,6 @@ constexpr const char* kIndexFile = "model.safetensors.index.json";
 // Real indexes are a few hundred KiB at most.
 constexpr uint64_t kMaxIndexSize = 64ull << 20;
 
-// Quotes untrusted text for an error message (see dtype.cc).
-std::string Quote(std::string_view s) {
-  constexpr size_t kMax = 200;
-  std::string out = "\"";
-  size_t n = s.size() > kMax ? kMax : s.size();
-  while (n < s.size() && n > 0 && (static_cast<unsigned char>(s[n]) & 0xC0) == 0x80) --n;
-  for (size_t i = 0; i < n; ++i) {
-    unsigned char c = static_cast<unsigned char>(s[i]);
-    if (c == '"' || c == '\\') {
-      out += '\\';
-      out += static_cast<char>(c);
-    } else if (c < 0x20 || c == 0x7f) {
-      static const char kHex[] = "0123456789abcdef";
-      out += "\\x";
-      out += kHex[c >> 4];
-      out += kHex[c & 15];
-    } else {
-      out += static_cast<char>(c);
-    }
-  }
-  out += '"';
-  if (n < s.size()) out += "...";
-  return out;
-}
-
 std::string Join(const std::string& dir, const std::string& name) {
   if (dir.empty()) return name;
   if (dir.back() == '/') return dir + name;
@@ -117,14 +92,16 @@ json ParseJsonStrict(const std::string& text, const std::string& source) {
   } catch (const json::exception& e) {
     throw DataLoss(source + ": not valid JSON: " + e.what());
   }
-  if (!duplicate.empty()) throw DataLoss(source + ": duplicate key " + Quote(duplicate));
+  if (!duplicate.empty())
+    throw DataLoss(source + ": duplicate key " + QuoteForMessage(duplicate, 200));
   return j;
 }
 
 // A shard must be a plain file name inside the checkpoint directory.
 void CheckShardName(const std::string& shard, const std::string& tensor,
                     const std::string& source) {
-  const std::string what = source + ": tensor " + Quote(tensor) + " maps to shard " + Quote(shard);
+  const std::string what = source + ": tensor " + QuoteForMessage(tensor, 200) + " maps to shard " +
+                           QuoteForMessage(shard, 200);
   if (shard.empty()) throw InvalidArgument(what + ": empty file name");
   if (shard.find('/') != std::string::npos || shard.find('\\') != std::string::npos) {
     throw InvalidArgument(what + ": shard names must not contain a path separator");
@@ -182,8 +159,9 @@ Checkpoint Checkpoint::Open(const std::string& dir) {
   std::set<std::string> shard_names;
   for (auto it = wm->begin(); it != wm->end(); ++it) {
     if (!it.value().is_string()) {
-      throw DataLoss(index_path + ": \"weight_map\" entry for tensor " + Quote(it.key()) +
-                     " is a JSON " + std::string(it.value().type_name()) + ", expected a string");
+      throw DataLoss(index_path + ": \"weight_map\" entry for tensor " +
+                     QuoteForMessage(it.key(), 200) + " is a JSON " +
+                     std::string(it.value().type_name()) + ", expected a string");
     }
     const std::string shard = it.value().get<std::string>();
     CheckShardName(shard, it.key(), index_path);
@@ -198,7 +176,7 @@ Checkpoint Checkpoint::Open(const std::string& dir) {
     try {
       file = SafetensorsFile::Open(Join(dir, name));
     } catch (const Error& e) {
-      throw Error(e.code(), index_path + ": shard " + Quote(name) + ": " + e.what());
+      throw Error(e.code(), index_path + ": shard " + QuoteForMessage(name, 200) + ": " + e.what());
     }
     shard_pos.emplace(name, c.shards_.size());
     c.shards_.push_back(std::move(file));
@@ -210,9 +188,10 @@ Checkpoint Checkpoint::Open(const std::string& dir) {
     for (const TensorInfo& t : c.shards_[i]->tensors()) {
       auto [it, inserted] = owner.emplace(t.name, i);
       if (!inserted) {
-        throw DataLoss(index_path + ": tensor " + Quote(t.name) + " is present in both shard " +
-                       Quote(c.shards_[it->second]->path()) + " and shard " +
-                       Quote(c.shards_[i]->path()));
+        throw DataLoss(index_path + ": tensor " + QuoteForMessage(t.name, 200) +
+                       " is present in both shard " +
+                       QuoteForMessage(c.shards_[it->second]->path(), 200) + " and shard " +
+                       QuoteForMessage(c.shards_[i]->path(), 200));
       }
     }
   }
@@ -221,8 +200,9 @@ Checkpoint Checkpoint::Open(const std::string& dir) {
   for (auto& [tensor, shard] : entries) {
     size_t pos = shard_pos.at(shard);
     if (c.shards_[pos]->Find(tensor) == nullptr) {
-      throw DataLoss(index_path + ": tensor " + Quote(tensor) + " is mapped to shard " +
-                     Quote(shard) + ", which does not contain it");
+      throw DataLoss(index_path + ": tensor " + QuoteForMessage(tensor, 200) +
+                     " is mapped to shard " + QuoteForMessage(shard, 200) +
+                     ", which does not contain it");
     }
     c.index_.emplace_back(std::move(tensor), pos);
   }
@@ -247,7 +227,7 @@ TensorRef Checkpoint::Get(std::string_view name) const {
   auto it = std::lower_bound(index_.begin(), index_.end(), name,
                              [](const auto& entry, std::string_view n) { return entry.first < n; });
   if (it == index_.end() || it->first != name) {
-    throw NotFound("checkpoint " + dir_ + ": no tensor " + Quote(name));
+    throw NotFound("checkpoint " + dir_ + ": no tensor " + QuoteForMessage(name, 200));
   }
   const SafetensorsFile* file = shards_[it->second].get();
   TensorRef ref;

@@ -29,33 +29,6 @@ const DTypeEntry& Entry(DType dtype) {
   throw Internal("invalid DType value " + std::to_string(static_cast<int>(dtype)));
 }
 
-// Quotes untrusted text for an error message: escapes quotes, backslashes and
-// control bytes, and truncates very long input.
-std::string Quote(std::string_view s) {
-  constexpr size_t kMax = 64;
-  std::string out = "\"";
-  size_t n = s.size() > kMax ? kMax : s.size();
-  // Do not cut a UTF-8 sequence in half.
-  while (n < s.size() && n > 0 && (static_cast<unsigned char>(s[n]) & 0xC0) == 0x80) --n;
-  for (size_t i = 0; i < n; ++i) {
-    unsigned char c = static_cast<unsigned char>(s[i]);
-    if (c == '"' || c == '\\') {
-      out += '\\';
-      out += static_cast<char>(c);
-    } else if (c < 0x20 || c == 0x7f) {
-      static const char kHex[] = "0123456789abcdef";
-      out += "\\x";
-      out += kHex[c >> 4];
-      out += kHex[c & 15];
-    } else {
-      out += static_cast<char>(c);
-    }
-  }
-  out += '"';
-  if (n < s.size()) out += "...";
-  return out;
-}
-
 }  // namespace
 
 size_t DTypeSize(DType dtype) { return Entry(dtype).size; }
@@ -71,7 +44,7 @@ DType ParseDType(std::string_view name, std::string_view what) {
     if (!supported.empty()) supported += ", ";
     supported += e.name;
   }
-  throw InvalidArgument(std::string(what) + ": unknown dtype " + Quote(name) +
+  throw InvalidArgument(std::string(what) + ": unknown dtype " + QuoteForMessage(name) +
                         " (supported: " + supported + ")");
 }
 

@@ -26,31 +26,6 @@ using json = nlohmann::json;
 constexpr uint64_t kMaxHeaderSize = 100ull << 20;  // 100 MiB
 constexpr const char* kMetadataKey = "__metadata__";
 
-// Quotes untrusted text for an error message (see dtype.cc).
-std::string Quote(std::string_view s) {
-  constexpr size_t kMax = 200;
-  std::string out = "\"";
-  size_t n = s.size() > kMax ? kMax : s.size();
-  while (n < s.size() && n > 0 && (static_cast<unsigned char>(s[n]) & 0xC0) == 0x80) --n;
-  for (size_t i = 0; i < n; ++i) {
-    unsigned char c = static_cast<unsigned char>(s[i]);
-    if (c == '"' || c == '\\') {
-      out += '\\';
-      out += static_cast<char>(c);
-    } else if (c < 0x20 || c == 0x7f) {
-      static const char kHex[] = "0123456789abcdef";
-      out += "\\x";
-      out += kHex[c >> 4];
-      out += kHex[c & 15];
-    } else {
-      out += static_cast<char>(c);
-    }
-  }
-  out += '"';
-  if (n < s.size()) out += "...";
-  return out;
-}
-
 std::string ErrnoText(int err) { return std::string(std::strerror(err)); }
 
 Error ErrnoError(int err, const std::string& what) {
@@ -106,7 +81,7 @@ json ParseJsonStrict(const char* begin, const char* end, const std::string& sour
     throw DataLoss(source + ": header is not valid JSON: " + e.what());
   }
   if (!duplicate.empty()) {
-    throw DataLoss(source + ": header has duplicate key " + Quote(duplicate));
+    throw DataLoss(source + ": header has duplicate key " + QuoteForMessage(duplicate));
   }
   return j;
 }
@@ -229,7 +204,7 @@ void SafetensorsFile::Parse() {
       }
       for (auto m = v.begin(); m != v.end(); ++m) {
         if (!m.value().is_string()) {
-          throw DataLoss(src + ": \"__metadata__\" value for key " + Quote(m.key()) +
+          throw DataLoss(src + ": \"__metadata__\" value for key " + QuoteForMessage(m.key()) +
                          " is a JSON " + std::string(m.value().type_name()) +
                          ", expected a string");
         }
@@ -238,7 +213,7 @@ void SafetensorsFile::Parse() {
       continue;
     }
 
-    const std::string what = src + ": tensor " + Quote(name);
+    const std::string what = src + ": tensor " + QuoteForMessage(name);
     if (!v.is_object()) {
       throw DataLoss(what + ": entry is a JSON " + std::string(v.type_name()) +
                      ", expected an object");
@@ -335,9 +310,9 @@ void SafetensorsFile::Parse() {
   for (const TensorInfo& t : tensors) {
     if (t.nbytes == 0) continue;
     if (last != nullptr && t.offset < last->offset + last->nbytes) {
-      throw DataLoss(src + ": tensor " + Quote(t.name) + " at data_offsets [" +
+      throw DataLoss(src + ": tensor " + QuoteForMessage(t.name) + " at data_offsets [" +
                      std::to_string(t.offset) + ", " + std::to_string(t.offset + t.nbytes) +
-                     ") overlaps tensor " + Quote(last->name) + " at [" +
+                     ") overlaps tensor " + QuoteForMessage(last->name) + " at [" +
                      std::to_string(last->offset) + ", " +
                      std::to_string(last->offset + last->nbytes) + ")");
     }
@@ -355,7 +330,7 @@ const TensorInfo* SafetensorsFile::Find(std::string_view name) const {
 
 const TensorInfo& SafetensorsFile::Get(std::string_view name) const {
   const TensorInfo* info = Find(name);
-  if (info == nullptr) throw NotFound(path_ + ": no tensor " + Quote(name));
+  if (info == nullptr) throw NotFound(path_ + ": no tensor " + QuoteForMessage(name));
   return *info;
 }
 
@@ -363,7 +338,7 @@ const uint8_t* SafetensorsFile::Data(const TensorInfo& info) const {
   // `info` may be a copy, or come from another file: never point outside the mapping.
   const uint64_t data_size = size_ - data_start_;
   if (info.offset > data_size || info.nbytes > data_size - info.offset) {
-    throw InvalidArgument(path_ + ": tensor " + Quote(info.name) + " at offset " +
+    throw InvalidArgument(path_ + ": tensor " + QuoteForMessage(info.name) + " at offset " +
                           std::to_string(info.offset) + " (" + std::to_string(info.nbytes) +
                           " bytes) lies outside the data section");
   }
@@ -510,10 +485,10 @@ void SafetensorsWriter::Declare(const std::string& name, DType dtype, std::vecto
   Impl& s = *impl_;
   s.CheckUsable("Declare()");
   if (s.header_written) {
-    throw FailedPrecondition(s.path + ": tensor " + Quote(name) +
+    throw FailedPrecondition(s.path + ": tensor " + QuoteForMessage(name) +
                              " declared after the first Write(); declare every tensor first");
   }
-  const std::string what = s.path + ": tensor " + Quote(name);
+  const std::string what = s.path + ": tensor " + QuoteForMessage(name);
   if (name.empty()) throw InvalidArgument(s.path + ": empty tensor name");
   if (name == kMetadataKey) throw InvalidArgument(what + ": reserved name");
   if (s.by_name.count(name) != 0) throw InvalidArgument(what + ": declared twice");
@@ -538,7 +513,7 @@ void SafetensorsWriter::Write(const std::string& name, const void* data, size_t 
   s.CheckUsable("Write()");
   auto it = s.by_name.find(name);
   if (it == s.by_name.end()) {
-    throw InvalidArgument(s.path + ": Write() of undeclared tensor " + Quote(name));
+    throw InvalidArgument(s.path + ": Write() of undeclared tensor " + QuoteForMessage(name));
   }
   Impl::Pending& t = s.tensors[it->second];
   s.SkipComplete();
@@ -547,21 +522,22 @@ void SafetensorsWriter::Write(const std::string& name, const void* data, size_t 
     // tensor) is harmless, so that callers may loop over every tensor.
     if (nbytes == 0 && t.written == t.nbytes) return;
     if (s.cursor >= s.tensors.size()) {
-      throw InvalidArgument(s.path + ": tensor " + Quote(name) + ": " + std::to_string(nbytes) +
+      throw InvalidArgument(s.path + ": tensor " + QuoteForMessage(name) + ": " +
+                            std::to_string(nbytes) +
                             " bytes written after all tensors are complete");
     }
-    throw InvalidArgument(s.path + ": tensor " + Quote(name) +
+    throw InvalidArgument(s.path + ": tensor " + QuoteForMessage(name) +
                           " written out of order; the next tensor to write is " +
-                          Quote(s.tensors[s.cursor].name) + " (declaration order)");
+                          QuoteForMessage(s.tensors[s.cursor].name) + " (declaration order)");
   }
   if (nbytes > t.nbytes - t.written) {
-    throw InvalidArgument(s.path + ": tensor " + Quote(name) + ": writing " +
+    throw InvalidArgument(s.path + ": tensor " + QuoteForMessage(name) + ": writing " +
                           std::to_string(nbytes) + " bytes after " + std::to_string(t.written) +
                           " exceeds its " + std::to_string(t.nbytes) + " bytes (" +
                           DTypeName(t.dtype) + " " + ShapeString(t.shape) + ")");
   }
   if (nbytes > 0 && data == nullptr) {
-    throw InvalidArgument(s.path + ": tensor " + Quote(name) + ": null data");
+    throw InvalidArgument(s.path + ": tensor " + QuoteForMessage(name) + ": null data");
   }
   if (!s.header_written) s.WriteHeader();
   s.Append(data, nbytes);
@@ -574,7 +550,7 @@ void SafetensorsWriter::Commit() {
   s.SkipComplete();
   if (s.cursor < s.tensors.size()) {
     const Impl::Pending& t = s.tensors[s.cursor];
-    throw FailedPrecondition(s.path + ": Commit() with tensor " + Quote(t.name) +
+    throw FailedPrecondition(s.path + ": Commit() with tensor " + QuoteForMessage(t.name) +
                              " incomplete: " + std::to_string(t.written) + " of " +
                              std::to_string(t.nbytes) + " bytes written");
   }
