@@ -11,13 +11,17 @@ BUILD_PKGS=(
   libspdlog-dev libabsl-dev libssl-dev openssl
   libgtest-dev nlohmann-json3-dev libcli11-dev
   libsentencepiece-dev libpcre2-dev
+  # An optimized BLAS for LibTorch's CPU kernels (Debian's default libblas3 is
+  # the slow reference implementation); it takes over libblas.so.3.
+  libopenblas0-pthread
 )
 # Validating docker-compose.yml offline in the test suite.
 TEST_PKGS=(docker-compose)
 
 pkgs=("${BUILD_PKGS[@]}" "${TEST_PKGS[@]}")
 if [[ "${1:-}" == "--runtime-only" ]]; then
-  pkgs=(libtorch1.13 libgrpc++1.51 libprotobuf32 libspdlog1.10 libsentencepiece0 libpcre2-8-0 openssl)
+  pkgs=(libtorch1.13 libgrpc++1.51 libprotobuf32 libspdlog1.10 libsentencepiece0 libpcre2-8-0 openssl
+        libopenblas0-pthread)
 fi
 
 missing=()
