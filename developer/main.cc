@@ -1,11 +1,20 @@
-// stip-developer: the model developer's (P1) tool. Offline subcommands:
+// stip-developer: the model developer's (P1) tool.
+// Offline subcommands:
 //   transform  draw (or load) the instance keys and write the server
 //              checkpoint and the client bundle, tensor by tensor
 //   verify     prove on this model that the STIP path equals the plain model
 //   keygen     draw fresh keys for a model into a key file (0600)
+//   add-user   create a user in a state directory; prints the one-time
+//              enrolment token (only) on stdout
+//   list-users the users of a state directory (no secrets)
+// With gRPC (STIP_DEVELOPER_WITH_GRPC):
+//   push       upload a transformed server checkpoint to a stip-server
+//   serve      keep the instance in a state directory (transforming the model
+//              on first start), push it to the servers, serve the Registry
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <iostream>
+#include <optional>
 
 #include "common/arch/model_config.h"
 #include "common/error.h"
@@ -13,6 +22,11 @@
 #include "common/transform/transform_checkpoint.h"
 #include "common/transform/verify.h"
 #include "common/util/files.h"
+#include "developer/state_store.h"
+#include "developer/user_registry.h"
+#ifdef STIP_DEVELOPER_WITH_GRPC
+#include "developer/rpc_commands.h"
+#endif
 
 namespace stip {
 namespace {
@@ -80,6 +94,37 @@ int Verify(const std::string& model, const VerifyOptions& opt, bool json) {
   return r.passed ? 0 : 1;
 }
 
+int AddUser(const std::string& name, const std::string& state_dir, const std::string& instance,
+            bool reissue) {
+  StateStore state(state_dir);
+  if (!instance.empty() && !state.HasInstance(instance)) {
+    throw NotFound("instance " + instance + " is not in " + state_dir);
+  }
+  UserRegistry users(state);
+  std::string token = users.AddUser(name, instance, reissue);
+  std::fprintf(stderr, "%s user \"%s\"%s; the enrolment token (stdout) works once\n",
+               reissue ? "reissued" : "created", name.c_str(),
+               instance.empty() ? "" : (" pinned to instance " + instance).c_str());
+  std::printf("%s\n", token.c_str());
+  std::fflush(stdout);
+  return 0;
+}
+
+int ListUsers(const std::string& state_dir) {
+  StateStore state(state_dir);
+  UserRegistry users(state);
+  std::optional<std::string> current = state.CurrentInstance();
+  for (const UserRecord& u : users.List()) {
+    std::printf("%s\t%s\tinstance=%s\tbundle=%s\tcreated=%s\tenrolled=%s\n", u.name.c_str(),
+                u.enrolled ? "enrolled" : "pending",
+                u.instance.empty() ? ("current(" + current.value_or("none") + ")").c_str()
+                                   : u.instance.c_str(),
+                u.bundle_instance.empty() ? "-" : u.bundle_instance.c_str(), u.created_at.c_str(),
+                u.enrolled_at.empty() ? "-" : u.enrolled_at.c_str());
+  }
+  return 0;
+}
+
 }  // namespace
 }  // namespace stip
 
@@ -111,8 +156,68 @@ int main(int argc, char** argv) {
   keygen->add_option("--model", model, "Hugging Face model directory")->required();
   keygen->add_option("--keys", keys, "key file to create (0600)")->required();
 
+  std::string user_name, state_dir, instance;
+  bool reissue = false;
+  auto* add_user = app.add_subcommand(
+      "add-user", "create a user; prints only the one-time enrolment token on stdout");
+  add_user->add_option("name", user_name, "user name ([A-Za-z0-9._@-], at most 64)")->required();
+  add_user->add_option("--state", state_dir, "the developer's state directory")->required();
+  add_user->add_option("--instance", instance, "pin the user to this instance (default: current)");
+  add_user->add_flag("--reissue", reissue,
+                     "the user exists: issue a new enrolment token (the old one and the "
+                     "user's access token stop working)");
+
+  auto* list_users = app.add_subcommand("list-users", "list the users of a state directory");
+  list_users->add_option("--state", state_dir, "the developer's state directory")->required();
+
+#ifdef STIP_DEVELOPER_WITH_GRPC
+  stip::PushCommand push_cmd;
+  auto* push = app.add_subcommand("push", "upload a transformed server checkpoint to a server");
+  push->add_option("--model-dir", push_cmd.model_dir, "transformed server directory")->required();
+  push->add_option("--instance", push_cmd.instance_id,
+                   "instance id (default: the one recorded in its config.json)");
+  push->add_option("--server", push_cmd.server, "stip-server address HOST:PORT")->required();
+  push->add_flag("!--no-load", push_cmd.load, "store only; do not ask the server to load it");
+  push->add_option("--tls-ca", push_cmd.tls.ca_file, "CA that signed the server's certificate");
+  push->add_option("--tls-cert", push_cmd.tls.cert_file, "our certificate (mutual TLS)");
+  push->add_option("--tls-key", push_cmd.tls.key_file, "our private key (mutual TLS)");
+  push->add_option("--tls-server-name", push_cmd.tls.server_name_override,
+                   "expected name in the server's certificate");
+  push->add_flag("--insecure", push_cmd.tls.insecure, "plaintext (no TLS)");
+
+  stip::ServeCommand serve_cmd;
+  auto* serve = app.add_subcommand(
+      "serve", "keep a model instance, push it to the servers and serve the Registry");
+  serve->add_option("--model", serve_cmd.model_dir, "plaintext Hugging Face model directory")
+      ->required();
+  serve->add_option("--state", serve_cmd.state_dir, "state directory (created 0700)")->required();
+  serve->add_option("--listen", serve_cmd.listen, "Registry address HOST:PORT (port 0: any)")
+      ->required();
+  serve->add_option("--server", serve_cmd.servers, "stip-server HOST:PORT (repeatable)")
+      ->required();
+  serve->add_option("--public-server-address", serve_cmd.public_server_address,
+                    "server address given to users (default: the first --server)");
+  serve->add_option("--tls-cert", serve_cmd.tls_cert, "our certificate (Registry; push mTLS)");
+  serve->add_option("--tls-key", serve_cmd.tls_key, "our private key");
+  serve->add_option("--tls-ca", serve_cmd.tls_ca,
+                    "CA of the servers' certificates: verifies them when pushing and goes to "
+                    "users in the bundle");
+  serve->add_option("--tls-server-name", serve_cmd.tls_server_name,
+                    "expected name in the servers' certificates when pushing");
+  serve->add_flag("--insecure", serve_cmd.insecure, "plaintext everywhere (no TLS)");
+  serve->add_option("--push-timeout", serve_cmd.push_timeout_s,
+                    "seconds to keep trying to reach each server");
+  serve->add_option("--shard-gib", serve_cmd.shard_gib, "max shard size in GiB (0: one file)");
+#endif
+
   CLI11_PARSE(app, argc, argv);
   try {
+    if (*add_user) return stip::AddUser(user_name, state_dir, instance, reissue);
+    if (*list_users) return stip::ListUsers(state_dir);
+#ifdef STIP_DEVELOPER_WITH_GRPC
+    if (*push) return stip::RunPush(push_cmd);
+    if (*serve) return stip::RunServe(serve_cmd);
+#endif
     if (*transform) return stip::Transform(model, out, keys, shard_gib, quiet);
     if (*verify) return stip::Verify(model, vopt, json);
     if (*keygen) {

@@ -20,7 +20,7 @@ namespace stip {
 namespace {
 
 using test::Daemon;
-using test::Run;
+
 using test::RunResult;
 
 const std::string kBin = STIP_BIN_DIR;
@@ -42,7 +42,7 @@ class Deployment {
     std::vector<char> buf(tmpl.begin(), tmpl.end());
     buf.push_back('\0');
     dir_ = mkdtemp(buf.data());
-    RunResult r = Run({"/bin/bash", kSrc + "/deploy/make-demo-ca.sh", dir_ + "/pki"}, 60);
+    RunResult r = test::Run({"/bin/bash", kSrc + "/deploy/make-demo-ca.sh", dir_ + "/pki"}, 60);
     if (r.exit_code != 0) throw std::runtime_error("make-demo-ca.sh failed: " + r.err);
   }
   ~Deployment() {
@@ -54,20 +54,23 @@ class Deployment {
   const std::string& dir() const { return dir_; }
   std::string Pki(const std::string& f) const { return dir_ + "/pki/" + f; }
 
-  std::string StartServer(const std::vector<std::string>& extra = {}) {
-    std::vector<std::string> argv = {kServer, "--listen", "127.0.0.1:0", "--store",
-                                     dir_ + "/store", "--tls-cert", Pki("server.pem"),
-                                     "--tls-key", Pki("server.key")};
+  // Listens on a free port, or on `listen` (e.g. the previous address after a restart).
+  std::string StartServer(const std::vector<std::string>& extra = {},
+                          const std::string& listen = "127.0.0.1:0") {
+    std::vector<std::string> argv = {kServer,           "--listen",      listen,
+                                     "--store",         dir_ + "/store", "--tls-cert",
+                                     Pki("server.pem"), "--tls-key",     Pki("server.key")};
     argv.insert(argv.end(), extra.begin(), extra.end());
     server_ = std::make_unique<Daemon>(argv, dir_ + "/server.log");
     server_address_ = server_->WaitListening();
     return server_address_;
   }
   void StopServer() { server_.reset(); }
+  const std::string& server_address() const { return server_address_; }
   Daemon& server() { return *server_; }
 
   std::string AddUser(const std::string& name) {
-    RunResult r = Run({kDeveloper, "add-user", name, "--state", dir_ + "/developer"}, 60);
+    RunResult r = test::Run({kDeveloper, "add-user", name, "--state", dir_ + "/developer"}, 60);
     EXPECT_EQ(r.exit_code, 0) << r.err;
     std::string token = r.out;
     while (!token.empty() && (token.back() == '\n' || token.back() == ' ')) token.pop_back();
@@ -86,19 +89,23 @@ class Deployment {
   }
   void StopDeveloper() { developer_.reset(); }
 
+  RunResult TryRegister(const std::string& user, const std::string& token,
+                        const std::string& data) {
+    return test::Run({kClient, "register", "--developer", developer_address_, "--user", user,
+                      "--token", token, "--data-dir", data, "--ca", Pki("ca.pem")},
+                     120);
+  }
   std::string Register(const std::string& user, const std::string& token) {
     std::string data = dir_ + "/client-" + user;
-    RunResult r = Run({kClient, "register", "--developer", developer_address_, "--user", user,
-                       "--token", token, "--data-dir", data, "--ca", Pki("ca.pem")},
-                      120);
+    RunResult r = TryRegister(user, token, data);
     EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
     return data;
   }
 
   static RunResult Generate(const std::string& data_dir, const std::string& prompt, int n = 40) {
-    return Run({kClient, "generate", "--data-dir", data_dir, "--prompt", prompt, "--max-new-tokens",
-                std::to_string(n), "--greedy"},
-               300);
+    return test::Run({kClient, "generate", "--data-dir", data_dir, "--prompt", prompt,
+                      "--max-new-tokens", std::to_string(n), "--greedy"},
+                     300);
   }
 
  private:
@@ -123,11 +130,9 @@ TEST_P(ThreeParties, GreedyCompletionEqualsReference) {
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(r.out, ReferenceText(GetParam()) + "\n");
   // The enrolment token works once only.
-  RunResult again = Run({kClient, "register", "--developer", "127.0.0.1:1", "--user", "alice",
-                         "--token", token, "--data-dir", d.dir() + "/again", "--ca",
-                         d.Pki("ca.pem")},
-                        60);
+  RunResult again = d.TryRegister("alice", token, d.dir() + "/again");
   EXPECT_NE(again.exit_code, 0);
+  EXPECT_NE(again.err.find("invalid or already used"), std::string::npos) << again.err;
 }
 
 INSTANTIATE_TEST_SUITE_P(DemoModels, ThreeParties, ::testing::Values("kjv-llama", "kjv-gpt2"),
@@ -138,9 +143,9 @@ INSTANTIATE_TEST_SUITE_P(DemoModels, ThreeParties, ::testing::Values("kjv-llama"
 
 // The plain engine in one process, for prompts without an HF reference.
 std::string PlainCompletion(const std::string& model, const std::string& prompt, int n) {
-  RunResult r = Run({kBin + "/tools/stip-generate", "--model", model, "--prompt", prompt,
-                     "--max-new-tokens", std::to_string(n), "--greedy"},
-                    300);
+  RunResult r = test::Run({kBin + "/tools/stip-generate", "--model", model, "--prompt", prompt,
+                           "--max-new-tokens", std::to_string(n), "--greedy"},
+                          300);
   EXPECT_EQ(r.exit_code, 0) << r.err;
   return r.out;
 }
@@ -177,8 +182,9 @@ TEST(ThreePartiesTest, ServerRestartServesTheStoredModelWithoutUpload) {
   ASSERT_EQ(Deployment::Generate(data, "And God said,").exit_code, 0);
   // No developer from now on: nobody could upload the model again.
   d.StopDeveloper();
+  const std::string address = d.server_address();
   d.StopServer();
-  d.StartServer();
+  d.StartServer(std::vector<std::string>{}, address);
   RunResult r = Deployment::Generate(data, "And God said,");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(r.out, ReferenceText("kjv-gpt2") + "\n");
@@ -232,7 +238,8 @@ TEST(ThreePartiesTest, ServerSeesNoPlaintext) {
 
 TEST(Deploy, DockerComposeFileIsValid) {
   if (access("/usr/bin/docker-compose", X_OK) != 0) GTEST_SKIP() << "docker-compose not installed";
-  RunResult r = Run({"/usr/bin/docker-compose", "-f", kSrc + "/docker-compose.yml", "config", "-q"}, 60);
+  RunResult r = test::Run(
+      {"/usr/bin/docker-compose", "-f", kSrc + "/docker-compose.yml", "config", "-q"}, 60);
   EXPECT_EQ(r.exit_code, 0) << r.err;
 }
 

@@ -151,7 +151,10 @@ inline RunResult Run(const std::vector<std::string>& argv, double seconds = 300)
   }
   close(o[0]);
   close(e[0]);
-  int status = WaitExit(pid, std::max(0.1, std::chrono::duration<double>(deadline - std::chrono::steady_clock::now()).count()));
+  int status = WaitExit(
+      pid,
+      std::max(0.1,
+               std::chrono::duration<double>(deadline - std::chrono::steady_clock::now()).count()));
   if (status == -1) {
     kill(pid, SIGKILL);
     waitpid(pid, &status, 0);

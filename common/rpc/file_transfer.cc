@@ -128,6 +128,7 @@ struct DirectoryReceiver::Impl {
   uint64_t total = 0;
   int fd = -1;
   Digest digest;
+  bool verified = false;
   bool committed = false;
 
   void OpenCurrent() {
@@ -231,8 +232,9 @@ void DirectoryReceiver::Accept(const v1::FileChunk& chunk) {
   m.Advance();
 }
 
-void DirectoryReceiver::Commit(const std::string& sha256_hex) {
+void DirectoryReceiver::VerifyDigest(const std::string& sha256_hex) {
   Impl& m = *impl_;
+  if (m.verified) throw FailedPrecondition("transfer digest already verified");
   if (m.current < m.files.size()) {
     throw InvalidArgument("transfer incomplete: " + m.files[m.current].name() + " has " +
                           std::to_string(m.received) + " of " +
@@ -244,6 +246,18 @@ void DirectoryReceiver::Commit(const std::string& sha256_hex) {
                    sha256_hex.substr(0, 64) + "; nothing was stored");
   }
   SyncDirectory(m.tmp);
+  m.verified = true;
+}
+
+void DirectoryReceiver::Commit(const std::string& sha256_hex) {
+  if (!impl_->verified) VerifyDigest(sha256_hex);
+  Commit();
+}
+
+void DirectoryReceiver::Commit() {
+  Impl& m = *impl_;
+  if (!m.verified) throw FailedPrecondition("transfer committed before its digest was verified");
+  if (m.committed) throw FailedPrecondition(m.final_dir + ": transfer already committed");
   if (PathExists(m.final_dir)) throw FailedPrecondition(m.final_dir + " already exists");
   RenamePath(m.tmp, m.final_dir);
   m.committed = true;

@@ -58,9 +58,18 @@ class DirectoryReceiver {
   // Chunks must come in order: file by file, offsets contiguous. Throws
   // kInvalidArgument otherwise (or for bytes beyond a file's declared size).
   void Accept(const v1::FileChunk& chunk);
-  // Throws kInvalidArgument (incomplete) or kDataLoss (digest mismatch); the
-  // directory then never becomes visible.
+  // Checks completeness and the digest and fsyncs the received files, without
+  // renaming: the content can then be validated in temp_dir() before Commit()
+  // makes it visible. Throws kInvalidArgument (incomplete) or kDataLoss (digest
+  // mismatch). May be called once.
+  void VerifyDigest(const std::string& sha256_hex);
+  // Renames the temporary directory to `final_dir` (which must not exist).
+  // Calls VerifyDigest(sha256_hex) first unless it already succeeded (then the
+  // argument is ignored). Throws kInvalidArgument (incomplete) or kDataLoss
+  // (digest mismatch); the directory then never becomes visible.
   void Commit(const std::string& sha256_hex);
+  // Same, after a successful VerifyDigest() (else kFailedPrecondition).
+  void Commit();
   uint64_t bytes_received() const;
   const std::string& temp_dir() const;
 

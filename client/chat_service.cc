@@ -1,0 +1,142 @@
+#include "client/chat_service.h"
+
+#include <spdlog/spdlog.h>
+
+#include "client/generator.h"
+#include "client/remote_session.h"
+#include "common/rpc/status.h"
+
+namespace stip {
+
+namespace {
+
+GenerateOptions ToOptions(const v1::GenerateRequest& req, const ChatServiceOptions& service) {
+  GenerateOptions o;
+  if (req.max_new_tokens() < 0) throw InvalidArgument("max_new_tokens must be >= 0 (0: default)");
+  o.max_new_tokens =
+      req.max_new_tokens() == 0 ? service.default_max_new_tokens : req.max_new_tokens();
+  if (o.max_new_tokens > service.max_new_tokens_limit) {
+    throw InvalidArgument("max_new_tokens must be <= " +
+                          std::to_string(service.max_new_tokens_limit));
+  }
+  const v1::SamplingParams& s = req.sampling();
+  o.sampling.greedy = s.greedy();
+  o.sampling.temperature = s.temperature() == 0 ? 1.0 : s.temperature();
+  o.sampling.top_k = s.top_k();
+  o.sampling.top_p = s.top_p() == 0 ? 1.0 : s.top_p();
+  o.sampling.repetition_penalty = s.repetition_penalty() == 0 ? 1.0 : s.repetition_penalty();
+  if (s.has_seed()) o.sampling.seed = s.seed();
+  o.stop.assign(req.stop().begin(), req.stop().end());
+  ValidateGenerateOptions(o);
+  return o;
+}
+
+}  // namespace
+
+ChatService::ChatService(ChatServiceOptions options) : options_(std::move(options)) {
+  if (!options_.bundle || !options_.make_backend) {
+    throw InvalidArgument("the Chat service needs a bundle and a backend factory");
+  }
+}
+
+ChatService::~ChatService() = default;
+
+size_t ChatService::conversations() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return conversations_.size();
+}
+
+std::shared_ptr<ChatService::Conversation> ChatService::Acquire(const std::string& id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = conversations_.find(id);
+  if (it != conversations_.end()) return it->second;
+  while (conversations_.size() >= options_.max_conversations) {
+    // Drop the least recently used conversation that no request holds.
+    auto victim = conversations_.end();
+    for (auto c = conversations_.begin(); c != conversations_.end(); ++c) {
+      if (c->second.use_count() > 1) continue;  // a request holds it
+      if (victim == conversations_.end() || c->second->last_used < victim->second->last_used) {
+        victim = c;
+      }
+    }
+    if (victim == conversations_.end()) {
+      throw ResourceExhausted("too many conversations in progress (limit " +
+                              std::to_string(options_.max_conversations) + ")");
+    }
+    conversations_.erase(victim);
+  }
+  auto c = std::make_shared<Conversation>();
+  c->generator = std::make_unique<Generator>(options_.bundle, options_.make_backend());
+  c->last_used = std::chrono::steady_clock::now();
+  conversations_[id] = c;
+  return c;
+}
+
+grpc::Status ChatService::Generate(grpc::ServerContext* context, const v1::GenerateRequest* request,
+                                   grpc::ServerWriter<v1::GenerateResponse>* writer) {
+  struct Active {
+    std::atomic<int>& n;
+    explicit Active(std::atomic<int>& c) : n(c) { ++n; }
+    ~Active() { --n; }
+  } active(active_);
+  try {
+    GenerateOptions options = ToOptions(*request, options_);
+    bool write_failed = false;
+    options.cancelled = [&] { return write_failed || context->IsCancelled(); };
+    std::vector<int64_t> leftover_ids;
+    auto on_piece = [&](const std::string& piece, const std::vector<int64_t>& ids) {
+      if (piece.empty()) {
+        leftover_ids.insert(leftover_ids.end(), ids.begin(), ids.end());
+        return;
+      }
+      v1::GenerateResponse resp;
+      resp.set_text(piece);
+      for (int64_t id : ids) resp.add_token_ids(id);
+      if (!write_failed && !writer->Write(resp)) write_failed = true;
+    };
+
+    const std::string& id = request->conversation_id();
+    std::shared_ptr<Conversation> conversation;
+    std::unique_ptr<Generator> one_off;
+    std::unique_lock<std::mutex> held;
+    Generator* gen = nullptr;
+    if (id.empty()) {
+      one_off = std::make_unique<Generator>(options_.bundle, options_.make_backend());
+      gen = one_off.get();
+    } else {
+      conversation = Acquire(id);
+      held = std::unique_lock<std::mutex>(conversation->mu, std::try_to_lock);
+      if (!held.owns_lock()) {
+        return grpc::Status(grpc::StatusCode::ABORTED, "conversation \"" + id.substr(0, 64) +
+                                                           "\" is busy with another request");
+      }
+      gen = conversation->generator.get();
+    }
+    GenerateResult r = gen->Generate(request->prompt(), options, on_piece);
+    if (conversation) conversation->last_used = std::chrono::steady_clock::now();
+    if (write_failed || context->IsCancelled()) {
+      return grpc::Status(grpc::StatusCode::CANCELLED, "the request was cancelled");
+    }
+    v1::GenerateResponse done;
+    for (int64_t t : leftover_ids) done.add_token_ids(t);
+    done.set_done(true);
+    done.set_finish_reason(r.finish_reason);
+    done.set_prompt_tokens(static_cast<int32_t>(r.prompt_ids.size()));
+    done.set_completion_tokens(static_cast<int32_t>(r.token_ids.size()));
+    writer->Write(done);
+    spdlog::info("chat: {} prompt + {} new tokens ({}), prefill {:.1f} ms, {:.1f} tokens/s{}",
+                 r.prompt_ids.size(), r.token_ids.size(), r.finish_reason, r.prefill_seconds * 1e3,
+                 r.decode_seconds > 0 ? (r.token_ids.size() - 1) / r.decode_seconds : 0.0,
+                 id.empty() ? "" : ", conversation context " + std::to_string(r.context_length));
+    return grpc::Status::OK;
+  } catch (const RemoteError& e) {
+    spdlog::warn("chat: {}", e.what());
+    return grpc::Status(e.status_code(), e.what());
+  } catch (...) {
+    grpc::Status status = CurrentExceptionToStatus();
+    spdlog::warn("chat: {}", status.error_message());
+    return status;
+  }
+}
+
+}  // namespace stip

@@ -1,0 +1,109 @@
+// Text generation on the user's device through a LogitsBackend: tokenize,
+// embed, permute (x' = x[..., p]), step the server's session, un-permute
+// (o = o'[..., argsort(p_c)]), sample, detokenize.
+//
+// A Generator is one conversation. Its session and the server's KV cache are
+// kept between turns: a turn's prompt ids are appended after everything the
+// conversation already holds (the first turn's with the tokenizer's BOS, later
+// turns' without special tokens), and the cache positions continue. Reset()
+// forgets the conversation and starts a fresh session.
+//
+// What stays in the conversation after a turn:
+//  - every id that was generated, including one that was sampled but whose
+//    text a stop string cut off, and the EOS id that ended an answer (it is
+//    fed, like any id, with the next turn);
+//  - a cancelled answer stays as far as it was generated (its tokens were
+//    shown; nothing is rolled back);
+//  - a turn that fails (an error from the server, a full context) leaves the
+//    conversation as it was before the turn, except for tokens the server has
+//    already processed (and that the user has seen).
+// If the session ends (the server restarted, the network broke), the next turn
+// opens a new one and sends the whole conversation again as its prefill.
+//
+// Not thread-safe: one turn at a time.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "client/bundle_store.h"
+#include "client/logits_backend.h"
+#include "common/engine/sampler.h"
+
+namespace stip {
+
+struct GenerateOptions {
+  int max_new_tokens = 128;  // >= 1
+  SamplingOptions sampling;  // a fresh Sampler per turn (a seed makes a turn reproducible)
+  // Stop when the answer's text contains one of these; the stop string and
+  // anything after it are not returned.
+  std::vector<std::string> stop;
+  bool stop_at_eos = true;
+  // Checked before every step; true ends the turn with finish_reason "cancelled".
+  std::function<bool()> cancelled;
+};
+
+struct GenerateResult {
+  std::vector<int64_t> prompt_ids;  // the ids this turn appended for the prompt
+  std::vector<int64_t> token_ids;   // generated ids (not the EOS that ended the answer)
+  std::string text;                 // everything passed to the callback, concatenated
+  std::string finish_reason;        // "length" | "eos" | "stop" | "cancelled"
+  int64_t context_length = 0;       // ids in the conversation after the turn
+  double prefill_seconds = 0;       // the first step (the prompt)
+  double decode_seconds = 0;        // the other steps
+};
+
+// `piece`: complete UTF-8 text (may be empty only for the last call); `ids`: the
+// generated ids since the previous call.
+using PieceCallback =
+    std::function<void(const std::string& piece, const std::vector<int64_t>& ids)>;
+
+// Throws kInvalidArgument naming the option: temperature >= 0 and finite,
+// top_k >= 0, 0 < top_p <= 1, repetition_penalty > 0 and finite,
+// max_new_tokens >= 1, no empty stop string.
+void ValidateGenerateOptions(const GenerateOptions& options);
+
+class Generator {
+ public:
+  Generator(std::shared_ptr<const ClientBundle> bundle, std::unique_ptr<LogitsBackend> backend);
+  ~Generator();
+  Generator(const Generator&) = delete;
+  Generator& operator=(const Generator&) = delete;
+
+  // One turn: `prompt` is encoded (user text that spells a special token
+  // stays plain text) and appended to the conversation.
+  GenerateResult Generate(const std::string& prompt, const GenerateOptions& options,
+                          const PieceCallback& on_piece = {});
+  // The same with the prompt given as ids (appended as they are).
+  GenerateResult GenerateIds(const std::vector<int64_t>& prompt_ids, const GenerateOptions& options,
+                             const PieceCallback& on_piece = {});
+
+  // Forgets the conversation and closes the session (the next turn opens one).
+  void Reset();
+  // Opens the session now (otherwise the first turn does): reports an
+  // unreachable server before the user types anything.
+  void Connect();
+
+  const std::vector<int64_t>& history() const { return history_; }
+  // Positions the server's cache holds for this conversation.
+  int64_t cached_positions() const { return fed_; }
+  LogitsBackend& backend() { return *backend_; }
+  const ClientBundle& bundle() const { return *bundle_; }
+
+ private:
+  void EnsureSession();
+  int64_t ContextLimit() const;
+
+  std::shared_ptr<const ClientBundle> bundle_;
+  std::unique_ptr<LogitsBackend> backend_;
+  at::Tensor p_index_;            // x' = x.index_select(-1, p)
+  at::Tensor p_c_inverse_;        // o = o'.index_select(-1, argsort(p_c))
+  std::vector<int64_t> history_;  // every id of the conversation
+  int64_t fed_ = 0;               // history_[0, fed_) is in the server's cache
+};
+
+}  // namespace stip

@@ -1,0 +1,350 @@
+// stip-client: the user's device (party P3 of STIP). It holds the client
+// bundle (embedding table, the permutations p and p_c, the tokenizer), sends
+// the stip server only permuted hidden states x' = x[..., p] and receives only
+// permuted logits o'.
+//
+//   register  enrol with the developer's registry; store the bundle and the
+//             server's connection details in --data-dir
+//   fetch     re-fetch the bundle of the current instance (after a rotation)
+//   generate  one completion: prints the prompt and the continuation
+//   chat      interactive prompt, the conversation kept between turns
+//   serve     the local Chat gRPC service for other programs
+#include <signal.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <thread>
+
+#include "client/bundle_store.h"
+#include "client/chat_cli.h"
+#include "client/chat_service.h"
+#include "client/generator.h"
+#include "client/local_backend.h"
+#include "client/registration.h"
+#include "client/remote_session.h"
+#include "common/engine/causal_lm.h"
+#include "common/error.h"
+#include "common/rpc/server_setup.h"
+#include "common/rpc/tls.h"
+#include "common/util/files.h"
+
+namespace stip {
+namespace {
+
+std::atomic<bool> g_interrupted{false};
+
+// Where sessions go: the stip server named by the credentials (or --server),
+// or, for tests and offline runs, an in-process transformed model.
+struct ConnectFlags {
+  std::string data_dir;
+  std::string bundle;        // a bundle directory instead of DATA_DIR/bundle
+  std::string server;        // overrides the credentials' server address
+  std::string server_ca;     // overrides the credentials' CA (PEM file)
+  std::string server_name;   // expected name in the server's certificate
+  std::string server_model;  // offline: a transformed server checkpoint, run here
+  bool insecure = false;     // plaintext toward the stip server
+  int64_t max_context = 0;
+
+  void Add(CLI::App* app) {
+    app->add_option("--data-dir", data_dir, "the client's data directory (from `register`)");
+    app->add_option("--bundle", bundle,
+                    "use this client bundle directory instead of DATA_DIR/bundle");
+    app->add_option("--server", server, "stip server HOST:PORT (overrides the registered one)");
+    app->add_option("--server-ca,--tls-ca", server_ca,
+                    "CA certificate (PEM) of the stip server (overrides the registered one)");
+    app->add_option("--server-name,--tls-server-name", server_name,
+                    "name expected in the stip server's certificate");
+    app->add_flag("--insecure", insecure, "connect to the stip server WITHOUT TLS (testing only)");
+    app->add_option("--max-context", max_context, "session context limit (0: the server's)");
+    app->add_option("--server-model", server_model,
+                    "TESTING ONLY: run this transformed server checkpoint in-process instead of "
+                    "connecting to a stip server (no privacy: it needs both halves here)");
+  }
+};
+
+struct Backend {
+  std::shared_ptr<const ClientBundle> bundle;
+  std::function<std::unique_ptr<LogitsBackend>()> make;
+  std::string description;
+};
+
+Backend MakeBackend(const ConnectFlags& f) {
+  Backend b;
+  if (f.data_dir.empty() && f.bundle.empty()) {
+    throw InvalidArgument("--data-dir is required (or --bundle with --server-model)");
+  }
+  DataDir dir(f.data_dir);
+  if (!f.server_model.empty()) {
+    const std::string bundle_dir = f.bundle.empty() ? dir.bundle_dir() : f.bundle;
+    b.bundle = ClientBundle::Load(bundle_dir);
+    std::shared_ptr<const ServerModel> model = ServerModel::Load(f.server_model);
+    if (!model->config().stip_instance.empty() &&
+        model->config().stip_instance != b.bundle->instance_id()) {
+      throw FailedPrecondition(f.server_model + " is instance " + model->config().stip_instance +
+                               ", the bundle belongs to instance " + b.bundle->instance_id());
+    }
+    spdlog::warn("running the server half in-process from {} (--server-model: testing only)",
+                 f.server_model);
+    const int64_t max_context = f.max_context;
+    b.make = [model, max_context] {
+      return std::make_unique<LocalServerBackend>(model, max_context);
+    };
+    b.description = "in-process model " + f.server_model;
+    return b;
+  }
+  if (f.data_dir.empty()) throw InvalidArgument("--data-dir is required to reach a stip server");
+  Credentials c = dir.LoadCredentials();
+  b.bundle = ClientBundle::Load(f.bundle.empty() ? dir.bundle_dir() : f.bundle, c.instance_id);
+  TlsOptions tls;
+  tls.insecure = f.insecure;
+  if (!f.server_ca.empty()) {
+    tls.ca_file = f.server_ca;
+  } else {
+    tls.ca_pem = c.server_ca_pem;
+  }
+  tls.server_name_override = f.server_name;
+  const std::string address = f.server.empty() ? c.server_address : f.server;
+  auto channel = MakeChannel(address, tls, "stip-client");
+  RemoteSessionOptions o;
+  o.address = address;
+  o.instance_id = c.instance_id;
+  o.access_token = c.access_token;
+  o.max_context = f.max_context;
+  o.expected_hidden = b.bundle->hidden_size();
+  o.expected_vocab = b.bundle->vocab_size();
+  b.make = [channel, o] { return std::make_unique<RemoteSession>(channel, o); };
+  b.description = "stip server " + address;
+  return b;
+}
+
+struct SamplingFlags {
+  GenerateOptions o;
+  uint64_t seed = 0;
+  CLI::Option* seed_opt = nullptr;
+  bool no_eos_stop = false;
+
+  void Add(CLI::App* app) {
+    app->add_option("--max-new-tokens", o.max_new_tokens, "tokens to generate per answer")
+        ->check(CLI::Range(1, 1 << 20));
+    app->add_flag("--greedy", o.sampling.greedy, "greedy decoding");
+    app->add_option("--temperature", o.sampling.temperature, "sampling temperature (0: greedy)");
+    app->add_option("--top-k", o.sampling.top_k, "top-k sampling (0: off)");
+    app->add_option("--top-p", o.sampling.top_p, "nucleus sampling (1: off)");
+    app->add_option("--repetition-penalty", o.sampling.repetition_penalty,
+                    "repetition penalty (1: off)");
+    seed_opt = app->add_option("--seed", seed, "random seed (reproducible sampling)");
+    app->add_option("--stop", o.stop, "stop at this text (repeatable; not printed)");
+    app->add_flag("--ignore-eos", no_eos_stop, "do not stop at the end-of-sequence token");
+  }
+  GenerateOptions Get() const {
+    GenerateOptions g = o;
+    if (*seed_opt) g.sampling.seed = seed;
+    g.stop_at_eos = !no_eos_stop;
+    ValidateGenerateOptions(g);
+    return g;
+  }
+};
+
+int RunGenerate(const ConnectFlags& cf, const GenerateOptions& options, const std::string& prompt,
+                bool stats) {
+  Backend b = MakeBackend(cf);
+  Generator gen(b.bundle, b.make());
+  gen.Connect();  // an unreachable server is reported before anything is printed
+  std::fputs(prompt.c_str(), stdout);
+  std::fflush(stdout);
+  GenerateResult r = gen.Generate(prompt, options, [](const std::string& piece, const auto&) {
+    std::fputs(piece.c_str(), stdout);
+    std::fflush(stdout);
+  });
+  std::fputs("\n", stdout);
+  std::fflush(stdout);
+  if (stats) {
+    std::fprintf(stderr,
+                 "stip-client: %zu prompt + %zu new tokens (%s) via %s; prefill %.1f ms, "
+                 "decode %.1f tokens/s\n",
+                 r.prompt_ids.size(), r.token_ids.size(), r.finish_reason.c_str(),
+                 b.description.c_str(), r.prefill_seconds * 1e3,
+                 r.decode_seconds > 0 ? (r.token_ids.size() - 1) / r.decode_seconds : 0.0);
+  }
+  return 0;
+}
+
+int RunChatCommand(const ConnectFlags& cf, const GenerateOptions& options) {
+  Backend b = MakeBackend(cf);
+  Generator gen(b.bundle, b.make());
+  gen.Connect();
+  InstallInterruptHandler(&g_interrupted);
+  return RunChat(gen, options, STDIN_FILENO, stdout, stderr, &g_interrupted);
+}
+
+void OnTerminate(int) { g_interrupted.store(true); }
+
+int RunServe(const ConnectFlags& cf, const std::string& listen, TlsOptions tls,
+             bool listen_insecure, size_t max_conversations) {
+  Backend b = MakeBackend(cf);
+  // Refused credentials or a mismatched model fail now; an unreachable
+  // server only warns (it may start after us), requests then retry.
+  try {
+    Generator probe(b.bundle, b.make());
+    probe.Connect();
+  } catch (const RemoteError& e) {
+    if (e.status_code() != grpc::StatusCode::UNAVAILABLE) throw;
+    spdlog::warn("{} (requests will try again)", e.what());
+  }
+  ChatServiceOptions so;
+  so.bundle = b.bundle;
+  so.make_backend = b.make;
+  so.max_conversations = max_conversations;
+  ChatService service(so);
+  ServerSetup setup;
+  setup.address = listen;
+  setup.tls = tls;
+  setup.tls.insecure = listen_insecure;
+  setup.name = "stip-client";
+  int port = 0;
+  auto server = StartServer(setup, {&service}, &port);
+  const std::string host = listen.substr(0, listen.rfind(':'));
+  std::printf("stip-client listening on %s:%d\n", host.c_str(), port);
+  std::fflush(stdout);
+  spdlog::info("serving Chat for instance {} via {}", b.bundle->instance_id(), b.description);
+  struct sigaction sa {};
+  sa.sa_handler = OnTerminate;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+  while (!g_interrupted.load()) std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  spdlog::info("shutting down");
+  // Answers in progress get a few seconds to finish; idle connections none.
+  server->Shutdown(std::chrono::system_clock::now() +
+                   std::chrono::seconds(service.active() > 0 ? 5 : 0));
+  return 0;
+}
+
+int RunRegister(const std::string& developer, const std::string& user, const std::string& token,
+                const std::string& data_dir, const TlsOptions& tls) {
+  auto channel = MakeChannel(developer, tls, "stip-client");
+  RegistrationResult r = RegisterWithDeveloper(channel, developer, user, token, DataDir(data_dir));
+  std::printf("registered as %s for model instance %s: %d files (%.1f MiB) in %s; server %s\n",
+              r.credentials.user.c_str(), r.credentials.instance_id.c_str(), r.files,
+              r.bytes / 1048576.0, DataDir(data_dir).bundle_dir().c_str(),
+              r.credentials.server_address.c_str());
+  return 0;
+}
+
+int RunFetch(std::string developer, const std::string& data_dir, TlsOptions tls) {
+  DataDir dir(data_dir);
+  Credentials c = dir.LoadCredentials();
+  if (developer.empty()) developer = c.developer;
+  if (developer.empty()) throw InvalidArgument("--developer is required (none was recorded)");
+  auto channel = MakeChannel(developer, tls, "stip-client");
+  RegistrationResult r = FetchBundleFromDeveloper(channel, developer, dir);
+  std::printf("fetched the bundle of model instance %s: %d files (%.1f MiB); server %s\n",
+              r.credentials.instance_id.c_str(), r.files, r.bytes / 1048576.0,
+              r.credentials.server_address.c_str());
+  return 0;
+}
+
+}  // namespace
+}  // namespace stip
+
+int main(int argc, char** argv) {
+  // Logs go to stderr: stdout carries the generated text.
+  spdlog::set_default_logger(spdlog::stderr_color_mt("stip-client"));
+  spdlog::set_pattern("[%H:%M:%S.%e] [%n] [%l] %v");
+
+  CLI::App app{"stip-client: private inference with a STIP-protected model (user device)"};
+  app.require_subcommand(1);
+
+  // register / fetch
+  std::string developer, user, token, data_dir;
+  stip::TlsOptions dev_tls;
+  auto* reg = app.add_subcommand("register", "enrol with the developer and fetch the bundle");
+  reg->add_option("--developer", developer, "developer registry HOST:PORT")->required();
+  reg->add_option("--user", user, "user name")->required();
+  reg->add_option("--token", token, "one-time enrolment token (from stip-developer add-user)")
+      ->required();
+  reg->add_option("--data-dir", data_dir, "where to keep the bundle and credentials")->required();
+  auto* reg_ca =
+      reg->add_option("--ca,--tls-ca", dev_tls.ca_file, "CA certificate (PEM) of the registry");
+  reg->add_flag("--insecure", dev_tls.insecure, "connect WITHOUT TLS (testing only)")
+      ->excludes(reg_ca);
+
+  auto* fetch = app.add_subcommand("fetch", "re-fetch the bundle of the current instance");
+  fetch->add_option("--developer", developer, "developer registry HOST:PORT (default: recorded)");
+  fetch->add_option("--data-dir", data_dir, "the client's data directory")->required();
+  auto* fetch_ca =
+      fetch->add_option("--ca,--tls-ca", dev_tls.ca_file, "CA certificate (PEM) of the registry");
+  fetch->add_flag("--insecure", dev_tls.insecure, "connect WITHOUT TLS (testing only)")
+      ->excludes(fetch_ca);
+
+  // generate
+  stip::ConnectFlags gen_conn;
+  stip::SamplingFlags gen_sampling;
+  std::string prompt;
+  bool stats = false;
+  auto* gen = app.add_subcommand("generate", "print the prompt and its continuation");
+  gen_conn.Add(gen);
+  gen_sampling.Add(gen);
+  gen->add_option("--prompt", prompt, "the prompt")->required();
+  gen->add_flag("--stats", stats, "timings on stderr");
+
+  // chat
+  stip::ConnectFlags chat_conn;
+  stip::SamplingFlags chat_sampling;
+  auto* chat = app.add_subcommand("chat", "interactive prompt (/reset, /exit, Ctrl-C)");
+  chat_conn.Add(chat);
+  chat_sampling.Add(chat);
+
+  // serve
+  stip::ConnectFlags serve_conn;
+  std::string listen;
+  stip::TlsOptions listen_tls;
+  bool listen_insecure = false, server_insecure = false;
+  size_t max_conversations = 64;
+  auto* serve = app.add_subcommand("serve", "serve the Chat gRPC service for local programs");
+  serve_conn.Add(serve);  // --insecure: plaintext toward the server AND on the listener
+  serve->add_option("--listen", listen, "HOST:PORT to listen on (port 0: any)")->required();
+  serve->add_option("--cert,--tls-cert", listen_tls.cert_file,
+                    "TLS certificate chain (PEM) to serve with");
+  serve->add_option("--key,--tls-key", listen_tls.key_file, "TLS private key (PEM)");
+  serve->add_option("--client-ca", listen_tls.ca_file,
+                    "require client certificates signed by this CA (PEM)");
+  serve->add_flag("--listen-insecure", listen_insecure, "serve Chat WITHOUT TLS");
+  serve->add_flag("--server-insecure", server_insecure, "connect to the stip server WITHOUT TLS");
+  serve->add_option("--max-conversations", max_conversations, "conversations kept at once")
+      ->check(CLI::Range(1, 1 << 16));
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    if (e.get_exit_code() == static_cast<int>(CLI::ExitCodes::Success)) return app.exit(e);
+    std::fprintf(stderr, "stip-client: error: %s (see --help)\n", e.what());
+    return 2;
+  }
+  try {
+    if (*reg) return stip::RunRegister(developer, user, token, data_dir, dev_tls);
+    if (*fetch) return stip::RunFetch(developer, data_dir, dev_tls);
+    if (*gen) return stip::RunGenerate(gen_conn, gen_sampling.Get(), prompt, stats);
+    if (*chat) return stip::RunChatCommand(chat_conn, chat_sampling.Get());
+    if (*serve) {
+      listen_tls.require_client_cert = !listen_tls.ca_file.empty();
+      listen_insecure = listen_insecure || serve_conn.insecure;
+      serve_conn.insecure = serve_conn.insecure || server_insecure;
+      return stip::RunServe(serve_conn, listen, listen_tls, listen_insecure, max_conversations);
+    }
+  } catch (const stip::Error& e) {
+    std::fflush(stdout);
+    std::fprintf(stderr, "stip-client: error: %s\n", e.what());
+    return 2;
+  } catch (const std::exception& e) {
+    std::fflush(stdout);
+    std::fprintf(stderr, "stip-client: error: internal: %s\n", e.what());
+    return 3;
+  }
+  return 0;
+}

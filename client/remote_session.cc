@@ -1,0 +1,321 @@
+#include "client/remote_session.h"
+
+#include <grpcpp/channel.h>
+#include <grpcpp/client_context.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+
+#include "common/format/dtype.h"
+#include "common/rpc/status.h"
+#include "common/rpc/tensor_wire.h"
+#include "stip/v1/stip.grpc.pb.h"
+
+namespace stip {
+
+RemoteError::RemoteError(grpc::StatusCode status, const std::string& message)
+    : Error(FromGrpcCode(status), message), status_(status) {}
+
+const char* StatusCodeName(grpc::StatusCode code) {
+  switch (code) {
+    case grpc::StatusCode::OK:
+      return "OK";
+    case grpc::StatusCode::CANCELLED:
+      return "CANCELLED";
+    case grpc::StatusCode::UNKNOWN:
+      return "UNKNOWN";
+    case grpc::StatusCode::INVALID_ARGUMENT:
+      return "INVALID_ARGUMENT";
+    case grpc::StatusCode::DEADLINE_EXCEEDED:
+      return "DEADLINE_EXCEEDED";
+    case grpc::StatusCode::NOT_FOUND:
+      return "NOT_FOUND";
+    case grpc::StatusCode::ALREADY_EXISTS:
+      return "ALREADY_EXISTS";
+    case grpc::StatusCode::PERMISSION_DENIED:
+      return "PERMISSION_DENIED";
+    case grpc::StatusCode::RESOURCE_EXHAUSTED:
+      return "RESOURCE_EXHAUSTED";
+    case grpc::StatusCode::FAILED_PRECONDITION:
+      return "FAILED_PRECONDITION";
+    case grpc::StatusCode::ABORTED:
+      return "ABORTED";
+    case grpc::StatusCode::OUT_OF_RANGE:
+      return "OUT_OF_RANGE";
+    case grpc::StatusCode::UNIMPLEMENTED:
+      return "UNIMPLEMENTED";
+    case grpc::StatusCode::INTERNAL:
+      return "INTERNAL";
+    case grpc::StatusCode::UNAVAILABLE:
+      return "UNAVAILABLE";
+    case grpc::StatusCode::DATA_LOSS:
+      return "DATA_LOSS";
+    case grpc::StatusCode::UNAUTHENTICATED:
+      return "UNAUTHENTICATED";
+    default:
+      return "UNKNOWN";
+  }
+}
+
+namespace {
+
+using Stream = grpc::ClientReaderWriter<v1::SessionRequest, v1::SessionResponse>;
+
+at::ScalarType WireInputType(const std::string& server_datatype) {
+  if (server_datatype == "FP16") return at::kHalf;
+  if (server_datatype == "BF16") return at::kBFloat16;
+  return at::kFloat;
+}
+
+}  // namespace
+
+struct RemoteSession::Impl {
+  std::unique_ptr<v1::Inference::Stub> stub;
+  RemoteSessionOptions options;
+  std::unique_ptr<grpc::ClientContext> context;
+  std::unique_ptr<Stream> stream;
+  SessionInfo info;
+  bool open = false;
+  int64_t context_length = 0;
+  int64_t pending_truncate = -1;
+  uint64_t next_step = 1;
+
+  // The status the stream ended with, as an error that names the server.
+  RemoteError Ended(const std::string& while_doing) {
+    grpc::Status status = stream->Finish();
+    stream.reset();
+    context.reset();
+    open = false;
+    const std::string& addr = options.address;
+    std::string msg = status.error_message();
+    switch (status.error_code()) {
+      case grpc::StatusCode::OK:
+        return RemoteError(grpc::StatusCode::UNAVAILABLE,
+                           "the stip server at " + addr + " ended the session " + while_doing);
+      case grpc::StatusCode::UNAVAILABLE:
+        if (while_doing == "while opening it") {
+          return RemoteError(status.error_code(),
+                             "cannot reach the stip server at " + addr + ": " + msg);
+        }
+        return RemoteError(status.error_code(), "the stip server at " + addr +
+                                                    " is unavailable (server unavailable: " + msg +
+                                                    "); the session ended " + while_doing);
+      case grpc::StatusCode::UNAUTHENTICATED:
+      case grpc::StatusCode::PERMISSION_DENIED:
+        return RemoteError(status.error_code(), "the stip server at " + addr +
+                                                    " refused the credentials (" +
+                                                    StatusCodeName(status.error_code()) + ": " +
+                                                    msg + "); register again if they were revoked");
+      default:
+        return RemoteError(status.error_code(),
+                           "the stip server at " + addr + " ended the session " + while_doing +
+                               ": " + StatusCodeName(status.error_code()) + ": " + msg);
+    }
+  }
+
+  // Half-closes and waits (bounded) for the server to end the stream.
+  void Shutdown(bool send_close) {
+    if (!stream) return;
+    if (send_close) {
+      v1::SessionRequest req;
+      req.mutable_close();
+      stream->Write(req);
+    }
+    stream->WritesDone();
+    std::mutex mu;
+    std::condition_variable cv;
+    bool done = false;
+    grpc::ClientContext* ctx = context.get();
+    const int timeout_ms = options.close_timeout_ms;
+    std::thread watchdog([&] {
+      std::unique_lock<std::mutex> lock(mu);
+      if (!cv.wait_for(lock, std::chrono::milliseconds(timeout_ms), [&] { return done; })) {
+        ctx->TryCancel();
+      }
+    });
+    v1::SessionResponse ignored;
+    while (stream->Read(&ignored)) {
+    }
+    stream->Finish();
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      done = true;
+    }
+    cv.notify_one();
+    watchdog.join();
+    stream.reset();
+    context.reset();
+    open = false;
+  }
+};
+
+RemoteSession::RemoteSession(std::shared_ptr<grpc::Channel> channel, RemoteSessionOptions options)
+    : impl_(std::make_unique<Impl>()) {
+  impl_->stub = v1::Inference::NewStub(channel);
+  impl_->options = std::move(options);
+}
+
+RemoteSession::~RemoteSession() {
+  try {
+    Close();
+  } catch (...) {
+  }
+}
+
+SessionInfo RemoteSession::Open() {
+  Impl& m = *impl_;
+  Close();
+  m.context = std::make_unique<grpc::ClientContext>();
+  m.stream = m.stub->Session(m.context.get());
+  m.context_length = 0;
+  m.pending_truncate = -1;
+  m.next_step = 1;
+  v1::SessionRequest req;
+  v1::OpenSession* open = req.mutable_open();
+  open->set_instance_id(m.options.instance_id);
+  open->set_access_token(m.options.access_token);
+  open->set_max_context(m.options.max_context);
+  v1::SessionResponse resp;
+  if (!m.stream->Write(req) || !m.stream->Read(&resp)) throw m.Ended("while opening it");
+  if (resp.kind_case() == v1::SessionResponse::kError) {
+    const v1::Status& st = resp.error().status();
+    auto code = static_cast<grpc::StatusCode>(st.code());
+    m.Shutdown(false);
+    throw RemoteError(code, "the stip server at " + m.options.address +
+                                " refused to open a session: " + StatusCodeName(code) + ": " +
+                                st.message());
+  }
+  if (resp.kind_case() != v1::SessionResponse::kOpened) {
+    m.Shutdown(false);
+    throw RemoteError(grpc::StatusCode::INTERNAL,
+                      "the stip server at " + m.options.address +
+                          " answered the session's open with something else than `opened`");
+  }
+  const v1::SessionOpened& o = resp.opened();
+  SessionInfo info;
+  info.session_id = o.session_id();
+  info.instance_id = o.instance_id().empty() ? m.options.instance_id : o.instance_id();
+  info.hidden_size = o.hidden_size();
+  info.vocab_size = o.vocab_size();
+  info.max_context = o.max_context();
+  info.datatype = o.datatype();
+  std::string mismatch;
+  if (info.instance_id != m.options.instance_id) {
+    mismatch = "instance " + info.instance_id + " instead of " + m.options.instance_id;
+  } else if (m.options.expected_hidden && info.hidden_size != m.options.expected_hidden) {
+    mismatch = "hidden size " + std::to_string(info.hidden_size) + ", the bundle's is " +
+               std::to_string(m.options.expected_hidden);
+  } else if (m.options.expected_vocab && info.vocab_size != m.options.expected_vocab) {
+    mismatch = "vocabulary size " + std::to_string(info.vocab_size) + ", the bundle's is " +
+               std::to_string(m.options.expected_vocab);
+  }
+  if (!mismatch.empty()) {
+    m.Shutdown(true);
+    throw RemoteError(grpc::StatusCode::FAILED_PRECONDITION,
+                      "the stip server at " + m.options.address + " opened a session with " +
+                          mismatch + " (is the bundle out of date? register again)");
+  }
+  m.info = info;
+  m.open = true;
+  return info;
+}
+
+bool RemoteSession::is_open() const { return impl_->open; }
+const SessionInfo& RemoteSession::info() const { return impl_->info; }
+int64_t RemoteSession::context_length() const { return impl_->context_length; }
+
+void RemoteSession::Truncate(int64_t length) {
+  Impl& m = *impl_;
+  if (!m.open) throw FailedPrecondition("no session is open");
+  if (length < 0 || length > m.context_length) {
+    throw InvalidArgument("cannot truncate a session of " + std::to_string(m.context_length) +
+                          " positions to " + std::to_string(length));
+  }
+  if (length == m.context_length) return;
+  m.pending_truncate = length;
+  m.context_length = length;
+}
+
+at::Tensor RemoteSession::Step(const at::Tensor& x_prime, bool all_logits) {
+  Impl& m = *impl_;
+  if (!m.open) throw FailedPrecondition("no session is open");
+  if (x_prime.dim() != 2 || x_prime.size(0) < 1 || x_prime.size(1) != m.info.hidden_size) {
+    throw InvalidArgument("a step needs x' of shape [T >= 1, " +
+                          std::to_string(m.info.hidden_size) + "], got " +
+                          ShapeString(x_prime.sizes().vec()));
+  }
+  const int64_t t = x_prime.size(0);
+  const uint64_t step_id = m.next_step++;
+  v1::SessionRequest req;
+  v1::Step* step = req.mutable_step();
+  step->set_step_id(step_id);
+  step->set_all_logits(all_logits);
+  step->set_truncate_to(m.pending_truncate);
+  ToWire(x_prime.to(at::kCPU, WireInputType(m.info.datatype)), step->mutable_hidden());
+  v1::SessionResponse resp;
+  if (!m.stream->Write(req) || !m.stream->Read(&resp)) {
+    throw m.Ended("during step " + std::to_string(step_id));
+  }
+  if (resp.kind_case() == v1::SessionResponse::kError) {
+    // Nothing of the step should be committed; rolling back to the last
+    // length we know on the next step makes sure (a no-op otherwise).
+    m.pending_truncate = m.context_length;
+    const v1::StepError& e = resp.error();
+    auto code = static_cast<grpc::StatusCode>(e.status().code());
+    if (e.step_id() != step_id) {
+      m.Shutdown(true);
+      throw RemoteError(grpc::StatusCode::INTERNAL,
+                        "the stip server answered step " + std::to_string(step_id) +
+                            " with an error for step " + std::to_string(e.step_id()));
+    }
+    throw RemoteError(code, "the stip server at " + m.options.address + " rejected step " +
+                                std::to_string(step_id) + ": " + StatusCodeName(code) + ": " +
+                                e.status().message());
+  }
+  std::string problem;
+  at::Tensor logits;
+  const int64_t rows = all_logits ? t : 1;
+  if (resp.kind_case() != v1::SessionResponse::kResult) {
+    problem = "something else than a result";
+  } else if (resp.result().step_id() != step_id) {
+    problem = "the result of step " + std::to_string(resp.result().step_id());
+  } else {
+    try {
+      logits = FromWire(resp.result().logits());
+    } catch (const Error& e) {
+      problem = std::string("malformed logits: ") + e.what();
+    }
+    if (problem.empty() &&
+        (logits.dim() != 2 || logits.size(0) != rows || logits.size(1) != m.info.vocab_size ||
+         !at::isFloatingType(logits.scalar_type()))) {
+      problem = "logits of shape " + ShapeString(logits.sizes().vec()) + " (" +
+                resp.result().logits().datatype() + "), expected [" + std::to_string(rows) + ", " +
+                std::to_string(m.info.vocab_size) + "] FP32";
+    } else if (problem.empty() && resp.result().context_length() != m.context_length + t) {
+      problem = "a context length of " + std::to_string(resp.result().context_length()) +
+                " positions, expected " + std::to_string(m.context_length + t);
+    }
+  }
+  if (!problem.empty()) {
+    m.Shutdown(true);
+    throw RemoteError(grpc::StatusCode::INTERNAL, "the stip server at " + m.options.address +
+                                                      " answered step " + std::to_string(step_id) +
+                                                      " with " + problem +
+                                                      "; the session was closed");
+  }
+  m.pending_truncate = -1;
+  m.context_length += t;
+  return logits.to(at::kFloat);
+}
+
+void RemoteSession::Close() {
+  Impl& m = *impl_;
+  if (m.stream) m.Shutdown(m.open);
+  m.open = false;
+  m.context_length = 0;
+  m.pending_truncate = -1;
+}
+
+}  // namespace stip

@@ -1,0 +1,70 @@
+// A session on a stip server: the Inference.Session bidirectional stream.
+//
+//   open{instance_id, access_token, max_context} -> opened{sizes, datatype}
+//   step{step_id, x' [T, d], all_logits, truncate_to} -> result{o', context_length}
+//                                                      | error{step_id, status} (in-band)
+//   close (or the end of the stream)
+//
+// The access token is sent in the open message only; it is never logged or
+// put into an error message.
+#pragma once
+
+#include <grpcpp/support/status.h>
+
+#include <memory>
+#include <string>
+
+#include "client/logits_backend.h"
+#include "common/error.h"
+
+namespace grpc {
+class Channel;
+}
+
+namespace stip {
+
+// An error reported by the stip server (or the transport to it): keeps the
+// gRPC status code so that the Chat service can pass it on.
+class RemoteError : public Error {
+ public:
+  RemoteError(grpc::StatusCode status, const std::string& message);
+  grpc::StatusCode status_code() const { return status_; }
+
+ private:
+  grpc::StatusCode status_;
+};
+
+// "UNAVAILABLE", "NOT_FOUND", ...
+const char* StatusCodeName(grpc::StatusCode code);
+
+struct RemoteSessionOptions {
+  std::string address;  // for messages only (the channel is already made)
+  std::string instance_id;
+  std::string access_token;
+  int64_t max_context = 0;      // 0: the server's limit
+  int64_t expected_hidden = 0;  // the bundle's sizes, checked against `opened`
+  int64_t expected_vocab = 0;
+  int close_timeout_ms = 5000;  // how long Close waits for the server to end the stream
+};
+
+class RemoteSession : public LogitsBackend {
+ public:
+  RemoteSession(std::shared_ptr<grpc::Channel> channel, RemoteSessionOptions options);
+  ~RemoteSession() override;
+  RemoteSession(const RemoteSession&) = delete;
+  RemoteSession& operator=(const RemoteSession&) = delete;
+
+  SessionInfo Open() override;
+  bool is_open() const override;
+  const SessionInfo& info() const override;
+  at::Tensor Step(const at::Tensor& x_prime, bool all_logits) override;
+  void Truncate(int64_t length) override;
+  int64_t context_length() const override;
+  void Close() override;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace stip

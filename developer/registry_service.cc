@@ -1,0 +1,150 @@
+#include "developer/registry_service.h"
+
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+
+#include "common/error.h"
+#include "common/rpc/file_transfer.h"
+#include "common/rpc/status.h"
+#include "developer/state_store.h"
+#include "developer/user_registry.h"
+
+namespace stip {
+
+namespace {
+
+// A user name from the wire, fit for a log line.
+std::string ForLog(const std::string& name) {
+  return IsValidUserName(name) ? "\"" + name + "\"" : "(malformed name)";
+}
+
+std::string Peer(grpc::ServerContext* context) { return context ? context->peer() : "?"; }
+
+}  // namespace
+
+RegistryService::RegistryService(StateStore* state, UserRegistry* users, RegistryConfig config)
+    : state_(state), users_(users), config_(std::move(config)) {}
+
+RegistryService::Bundle RegistryService::BundleFor(const std::string& pinned_instance) const {
+  Bundle b;
+  if (!pinned_instance.empty()) {
+    b.instance = pinned_instance;
+  } else {
+    std::optional<std::string> current = state_->CurrentInstance();
+    if (!current) throw FailedPrecondition("the developer has no model instance yet");
+    b.instance = *current;
+  }
+  if (!state_->HasInstance(b.instance)) {
+    throw NotFound("instance " + b.instance + " is not in the developer's state");
+  }
+  b.files = ListFilesForTransfer(state_->ClientDir(b.instance));
+  if (b.files.empty()) throw DataLoss("the client bundle of instance " + b.instance + " is empty");
+  return b;
+}
+
+grpc::Status RegistryService::Register(grpc::ServerContext* context,
+                                       const v1::RegisterRequest* request,
+                                       grpc::ServerWriter<v1::BundleChunk>* writer) {
+  try {
+    // Locate the bundle before the token is consumed.
+    std::optional<UserRecord> known = users_->Find(request->user());
+    std::optional<Bundle> bundle;
+    grpc::Status unavailable;
+    if (known) {
+      try {
+        bundle = BundleFor(known->instance);
+      } catch (...) {
+        unavailable = CurrentExceptionToStatus();
+      }
+    }
+    if (!bundle) {
+      if (known && users_->CheckEnrolmentToken(request->user(), request->enrolment_token())) {
+        spdlog::error("registration of user {}: no bundle to send: {}", ForLog(request->user()),
+                      unavailable.error_message());
+        return unavailable;  // the token stays valid
+      }
+      spdlog::warn("registration refused for user {} from {}: bad or used enrolment token",
+                   ForLog(request->user()), Peer(context));
+      return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, kBadEnrolmentMessage);
+    }
+    std::optional<UserRegistry::Enrolment> e =
+        users_->Enrol(request->user(), request->enrolment_token());
+    if (!e) {
+      spdlog::warn("registration refused for user {} from {}: bad or used enrolment token",
+                   ForLog(request->user()), Peer(context));
+      return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, kBadEnrolmentMessage);
+    }
+    spdlog::info("user {} enrolled from {}", ForLog(e->user.name), Peer(context));
+    if (e->user.instance != known->instance) bundle = BundleFor(e->user.instance);  // re-pinned
+    return SendBundle(context, e->user.name, *bundle, e->access_token, writer);
+  } catch (...) {
+    grpc::Status s = CurrentExceptionToStatus();
+    spdlog::error("Register for user {}: {}", ForLog(request->user()), s.error_message());
+    return s;
+  }
+}
+
+grpc::Status RegistryService::FetchBundle(grpc::ServerContext* context,
+                                          const v1::FetchBundleRequest* request,
+                                          grpc::ServerWriter<v1::BundleChunk>* writer) {
+  try {
+    std::optional<UserRecord> u = users_->Authenticate(request->user(), request->access_token());
+    if (!u) {
+      spdlog::warn("bundle refused for user {} from {}: bad access token", ForLog(request->user()),
+                   Peer(context));
+      return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, kBadAccessMessage);
+    }
+    return SendBundle(context, u->name, BundleFor(u->instance), request->access_token(), writer);
+  } catch (...) {
+    grpc::Status s = CurrentExceptionToStatus();
+    spdlog::error("FetchBundle for user {}: {}", ForLog(request->user()), s.error_message());
+    return s;
+  }
+}
+
+grpc::Status RegistryService::SendBundle(grpc::ServerContext* context, const std::string& user,
+                                         const Bundle& bundle, const std::string& access_token,
+                                         grpc::ServerWriter<v1::BundleChunk>* writer) {
+  auto start = std::chrono::steady_clock::now();
+  const std::string& instance = bundle.instance;
+  const std::vector<OutgoingFile>& files = bundle.files;
+
+  v1::BundleChunk header;
+  v1::BundleHeader* h = header.mutable_header();
+  h->set_user(user);
+  h->set_instance_id(instance);
+  h->set_server_address(config_.server_address);
+  h->set_access_token(access_token);
+  FillEntries(files, h->mutable_files());
+  h->set_server_ca_pem(config_.server_ca_pem);
+  if (!writer->Write(header)) return grpc::Status(grpc::StatusCode::CANCELLED, "client went away");
+
+  uint64_t bytes = 0;
+  std::string digest;
+  try {
+    digest = StreamFiles(files, config_.chunk_bytes, [&](const v1::FileChunk& chunk) {
+      if (context && context->IsCancelled()) return false;
+      v1::BundleChunk msg;
+      *msg.mutable_chunk() = chunk;
+      bytes += chunk.data().size();
+      return writer->Write(msg);
+    });
+  } catch (const Error& e) {
+    if (e.code() != ErrorCode::kInternal) throw;
+    spdlog::warn("bundle for user {} broken off after {} bytes", ForLog(user), bytes);
+    return grpc::Status(grpc::StatusCode::CANCELLED, "bundle stream broken off");
+  }
+  v1::BundleChunk trailer;
+  trailer.mutable_trailer()->set_sha256(digest);
+  if (!writer->Write(trailer)) {
+    return grpc::Status(grpc::StatusCode::CANCELLED, "client went away");
+  }
+  users_->RecordBundle(user, instance);
+  double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  spdlog::info("sent bundle of instance {} to user {}: {} files, {:.1f} MiB in {:.2f} s", instance,
+               ForLog(user), files.size(), bytes / 1048576.0, s);
+  return grpc::Status::OK;
+}
+
+}  // namespace stip

@@ -1,0 +1,67 @@
+// The developer's Registry service (stip.v1.Registry), for clients:
+//
+//   Register{user, enrolment_token}  checks the one-time token (its hash, in
+//     constant time), marks it used and stores the hash of a fresh access
+//     token (persisted before anything is sent), then streams the bundle. The
+//     bundle is located first: if there is none to send (no instance), a valid
+//     token is not consumed and the caller gets the error.
+//   FetchBundle{user, access_token}  checks the access token and streams the
+//     bundle of the user's current instance.
+//
+// The bundle stream: header {user, instance_id, server_address, access_token,
+// files (the instance's client/ directory, modes kept), server_ca_pem},
+// chunks of at most chunk_bytes, trailer {sha256} (common/rpc/file_transfer.h).
+//
+// Any credential failure, including an unknown user, is UNAUTHENTICATED with
+// one fixed message, so that callers learn neither who exists nor which part
+// was wrong.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "common/rpc/file_transfer.h"
+#include "stip/v1/stip.grpc.pb.h"
+
+namespace stip {
+
+class StateStore;
+class UserRegistry;
+
+struct RegistryConfig {
+  std::string server_address;  // host:port of the stip-server clients use
+  std::string server_ca_pem;   // CA of the server's certificate ("" = system roots)
+  size_t chunk_bytes = size_t{1} << 20;
+};
+
+inline constexpr char kBadEnrolmentMessage[] = "enrolment token is invalid or already used";
+inline constexpr char kBadAccessMessage[] = "access token is invalid";
+
+class RegistryService final : public v1::Registry::Service {
+ public:
+  RegistryService(StateStore* state, UserRegistry* users, RegistryConfig config);
+
+  grpc::Status Register(grpc::ServerContext* context, const v1::RegisterRequest* request,
+                        grpc::ServerWriter<v1::BundleChunk>* writer) override;
+  grpc::Status FetchBundle(grpc::ServerContext* context, const v1::FetchBundleRequest* request,
+                           grpc::ServerWriter<v1::BundleChunk>* writer) override;
+
+ private:
+  struct Bundle {
+    std::string instance;
+    std::vector<OutgoingFile> files;
+  };
+  // What a user is served: the client directory of the pinned instance, else
+  // of the current one. Throws (kFailedPrecondition, kNotFound, kDataLoss)
+  // when there is nothing to send.
+  Bundle BundleFor(const std::string& pinned_instance) const;
+  grpc::Status SendBundle(grpc::ServerContext* context, const std::string& user,
+                          const Bundle& bundle, const std::string& access_token,
+                          grpc::ServerWriter<v1::BundleChunk>* writer);
+
+  StateStore* state_;
+  UserRegistry* users_;
+  RegistryConfig config_;
+};
+
+}  // namespace stip

@@ -1,0 +1,180 @@
+#include "developer/rpc_commands.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+
+#include "common/error.h"
+#include "common/rpc/server_setup.h"
+#include "common/util/files.h"
+#include "developer/model_pusher.h"
+#include "developer/registry_service.h"
+#include "developer/state_store.h"
+#include "developer/user_registry.h"
+
+namespace stip {
+
+namespace {
+
+// Logs go to stderr: stdout carries only what scripts read.
+void LogToStderr() {
+  static bool done = false;
+  if (done) return;
+  done = true;
+  auto logger = spdlog::stderr_color_mt("stip-developer");
+  spdlog::set_default_logger(logger);
+}
+
+// SIGTERM/SIGINT: a flag for loops plus a self-pipe for the waiting thread.
+std::atomic<bool> g_stop{false};
+int g_signal_pipe[2] = {-1, -1};
+
+void OnSignal(int) {
+  g_stop.store(true);
+  if (g_signal_pipe[1] >= 0) {
+    char c = 1;
+    ssize_t n = write(g_signal_pipe[1], &c, 1);
+    (void)n;
+  }
+}
+
+void InstallSignalHandlers() {
+  if (pipe2(g_signal_pipe, O_CLOEXEC) != 0) throw Internal("pipe2 failed");
+  struct sigaction sa {};
+  sa.sa_handler = OnSignal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART;
+  sigaction(SIGTERM, &sa, nullptr);
+  sigaction(SIGINT, &sa, nullptr);
+}
+
+void WaitForSignal() {
+  char c;
+  while (!g_stop.load()) {
+    ssize_t n = read(g_signal_pipe[0], &c, 1);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+  }
+}
+
+}  // namespace
+
+std::string WithPort(const std::string& address, int port) {
+  size_t colon = address.rfind(':');
+  std::string host = colon == std::string::npos ? address : address.substr(0, colon);
+  return host + ":" + std::to_string(port);
+}
+
+int RunPush(const PushCommand& cmd) {
+  LogToStderr();
+  std::string recorded = InstanceIdOfServerDir(cmd.model_dir);
+  std::string instance = cmd.instance_id.empty() ? recorded : cmd.instance_id;
+  if (instance != recorded) {
+    throw InvalidArgument(cmd.model_dir + " holds instance " + recorded + ", not " + instance);
+  }
+  PushOptions opt;
+  opt.load = cmd.load;
+  PushResult r =
+      PushModel(MakeChannel(cmd.server, cmd.tls, "stip-developer"), instance, cmd.model_dir, opt);
+  if (r.already_stored) {
+    std::printf("instance %s already stored on %s\n", instance.c_str(), cmd.server.c_str());
+  } else {
+    std::printf("pushed instance %s to %s: %llu files, %llu bytes in %.2f s (%.1f MiB/s)%s\n",
+                instance.c_str(), cmd.server.c_str(), static_cast<unsigned long long>(r.files),
+                static_cast<unsigned long long>(r.bytes), r.seconds,
+                r.seconds > 0 ? r.bytes / 1048576.0 / r.seconds : 0.0,
+                r.info.loaded() ? ", loaded" : "");
+  }
+  std::fflush(stdout);
+  return 0;
+}
+
+int RunServe(const ServeCommand& cmd) {
+  LogToStderr();
+  if (cmd.servers.empty()) throw InvalidArgument("serve needs at least one --server");
+  if (!cmd.insecure && (cmd.tls_cert.empty() || cmd.tls_key.empty())) {
+    throw InvalidArgument("serve needs --tls-cert and --tls-key (or --insecure)");
+  }
+  RegistryConfig rc;
+  rc.server_address =
+      cmd.public_server_address.empty() ? cmd.servers.front() : cmd.public_server_address;
+  if (!cmd.tls_ca.empty()) rc.server_ca_pem = ReadFile(cmd.tls_ca);
+
+  // 1. The instance for this model: found in the state, or made now.
+  StateStore state(cmd.state_dir);
+  UserRegistry users(state);
+  TransformOptions topt;
+  topt.max_shard_bytes =
+      cmd.shard_gib > 0 ? static_cast<uint64_t>(cmd.shard_gib * (1ull << 30)) : 0;
+  StateStore::Ensured inst = state.EnsureInstanceForModel(cmd.model_dir, topt);
+  const std::string id = inst.info.instance_id;
+  if (inst.created) {
+    spdlog::info("made instance {} ({}) of {}: {} tensors, {:.1f} MiB written in {:.2f} s", id,
+                 inst.info.model_type, cmd.model_dir, inst.stats.tensors,
+                 inst.stats.bytes_written / 1048576.0, inst.stats.seconds);
+  } else {
+    spdlog::info("using instance {} ({}, made {}) from {}", id, inst.info.model_type,
+                 inst.info.created_at, state.dir());
+  }
+
+  InstallSignalHandlers();
+
+  // 2. Every server gets the instance's transformed checkpoint.
+  TlsOptions push_tls;
+  push_tls.insecure = cmd.insecure;
+  push_tls.ca_file = cmd.tls_ca;
+  push_tls.cert_file = cmd.tls_cert;
+  push_tls.key_file = cmd.tls_key;
+  push_tls.server_name_override = cmd.tls_server_name;
+  RetryOptions retry;
+  retry.max_seconds = cmd.push_timeout_s;
+  retry.stop = &g_stop;
+  for (const std::string& server : cmd.servers) {
+    PushResult r;
+    try {
+      r = EnsureModelOnServer(server, push_tls, id, state.ServerDir(id), {}, retry);
+    } catch (const Error&) {
+      if (!g_stop.load()) throw;
+      spdlog::info("interrupted while pushing to {}", server);
+      return 0;
+    }
+    if (r.already_stored) {
+      spdlog::info("server {} already has instance {}", server, id);
+    } else {
+      spdlog::info("pushed instance {} to {}: {} files, {:.1f} MiB in {:.2f} s", id, server,
+                   r.files, r.bytes / 1048576.0, r.seconds);
+    }
+    if (g_stop.load()) return 0;
+  }
+
+  // 3. The Registry.
+  RegistryService registry(&state, &users, rc);
+  ServerSetup setup;
+  setup.address = cmd.listen;
+  setup.name = "stip-developer registry";
+  setup.tls.insecure = cmd.insecure;
+  setup.tls.cert_file = cmd.tls_cert;
+  setup.tls.key_file = cmd.tls_key;
+  int port = 0;
+  std::unique_ptr<grpc::Server> server = StartServer(setup, {&registry}, &port);
+  std::string bound = WithPort(cmd.listen, port);
+  spdlog::info("Registry serving instance {} (users go to server {}) on {}", id, rc.server_address,
+               bound);
+  std::printf("stip-developer listening on %s\n", bound.c_str());
+  std::fflush(stdout);
+
+  WaitForSignal();
+  spdlog::info("shutting down");
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  server->Wait();
+  return 0;
+}
+
+}  // namespace stip

@@ -1,0 +1,96 @@
+// The developer's persistent state (`stip-developer serve|add-user --state DIR`):
+//
+//   DIR/                         0700
+//     instances/<instance_id>/   0700, one model instance, made atomically
+//       keys.safetensors         0600  all of Π (never leaves this machine)
+//       instance.json            0600  {instance_id, model_fingerprint, model_type, ...}
+//       server/                        the transformed checkpoint pushed to servers
+//       client/                  0700  the client bundle streamed to users
+//     current_instance           0600  the instance id new users get (text)
+//     users.json                 0600  the user records (user_registry.h)
+//
+// An instance is built in "instances/<id>.tmp-XXXXXX" and renamed into place,
+// so a crash never leaves a half-made instance under its final name; leftover
+// temporary directories are removed the next time an instance is made.
+// Concurrent processes (serve and add-user) coordinate with flock(2) on lock
+// files in DIR. Torch-free apart from the transform it calls.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/transform/transform_checkpoint.h"
+
+namespace stip {
+
+struct InstanceInfo {
+  std::string instance_id;
+  std::string model_fingerprint;
+  std::string model_type;
+  std::string model_dir;   // where the plaintext model was read from (informational)
+  std::string created_at;  // RFC 3339, UTC
+};
+
+// An exclusive flock(2) on a lock file, released on destruction.
+class FileLock {
+ public:
+  explicit FileLock(const std::string& path);
+  ~FileLock();
+  FileLock(const FileLock&) = delete;
+  FileLock& operator=(const FileLock&) = delete;
+
+ private:
+  int fd_ = -1;
+};
+
+// The current UTC time as RFC 3339 ("2024-05-01T12:00:00Z").
+std::string NowRfc3339();
+
+class StateStore {
+ public:
+  // Opens (creating, mode 0700) the state directory and its instances/.
+  explicit StateStore(std::string dir);
+
+  const std::string& dir() const { return dir_; }
+  std::string users_path() const;
+  std::string users_lock_path() const;
+
+  // Paths of one instance (the id must be a plain hex id: kInvalidArgument).
+  std::string InstanceDir(const std::string& instance_id) const;
+  std::string ServerDir(const std::string& instance_id) const;
+  std::string ClientDir(const std::string& instance_id) const;
+  std::string KeysPath(const std::string& instance_id) const;
+
+  bool HasInstance(const std::string& instance_id) const;
+  // kNotFound if the instance does not exist.
+  InstanceInfo GetInstance(const std::string& instance_id) const;
+  // Every complete instance, oldest first.
+  std::vector<InstanceInfo> ListInstances() const;
+
+  std::optional<std::string> CurrentInstance() const;
+  // kNotFound unless the instance exists.
+  void SetCurrentInstance(const std::string& instance_id);
+
+  struct Ensured {
+    InstanceInfo info;
+    bool created = false;  // false: an instance for this model already existed
+    TransformStats stats;  // of the transform, when created
+  };
+  // The instance for the plaintext model in `model_dir` (matched by
+  // fingerprint; the current instance is preferred, then the newest match),
+  // made (fresh keys, transform) if there is none; it becomes the current one.
+  Ensured EnsureInstanceForModel(const std::string& model_dir,
+                                 const TransformOptions& options = {});
+
+ private:
+  std::string instances_dir() const;
+  std::optional<InstanceInfo> ReadInstance(const std::string& instance_id) const;
+
+  std::string dir_;
+};
+
+// True iff `id` looks like an instance id (1-64 lowercase hex digits).
+bool IsValidInstanceId(const std::string& id);
+
+}  // namespace stip

@@ -1,0 +1,182 @@
+#include "server/batch_scheduler.h"
+
+#include <c10/core/InferenceMode.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <chrono>
+#include <exception>
+
+#include "common/engine/causal_lm.h"
+
+namespace stip::server {
+
+namespace {
+
+StepOutcome Failure(ErrorCode code, std::string message) {
+  StepOutcome o;
+  o.code = code;
+  o.message = std::move(message);
+  return o;
+}
+
+// The outcome for whatever is being handled (call inside a catch block).
+StepOutcome CurrentFailure() {
+  try {
+    throw;
+  } catch (const Error& e) {
+    return Failure(e.code(), e.what());
+  } catch (const std::exception& e) {
+    return Failure(ErrorCode::kInternal, std::string("forward pass failed: ") + e.what());
+  } catch (...) {
+    return Failure(ErrorCode::kInternal, "forward pass failed");
+  }
+}
+
+void Deliver(StepWork& work, StepOutcome outcome) {
+  try {
+    work.done(std::move(outcome));
+  } catch (const std::exception& e) {
+    spdlog::error("scheduler: a step's completion failed: {}", e.what());
+  } catch (...) {
+    spdlog::error("scheduler: a step's completion failed");
+  }
+}
+
+}  // namespace
+
+BatchScheduler::BatchScheduler(const ServerModel& model, SchedulerOptions options,
+                               std::shared_ptr<SchedulerCounters> counters, std::string name)
+    : model_(model),
+      options_(options),
+      counters_(counters ? std::move(counters) : std::make_shared<SchedulerCounters>()),
+      name_(std::move(name)) {
+  thread_ = std::thread([this] { Run(); });
+}
+
+BatchScheduler::~BatchScheduler() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.get_id() == std::this_thread::get_id()) {
+    thread_.detach();  // the last owner let go from a completion callback
+  } else if (thread_.joinable()) {
+    thread_.join();
+  }
+}
+
+void BatchScheduler::Submit(StepWork work) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!stop_) {
+      queue_.push_back(std::move(work));
+      work.done = nullptr;
+    }
+  }
+  if (work.done) {
+    Deliver(work, Failure(ErrorCode::kFailedPrecondition, "the model is being unloaded"));
+    return;
+  }
+  cv_.notify_all();
+}
+
+void BatchScheduler::SessionOpened() {
+  std::lock_guard<std::mutex> lock(mu_);
+  ++sessions_;
+}
+
+void BatchScheduler::SessionClosed() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (sessions_ > 0) --sessions_;
+  }
+  cv_.notify_all();  // a batch window may be waiting for this session
+}
+
+void BatchScheduler::Run() {
+  c10::InferenceMode inference_mode;
+  const size_t max_batch = static_cast<size_t>(std::max(1, options_.max_batch));
+  std::unique_lock<std::mutex> lock(mu_);
+  while (true) {
+    cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
+    if (stop_) break;
+    if (options_.batch_wait_us > 0) {
+      // Wait (briefly) for the other open sessions' steps to join this batch.
+      auto enough = [&] {
+        const size_t want = std::min(max_batch, static_cast<size_t>(std::max(1, sessions_)));
+        return stop_ || queue_.size() >= want;
+      };
+      cv_.wait_until(
+          lock,
+          std::chrono::steady_clock::now() + std::chrono::microseconds(options_.batch_wait_us),
+          enough);
+      if (stop_) break;
+    }
+    std::vector<StepWork> batch;
+    while (!queue_.empty() && batch.size() < max_batch) {
+      batch.push_back(std::move(queue_.front()));
+      queue_.pop_front();
+    }
+    lock.unlock();
+    RunBatch(batch);
+    batch.clear();  // drop tensors and caches before sleeping
+    lock.lock();
+  }
+  std::deque<StepWork> left;
+  left.swap(queue_);
+  lock.unlock();
+  for (StepWork& w : left) {
+    Deliver(w, Failure(ErrorCode::kFailedPrecondition, "the server is shutting down"));
+  }
+}
+
+void BatchScheduler::RunBatch(std::vector<StepWork>& batch) {
+  std::vector<SequenceStep> steps;
+  steps.reserve(batch.size());
+  for (const StepWork& w : batch) steps.push_back({w.hidden, w.cache.get(), w.all_logits});
+  std::vector<at::Tensor> logits;
+  try {
+    logits = model_.Forward(steps);
+  } catch (...) {
+    StepOutcome failure = CurrentFailure();
+    if (batch.size() == 1) {
+      counters_->steps++;
+      Deliver(batch[0], std::move(failure));
+      return;
+    }
+    // One bad input must not fail the others: run them one by one.
+    spdlog::warn("{}: batched forward of {} sequences failed ({}); running them one by one", name_,
+                 batch.size(), failure.message);
+    counters_->fallbacks++;
+    for (size_t i = 0; i < batch.size(); ++i) {
+      StepOutcome outcome;
+      try {
+        outcome.logits = model_.Forward({steps[i]}).at(0);
+        outcome.ok = true;
+        counters_->forwards++;
+      } catch (...) {
+        outcome = CurrentFailure();
+      }
+      counters_->steps++;
+      Deliver(batch[i], std::move(outcome));
+    }
+    return;
+  }
+  counters_->forwards++;
+  if (batch.size() > 1) counters_->batched_forwards++;
+  uint64_t largest = counters_->largest_batch.load();
+  while (batch.size() > largest &&
+         !counters_->largest_batch.compare_exchange_weak(largest, batch.size())) {
+  }
+  for (size_t i = 0; i < batch.size(); ++i) {
+    StepOutcome outcome;
+    outcome.ok = true;
+    outcome.logits = logits[i];
+    counters_->steps++;
+    Deliver(batch[i], std::move(outcome));
+  }
+}
+
+}  // namespace stip::server

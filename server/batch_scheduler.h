@@ -1,0 +1,94 @@
+// Continuous batching of session steps: every loaded model has one scheduler
+// thread that takes the steps pending from all its sessions and runs them as
+// ONE ServerModel::Forward (up to max_batch sequences, each against its own KV
+// cache), then hands each session its logits. Sessions (gRPC reactors) only
+// enqueue; they never wait for the model.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/error.h"
+
+namespace stip {
+class KvCache;
+class ServerModel;
+}  // namespace stip
+
+namespace stip::server {
+
+// Counters for monitoring and tests (shared by all schedulers of a daemon).
+struct SchedulerCounters {
+  std::atomic<uint64_t> steps{0};             // steps completed (ok or failed)
+  std::atomic<uint64_t> forwards{0};          // Forward calls that succeeded
+  std::atomic<uint64_t> batched_forwards{0};  // ... of them with more than one sequence
+  std::atomic<uint64_t> fallbacks{0};         // batches re-run one by one after a failure
+  std::atomic<uint64_t> largest_batch{0};
+};
+
+struct StepOutcome {
+  bool ok = false;
+  at::Tensor logits;  // fp32 [1 or T, vocab] (any device) when ok
+  ErrorCode code = ErrorCode::kInternal;
+  std::string message;  // when !ok
+};
+
+struct StepWork {
+  at::Tensor hidden;  // validated x' [T >= 1, hidden_size]
+  std::shared_ptr<KvCache> cache;
+  bool all_logits = false;
+  // Called once, on the scheduler thread, after the step ran (or failed).
+  // Must not throw and must not block on the scheduler.
+  std::function<void(StepOutcome)> done;
+};
+
+struct SchedulerOptions {
+  int max_batch = 16;  // sequences per Forward
+  // How long to hold a step back for the steps of other open sessions of the
+  // model to join its batch (0: never wait; a lone session never waits).
+  int batch_wait_us = 0;
+};
+
+class BatchScheduler {
+ public:
+  BatchScheduler(const ServerModel& model, SchedulerOptions options,
+                 std::shared_ptr<SchedulerCounters> counters, std::string name);
+  // Fails whatever is still queued (UNAVAILABLE) and joins the thread.
+  ~BatchScheduler();
+  BatchScheduler(const BatchScheduler&) = delete;
+  BatchScheduler& operator=(const BatchScheduler&) = delete;
+
+  // Queues a step; returns at once. A session has at most one step queued.
+  void Submit(StepWork work);
+  // Open sessions of the model (the batch window waits only for them).
+  void SessionOpened();
+  void SessionClosed();
+
+ private:
+  void Run();
+  void RunBatch(std::vector<StepWork>& batch);
+
+  const ServerModel& model_;
+  const SchedulerOptions options_;
+  std::shared_ptr<SchedulerCounters> counters_;
+  const std::string name_;
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<StepWork> queue_;
+  int sessions_ = 0;
+  bool stop_ = false;
+  std::thread thread_;
+};
+
+}  // namespace stip::server

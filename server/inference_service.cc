@@ -1,0 +1,438 @@
+#include "server/inference_service.h"
+
+#include <openssl/rand.h>
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <mutex>
+#include <set>
+#include <thread>
+#include <vector>
+
+#include "common/engine/causal_lm.h"
+#include "common/error.h"
+#include "common/rpc/status.h"
+#include "common/rpc/tensor_wire.h"
+#include "common/rpc/tls.h"
+#include "server/batch_scheduler.h"
+#include "server/input_recorder.h"
+#include "server/model_store.h"
+#include "server/resource_limits.h"
+#include "server/step_validation.h"
+
+namespace stip::server {
+
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+std::string NewSessionId() {
+  unsigned char buf[16];
+  if (RAND_bytes(buf, sizeof buf) != 1) throw Internal("random number generator failed");
+  static const char* kHex = "0123456789abcdef";
+  std::string out;
+  for (unsigned char c : buf) {
+    out += kHex[c >> 4];
+    out += kHex[c & 15];
+  }
+  return out;
+}
+
+std::string GiB(int64_t bytes) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.2f GiB", static_cast<double>(bytes) / (1 << 30));
+  return buf;
+}
+
+}  // namespace
+
+class SessionReactor;
+
+struct InferenceService::Impl {
+  Impl(ModelStore& s, InferenceOptions o)
+      : store(s),
+        options(std::move(o)),
+        policy(options.policy ? options.policy : DefaultAccessPolicy()),
+        slots(options.max_sessions),
+        kv(options.max_kv_bytes) {
+    if (!options.record_inputs_dir.empty()) {
+      recorder = std::make_unique<InputRecorder>(options.record_inputs_dir);
+      spdlog::warn(
+          "--record-inputs: recording the first hidden-state tensor of every session to {} "
+          "(test-only; never use in production)",
+          options.record_inputs_dir);
+    }
+    if (options.idle_timeout_s > 0) reaper = std::thread([this] { Reap(); });
+  }
+  ~Impl() {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      stop = true;
+    }
+    cv.notify_all();
+    if (reaper.joinable()) reaper.join();
+  }
+
+  void Register(SessionReactor* r) {
+    std::lock_guard<std::mutex> lock(mu);
+    reactors.insert(r);
+  }
+  void Unregister(SessionReactor* r) {
+    std::lock_guard<std::mutex> lock(mu);
+    reactors.erase(r);
+  }
+  void Reap();
+
+  ModelStore& store;
+  const InferenceOptions options;
+  std::shared_ptr<const AccessPolicy> policy;
+  SessionSlots slots;
+  KvBudget kv;
+  std::unique_ptr<InputRecorder> recorder;
+
+  mutable std::mutex mu;  // guards reactors, stop
+  std::condition_variable cv;
+  std::set<SessionReactor*> reactors;
+  bool stop = false;
+  std::thread reaper;
+};
+
+class SessionReactor final
+    : public grpc::ServerBidiReactor<v1::SessionRequest, v1::SessionResponse> {
+ public:
+  SessionReactor(InferenceService::Impl* svc, grpc::CallbackServerContext* context)
+      : svc_(svc), peer_(context->peer()) {
+    svc_->Register(this);
+    PostRead();
+  }
+
+  void OnReadDone(bool ok) override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      awaiting_read_ = false;
+      if (finished_) return;  // ended while the read was pending (idle timeout)
+    }
+    if (!ok) {  // the client ended its side of the stream (or went away)
+      End(IsCancelled() ? grpc::Status::CANCELLED : grpc::Status::OK);
+      return;
+    }
+    switch (request_.kind_case()) {
+      case v1::SessionRequest::kOpen:
+        HandleOpen(request_.open());
+        break;
+      case v1::SessionRequest::kStep:
+        HandleStep(request_.step());
+        break;
+      case v1::SessionRequest::kClose:
+        End(grpc::Status::OK);
+        break;
+      default:
+        End(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                         "session message carries none of open, step, close"));
+    }
+  }
+
+  void OnWriteDone(bool ok) override {
+    if (!ok) {
+      End(grpc::Status(grpc::StatusCode::CANCELLED, "the stream broke while answering"));
+      return;
+    }
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (finished_) return;
+    }
+    PostRead();
+  }
+
+  void OnCancel() override {
+    // Pending reads and writes now complete with ok=false and end the session;
+    // a step in the scheduler ends it when it returns.
+    std::lock_guard<std::mutex> lock(mu_);
+    cancelled_ = true;
+  }
+
+  void OnDone() override {
+    svc_->Unregister(this);
+    delete this;
+  }
+
+  // Called by the reaper with the registry locked: claims the session's end if
+  // it has waited for the client longer than `limit`.
+  bool ClaimIfIdle(Clock::time_point now, std::chrono::seconds limit) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (finished_ || !awaiting_read_ || now - read_posted_at_ < limit) return false;
+    finished_ = true;
+    return true;
+  }
+  // After ClaimIfIdle (registry unlocked; the reactor lives until Finish).
+  void FinishIdle(int timeout_s) {
+    spdlog::info("session {}: idle for {} s, ending it", SessionName(), timeout_s);
+    ReleaseSession();
+    Finish(grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "session idle for more than " +
+                                                                 std::to_string(timeout_s) +
+                                                                 " s (server's --idle-timeout-s)"));
+  }
+
+ private:
+  bool IsCancelled() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return cancelled_;
+  }
+
+  std::string SessionName() const {
+    return session_id_.empty() ? std::string("(not opened, ") + peer_ + ")" : session_id_;
+  }
+
+  void PostRead() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      awaiting_read_ = true;
+      read_posted_at_ = Clock::now();
+    }
+    StartRead(&request_);
+  }
+
+  // Ends the stream once: frees the session's resources, sends the status.
+  void End(const grpc::Status& status) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (finished_) return;
+      finished_ = true;
+    }
+    if (!status.ok() && status.error_code() != grpc::StatusCode::CANCELLED) {
+      spdlog::info("session {}: ended: {} ({})", SessionName(), status.error_message(),
+                   static_cast<int>(status.error_code()));
+    } else if (!session_id_.empty()) {
+      spdlog::info("session {}: closed after {} step(s)", session_id_, steps_);
+    }
+    ReleaseSession();
+    Finish(status);
+  }
+
+  void ReleaseSession() {
+    cache_.reset();
+    svc_->kv.Release(kv_reserved_);
+    kv_reserved_ = 0;
+    if (holds_slot_) svc_->slots.Release();
+    holds_slot_ = false;
+    lease_.Reset();
+  }
+
+  void HandleOpen(const v1::OpenSession& open) {
+    if (opened_) {
+      End(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                       "session already open: one session per stream"));
+      return;
+    }
+    if (open.instance_id().empty()) {
+      End(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "open: instance_id is empty"));
+      return;
+    }
+    grpc::Status auth = svc_->policy->Authorize(open.instance_id(), open.access_token());
+    if (!auth.ok()) {
+      End(auth);
+      return;
+    }
+    if (open.max_context() < 0) {
+      End(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "open: max_context is negative"));
+      return;
+    }
+    try {
+      lease_ = svc_->store.OpenSession(open.instance_id());
+    } catch (...) {
+      End(CurrentExceptionToStatus());
+      return;
+    }
+    if (!svc_->slots.TryAcquire()) {
+      lease_.Reset();
+      End(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                       "session limit of " + std::to_string(svc_->slots.limit()) +
+                           " open sessions reached (server's --max-sessions); try again later"));
+      return;
+    }
+    holds_slot_ = true;
+    const ServerModel& model = lease_->model();
+    max_context_ = lease_->max_context();
+    if (open.max_context() > 0 && (max_context_ <= 0 || open.max_context() < max_context_)) {
+      max_context_ = open.max_context();
+    }
+    hidden_size_ = model.config().hidden_size;
+    vocab_size_ = model.config().vocab_size;
+    bytes_per_position_ = model.CacheBytesPerPosition();
+    try {
+      session_id_ = NewSessionId();
+      cache_ = std::make_shared<KvCache>(model.NewCache());
+    } catch (...) {
+      End(CurrentExceptionToStatus());
+      return;
+    }
+    opened_ = true;
+    instance_id_ = open.instance_id();
+    spdlog::info("session {}: opened on model {} by {} (max context {})", session_id_, instance_id_,
+                 peer_, max_context_);
+    response_.Clear();
+    v1::SessionOpened* o = response_.mutable_opened();
+    o->set_session_id(session_id_);
+    o->set_instance_id(instance_id_);
+    o->set_hidden_size(hidden_size_);
+    o->set_vocab_size(model.config().vocab_size);
+    o->set_max_context(max_context_);
+    o->set_datatype(lease_->datatype());
+    StartWrite(&response_);
+  }
+
+  void HandleStep(const v1::Step& step) {
+    if (!opened_) {
+      End(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                       "step before open: the first message of a session must be `open`"));
+      return;
+    }
+    const uint64_t step_id = step.step_id();
+    StepWork work;
+    try {
+      at::Tensor x = DecodeHiddenStates(step.hidden(), hidden_size_);
+      const int64_t t = x.size(0);
+      int64_t base = cache_->length();
+      const bool truncate = step.truncate_to() >= 0;
+      if (truncate) {
+        if (step.truncate_to() > base) {
+          throw InvalidArgument("truncate_to " + std::to_string(step.truncate_to()) +
+                                " is beyond the session's " + std::to_string(base) + " positions");
+        }
+        base = step.truncate_to();
+      }
+      if (base + t > max_context_) {
+        throw ResourceExhausted("context limit of " + std::to_string(max_context_) +
+                                " positions: the session holds " + std::to_string(base) +
+                                " and the step adds " + std::to_string(t));
+      }
+      const int64_t rows = step.all_logits() ? t : 1;
+      if (rows * vocab_size_ * 4 > kMaxMessageBytes - (1 << 20)) {
+        throw ResourceExhausted("logits of " + std::to_string(rows) + " positions x " +
+                                std::to_string(vocab_size_) +
+                                " would exceed the message size limit; ask for all_logits on "
+                                "shorter steps");
+      }
+      const int64_t predicted = PredictCacheBytes(cache_->bytes(), bytes_per_position_, base + t);
+      if (predicted > kv_reserved_) {
+        if (!svc_->kv.TryReserve(predicted - kv_reserved_)) {
+          throw ResourceExhausted("KV cache memory limit of " + GiB(svc_->kv.limit()) +
+                                  " reached (server's --max-kv-gib; " + GiB(svc_->kv.reserved()) +
+                                  " held by open sessions)");
+        }
+        kv_reserved_ = predicted;
+      }
+      if (truncate) cache_->Truncate(base);  // only once the step is accepted
+      if (svc_->recorder && !recorded_) {
+        svc_->recorder->Record(session_id_, instance_id_, x);
+        recorded_ = true;
+      }
+      work.hidden = std::move(x);
+    } catch (...) {
+      SendStepError(step_id, CurrentExceptionToStatus());
+      return;
+    }
+    work.cache = cache_;
+    work.all_logits = step.all_logits();
+    work.done = [this, step_id](StepOutcome outcome) { StepDone(step_id, std::move(outcome)); };
+    ++steps_;
+    lease_->scheduler().Submit(std::move(work));
+  }
+
+  void SendStepError(uint64_t step_id, const grpc::Status& status) {
+    spdlog::debug("session {}: step {} refused: {}", session_id_, step_id, status.error_message());
+    response_.Clear();
+    v1::StepError* e = response_.mutable_error();
+    e->set_step_id(step_id);
+    e->mutable_status()->set_code(static_cast<int32_t>(status.error_code()));
+    e->mutable_status()->set_message(status.error_message());
+    StartWrite(&response_);
+  }
+
+  // On the scheduler thread.
+  void StepDone(uint64_t step_id, StepOutcome outcome) {
+    if (IsCancelled()) {
+      End(grpc::Status::CANCELLED);
+      return;
+    }
+    if (!outcome.ok) {
+      spdlog::warn("session {}: step {} failed: {}", session_id_, step_id, outcome.message);
+      SendStepError(step_id, ToStatus(Error(outcome.code, outcome.message)));
+      return;
+    }
+    try {
+      response_.Clear();
+      v1::StepResult* r = response_.mutable_result();
+      r->set_step_id(step_id);
+      ToWire(outcome.logits, r->mutable_logits());
+      r->set_context_length(cache_->length());
+    } catch (...) {
+      SendStepError(step_id, CurrentExceptionToStatus());
+      return;
+    }
+    StartWrite(&response_);
+  }
+
+  InferenceService::Impl* const svc_;
+  const std::string peer_;
+  v1::SessionRequest request_;
+  v1::SessionResponse response_;
+
+  std::mutex mu_;  // guards the flags below that other threads read
+  bool finished_ = false;
+  bool cancelled_ = false;
+  bool awaiting_read_ = false;
+  Clock::time_point read_posted_at_;
+
+  // Touched only by the one handler running at a time (reads, writes and the
+  // step's completion are strictly sequential).
+  bool opened_ = false;
+  bool holds_slot_ = false;
+  bool recorded_ = false;
+  std::string session_id_, instance_id_;
+  SessionLease lease_;
+  std::shared_ptr<KvCache> cache_;
+  int64_t max_context_ = 0, hidden_size_ = 0, vocab_size_ = 0, bytes_per_position_ = 0;
+  int64_t kv_reserved_ = 0;
+  uint64_t steps_ = 0;
+};
+
+void InferenceService::Impl::Reap() {
+  const auto limit = std::chrono::seconds(options.idle_timeout_s);
+  const auto period = std::chrono::milliseconds(
+      std::max<int64_t>(50, std::min<int64_t>(1000, options.idle_timeout_s * 250)));
+  std::unique_lock<std::mutex> lock(mu);
+  while (!stop) {
+    cv.wait_for(lock, period, [&] { return stop; });
+    if (stop) break;
+    std::vector<SessionReactor*> idle;
+    const auto now = Clock::now();
+    for (SessionReactor* r : reactors) {
+      if (r->ClaimIfIdle(now, limit)) idle.push_back(r);
+    }
+    lock.unlock();
+    for (SessionReactor* r : idle) r->FinishIdle(options.idle_timeout_s);
+    lock.lock();
+  }
+}
+
+InferenceService::InferenceService(ModelStore& store, InferenceOptions options)
+    : impl_(std::make_unique<Impl>(store, std::move(options))) {}
+
+InferenceService::~InferenceService() = default;
+
+grpc::ServerBidiReactor<v1::SessionRequest, v1::SessionResponse>* InferenceService::Session(
+    grpc::CallbackServerContext* context) {
+  return new SessionReactor(impl_.get(), context);
+}
+
+int InferenceService::active_sessions() const { return impl_->slots.active(); }
+int64_t InferenceService::kv_reserved_bytes() const { return impl_->kv.reserved(); }
+int InferenceService::open_streams() const {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  return static_cast<int>(impl_->reactors.size());
+}
+
+}  // namespace stip::server

@@ -1,0 +1,56 @@
+// Inference.Session: one bidirectional stream per client session, served with
+// gRPC's callback API (one reactor per stream, at most one write outstanding).
+//
+//   open   -> opened (sizes, limits, compute datatype), or the stream ends with
+//             UNAUTHENTICATED / NOT_FOUND / FAILED_PRECONDITION /
+//             RESOURCE_EXHAUSTED (session limit)
+//   step   -> result (o' fp32, step_id, context_length) or an in-band error
+//             for that step_id; a refused step changes nothing and the
+//             session stays usable
+//   close  -> the stream ends with OK; ending the stream does the same
+//
+// Messages are handled one at a time per session: the next message is read
+// once the previous one's answer is written. Steps go to the model's batch
+// scheduler; the reactor never waits for the model.
+#pragma once
+
+#include <grpcpp/grpcpp.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "server/access_policy.h"
+#include "stip/v1/stip.grpc.pb.h"
+
+namespace stip::server {
+
+class ModelStore;
+
+struct InferenceOptions {
+  int max_sessions = 64;                    // open sessions at once (0: unlimited)
+  int64_t max_kv_bytes = int64_t{4} << 30;  // KV cache of all sessions together (0: unlimited)
+  int idle_timeout_s = 600;       // end a session that sends nothing for this long (0: never)
+  std::string record_inputs_dir;  // test-only: record each session's first x' here ("" = off)
+  std::shared_ptr<const AccessPolicy> policy;  // null: DefaultAccessPolicy()
+};
+
+class InferenceService final : public v1::Inference::CallbackService {
+ public:
+  InferenceService(ModelStore& store, InferenceOptions options);
+  ~InferenceService() override;
+
+  grpc::ServerBidiReactor<v1::SessionRequest, v1::SessionResponse>* Session(
+      grpc::CallbackServerContext* context) override;
+
+  int active_sessions() const;        // holding a session slot
+  int64_t kv_reserved_bytes() const;  // KV cache memory reserved by open sessions
+  int open_streams() const;           // reactors alive (including not yet opened)
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace stip::server

@@ -1,0 +1,436 @@
+#include "server/model_store.h"
+
+#include <openssl/rand.h>
+#include <spdlog/spdlog.h>
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <chrono>
+
+#include "common/arch/architecture.h"
+#include "common/engine/causal_lm.h"
+#include "common/engine/model_weights.h"
+#include "common/engine/tensor_util.h"
+#include "common/format/checkpoint.h"
+#include "common/rpc/file_transfer.h"
+#include "common/rpc/tensor_wire.h"
+#include "common/util/files.h"
+#include "server/batch_scheduler.h"
+
+namespace stip::server {
+
+namespace {
+
+constexpr const char* kConfigFile = "config.json";
+constexpr const char* kIndexFile = "model.safetensors.index.json";
+constexpr const char* kGenerationConfigFile = "generation_config.json";
+
+std::string BaseName(const std::string& path) {
+  size_t slash = path.find_last_of('/');
+  return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+uint64_t DirectoryBytes(const std::string& dir) {
+  uint64_t total = 0;
+  for (const std::string& name : ListDirectory(dir)) {
+    struct stat st;
+    if (stat(JoinPath(dir, name).c_str(), &st) == 0 && S_ISREG(st.st_mode)) {
+      total += static_cast<uint64_t>(st.st_size);
+    }
+  }
+  return total;
+}
+
+std::string RandomHex(size_t bytes) {
+  std::vector<unsigned char> buf(bytes);
+  if (RAND_bytes(buf.data(), static_cast<int>(buf.size())) != 1) {
+    throw Internal("random number generator failed");
+  }
+  static const char* kHex = "0123456789abcdef";
+  std::string out;
+  for (unsigned char c : buf) {
+    out += kHex[c >> 4];
+    out += kHex[c & 15];
+  }
+  return out;
+}
+
+// Leftovers of interrupted uploads and deletions.
+bool IsTemporaryName(const std::string& name) {
+  return name.find(".tmp-") != std::string::npos || name.find(".deleting-") != std::string::npos;
+}
+
+}  // namespace
+
+bool IsValidInstanceId(const std::string& id) {
+  if (id.empty() || id.size() > 64) return false;
+  return std::all_of(id.begin(), id.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+           c == '-';
+  });
+}
+
+void ValidateServerCheckpoint(const std::string& dir, const std::string& instance_id) {
+  ModelConfig config = LoadModelConfig(dir);
+  if (config.stip_instance.empty()) {
+    throw InvalidArgument(
+        "config.json has no STIP instance record: not a transformed checkpoint (make it with "
+        "`stip-developer transform`)");
+  }
+  if (config.stip_instance != instance_id) {
+    throw InvalidArgument("config.json belongs to instance " + config.stip_instance + ", not to " +
+                          instance_id);
+  }
+  if (config.tie_word_embeddings) {
+    throw InvalidArgument(
+        "config.json ties the LM head to the embeddings; a transformed checkpoint has an untied "
+        "head and no embedding table");
+  }
+  Checkpoint ckpt = Checkpoint::Open(dir);
+  std::set<std::string> server_names, client_names;
+  for (const TensorEntry& e : ExpectedTensors(config)) {
+    (IsClientRole(e.role) ? client_names : server_names).insert(e.name);
+  }
+  for (const std::string& name : ckpt.Names()) {
+    if (client_names.count(name)) {
+      throw InvalidArgument("refused: the checkpoint carries the embedding table (tensor \"" +
+                            name +
+                            "\"); the server must never hold plaintext embeddings -- upload "
+                            "the transformed server checkpoint only");
+    }
+    if (!server_names.count(name)) {
+      throw InvalidArgument("unexpected tensor \"" + name.substr(0, 128) +
+                            "\": not part of a transformed " + config.model_type + " checkpoint");
+    }
+  }
+  CheckpointSource source(ckpt);
+  ValidateTensors(config, source, /*server_only=*/true);
+  std::set<std::string> allowed = {kConfigFile, kIndexFile, kGenerationConfigFile};
+  for (const auto& shard : ckpt.shards()) allowed.insert(BaseName(shard->path()));
+  for (const std::string& name : ListDirectory(dir)) {
+    if (!allowed.count(name)) {
+      throw InvalidArgument("unexpected file \"" + name.substr(0, 128) +
+                            "\": a server checkpoint holds config.json and its safetensors only");
+    }
+  }
+}
+
+// ---- LoadedModel / SessionLease --------------------------------------------
+
+LoadedModel::~LoadedModel() {
+  scheduler_.reset();  // stop the thread before the weights go
+  model_.reset();
+}
+
+SessionLease::SessionLease(std::shared_ptr<LoadedModel> model) : model_(std::move(model)) {
+  model_->sessions_++;
+  model_->scheduler().SessionOpened();
+}
+
+SessionLease& SessionLease::operator=(SessionLease&& other) noexcept {
+  if (this != &other) {
+    Reset();
+    model_ = std::move(other.model_);
+  }
+  return *this;
+}
+
+void SessionLease::Reset() {
+  if (!model_) return;
+  model_->scheduler().SessionClosed();
+  model_->sessions_--;
+  model_.reset();
+}
+
+// ---- PendingUpload -----------------------------------------------------------
+
+PendingUpload::PendingUpload(ModelStore* store, std::string id, bool load)
+    : store_(store), id_(std::move(id)), load_(load) {}
+
+PendingUpload::~PendingUpload() {
+  receiver_.reset();  // removes the temporary directory unless committed
+  store_->EndUpload(id_);
+}
+
+void PendingUpload::Accept(const v1::FileChunk& chunk) { receiver_->Accept(chunk); }
+
+uint64_t PendingUpload::bytes_received() const { return receiver_->bytes_received(); }
+
+// ---- ModelStore --------------------------------------------------------------
+
+ModelStore::ModelStore(ModelStoreOptions options) : options_(std::move(options)) {
+  if (options_.dir.empty()) throw InvalidArgument("model store: no directory given (--store)");
+  MakeDirectories(options_.dir, 0700);
+  models_dir_ = JoinPath(options_.dir, "models");
+  MakeDirectories(models_dir_, 0700);
+  Scan();
+  if (options_.load_all) {
+    std::vector<std::string> ids;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (const auto& [id, entry] : models_) ids.push_back(id);
+    }
+    for (const std::string& id : ids) {
+      try {
+        Load(id);
+      } catch (const std::exception& e) {
+        spdlog::error("model {}: cannot load: {} (stored, not loaded)", id, e.what());
+      }
+    }
+  }
+}
+
+ModelStore::~ModelStore() {
+  std::lock_guard<std::mutex> lock(mu_);
+  models_.clear();
+}
+
+void ModelStore::Scan() {
+  for (const std::string& name : ListDirectory(models_dir_)) {
+    const std::string path = JoinPath(models_dir_, name);
+    if (IsTemporaryName(name)) {
+      spdlog::info("model store: removing leftover {}", path);
+      RemoveAll(path);
+      continue;
+    }
+    if (!IsDirectory(path)) continue;
+    if (!IsValidInstanceId(name)) {
+      spdlog::warn("model store: ignoring {}: not an instance id", path);
+      continue;
+    }
+    try {
+      ValidateServerCheckpoint(path, name);
+      Entry e;
+      e.id = name;
+      e.dir = path;
+      e.config = LoadModelConfig(path);
+      e.stored_bytes = DirectoryBytes(path);
+      std::lock_guard<std::mutex> lock(mu_);
+      models_[name] = std::move(e);
+    } catch (const std::exception& ex) {
+      spdlog::error("model store: skipping corrupted model {}: {}", path, ex.what());
+    }
+  }
+  spdlog::info("model store {}: {} model(s)", models_dir_, models_.size());
+}
+
+v1::ModelInfo ModelStore::InfoLocked(const Entry& e) const {
+  v1::ModelInfo info;
+  info.set_instance_id(e.id);
+  info.set_model_type(e.config.model_type);
+  info.set_loaded(e.loaded != nullptr);
+  info.set_stored_bytes(e.stored_bytes);
+  info.set_hidden_size(e.config.hidden_size);
+  info.set_vocab_size(e.config.vocab_size);
+  if (e.loaded) {
+    info.set_max_context(e.loaded->max_context());
+    info.set_datatype(e.loaded->datatype());
+    info.set_active_sessions(e.loaded->active_sessions());
+  } else {
+    int64_t max_context = e.config.max_positions;
+    if (options_.max_context > 0 && (max_context <= 0 || options_.max_context < max_context)) {
+      max_context = options_.max_context;
+    }
+    info.set_max_context(max_context);
+  }
+  return info;
+}
+
+std::vector<v1::ModelInfo> ModelStore::List() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<v1::ModelInfo> out;
+  for (const auto& [id, e] : models_) out.push_back(InfoLocked(e));
+  return out;
+}
+
+v1::ModelInfo ModelStore::Info(const std::string& id) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = models_.find(id);
+  if (it == models_.end()) throw NotFound("model instance " + id.substr(0, 64) + " is not stored");
+  return InfoLocked(it->second);
+}
+
+std::shared_ptr<LoadedModel> ModelStore::LoadEntry(const Entry& e) const {
+  const auto start = std::chrono::steady_clock::now();
+  LoadOptions lo;
+  lo.device = ParseDevice(options_.device);
+  lo.dtype = ParseComputeDType(options_.dtype, e.config.dtype, lo.device);
+  std::shared_ptr<LoadedModel> m(new LoadedModel());
+  m->id_ = e.id;
+  m->model_ = ServerModel::Load(e.dir, lo);
+  m->datatype_ = WireDataType(lo.dtype);
+  m->max_context_ = e.config.max_positions;
+  if (options_.max_context > 0 &&
+      (m->max_context_ <= 0 || options_.max_context < m->max_context_)) {
+    m->max_context_ = options_.max_context;
+  }
+  SchedulerOptions so;
+  so.max_batch = options_.max_batch;
+  so.batch_wait_us = options_.batch_wait_us;
+  m->scheduler_ = std::make_unique<BatchScheduler>(*m->model_, so, options_.counters,
+                                                   "model " + e.id.substr(0, 12));
+  spdlog::info("model {} ({}) loaded on {} as {} in {:.2f} s", e.id, e.config.model_type,
+               lo.device.str(), m->datatype_,
+               std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  return m;
+}
+
+v1::ModelInfo ModelStore::Load(const std::string& id) {
+  std::lock_guard<std::mutex> admin(admin_mu_);
+  Entry copy;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = models_.find(id);
+    if (it == models_.end())
+      throw NotFound("model instance " + id.substr(0, 64) + " is not stored");
+    if (it->second.loaded) return InfoLocked(it->second);
+    copy = it->second;
+  }
+  std::shared_ptr<LoadedModel> loaded = LoadEntry(copy);
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = models_.find(id);
+  if (it == models_.end()) throw NotFound("model instance " + id.substr(0, 64) + " is not stored");
+  it->second.loaded = std::move(loaded);
+  return InfoLocked(it->second);
+}
+
+v1::ModelInfo ModelStore::Unload(const std::string& id) {
+  std::lock_guard<std::mutex> admin(admin_mu_);
+  std::shared_ptr<LoadedModel> dropped;
+  v1::ModelInfo info;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = models_.find(id);
+    if (it == models_.end())
+      throw NotFound("model instance " + id.substr(0, 64) + " is not stored");
+    if (it->second.loaded) {
+      const int sessions = it->second.loaded->active_sessions();
+      if (sessions > 0) {
+        throw FailedPrecondition("model " + id + " has " + std::to_string(sessions) +
+                                 " open session(s); it can be unloaded once they end");
+      }
+      dropped = std::move(it->second.loaded);
+    }
+    info = InfoLocked(it->second);
+  }
+  if (dropped) {
+    dropped.reset();  // joins the scheduler, frees the weights
+    spdlog::info("model {} unloaded", id);
+  }
+  return info;
+}
+
+void ModelStore::Delete(const std::string& id) {
+  std::lock_guard<std::mutex> admin(admin_mu_);
+  std::shared_ptr<LoadedModel> dropped;
+  std::string dir;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = models_.find(id);
+    if (it == models_.end())
+      throw NotFound("model instance " + id.substr(0, 64) + " is not stored");
+    if (it->second.loaded && it->second.loaded->active_sessions() > 0) {
+      throw FailedPrecondition("model " + id + " has " +
+                               std::to_string(it->second.loaded->active_sessions()) +
+                               " open session(s); it can be deleted once they end");
+    }
+    dropped = std::move(it->second.loaded);
+    dir = it->second.dir;
+    models_.erase(it);
+  }
+  dropped.reset();
+  // Out of sight first (atomic), then removed.
+  const std::string doomed = dir + ".deleting-" + RandomHex(6);
+  RenamePath(dir, doomed);
+  SyncDirectory(models_dir_);
+  RemoveAll(doomed);
+  spdlog::info("model {} deleted", id);
+}
+
+std::unique_ptr<PendingUpload> ModelStore::BeginUpload(const v1::UploadHeader& header) {
+  const std::string& id = header.instance_id();
+  if (!IsValidInstanceId(id)) {
+    throw InvalidArgument("upload: instance id \"" + id.substr(0, 64) +
+                          "\" is not valid (1 to 64 of [A-Za-z0-9_-])");
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (models_.count(id)) throw AlreadyExistsError("model instance " + id + " is already stored");
+    if (uploading_.count(id)) {
+      throw FailedPrecondition("an upload of model instance " + id + " is already in progress");
+    }
+    uploading_.insert(id);
+  }
+  std::unique_ptr<PendingUpload> upload(new PendingUpload(this, id, header.load()));
+  ReceiveLimits limits;
+  limits.max_total_bytes = options_.max_upload_bytes;
+  const std::string final_dir = JoinPath(models_dir_, id);
+  if (PathExists(final_dir)) {
+    // On disk but not registered: a model skipped as corrupted at start-up.
+    throw AlreadyExistsError(final_dir +
+                             " exists (a model that failed validation at start-up?); remove it "
+                             "first");
+  }
+  upload->receiver_ = std::make_unique<DirectoryReceiver>(final_dir, header.files(), limits, 0700);
+  return upload;
+}
+
+v1::ModelInfo ModelStore::FinishUpload(std::unique_ptr<PendingUpload> upload,
+                                       const std::string& sha256_hex) {
+  const std::string id = upload->instance_id();
+  upload->receiver_->VerifyDigest(sha256_hex);
+  const std::string tmp = upload->receiver_->temp_dir();
+  try {
+    ValidateServerCheckpoint(tmp, id);
+  } catch (const Error& e) {
+    throw Error(e.code(), "upload of " + id + " refused: " + e.what() + "; nothing was stored");
+  }
+  Entry e;
+  e.id = id;
+  e.dir = JoinPath(models_dir_, id);
+  e.config = LoadModelConfig(tmp);
+  e.stored_bytes = DirectoryBytes(tmp);
+  {
+    std::lock_guard<std::mutex> admin(admin_mu_);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (models_.count(id))
+        throw AlreadyExistsError("model instance " + id + " is already stored");
+    }
+    upload->receiver_->Commit();
+    std::lock_guard<std::mutex> lock(mu_);
+    models_[id] = e;
+  }
+  spdlog::info("model {} ({}, {:.1f} MiB) stored", id, e.config.model_type,
+               static_cast<double>(e.stored_bytes) / 1048576.0);
+  const bool load = upload->load_;
+  upload.reset();
+  if (load) {
+    try {
+      return Load(id);
+    } catch (const std::exception& ex) {
+      spdlog::error("model {}: stored, but cannot load: {}", id, ex.what());
+    }
+  }
+  return Info(id);
+}
+
+void ModelStore::EndUpload(const std::string& id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  uploading_.erase(id);
+}
+
+SessionLease ModelStore::OpenSession(const std::string& id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = models_.find(id);
+  if (it == models_.end()) {
+    throw NotFound("model instance \"" + id.substr(0, 64) + "\" is not on this server");
+  }
+  if (!it->second.loaded) {
+    throw FailedPrecondition("model instance " + id +
+                             " is stored but not loaded (ModelStore.Load it first)");
+  }
+  return SessionLease(it->second.loaded);
+}
+
+}  // namespace stip::server

@@ -1,0 +1,195 @@
+// The server's models, on disk and in memory.
+//
+// Disk: STORE/models/<instance_id>/ holds one STIP-transformed checkpoint
+// (config.json with the instance record, safetensors, maybe sharded with the
+// index). Uploads are received into "<instance_id>.tmp-XXXXXX" beside it,
+// checked (digest, then that it is a loadable transformed checkpoint WITHOUT
+// embedding tables), and only then renamed into place. At start-up leftover
+// temporary directories are removed and corrupted models are skipped (logged).
+//
+// Memory: a loaded model has its ServerModel and one BatchScheduler thread.
+// Sessions hold a SessionLease on it; Unload and Delete refuse while a model
+// has open sessions (FAILED_PRECONDITION); Delete of a loaded model without
+// sessions unloads it first.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "common/arch/model_config.h"
+#include "common/error.h"
+#include "stip/v1/stip.pb.h"
+
+namespace stip {
+class DirectoryReceiver;
+class ServerModel;
+}  // namespace stip
+
+namespace stip::server {
+
+class BatchScheduler;
+struct SchedulerCounters;
+
+// [A-Za-z0-9_-]{1,64} (the developer's ids are 32 lowercase hex digits).
+bool IsValidInstanceId(const std::string& id);
+
+// An instance id that is stored already (ALREADY_EXISTS on the wire).
+class AlreadyExistsError : public Error {
+ public:
+  explicit AlreadyExistsError(const std::string& m) : Error(ErrorCode::kFailedPrecondition, m) {}
+};
+
+// Checks that `dir` holds a STIP-transformed server checkpoint of instance
+// `instance_id`: config.json parses and names the instance with an untied
+// head; the safetensors open and hold exactly the server tensors the config
+// implies, with the right shapes -- no embedding table, nothing else; no
+// other files than config.json, generation_config.json, the index and the
+// shards. Throws kInvalidArgument / kDataLoss / kNotFound naming the problem.
+void ValidateServerCheckpoint(const std::string& dir, const std::string& instance_id);
+
+struct ModelStoreOptions {
+  std::string dir;              // STORE; models live in STORE/models/<instance_id>
+  std::string device = "auto";  // auto | cpu | cuda | cuda:N
+  std::string dtype = "auto";   // auto | float32 | float16 | bfloat16
+  bool load_all = true;         // load every stored model at start-up
+  int64_t max_context = 0;      // positions per session (0: the model's maximum)
+  int max_batch = 16;
+  int batch_wait_us = 0;
+  uint64_t max_upload_bytes = uint64_t{1} << 40;
+  std::shared_ptr<SchedulerCounters> counters;  // shared by all schedulers (may be null)
+};
+
+// A model in memory, shared by the sessions that run on it.
+class LoadedModel {
+ public:
+  ~LoadedModel();
+  const std::string& instance_id() const { return id_; }
+  const ServerModel& model() const { return *model_; }
+  BatchScheduler& scheduler() { return *scheduler_; }
+  const std::string& datatype() const { return datatype_; }  // wire name of the compute dtype
+  int64_t max_context() const { return max_context_; }       // positions a session may hold
+  int active_sessions() const { return sessions_.load(); }
+
+ private:
+  friend class ModelStore;
+  friend class SessionLease;
+  LoadedModel() = default;
+
+  std::string id_, datatype_;
+  int64_t max_context_ = 0;
+  std::unique_ptr<ServerModel> model_;
+  std::unique_ptr<BatchScheduler> scheduler_;  // destroyed before the model
+  std::atomic<int> sessions_{0};
+};
+
+// Keeps a loaded model for one session.
+class SessionLease {
+ public:
+  SessionLease() = default;
+  ~SessionLease() { Reset(); }
+  SessionLease(SessionLease&& other) noexcept : model_(std::move(other.model_)) {}
+  SessionLease& operator=(SessionLease&& other) noexcept;
+  SessionLease(const SessionLease&) = delete;
+  SessionLease& operator=(const SessionLease&) = delete;
+
+  LoadedModel* get() const { return model_.get(); }
+  LoadedModel* operator->() const { return model_.get(); }
+  explicit operator bool() const { return model_ != nullptr; }
+  void Reset();
+
+ private:
+  friend class ModelStore;
+  explicit SessionLease(std::shared_ptr<LoadedModel> model);
+  std::shared_ptr<LoadedModel> model_;
+};
+
+class ModelStore;
+
+// One upload in progress. Destroying it without FinishUpload (a broken or
+// cancelled stream, a refused model) removes the temporary directory: nothing
+// becomes visible.
+class PendingUpload {
+ public:
+  ~PendingUpload();
+  PendingUpload(const PendingUpload&) = delete;
+  PendingUpload& operator=(const PendingUpload&) = delete;
+
+  // Throws kInvalidArgument for out-of-order or oversized chunks.
+  void Accept(const v1::FileChunk& chunk);
+  const std::string& instance_id() const { return id_; }
+  uint64_t bytes_received() const;
+
+ private:
+  friend class ModelStore;
+  PendingUpload(ModelStore* store, std::string id, bool load);
+
+  ModelStore* store_;
+  std::string id_;
+  bool load_;
+  std::unique_ptr<DirectoryReceiver> receiver_;
+};
+
+class ModelStore {
+ public:
+  // Creates STORE/models if needed, removes leftover temporary directories,
+  // registers every valid stored model (skipping and logging corrupted ones)
+  // and, with load_all, loads them.
+  explicit ModelStore(ModelStoreOptions options);
+  ~ModelStore();
+  ModelStore(const ModelStore&) = delete;
+  ModelStore& operator=(const ModelStore&) = delete;
+
+  std::vector<v1::ModelInfo> List() const;
+  v1::ModelInfo Info(const std::string& id) const;  // kNotFound
+  // Loads a stored model (no-op if loaded). kNotFound; load errors.
+  v1::ModelInfo Load(const std::string& id);
+  // kNotFound; kFailedPrecondition while the model has open sessions.
+  v1::ModelInfo Unload(const std::string& id);
+  // Removes a model from disk (unloading it first). kNotFound;
+  // kFailedPrecondition while it has open sessions.
+  void Delete(const std::string& id);
+
+  // Validates the header (instance id, file list) and opens the temporary
+  // directory. kInvalidArgument; AlreadyExistsError if the instance is stored;
+  // kFailedPrecondition if an upload of it is in progress.
+  std::unique_ptr<PendingUpload> BeginUpload(const v1::UploadHeader& header);
+  // Verifies the digest (kDataLoss), validates the checkpoint in the temporary
+  // directory (ValidateServerCheckpoint), renames it into place, loads it if
+  // the header asked (a load failure is logged; the info says loaded=false).
+  v1::ModelInfo FinishUpload(std::unique_ptr<PendingUpload> upload, const std::string& sha256_hex);
+
+  // For a new session: kNotFound (unknown instance) or kFailedPrecondition
+  // (stored but not loaded).
+  SessionLease OpenSession(const std::string& id);
+
+  const std::string& models_dir() const { return models_dir_; }
+
+ private:
+  friend class PendingUpload;
+  struct Entry {
+    std::string id, dir;
+    ModelConfig config;
+    uint64_t stored_bytes = 0;
+    std::shared_ptr<LoadedModel> loaded;
+  };
+
+  void Scan();
+  std::shared_ptr<LoadedModel> LoadEntry(const Entry& entry) const;
+  v1::ModelInfo InfoLocked(const Entry& entry) const;
+  void EndUpload(const std::string& id);
+
+  const ModelStoreOptions options_;
+  std::string models_dir_;
+  std::mutex admin_mu_;    // serializes Load, Unload, Delete and upload commits
+  mutable std::mutex mu_;  // guards models_ and uploading_
+  std::map<std::string, Entry> models_;
+  std::set<std::string> uploading_;
+};
+
+}  // namespace stip::server

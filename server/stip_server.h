@@ -1,0 +1,58 @@
+// The whole daemon in one object (used by main.cc and by the tests): the
+// model store, the ModelStore and Inference services, and the gRPC server
+// with TLS, health checking and reflection.
+#pragma once
+
+#include <grpcpp/server.h>
+
+#include <chrono>
+#include <memory>
+#include <string>
+
+#include "common/rpc/tls.h"
+#include "server/inference_service.h"
+#include "server/model_store.h"
+
+namespace stip::server {
+
+class ModelStoreService;
+
+struct ServerOptions {
+  std::string listen = "0.0.0.0:7070";  // host:port (port 0: pick a free one)
+  TlsOptions tls;
+  ModelStoreOptions store;
+  InferenceOptions inference;
+};
+
+class StipServer {
+ public:
+  // Opens (and loads) the store, then starts serving. Throws stip::Error.
+  explicit StipServer(ServerOptions options);
+  ~StipServer();  // shuts down at once if Shutdown() was not called
+  StipServer(const StipServer&) = delete;
+  StipServer& operator=(const StipServer&) = delete;
+
+  int port() const { return port_; }
+  // The listen address with the bound port ("0.0.0.0:7070").
+  std::string address() const;
+
+  // Stops accepting calls; calls still running after `grace` are cancelled.
+  // Returns once every call has ended.
+  void Shutdown(std::chrono::milliseconds grace);
+
+  ModelStore& store() { return *store_; }
+  InferenceService& inference() { return *inference_; }
+  const SchedulerCounters& counters() const { return *counters_; }
+
+ private:
+  ServerOptions options_;
+  std::shared_ptr<SchedulerCounters> counters_;
+  std::unique_ptr<ModelStore> store_;
+  std::unique_ptr<ModelStoreService> store_service_;
+  std::unique_ptr<InferenceService> inference_;
+  std::unique_ptr<grpc::Server> server_;
+  int port_ = 0;
+  bool shut_down_ = false;
+};
+
+}  // namespace stip::server

@@ -1,0 +1,1067 @@
+// The client (P3): generation through the STIP split on the demo models
+// (exactly the Hugging Face reference), multi-turn conversations on one KV
+// cache, stop strings, EOS, seeded sampling and option checks; RemoteSession
+// against an in-test Inference service (errors in-band and at the end of the
+// stream, reconnection); registration against an in-test Registry (modes,
+// atomic replacement, digest mismatch); the Chat service; the stip-client
+// binary's generate, chat and serve.
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "client/bundle_store.h"
+#include "client/chat_service.h"
+#include "client/generator.h"
+#include "client/local_backend.h"
+#include "client/registration.h"
+#include "client/remote_session.h"
+#include "common/arch/model_config.h"
+#include "common/engine/causal_lm.h"
+#include "common/error.h"
+#include "common/keys/model_keys.h"
+#include "common/rpc/file_transfer.h"
+#include "common/rpc/server_setup.h"
+#include "common/rpc/tensor_wire.h"
+#include "common/rpc/tls.h"
+#include "common/tokenizer/tokenizer.h"
+#include "common/transform/transform_checkpoint.h"
+#include "common/transform/transform_rules.h"
+#include "common/util/files.h"
+#include "stip/v1/stip.grpc.pb.h"
+#include "tests/test_util.h"
+
+namespace stip {
+namespace {
+
+using test::ModelDir;
+using test::Reference;
+using test::ToIds;
+
+const char* const kPrompt = "And God said,";
+const char* const kToken = "access-token-7f3a";
+const char* const kEnrolment = "enrol-token-19c2";
+
+class TempDir {
+ public:
+  TempDir() {
+    char tmpl[] = "/tmp/stip-client-test-XXXXXX";
+    if (!mkdtemp(tmpl)) throw std::runtime_error("mkdtemp failed");
+    path_ = tmpl;
+  }
+  ~TempDir() { RemoveAll(path_); }
+  const std::string& path() const { return path_; }
+  std::string operator/(const std::string& name) const { return JoinPath(path_, name); }
+
+ private:
+  std::string path_;
+};
+
+unsigned Mode(const std::string& path) {
+  struct stat st;
+  if (stat(path.c_str(), &st) != 0) return 0xffffffff;
+  return st.st_mode & 07777;
+}
+
+std::string ReferenceText(const std::string& model) {
+  return nlohmann::json::parse(ReadFile(ModelDir(model) + "/reference.json"))["greedy_text"];
+}
+
+// One transformed instance of a demo model: out/server + out/client.
+struct Instance {
+  std::string model;  // kjv-llama, kjv-gpt2
+  std::string server_dir, client_dir, instance_id;
+  std::shared_ptr<const ClientBundle> bundle;
+  std::shared_ptr<const ServerModel> server;
+  std::vector<int64_t> greedy_ids;  // prompt + 40
+  std::string greedy_text;          // prompt + continuation
+};
+
+class Instances {
+ public:
+  static Instances& Get() {
+    static Instances s;
+    return s;
+  }
+  const Instance& operator[](const std::string& model) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = map_.find(model);
+    if (it != map_.end()) return it->second;
+    Instance in;
+    in.model = model;
+    const std::string dir = ModelDir(model);
+    const std::string out = tmp_ / model;
+    ModelKeys keys = GenerateKeys(LoadModelConfig(dir), FingerprintModel(dir));
+    TransformOptions opt;
+    opt.progress = false;
+    TransformCheckpoint(dir, out, keys, opt);
+    in.server_dir = JoinPath(out, "server");
+    in.client_dir = JoinPath(out, "client");
+    in.instance_id = keys.instance_id;
+    in.bundle = ClientBundle::Load(in.client_dir);
+    in.server = ServerModel::Load(in.server_dir);
+    in.greedy_ids = ToIds(Reference(dir, "greedy_ids"));
+    in.greedy_text = ReferenceText(model);
+    return map_.emplace(model, std::move(in)).first->second;
+  }
+
+ private:
+  TempDir tmp_;
+  std::mutex mu_;
+  std::map<std::string, Instance> map_;
+};
+
+std::unique_ptr<Generator> LocalGenerator(const Instance& in, int64_t max_context = 0) {
+  return std::make_unique<Generator>(in.bundle,
+                                     std::make_unique<LocalServerBackend>(in.server, max_context));
+}
+
+GenerateOptions Greedy(int n) {
+  GenerateOptions o;
+  o.max_new_tokens = n;
+  o.sampling.greedy = true;
+  return o;
+}
+
+std::vector<int64_t> Concat(std::vector<int64_t> a, const std::vector<int64_t>& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
+}
+
+// ---- generation through the split (in-process server half) ----------------------
+
+class ReferenceGreedy : public testing::TestWithParam<std::string> {};
+
+TEST_P(ReferenceGreedy, PromptAndContinuationEqualTransformers) {
+  const Instance& in = Instances::Get()[GetParam()];
+  auto gen = LocalGenerator(in);
+  std::string streamed;
+  std::vector<int64_t> streamed_ids;
+  GenerateResult r =
+      gen->Generate(kPrompt, Greedy(40), [&](const std::string& piece, const auto& ids) {
+        streamed += piece;
+        streamed_ids.insert(streamed_ids.end(), ids.begin(), ids.end());
+      });
+  EXPECT_EQ(std::string(kPrompt) + r.text, in.greedy_text);
+  EXPECT_EQ(streamed, r.text);
+  EXPECT_EQ(Concat(r.prompt_ids, r.token_ids), in.greedy_ids);
+  EXPECT_EQ(streamed_ids, r.token_ids);
+  EXPECT_EQ(r.finish_reason, "length");
+  EXPECT_EQ(r.token_ids.size(), 40u);
+  // The last token is sampled but not yet sent: the next turn sends it.
+  EXPECT_EQ(gen->cached_positions(), static_cast<int64_t>(in.greedy_ids.size()) - 1);
+  EXPECT_EQ(gen->backend().context_length(), gen->cached_positions());
+  EXPECT_EQ(r.context_length, static_cast<int64_t>(in.greedy_ids.size()));
+}
+
+INSTANTIATE_TEST_SUITE_P(DemoModels, ReferenceGreedy, testing::Values("kjv-llama", "kjv-gpt2"));
+
+TEST(Generator, PermutationsMatchTheTransformRules) {
+  // The generator's precomputed gathers are PermuteHidden / UnpermuteLogits:
+  // x' = x[..., p] and o = o'[..., argsort(p_c)].
+  const Instance& in = Instances::Get()["kjv-llama"];
+  const ClientKeys& k = in.bundle->keys();
+  at::Tensor x = at::randn({3, in.bundle->hidden_size()});
+  at::Tensor o = at::randn({2, in.bundle->vocab_size()});
+  at::Tensor p = at::tensor(at::ArrayRef<int64_t>(k.p), at::kLong);
+  at::Tensor pc = at::tensor(at::ArrayRef<int64_t>(InversePermutation(k.p_c)), at::kLong);
+  EXPECT_TRUE(at::equal(x.index_select(-1, p), PermuteHidden(x, k.p)));
+  EXPECT_TRUE(at::equal(o.index_select(-1, pc), UnpermuteLogits(o, k.p_c)));
+  // Un-permuting a permuted vocabulary vector gives it back.
+  EXPECT_TRUE(
+      at::equal(UnpermuteLogits(
+                    o.index_select(-1, at::tensor(at::ArrayRef<int64_t>(k.p_c), at::kLong)), k.p_c),
+                o));
+}
+
+class MultiTurn : public testing::TestWithParam<std::string> {};
+
+TEST_P(MultiTurn, KeepsTheCacheAndEqualsOneShotOverTheConcatenation) {
+  const Instance& in = Instances::Get()[GetParam()];
+  auto gen = LocalGenerator(in);
+  GenerateResult t1 = gen->Generate(kPrompt, Greedy(8));
+  const std::string session = gen->backend().info().session_id;
+  const int64_t after1 = gen->backend().context_length();
+  EXPECT_EQ(after1, static_cast<int64_t>(t1.prompt_ids.size() + t1.token_ids.size()) - 1);
+  std::vector<int64_t> history1 = gen->history();
+
+  GenerateResult t2 = gen->Generate(" And Moses said", Greedy(8));
+  EXPECT_EQ(gen->backend().info().session_id, session) << "the session was reopened";
+  // Later turns get no BOS; the cache continues where turn 1 left it.
+  ASSERT_FALSE(t2.prompt_ids.empty());
+  if (auto bos = in.bundle->tokenizer().bos_id()) {
+    EXPECT_NE(t2.prompt_ids[0], *bos);
+  }
+  EXPECT_EQ(gen->backend().context_length(),
+            after1 + 1 + static_cast<int64_t>(t2.prompt_ids.size() + t2.token_ids.size()) - 1);
+  EXPECT_EQ(gen->history(), Concat(Concat(history1, t2.prompt_ids), t2.token_ids));
+
+  // One shot over the concatenated ids gives the same answer.
+  auto fresh = LocalGenerator(in);
+  GenerateResult one = fresh->GenerateIds(Concat(history1, t2.prompt_ids), Greedy(8));
+  EXPECT_EQ(one.token_ids, t2.token_ids);
+  EXPECT_EQ(one.text, t2.text);
+
+  // Reset: a new session, an empty conversation; the first turn again.
+  gen->Reset();
+  EXPECT_TRUE(gen->history().empty());
+  GenerateResult again = gen->Generate(kPrompt, Greedy(8));
+  EXPECT_NE(gen->backend().info().session_id, session);
+  EXPECT_EQ(again.token_ids, t1.token_ids);
+}
+
+INSTANTIATE_TEST_SUITE_P(DemoModels, MultiTurn, testing::Values("kjv-llama", "kjv-gpt2"));
+
+TEST(Generator, StopStringsEndTheAnswerBeforeThem) {
+  const Instance& in = Instances::Get()["kjv-llama"];
+  const std::string cont = in.greedy_text.substr(std::string(kPrompt).size());
+  // One stop string inside a token, one across tokens, one that never comes.
+  for (const std::string& stop :
+       {std::string("Isaac"), std::string("God of J"), std::string(", is he;")}) {
+    SCOPED_TRACE(stop);
+    auto gen = LocalGenerator(in);
+    GenerateOptions o = Greedy(40);
+    o.stop = {"no such text", stop};
+    std::string streamed;
+    GenerateResult r = gen->Generate(
+        kPrompt, o, [&](const std::string& piece, const auto&) { streamed += piece; });
+    ASSERT_NE(cont.find(stop), std::string::npos);
+    EXPECT_EQ(r.text, cont.substr(0, cont.find(stop)));
+    EXPECT_EQ(streamed, r.text);
+    EXPECT_EQ(r.finish_reason, "stop");
+    EXPECT_LT(r.token_ids.size(), 40u);
+  }
+  auto gen = LocalGenerator(in);
+  GenerateOptions o = Greedy(40);
+  o.stop = {"never in this text", "Holy Ghost and with"};  // completed by the last token
+  GenerateResult r = gen->Generate(kPrompt, o);
+  EXPECT_EQ(r.text, cont.substr(0, cont.find("Holy Ghost and with")));
+  EXPECT_EQ(r.finish_reason, "stop");
+  o.stop = {"never in this text"};
+  gen->Reset();
+  r = gen->Generate(kPrompt, o);
+  EXPECT_EQ(r.text, cont);
+  EXPECT_EQ(r.finish_reason, "length");
+}
+
+TEST(Generator, StopsAtEosAndKeepsItInTheConversation) {
+  const Instance& in = Instances::Get()["kjv-gpt2"];
+  // A copy of the bundle whose generation config makes the 3rd greedy token an EOS.
+  TempDir tmp;
+  const std::string dir = tmp / "bundle";
+  MakeDirectories(dir, 0700);
+  for (const std::string& f : ListDirectory(in.client_dir)) {
+    CopyFile(JoinPath(in.client_dir, f), JoinPath(dir, f), 0600);
+  }
+  const size_t prompt_len = in.greedy_ids.size() - 40;
+  const int64_t eos = in.greedy_ids[prompt_len + 2];
+  nlohmann::json gc = nlohmann::json::parse(ReadFile(JoinPath(dir, "generation_config.json")));
+  gc["eos_token_id"] = {gc["eos_token_id"], eos};
+  WriteFileAtomic(JoinPath(dir, "generation_config.json"), gc.dump(), 0600);
+  auto bundle = ClientBundle::Load(dir);
+  ASSERT_NE(std::find(bundle->eos_ids().begin(), bundle->eos_ids().end(), eos),
+            bundle->eos_ids().end());
+
+  Generator gen(bundle, std::make_unique<LocalServerBackend>(in.server));
+  GenerateResult r = gen.Generate(kPrompt, Greedy(40));
+  EXPECT_EQ(r.finish_reason, "eos");
+  EXPECT_EQ(r.token_ids, std::vector<int64_t>(in.greedy_ids.begin() + prompt_len,
+                                              in.greedy_ids.begin() + prompt_len + 2));
+  EXPECT_EQ(gen.history().back(), eos);  // sent with the next turn
+
+  Generator through(bundle, std::make_unique<LocalServerBackend>(in.server));
+  GenerateOptions o = Greedy(40);
+  o.stop_at_eos = false;
+  r = through.Generate(kPrompt, o);
+  EXPECT_EQ(Concat(r.prompt_ids, r.token_ids), in.greedy_ids);
+  EXPECT_EQ(std::string(kPrompt) + r.text, in.greedy_text);
+}
+
+TEST(Generator, SeededSamplingIsReproducible) {
+  const Instance& in = Instances::Get()["kjv-llama"];
+  GenerateOptions o;
+  o.max_new_tokens = 30;
+  o.sampling.temperature = 0.9;
+  o.sampling.top_k = 40;
+  o.sampling.top_p = 0.95;
+  o.sampling.repetition_penalty = 1.1;
+  o.sampling.seed = 1234;
+  GenerateResult a = LocalGenerator(in)->Generate(kPrompt, o);
+  GenerateResult b = LocalGenerator(in)->Generate(kPrompt, o);
+  EXPECT_EQ(a.token_ids, b.token_ids);
+  EXPECT_EQ(a.text, b.text);
+  o.sampling.seed = 99;
+  GenerateResult c = LocalGenerator(in)->Generate(kPrompt, o);
+  EXPECT_NE(a.token_ids, c.token_ids);
+}
+
+TEST(Generator, OptionsAreValidated) {
+  auto bad = [](auto change) {
+    GenerateOptions o;
+    change(o);
+    return o;
+  };
+  std::vector<GenerateOptions> cases = {
+      bad([](GenerateOptions& o) { o.max_new_tokens = 0; }),
+      bad([](GenerateOptions& o) { o.sampling.temperature = -0.5; }),
+      bad([](GenerateOptions& o) { o.sampling.temperature = std::nan(""); }),
+      bad([](GenerateOptions& o) { o.sampling.temperature = INFINITY; }),
+      bad([](GenerateOptions& o) { o.sampling.top_k = -1; }),
+      bad([](GenerateOptions& o) { o.sampling.top_p = 0; }),
+      bad([](GenerateOptions& o) { o.sampling.top_p = 1.5; }),
+      bad([](GenerateOptions& o) { o.sampling.top_p = std::nan(""); }),
+      bad([](GenerateOptions& o) { o.sampling.repetition_penalty = 0; }),
+      bad([](GenerateOptions& o) { o.sampling.repetition_penalty = INFINITY; }),
+      bad([](GenerateOptions& o) { o.stop = {""}; }),
+  };
+  const Instance& in = Instances::Get()["kjv-llama"];
+  auto gen = LocalGenerator(in);
+  for (size_t i = 0; i < cases.size(); ++i) {
+    SCOPED_TRACE(i);
+    try {
+      ValidateGenerateOptions(cases[i]);
+      ADD_FAILURE() << "accepted";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument);
+    }
+    EXPECT_THROW(gen->Generate(kPrompt, cases[i]), Error);
+    EXPECT_TRUE(gen->history().empty());
+  }
+  GenerateOptions fine;
+  fine.sampling.temperature = 0;  // greedy
+  EXPECT_NO_THROW(ValidateGenerateOptions(fine));
+  // Out-of-vocabulary ids and empty prompts are refused.
+  EXPECT_THROW(gen->GenerateIds({1, in.bundle->vocab_size()}, Greedy(2)), Error);
+  EXPECT_THROW(gen->GenerateIds({}, Greedy(2)), Error);
+}
+
+TEST(Generator, CancelledAnswerStaysAndTheNextTurnContinues) {
+  const Instance& in = Instances::Get()["kjv-llama"];
+  auto gen = LocalGenerator(in);
+  GenerateOptions o = Greedy(40);
+  int calls = 0;
+  o.cancelled = [&] { return ++calls > 5; };
+  GenerateResult r = gen->Generate(kPrompt, o);
+  EXPECT_EQ(r.finish_reason, "cancelled");
+  EXPECT_EQ(r.token_ids.size(), 5u);
+  const size_t prompt_len = in.greedy_ids.size() - 40;
+  EXPECT_EQ(Concat(r.prompt_ids, r.token_ids),
+            std::vector<int64_t>(in.greedy_ids.begin(), in.greedy_ids.begin() + prompt_len + 5));
+  // Continuing with an empty prompt picks up where the answer stopped.
+  GenerateResult rest = gen->GenerateIds({}, Greedy(35));
+  EXPECT_EQ(Concat(Concat(r.prompt_ids, r.token_ids), rest.token_ids), in.greedy_ids);
+}
+
+TEST(Generator, ContextLimit) {
+  const Instance& in = Instances::Get()["kjv-llama"];
+  auto gen = LocalGenerator(in, /*max_context=*/12);
+  GenerateResult r = gen->Generate(kPrompt, Greedy(40));
+  EXPECT_EQ(r.finish_reason, "length");
+  EXPECT_EQ(gen->cached_positions(), 12);
+  // The next prompt does not fit: refused, and the conversation is unchanged.
+  const auto before = gen->history();
+  try {
+    gen->Generate(" And Moses said unto the LORD", Greedy(4));
+    ADD_FAILURE() << "accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kResourceExhausted);
+    EXPECT_NE(std::string(e.what()).find("context"), std::string::npos);
+  }
+  EXPECT_EQ(gen->history(), before);
+}
+
+// ---- RemoteSession against an in-test Inference service ---------------------------
+
+class TestInference final : public v1::Inference::Service {
+ public:
+  TestInference(std::shared_ptr<const ServerModel> model, std::string instance)
+      : model_(std::move(model)), instance_(std::move(instance)) {}
+
+  std::atomic<int> opens{0}, steps{0};
+  std::atomic<int> fail_step{-1};        // in-band RESOURCE_EXHAUSTED for this step id (once)
+  std::atomic<int> end_after_steps{-1};  // end the stream UNAVAILABLE after this many steps (once)
+  std::mutex mu;
+  std::vector<int64_t> truncates;  // truncate_to values >= 0 seen
+  std::string last_token;
+
+  grpc::Status Session(
+      grpc::ServerContext*,
+      grpc::ServerReaderWriter<v1::SessionResponse, v1::SessionRequest>* stream) override {
+    v1::SessionRequest req;
+    if (!stream->Read(&req) || !req.has_open()) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "open first");
+    }
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      last_token = req.open().access_token();
+    }
+    if (req.open().instance_id() != instance_) {
+      return grpc::Status(grpc::StatusCode::NOT_FOUND, "unknown model instance");
+    }
+    if (req.open().access_token() != kToken) {
+      return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "access token not accepted");
+    }
+    ++opens;
+    const ModelConfig& c = model_->config();
+    v1::SessionResponse opened;
+    opened.mutable_opened()->set_session_id("s" + std::to_string(opens.load()));
+    opened.mutable_opened()->set_instance_id(instance_);
+    opened.mutable_opened()->set_hidden_size(c.hidden_size);
+    opened.mutable_opened()->set_vocab_size(c.vocab_size);
+    opened.mutable_opened()->set_max_context(c.max_positions);
+    opened.mutable_opened()->set_datatype("FP32");
+    stream->Write(opened);
+    KvCache cache = model_->NewCache();
+    while (stream->Read(&req)) {
+      if (req.has_close()) return grpc::Status::OK;
+      if (!req.has_step()) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "step?");
+      const v1::Step& s = req.step();
+      if (end_after_steps.load() >= 0 && steps.load() >= end_after_steps.load()) {
+        end_after_steps = -1;
+        return grpc::Status(grpc::StatusCode::UNAVAILABLE, "server going away");
+      }
+      ++steps;
+      v1::SessionResponse resp;
+      try {
+        if (s.truncate_to() >= 0) {
+          std::lock_guard<std::mutex> lock(mu);
+          truncates.push_back(s.truncate_to());
+          if (s.truncate_to() > cache.length()) throw InvalidArgument("truncate_to too large");
+          cache.Truncate(s.truncate_to());
+        }
+        if (fail_step.load() == static_cast<int>(s.step_id())) {
+          fail_step = -1;
+          throw ResourceExhausted("injected: too busy");
+        }
+        at::Tensor x = FromWire(s.hidden()).to(at::kFloat);
+        at::Tensor o = model_->Forward({{x, &cache, s.all_logits()}})[0];
+        resp.mutable_result()->set_step_id(s.step_id());
+        ToWire(o.to(at::kFloat), resp.mutable_result()->mutable_logits());
+        resp.mutable_result()->set_context_length(cache.length());
+      } catch (const Error& e) {
+        resp.mutable_error()->set_step_id(s.step_id());
+        resp.mutable_error()->mutable_status()->set_code(
+            static_cast<int>(grpc::StatusCode::RESOURCE_EXHAUSTED));
+        resp.mutable_error()->mutable_status()->set_message(e.what());
+      }
+      if (!stream->Write(resp)) break;
+    }
+    return grpc::Status::OK;
+  }
+
+ private:
+  std::shared_ptr<const ServerModel> model_;
+  std::string instance_;
+};
+
+TlsOptions Insecure() {
+  TlsOptions t;
+  t.insecure = true;
+  return t;
+}
+
+struct RunningServer {
+  std::unique_ptr<grpc::Server> server;
+  std::string address;
+  RunningServer(const std::vector<grpc::Service*>& services) {
+    ServerSetup setup;
+    setup.address = "127.0.0.1:0";
+    setup.tls = Insecure();
+    setup.name = "test";
+    int port = 0;
+    server = StartServer(setup, services, &port);
+    address = "127.0.0.1:" + std::to_string(port);
+  }
+  ~RunningServer() { server->Shutdown(std::chrono::system_clock::now()); }
+};
+
+RemoteSessionOptions SessionOptions(const Instance& in, const std::string& address,
+                                    const std::string& token = kToken) {
+  RemoteSessionOptions o;
+  o.address = address;
+  o.instance_id = in.instance_id;
+  o.access_token = token;
+  o.expected_hidden = in.bundle->hidden_size();
+  o.expected_vocab = in.bundle->vocab_size();
+  return o;
+}
+
+std::unique_ptr<Generator> RemoteGenerator(const Instance& in, const std::string& address,
+                                           const std::string& token = kToken) {
+  auto channel = MakeChannel(address, Insecure(), "test");
+  return std::make_unique<Generator>(
+      in.bundle, std::make_unique<RemoteSession>(channel, SessionOptions(in, address, token)));
+}
+
+class Remote : public testing::TestWithParam<std::string> {};
+
+TEST_P(Remote, GreedyEqualsTheReferenceAndMultiTurnKeepsTheSession) {
+  const Instance& in = Instances::Get()[GetParam()];
+  TestInference service(in.server, in.instance_id);
+  RunningServer srv({&service});
+  auto gen = RemoteGenerator(in, srv.address);
+  GenerateResult r = gen->Generate(kPrompt, Greedy(40));
+  EXPECT_EQ(Concat(r.prompt_ids, r.token_ids), in.greedy_ids);
+  EXPECT_EQ(std::string(kPrompt) + r.text, in.greedy_text);
+  EXPECT_EQ(service.steps.load(), 40);  // one prefill + 39 single-token steps
+  GenerateResult t2 = gen->Generate(" And Moses said", Greedy(5));
+  EXPECT_EQ(service.opens.load(), 1);
+  EXPECT_EQ(gen->backend().context_length(),
+            static_cast<int64_t>(in.greedy_ids.size() + t2.prompt_ids.size() + 5) - 1);
+  // The same second turn in-process.
+  auto local = LocalGenerator(in);
+  local->Generate(kPrompt, Greedy(40));
+  EXPECT_EQ(local->Generate(" And Moses said", Greedy(5)).token_ids, t2.token_ids);
+  gen.reset();  // closes the stream
+}
+
+INSTANTIATE_TEST_SUITE_P(DemoModels, Remote, testing::Values("kjv-llama", "kjv-gpt2"));
+
+TEST(RemoteSession, RefusedCredentialsUnknownInstanceAndUnreachableServer) {
+  const Instance& in = Instances::Get()["kjv-llama"];
+  TestInference service(in.server, in.instance_id);
+  RunningServer srv({&service});
+  {
+    auto gen = RemoteGenerator(in, srv.address, "wrong-secret-token");
+    try {
+      gen->Generate(kPrompt, Greedy(2));
+      ADD_FAILURE() << "accepted";
+    } catch (const RemoteError& e) {
+      EXPECT_EQ(e.status_code(), grpc::StatusCode::UNAUTHENTICATED);
+      EXPECT_EQ(e.code(), ErrorCode::kPermissionDenied);
+      EXPECT_EQ(std::string(e.what()).find("wrong-secret-token"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find(srv.address), std::string::npos) << e.what();
+    }
+    EXPECT_TRUE(gen->history().empty());
+  }
+  {
+    auto channel = MakeChannel(srv.address, Insecure(), "test");
+    RemoteSessionOptions o = SessionOptions(in, srv.address);
+    o.instance_id = "00000000000000000000000000000000";
+    RemoteSession s(channel, o);
+    try {
+      s.Open();
+      ADD_FAILURE() << "opened";
+    } catch (const RemoteError& e) {
+      EXPECT_EQ(e.status_code(), grpc::StatusCode::NOT_FOUND);
+    }
+    EXPECT_FALSE(s.is_open());
+  }
+  {
+    // The bundle of another model against this server: sizes checked at open.
+    auto channel = MakeChannel(srv.address, Insecure(), "test");
+    RemoteSessionOptions o = SessionOptions(in, srv.address);
+    o.expected_vocab = in.bundle->vocab_size() + 1;
+    RemoteSession s(channel, o);
+    try {
+      s.Open();
+      ADD_FAILURE() << "opened";
+    } catch (const RemoteError& e) {
+      EXPECT_EQ(e.status_code(), grpc::StatusCode::FAILED_PRECONDITION);
+      EXPECT_NE(std::string(e.what()).find("vocabulary size"), std::string::npos);
+    }
+  }
+  {
+    // A port where nothing listens.
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+    socklen_t len = sizeof a;
+    getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+    close(fd);
+    const std::string dead = "127.0.0.1:" + std::to_string(ntohs(a.sin_port));
+    auto gen = RemoteGenerator(in, dead);
+    try {
+      gen->Connect();
+      ADD_FAILURE() << "connected";
+    } catch (const RemoteError& e) {
+      EXPECT_EQ(e.status_code(), grpc::StatusCode::UNAVAILABLE);
+      EXPECT_NE(std::string(e.what()).find("cannot reach the stip server at " + dead),
+                std::string::npos)
+          << e.what();
+    }
+  }
+}
+
+TEST(RemoteSession, StepErrorsInBandAndSessionLossAreRecovered) {
+  const Instance& in = Instances::Get()["kjv-llama"];
+  TestInference service(in.server, in.instance_id);
+  RunningServer srv({&service});
+  auto gen = RemoteGenerator(in, srv.address);
+  GenerateResult t1 = gen->Generate(kPrompt, Greedy(10));  // steps 1..10
+  const int64_t cached = gen->cached_positions();
+
+  // An in-band error on the next turn's prefill: the session stays, the turn
+  // is dropped, the next step rolls the cache back to the known length.
+  service.fail_step = 11;
+  try {
+    gen->Generate(" And Moses said", Greedy(5));
+    ADD_FAILURE() << "no error";
+  } catch (const RemoteError& e) {
+    EXPECT_EQ(e.status_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+    EXPECT_NE(std::string(e.what()).find("injected"), std::string::npos);
+  }
+  EXPECT_TRUE(gen->backend().is_open());
+  EXPECT_EQ(gen->history(), Concat(t1.prompt_ids, t1.token_ids));
+  GenerateResult t2 = gen->Generate(" And Moses said", Greedy(5));
+  {
+    std::lock_guard<std::mutex> lock(service.mu);
+    ASSERT_FALSE(service.truncates.empty());
+    EXPECT_EQ(service.truncates.back(), cached);
+  }
+  EXPECT_EQ(service.opens.load(), 1);
+
+  // The server goes away mid-answer: the turn fails naming it; the next turn
+  // opens a new session and sends the conversation again.
+  service.end_after_steps = service.steps.load() + 2;
+  try {
+    gen->Generate(" And Aaron", Greedy(5));
+    ADD_FAILURE() << "no error";
+  } catch (const RemoteError& e) {
+    EXPECT_EQ(e.status_code(), grpc::StatusCode::UNAVAILABLE);
+    EXPECT_NE(std::string(e.what()).find("server unavailable"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(gen->backend().is_open());
+  const std::vector<int64_t> kept = gen->history();
+  GenerateResult t3 = gen->Generate(" and Miriam", Greedy(5));
+  EXPECT_EQ(service.opens.load(), 2);
+  auto local = LocalGenerator(in);
+  std::vector<int64_t> ids = Concat(kept, t3.prompt_ids);
+  EXPECT_EQ(local->GenerateIds(ids, Greedy(5)).token_ids, t3.token_ids);
+  (void)t2;
+}
+
+// ---- registration against an in-test Registry ------------------------------------
+
+class TestRegistry final : public v1::Registry::Service {
+ public:
+  std::string bundle_dir, instance, server_address = "stip-server.example:8443";
+  std::string ca_pem = "-----BEGIN CERTIFICATE-----\ntest\n-----END CERTIFICATE-----\n";
+  bool corrupt_sha = false;
+  bool drop_trailer = false;
+
+  grpc::Status Register(grpc::ServerContext*, const v1::RegisterRequest* req,
+                        grpc::ServerWriter<v1::BundleChunk>* writer) override {
+    if (req->enrolment_token() != kEnrolment) {
+      return grpc::Status(grpc::StatusCode::PERMISSION_DENIED, "enrolment token not accepted");
+    }
+    return Send(req->user(), writer);
+  }
+  grpc::Status FetchBundle(grpc::ServerContext*, const v1::FetchBundleRequest* req,
+                           grpc::ServerWriter<v1::BundleChunk>* writer) override {
+    if (req->access_token() != kToken) {
+      return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "access token not accepted");
+    }
+    return Send(req->user(), writer);
+  }
+
+ private:
+  grpc::Status Send(const std::string& user, grpc::ServerWriter<v1::BundleChunk>* writer) {
+    std::vector<OutgoingFile> files = ListFilesForTransfer(bundle_dir);
+    v1::BundleChunk head;
+    v1::BundleHeader* h = head.mutable_header();
+    h->set_user(user);
+    h->set_instance_id(instance);
+    h->set_server_address(server_address);
+    h->set_access_token(kToken);
+    h->set_server_ca_pem(ca_pem);
+    FillEntries(files, h->mutable_files());
+    writer->Write(head);
+    std::string sha = StreamFiles(files, 64 << 10, [&](const v1::FileChunk& c) {
+      v1::BundleChunk m;
+      *m.mutable_chunk() = c;
+      return writer->Write(m);
+    });
+    if (corrupt_sha) sha[0] = sha[0] == '0' ? '1' : '0';
+    if (!drop_trailer) {
+      v1::BundleChunk t;
+      t.mutable_trailer()->set_sha256(sha);
+      writer->Write(t);
+    }
+    return grpc::Status::OK;
+  }
+};
+
+TEST(Registration, StoresAPrivateBundleAndCredentials) {
+  const Instance& in = Instances::Get()["kjv-llama"];
+  TestRegistry registry;
+  registry.bundle_dir = in.client_dir;
+  registry.instance = in.instance_id;
+  RunningServer srv({&registry});
+  TempDir tmp;
+  DataDir data(tmp / "data");
+  auto channel = MakeChannel(srv.address, Insecure(), "test");
+  RegistrationResult r = RegisterWithDeveloper(channel, srv.address, "alice", kEnrolment, data);
+  EXPECT_EQ(r.credentials.instance_id, in.instance_id);
+  EXPECT_EQ(Mode(data.path()), 0700u);
+  EXPECT_EQ(Mode(data.bundle_dir()), 0700u);
+  const auto names = ListDirectory(data.bundle_dir());
+  EXPECT_EQ(names, ListDirectory(in.client_dir));
+  for (const std::string& f : names) {
+    EXPECT_EQ(Mode(JoinPath(data.bundle_dir(), f)), 0600u) << f;
+    EXPECT_EQ(ReadFile(JoinPath(data.bundle_dir(), f)), ReadFile(JoinPath(in.client_dir, f)));
+  }
+  EXPECT_EQ(Mode(data.credentials_file()), 0600u);
+  EXPECT_EQ(ListDirectory(data.path()), (std::vector<std::string>{"bundle", "credentials.json"}));
+  Credentials c = data.LoadCredentials();
+  EXPECT_EQ(c.user, "alice");
+  EXPECT_EQ(c.instance_id, in.instance_id);
+  EXPECT_EQ(c.server_address, registry.server_address);
+  EXPECT_EQ(c.access_token, kToken);
+  EXPECT_EQ(c.server_ca_pem, registry.ca_pem);
+  EXPECT_EQ(c.developer, srv.address);
+  auto bundle = ClientBundle::Load(data.bundle_dir(), c.instance_id);
+  EXPECT_EQ(bundle->keys().p, in.bundle->keys().p);
+
+  // FetchBundle with the access token replaces it the same way.
+  RegistrationResult f = FetchBundleFromDeveloper(channel, srv.address, data);
+  EXPECT_EQ(f.credentials.instance_id, in.instance_id);
+  EXPECT_EQ(ListDirectory(data.path()), (std::vector<std::string>{"bundle", "credentials.json"}));
+}
+
+TEST(Registration, FailuresLeaveNothingAndKeepThePreviousBundle) {
+  const Instance& llama = Instances::Get()["kjv-llama"];
+  const Instance& gpt2 = Instances::Get()["kjv-gpt2"];
+  TestRegistry registry;
+  registry.bundle_dir = llama.client_dir;
+  registry.instance = llama.instance_id;
+  RunningServer srv({&registry});
+  auto channel = MakeChannel(srv.address, Insecure(), "test");
+  TempDir tmp;
+  DataDir data(tmp / "data");
+
+  registry.corrupt_sha = true;
+  try {
+    RegisterWithDeveloper(channel, srv.address, "bob", kEnrolment, data);
+    ADD_FAILURE() << "accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kDataLoss);
+  }
+  EXPECT_TRUE(ListDirectory(data.path()).empty());
+  registry.corrupt_sha = false;
+
+  registry.drop_trailer = true;
+  EXPECT_THROW(RegisterWithDeveloper(channel, srv.address, "bob", kEnrolment, data), Error);
+  EXPECT_TRUE(ListDirectory(data.path()).empty());
+  registry.drop_trailer = false;
+
+  try {
+    RegisterWithDeveloper(channel, srv.address, "bob", "not-the-token", data);
+    ADD_FAILURE() << "accepted";
+  } catch (const RemoteError& e) {
+    EXPECT_EQ(e.status_code(), grpc::StatusCode::PERMISSION_DENIED);
+  }
+  EXPECT_TRUE(ListDirectory(data.path()).empty());
+  EXPECT_THROW(data.LoadCredentials(), Error);
+
+  // A bundle whose keys belong to another instance than the header says.
+  registry.instance = gpt2.instance_id;
+  EXPECT_THROW(RegisterWithDeveloper(channel, srv.address, "bob", kEnrolment, data), Error);
+  EXPECT_TRUE(ListDirectory(data.path()).empty());
+  registry.instance = llama.instance_id;
+
+  RegisterWithDeveloper(channel, srv.address, "bob", kEnrolment, data);
+  const std::string keys_before = ReadFile(JoinPath(data.bundle_dir(), "client_keys.safetensors"));
+  // A failed re-registration keeps the working bundle.
+  registry.bundle_dir = gpt2.client_dir;
+  registry.instance = gpt2.instance_id;
+  registry.corrupt_sha = true;
+  EXPECT_THROW(RegisterWithDeveloper(channel, srv.address, "bob", kEnrolment, data), Error);
+  EXPECT_EQ(ReadFile(JoinPath(data.bundle_dir(), "client_keys.safetensors")), keys_before);
+  EXPECT_EQ(data.LoadCredentials().instance_id, llama.instance_id);
+  EXPECT_EQ(ListDirectory(data.path()), (std::vector<std::string>{"bundle", "credentials.json"}));
+  // A successful one replaces bundle and credentials together.
+  registry.corrupt_sha = false;
+  RegisterWithDeveloper(channel, srv.address, "bob", kEnrolment, data);
+  EXPECT_EQ(data.LoadCredentials().instance_id, gpt2.instance_id);
+  EXPECT_EQ(ClientBundle::Load(data.bundle_dir(), gpt2.instance_id)->instance_id(),
+            gpt2.instance_id);
+  EXPECT_EQ(ListDirectory(data.path()), (std::vector<std::string>{"bundle", "credentials.json"}));
+}
+
+// ---- the Chat service --------------------------------------------------------------
+
+struct ChatCall {
+  std::string text;
+  std::vector<int64_t> ids;
+  v1::GenerateResponse done;
+  grpc::Status status;
+};
+
+ChatCall CallChat(v1::Chat::Stub& stub, const v1::GenerateRequest& req) {
+  grpc::ClientContext ctx;
+  ChatCall out;
+  auto reader = stub.Generate(&ctx, req);
+  v1::GenerateResponse resp;
+  while (reader->Read(&resp)) {
+    out.text += resp.text();
+    out.ids.insert(out.ids.end(), resp.token_ids().begin(), resp.token_ids().end());
+    if (resp.done()) out.done = resp;
+  }
+  out.status = reader->Finish();
+  return out;
+}
+
+TEST(ChatService, StreamsCompletionsAndKeepsConversations) {
+  const Instance& in = Instances::Get()["kjv-llama"];
+  ChatServiceOptions so;
+  so.bundle = in.bundle;
+  auto model = in.server;
+  so.make_backend = [model] { return std::make_unique<LocalServerBackend>(model); };
+  so.max_conversations = 2;
+  ChatService service(so);
+  RunningServer srv({&service});
+  auto stub = v1::Chat::NewStub(MakeChannel(srv.address, Insecure(), "test"));
+
+  v1::GenerateRequest req;
+  req.set_prompt(kPrompt);
+  req.set_max_new_tokens(40);
+  req.mutable_sampling()->set_greedy(true);
+  ChatCall one = CallChat(*stub, req);
+  ASSERT_TRUE(one.status.ok()) << one.status.error_message();
+  EXPECT_EQ(std::string(kPrompt) + one.text, in.greedy_text);
+  EXPECT_EQ(one.ids, std::vector<int64_t>(in.greedy_ids.end() - 40, in.greedy_ids.end()));
+  EXPECT_TRUE(one.done.done());
+  EXPECT_EQ(one.done.finish_reason(), "length");
+  EXPECT_EQ(one.done.completion_tokens(), 40);
+  EXPECT_EQ(one.done.prompt_tokens(), static_cast<int>(in.greedy_ids.size()) - 40);
+  EXPECT_EQ(service.conversations(), 0u);
+
+  // A conversation: the second call continues the first (as a local Generator).
+  req.set_conversation_id("c1");
+  req.set_max_new_tokens(6);
+  ChatCall a = CallChat(*stub, req);
+  req.set_prompt(" And Moses said");
+  ChatCall b = CallChat(*stub, req);
+  ASSERT_TRUE(a.status.ok() && b.status.ok());
+  auto local = LocalGenerator(in);
+  local->Generate(kPrompt, Greedy(6));
+  EXPECT_EQ(local->Generate(" And Moses said", Greedy(6)).token_ids, b.ids);
+  EXPECT_EQ(service.conversations(), 1u);
+
+  // Stop strings and bad parameters.
+  v1::GenerateRequest s;
+  s.set_prompt(kPrompt);
+  s.set_max_new_tokens(40);
+  s.mutable_sampling()->set_greedy(true);
+  s.add_stop("Isaac");
+  ChatCall stopped = CallChat(*stub, s);
+  EXPECT_EQ(stopped.done.finish_reason(), "stop");
+  EXPECT_EQ(std::string(kPrompt) + stopped.text,
+            in.greedy_text.substr(0, in.greedy_text.find("Isaac")));
+  v1::GenerateRequest bad = s;
+  bad.mutable_sampling()->set_greedy(false);
+  bad.mutable_sampling()->set_top_p(1.5);
+  EXPECT_EQ(CallChat(*stub, bad).status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  bad = s;
+  bad.set_max_new_tokens(-1);
+  EXPECT_EQ(CallChat(*stub, bad).status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+
+  // More conversations than the limit: the least recently used one goes.
+  for (const char* id : {"c2", "c3"}) {
+    req.set_conversation_id(id);
+    EXPECT_TRUE(CallChat(*stub, req).status.ok());
+  }
+  EXPECT_EQ(service.conversations(), 2u);
+}
+
+// ---- the stip-client binary -----------------------------------------------------------
+
+struct ProcessResult {
+  int status = -1;
+  std::string out, err;
+};
+
+// Runs argv with `input` on stdin; returns the exit status and the output.
+ProcessResult RunProcess(const std::vector<std::string>& argv, const std::string& input = "",
+                         double seconds = 120) {
+  int in[2], out[2], err[2];
+  if (pipe(in) || pipe(out) || pipe(err)) throw std::runtime_error("pipe");
+  pid_t pid = fork();
+  if (pid == 0) {
+    dup2(in[0], 0);
+    dup2(out[1], 1);
+    dup2(err[1], 2);
+    for (int fd : {in[0], in[1], out[0], out[1], err[0], err[1]}) close(fd);
+    std::vector<char*> args;
+    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    execv(args[0], args.data());
+    _exit(127);
+  }
+  close(in[0]);
+  close(out[1]);
+  close(err[1]);
+  if (!input.empty() && write(in[1], input.data(), input.size()) < 0) {
+  }
+  close(in[1]);
+  ProcessResult r;
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+  bool out_open = true, err_open = true;
+  while ((out_open || err_open) && std::chrono::steady_clock::now() < deadline) {
+    pollfd p[2] = {{out_open ? out[0] : -1, POLLIN, 0}, {err_open ? err[0] : -1, POLLIN, 0}};
+    if (poll(p, 2, 100) <= 0) continue;
+    char buf[4096];
+    for (int i = 0; i < 2; ++i) {
+      if (!(p[i].revents & (POLLIN | POLLHUP))) continue;
+      ssize_t n = read(p[i].fd, buf, sizeof buf);
+      if (n > 0) {
+        (i == 0 ? r.out : r.err).append(buf, static_cast<size_t>(n));
+      } else {
+        (i == 0 ? out_open : err_open) = false;
+      }
+    }
+  }
+  if (out_open || err_open) kill(pid, SIGKILL);
+  close(out[0]);
+  close(err[0]);
+  waitpid(pid, &r.status, 0);
+  return r;
+}
+
+int ExitCode(int status) { return WIFEXITED(status) ? WEXITSTATUS(status) : -1; }
+
+TEST(Binary, GenerateAndChatPrintExactly) {
+  const Instance& in = Instances::Get()["kjv-gpt2"];
+  const std::vector<std::string> base = {STIP_CLIENT_BIN, "generate",       "--bundle",
+                                         in.client_dir,   "--server-model", in.server_dir};
+  auto argv = base;
+  for (const char* a : {"--prompt", kPrompt, "--max-new-tokens", "40", "--greedy"}) {
+    argv.push_back(a);
+  }
+  ProcessResult r = RunProcess(argv);
+  EXPECT_EQ(ExitCode(r.status), 0) << r.err;
+  EXPECT_EQ(r.out, in.greedy_text + "\n");
+
+  // chat: "> " prompts, the continuation of each line, /exit.
+  ProcessResult c =
+      RunProcess({STIP_CLIENT_BIN, "chat", "--bundle", in.client_dir, "--server-model",
+                  in.server_dir, "--greedy", "--max-new-tokens", "40"},
+                 std::string(kPrompt) + "\n/exit\n");
+  EXPECT_EQ(ExitCode(c.status), 0) << c.err;
+  EXPECT_EQ(c.out, "> " + in.greedy_text.substr(std::string(kPrompt).size()) + "\n> ");
+  // End of input ends it too, after a newline.
+  c = RunProcess({STIP_CLIENT_BIN, "chat", "--bundle", in.client_dir, "--server-model",
+                  in.server_dir, "--greedy", "--max-new-tokens", "3"},
+                 "/reset\n");
+  EXPECT_EQ(ExitCode(c.status), 0) << c.err;
+  EXPECT_EQ(c.out, "> (new conversation)\n> \n");
+
+  // Errors: one line on stderr, a nonzero status.
+  argv = base;
+  for (const char* a : {"--prompt", kPrompt, "--top-p", "2"}) argv.push_back(a);
+  r = RunProcess(argv);
+  EXPECT_NE(ExitCode(r.status), 0);
+  EXPECT_EQ(r.err.rfind("stip-client: error: ", 0), 0u) << r.err;
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+  EXPECT_EQ(r.out, "");
+  r = RunProcess({STIP_CLIENT_BIN, "generate", "--prompt", "x"});
+  EXPECT_NE(ExitCode(r.status), 0);
+  EXPECT_EQ(r.err.rfind("stip-client: error: ", 0), 0u) << r.err;
+}
+
+TEST(Binary, RegisterThenGenerateThroughAServer) {
+  const Instance& in = Instances::Get()["kjv-llama"];
+  TestInference inference(in.server, in.instance_id);
+  RunningServer inference_srv({&inference});
+  TestRegistry registry;
+  registry.bundle_dir = in.client_dir;
+  registry.instance = in.instance_id;
+  registry.server_address = inference_srv.address;
+  registry.ca_pem = "";
+  RunningServer registry_srv({&registry});
+  TempDir tmp;
+  const std::string data = tmp / "data";
+
+  ProcessResult reg =
+      RunProcess({STIP_CLIENT_BIN, "register", "--developer", registry_srv.address, "--user",
+                  "carol", "--token", kEnrolment, "--data-dir", data, "--insecure"});
+  ASSERT_EQ(ExitCode(reg.status), 0) << reg.err;
+  EXPECT_EQ(Mode(data), 0700u);
+  EXPECT_EQ(Mode(JoinPath(data, "credentials.json")), 0600u);
+  EXPECT_EQ(reg.out.find(kToken), std::string::npos);
+  EXPECT_EQ(reg.err.find(kToken), std::string::npos);
+
+  ProcessResult r = RunProcess({STIP_CLIENT_BIN, "generate", "--data-dir", data, "--prompt",
+                                kPrompt, "--max-new-tokens", "40", "--greedy", "--insecure"});
+  EXPECT_EQ(ExitCode(r.status), 0) << r.err;
+  EXPECT_EQ(r.out, in.greedy_text + "\n");
+  EXPECT_EQ(r.err.find(kToken), std::string::npos);
+  {
+    std::lock_guard<std::mutex> lock(inference.mu);
+    EXPECT_EQ(inference.last_token, kToken);
+  }
+
+  // TLS is the default: the plaintext test server is not reachable that way.
+  r = RunProcess({STIP_CLIENT_BIN, "generate", "--data-dir", data, "--prompt", kPrompt});
+  EXPECT_NE(ExitCode(r.status), 0);
+  EXPECT_EQ(r.out, "");
+  EXPECT_NE(
+      r.err.find("stip-client: error: cannot reach the stip server at " + inference_srv.address),
+      std::string::npos)
+      << r.err;
+}
+
+TEST(Binary, ServeAnswersChatRequests) {
+  const Instance& in = Instances::Get()["kjv-llama"];
+  int out[2];
+  ASSERT_EQ(pipe(out), 0);
+  pid_t pid = fork();
+  if (pid == 0) {
+    dup2(out[1], 1);
+    int devnull = open("/dev/null", O_WRONLY);
+    dup2(devnull, 2);
+    close(out[0]);
+    execl(STIP_CLIENT_BIN, STIP_CLIENT_BIN, "serve", "--bundle", in.client_dir.c_str(),
+          "--server-model", in.server_dir.c_str(), "--listen", "127.0.0.1:0", "--listen-insecure",
+          static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  close(out[1]);
+  std::string line;
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (line.find('\n') == std::string::npos && std::chrono::steady_clock::now() < deadline) {
+    pollfd p{out[0], POLLIN, 0};
+    if (poll(&p, 1, 100) > 0) {
+      char buf[256];
+      ssize_t n = read(out[0], buf, sizeof buf);
+      if (n <= 0) break;
+      line.append(buf, static_cast<size_t>(n));
+    }
+  }
+  const std::string prefix = "stip-client listening on ";
+  ASSERT_EQ(line.rfind(prefix + "127.0.0.1:", 0), 0u) << line;
+  const std::string address = line.substr(prefix.size(), line.find('\n') - prefix.size());
+  auto stub = v1::Chat::NewStub(MakeChannel(address, Insecure(), "test"));
+  v1::GenerateRequest req;
+  req.set_prompt(kPrompt);
+  req.set_max_new_tokens(40);
+  req.mutable_sampling()->set_greedy(true);
+  ChatCall call = CallChat(*stub, req);
+  EXPECT_TRUE(call.status.ok()) << call.status.error_message();
+  EXPECT_EQ(std::string(kPrompt) + call.text, in.greedy_text);
+  kill(pid, SIGTERM);  // with the channel still open
+  int status = 0;
+  waitpid(pid, &status, 0);
+  EXPECT_EQ(ExitCode(status), 0);
+  close(out[0]);
+}
+
+}  // namespace
+}  // namespace stip

@@ -1,0 +1,820 @@
+// The developer (P1): its persistent state (instances, users, tokens), the
+// Registry service streaming client bundles (insecure and TLS), the model
+// pusher against an in-test ModelStore, and the stip-developer binary's
+// add-user and serve commands end to end.
+#include <fcntl.h>
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <map>
+#include <mutex>
+#include <set>
+#include <thread>
+
+#include "common/error.h"
+#include "common/rpc/file_transfer.h"
+#include "common/rpc/server_setup.h"
+#include "common/rpc/status.h"
+#include "common/rpc/tls.h"
+#include "common/util/files.h"
+#include "developer/model_pusher.h"
+#include "developer/registry_service.h"
+#include "developer/rpc_commands.h"
+#include "developer/state_store.h"
+#include "developer/user_registry.h"
+#include "stip/v1/stip.grpc.pb.h"
+
+namespace stip {
+namespace {
+
+const std::string kModel = std::string(STIP_TEST_DATA_DIR) + "/hf-reference/gpt2";
+
+class TempDir {
+ public:
+  TempDir() {
+    char tmpl[] = "/tmp/stip-developer-test-XXXXXX";
+    char* p = mkdtemp(tmpl);
+    if (!p) throw std::runtime_error("mkdtemp failed");
+    path_ = p;
+  }
+  ~TempDir() { RemoveAll(path_); }
+  const std::string& path() const { return path_; }
+  std::string operator/(const std::string& name) const { return JoinPath(path_, name); }
+
+ private:
+  std::string path_;
+};
+
+unsigned Mode(const std::string& path) {
+  struct stat st;
+  if (stat(path.c_str(), &st) != 0) return 0xffffffff;
+  return st.st_mode & 07777;
+}
+
+// Every regular file under `dir`, relative path -> content.
+std::map<std::string, std::string> Tree(const std::string& dir) {
+  std::map<std::string, std::string> out;
+  for (const auto& e : std::filesystem::recursive_directory_iterator(dir)) {
+    if (e.is_regular_file()) {
+      out[std::filesystem::relative(e.path(), dir).string()] = ReadFile(e.path().string());
+    }
+  }
+  return out;
+}
+
+bool IsHex64(const std::string& s) {
+  return s.size() == 64 && s.find_first_not_of("0123456789abcdef") == std::string::npos;
+}
+
+// A state directory with one instance of the gpt2 fixture, shared by the
+// tests that only read it (made once: the transform is the slow part).
+class SharedState {
+ public:
+  static SharedState& Get() {
+    static SharedState s;
+    return s;
+  }
+  StateStore& state() { return *state_; }
+  const std::string& instance() const { return instance_; }
+
+ private:
+  SharedState() {
+    state_ = std::make_unique<StateStore>(dir_ / "state");
+    instance_ = state_->EnsureInstanceForModel(kModel).info.instance_id;
+  }
+  TempDir dir_;
+  std::unique_ptr<StateStore> state_;
+  std::string instance_;
+};
+
+TlsOptions Insecure() {
+  TlsOptions t;
+  t.insecure = true;
+  return t;
+}
+
+// ---- state -------------------------------------------------------------------
+
+TEST(StateStore, MakesPrivateInstanceAndFindsItAfterReopen) {
+  TempDir tmp;
+  std::string dir = tmp / "state";
+  std::string id;
+  {
+    StateStore state(dir);
+    EXPECT_EQ(Mode(dir), 0700u);
+    EXPECT_FALSE(state.CurrentInstance().has_value());
+    StateStore::Ensured e = state.EnsureInstanceForModel(kModel);
+    EXPECT_TRUE(e.created);
+    id = e.info.instance_id;
+    EXPECT_TRUE(IsValidInstanceId(id));
+    EXPECT_EQ(e.info.model_type, "gpt2");
+    EXPECT_EQ(state.CurrentInstance().value_or(""), id);
+    EXPECT_EQ(Mode(state.InstanceDir(id)), 0700u);
+    EXPECT_EQ(Mode(state.KeysPath(id)), 0600u);
+    EXPECT_EQ(Mode(JoinPath(state.InstanceDir(id), "instance.json")), 0600u);
+    EXPECT_EQ(Mode(state.ClientDir(id)), 0700u);
+    EXPECT_EQ(Mode(JoinPath(state.ClientDir(id), "client_keys.safetensors")), 0600u);
+    EXPECT_TRUE(PathExists(JoinPath(state.ServerDir(id), "model.safetensors")));
+    EXPECT_EQ(InstanceIdOfServerDir(state.ServerDir(id)), id);
+    // No key file in what goes to servers.
+    for (const auto& [name, content] : Tree(state.ServerDir(id))) {
+      EXPECT_EQ(name.find("key"), std::string::npos) << name;
+    }
+  }
+  {
+    StateStore state(dir);  // a restart
+    EXPECT_EQ(state.CurrentInstance().value_or(""), id);
+    StateStore::Ensured e = state.EnsureInstanceForModel(kModel);
+    EXPECT_FALSE(e.created);
+    EXPECT_EQ(e.info.instance_id, id);
+    ASSERT_EQ(state.ListInstances().size(), 1u);
+    // Leftovers of an interrupted build are ignored.
+    MakeDirectories(JoinPath(dir, "instances/" + id + "0.tmp-abcdef"), 0700);
+    EXPECT_EQ(state.ListInstances().size(), 1u);
+  }
+}
+
+TEST(StateStore, RejectsBadInstanceIds) {
+  TempDir tmp;
+  StateStore state(tmp / "state");
+  EXPECT_THROW(state.InstanceDir("../etc"), Error);
+  EXPECT_THROW(state.InstanceDir(""), Error);
+  EXPECT_FALSE(state.HasInstance("../x"));
+  EXPECT_THROW(state.SetCurrentInstance("abcdef"), Error);
+}
+
+TEST(UserRegistry, TokensWorkOnceAndAreStoredOnlyAsHashes) {
+  TempDir tmp;
+  std::string dir = tmp / "state";
+  std::string token, access;
+  {
+    StateStore state(dir);
+    UserRegistry users(state);
+    token = users.AddUser("alice", "", false);
+    EXPECT_TRUE(IsHex64(token));
+    EXPECT_EQ(Mode(state.users_path()), 0600u);
+    std::string json = ReadFile(state.users_path());
+    EXPECT_EQ(json.find(token), std::string::npos);
+    EXPECT_NE(json.find(Sha256Hex(token)), std::string::npos);
+    try {
+      users.AddUser("alice", "", false);
+      ADD_FAILURE() << "a duplicate user was accepted";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::kFailedPrecondition);
+    }
+    EXPECT_THROW(users.AddUser("../bob", "", false), Error);
+    EXPECT_THROW(users.AddUser("", "", false), Error);
+    EXPECT_FALSE(users.Enrol("alice", token + "0").has_value());
+    EXPECT_FALSE(users.Enrol("alice", "").has_value());
+    EXPECT_FALSE(users.Enrol("mallory", token).has_value());
+    EXPECT_FALSE(users.Find("alice")->enrolled);
+  }
+  {
+    StateStore state(dir);  // a restart: the pending user is still there
+    UserRegistry users(state);
+    auto e = users.Enrol("alice", token);
+    ASSERT_TRUE(e.has_value());
+    access = e->access_token;
+    EXPECT_TRUE(IsHex64(access));
+    EXPECT_NE(access, token);
+    EXPECT_TRUE(e->user.enrolled);
+    EXPECT_FALSE(users.Enrol("alice", token).has_value()) << "an enrolment token worked twice";
+    std::string json = ReadFile(state.users_path());
+    EXPECT_EQ(json.find(access), std::string::npos);
+    EXPECT_NE(json.find(Sha256Hex(access)), std::string::npos);
+  }
+  {
+    StateStore state(dir);
+    UserRegistry users(state);
+    std::optional<UserRecord> u = users.Find("alice");
+    ASSERT_TRUE(u.has_value());
+    EXPECT_TRUE(u->enrolled);
+    EXPECT_FALSE(u->enrolled_at.empty());
+    EXPECT_FALSE(u->created_at.empty());
+    EXPECT_TRUE(users.Authenticate("alice", access).has_value());
+    EXPECT_FALSE(users.Authenticate("alice", token).has_value());
+    EXPECT_FALSE(users.Authenticate("alice", "").has_value());
+    EXPECT_FALSE(users.Authenticate("bob", access).has_value());
+
+    // Reissue: a new enrolment token; the old one and the access token die.
+    std::string second = users.AddUser("alice", "", true);
+    EXPECT_NE(second, token);
+    EXPECT_FALSE(users.Authenticate("alice", access).has_value());
+    std::string third = users.AddUser("alice", "", true);
+    EXPECT_FALSE(users.Enrol("alice", second).has_value()) << "a reissued-over token worked";
+    EXPECT_FALSE(users.Enrol("alice", token).has_value());
+    EXPECT_TRUE(users.Enrol("alice", third).has_value());
+    EXPECT_EQ(users.List().size(), 1u);
+  }
+  // Nothing in the state holds a raw token.
+  for (const auto& [name, content] : Tree(dir)) {
+    EXPECT_EQ(content.find(token), std::string::npos) << name;
+    EXPECT_EQ(content.find(access), std::string::npos) << name;
+  }
+}
+
+// ---- Registry ------------------------------------------------------------------
+
+struct Received {
+  grpc::Status status;
+  v1::BundleHeader header;
+  std::string digest;
+  int chunks = 0;
+};
+
+template <typename Reader>
+Received Receive(Reader* reader, const std::string& out_dir) {
+  Received r;
+  v1::BundleChunk msg;
+  std::unique_ptr<DirectoryReceiver> rx;
+  bool committed = false;
+  while (reader->Read(&msg)) {
+    if (msg.has_header()) {
+      r.header = msg.header();
+      rx = std::make_unique<DirectoryReceiver>(out_dir, r.header.files(), ReceiveLimits{}, 0700,
+                                               true);
+    } else if (msg.has_chunk()) {
+      EXPECT_TRUE(rx) << "chunk before the header";
+      if (!rx) break;
+      ++r.chunks;
+      rx->Accept(msg.chunk());
+    } else if (msg.has_trailer()) {
+      EXPECT_TRUE(rx) << "trailer before the header";
+      if (!rx) break;
+      r.digest = msg.trailer().sha256();
+      rx->Commit(r.digest);
+      committed = true;
+    }
+  }
+  r.status = reader->Finish();
+  if (r.status.ok()) {
+    EXPECT_TRUE(committed) << "the stream ended without a trailer";
+  }
+  return r;
+}
+
+Received Register(v1::Registry::Stub* stub, const std::string& user, const std::string& token,
+                  const std::string& out_dir) {
+  grpc::ClientContext ctx;
+  v1::RegisterRequest req;
+  req.set_user(user);
+  req.set_enrolment_token(token);
+  auto reader = stub->Register(&ctx, req);
+  return Receive(reader.get(), out_dir);
+}
+
+Received Fetch(v1::Registry::Stub* stub, const std::string& user, const std::string& token,
+               const std::string& out_dir) {
+  grpc::ClientContext ctx;
+  v1::FetchBundleRequest req;
+  req.set_user(user);
+  req.set_access_token(token);
+  auto reader = stub->FetchBundle(&ctx, req);
+  return Receive(reader.get(), out_dir);
+}
+
+TEST(Registry, StreamsTheBundleOnceForAnEnrolmentTokenThenForTheAccessToken) {
+  SharedState& shared = SharedState::Get();
+  TempDir tmp;
+  StateStore& state = shared.state();
+  UserRegistry users(state);
+  std::string token = users.AddUser("reg-alice", "", true);
+  users.AddUser("reg-bob", "", true);
+
+  RegistryConfig rc;
+  rc.server_address = "server.example:7443";
+  rc.server_ca_pem = "-----BEGIN CERTIFICATE-----\ntest\n-----END CERTIFICATE-----\n";
+  rc.chunk_bytes = 16 << 10;  // several chunks per file
+  RegistryService service(&state, &users, rc);
+  ServerSetup setup;
+  setup.address = "127.0.0.1:0";
+  setup.tls.insecure = true;
+  setup.name = "test registry";
+  int port = 0;
+  auto server = StartServer(setup, {&service}, &port);
+  TlsOptions ctls;
+  ctls.insecure = true;
+  auto stub = v1::Registry::NewStub(MakeChannel("127.0.0.1:" + std::to_string(port), ctls, "t"));
+
+  Received r = Register(stub.get(), "reg-alice", token, tmp / "bundle");
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  EXPECT_EQ(r.header.user(), "reg-alice");
+  EXPECT_EQ(r.header.instance_id(), shared.instance());
+  EXPECT_EQ(r.header.server_address(), rc.server_address);
+  EXPECT_EQ(r.header.server_ca_pem(), rc.server_ca_pem);
+  std::string access = r.header.access_token();
+  EXPECT_TRUE(IsHex64(access));
+  EXPECT_GT(r.chunks, 2);
+  EXPECT_TRUE(IsHex64(r.digest));
+  std::string client_dir = state.ClientDir(shared.instance());
+  EXPECT_EQ(Tree(tmp / "bundle"), Tree(client_dir));
+  for (const auto& e : r.header.files()) {
+    EXPECT_EQ(e.mode(), Mode(JoinPath(client_dir, e.name()))) << e.name();
+    EXPECT_EQ(Mode(JoinPath(tmp / "bundle", e.name())), e.mode()) << e.name();
+  }
+  EXPECT_EQ(users.Find("reg-alice")->bundle_instance, shared.instance());
+  EXPECT_EQ(ReadFile(state.users_path()).find(access), std::string::npos);
+
+  // The same token again, a wrong token, an unknown user: one answer.
+  for (auto [user, tok] : std::vector<std::pair<std::string, std::string>>{
+           {"reg-alice", token}, {"reg-bob", token}, {"nobody", token}, {"reg-bob", ""}}) {
+    Received bad = Register(stub.get(), user, tok, tmp / ("bad-" + user));
+    EXPECT_EQ(bad.status.error_code(), grpc::StatusCode::UNAUTHENTICATED) << user;
+    EXPECT_EQ(bad.status.error_message(), kBadEnrolmentMessage) << user;
+    EXPECT_FALSE(PathExists(tmp / ("bad-" + user)));
+  }
+
+  // FetchBundle with the access token: the same bundle, the same token echoed.
+  Received again = Fetch(stub.get(), "reg-alice", access, tmp / "again");
+  ASSERT_TRUE(again.status.ok()) << again.status.error_message();
+  EXPECT_EQ(again.header.access_token(), access);
+  EXPECT_EQ(again.digest, r.digest);
+  EXPECT_EQ(Tree(tmp / "again"), Tree(client_dir));
+  for (auto [user, tok] : std::vector<std::pair<std::string, std::string>>{
+           {"reg-alice", token}, {"reg-alice", ""}, {"reg-bob", access}, {"nobody", access}}) {
+    Received bad = Fetch(stub.get(), user, tok, tmp / "bad");
+    EXPECT_EQ(bad.status.error_code(), grpc::StatusCode::UNAUTHENTICATED) << user;
+    EXPECT_EQ(bad.status.error_message(), kBadAccessMessage) << user;
+  }
+  server->Shutdown();
+}
+
+TEST(Registry, AValidTokenIsNotConsumedWhenThereIsNoBundleToSend) {
+  TempDir tmp;
+  StateStore state(tmp / "state");  // no instance yet
+  UserRegistry users(state);
+  std::string token = users.AddUser("early", "", false);
+  RegistryService service(&state, &users, RegistryConfig{});
+  ServerSetup setup;
+  setup.address = "127.0.0.1:0";
+  setup.tls.insecure = true;
+  int port = 0;
+  auto server = StartServer(setup, {&service}, &port);
+  auto stub =
+      v1::Registry::NewStub(MakeChannel("127.0.0.1:" + std::to_string(port), Insecure(), "t"));
+  Received r = Register(stub.get(), "early", token, tmp / "bundle");
+  EXPECT_EQ(r.status.error_code(), grpc::StatusCode::FAILED_PRECONDITION)
+      << r.status.error_message();
+  EXPECT_TRUE(users.CheckEnrolmentToken("early", token));
+  EXPECT_FALSE(users.Find("early")->enrolled);
+  Received bad = Register(stub.get(), "early", token + "0", tmp / "bundle");
+  EXPECT_EQ(bad.status.error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  Received unknown = Register(stub.get(), "late", token, tmp / "bundle");
+  EXPECT_EQ(unknown.status.error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  server->Shutdown();
+}
+
+// ---- an in-test ModelStore ------------------------------------------------------
+
+class TestModelStore final : public v1::ModelStore::Service {
+ public:
+  explicit TestModelStore(std::string root) : root_(std::move(root)) {}
+  bool corrupt = false;  // flip a byte of the first chunk (a transfer error)
+  int uploads = 0;
+  int loads = 0;
+
+  grpc::Status Upload(grpc::ServerContext*, grpc::ServerReader<v1::UploadRequest>* reader,
+                      v1::ModelInfo* info) override {
+    try {
+      v1::UploadRequest req;
+      if (!reader->Read(&req) || !req.has_header()) {
+        return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "header first");
+      }
+      const v1::UploadHeader header = req.header();
+      const std::string id = header.instance_id();
+      std::string dir = JoinPath(root_, id);
+      if (PathExists(dir)) return grpc::Status(grpc::StatusCode::ALREADY_EXISTS, id + " exists");
+      DirectoryReceiver rx(dir, header.files(), ReceiveLimits{}, 0755, false);
+      bool first = true;
+      while (reader->Read(&req)) {
+        if (req.has_chunk()) {
+          v1::FileChunk c = req.chunk();
+          if (corrupt && first && !c.data().empty()) c.mutable_data()->at(0) ^= 1;
+          first = false;
+          rx.Accept(c);
+        } else if (req.has_trailer()) {
+          rx.Commit(req.trailer().sha256());
+          std::lock_guard<std::mutex> lock(mu_);
+          ++uploads;
+          digests_[id] = req.trailer().sha256();
+          if (header.load()) loaded_.insert(id);
+          info->set_instance_id(id);
+          info->set_loaded(header.load());
+          info->set_stored_bytes(rx.bytes_received());
+          return grpc::Status::OK;
+        }
+      }
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "no trailer");
+    } catch (...) {
+      return CurrentExceptionToStatus();
+    }
+  }
+
+  grpc::Status List(grpc::ServerContext*, const v1::ListModelsRequest*,
+                    v1::ListModelsResponse* resp) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const std::string& name : ListDirectory(root_)) {
+      if (name.find(".tmp-") != std::string::npos) continue;
+      v1::ModelInfo* m = resp->add_models();
+      m->set_instance_id(name);
+      m->set_loaded(loaded_.count(name) > 0);
+    }
+    return grpc::Status::OK;
+  }
+
+  grpc::Status Load(grpc::ServerContext*, const v1::ModelRef* ref, v1::ModelInfo* info) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!PathExists(JoinPath(root_, ref->instance_id()))) {
+      return grpc::Status(grpc::StatusCode::NOT_FOUND, "no such model");
+    }
+    ++loads;
+    loaded_.insert(ref->instance_id());
+    info->set_instance_id(ref->instance_id());
+    info->set_loaded(true);
+    return grpc::Status::OK;
+  }
+
+  std::string digest(const std::string& id) {
+    std::lock_guard<std::mutex> lock(mu_);
+    return digests_[id];
+  }
+
+ private:
+  std::string root_;
+  std::mutex mu_;
+  std::map<std::string, std::string> digests_;
+  std::set<std::string> loaded_;
+};
+
+struct RunningStore {
+  TempDir dir;
+  TestModelStore service{dir / "store"};
+  std::unique_ptr<grpc::Server> server;
+  int port = 0;
+
+  explicit RunningStore(const std::string& address = "127.0.0.1:0",
+                        const TlsOptions* tls = nullptr) {
+    MakeDirectories(dir / "store", 0700);
+    ServerSetup setup;
+    setup.address = address;
+    if (tls) {
+      setup.tls = *tls;
+    } else {
+      setup.tls.insecure = true;
+    }
+    setup.name = "test model store";
+    server = StartServer(setup, {&service}, &port);
+  }
+  ~RunningStore() { server->Shutdown(); }
+  std::string address() const { return "127.0.0.1:" + std::to_string(port); }
+};
+
+TEST(ModelPusher, UploadsATransformedDirectoryWithItsDigest) {
+  SharedState& shared = SharedState::Get();
+  std::string server_dir = shared.state().ServerDir(shared.instance());
+  RunningStore store;
+  auto channel = MakeChannel(store.address(), Insecure(), "t");
+  EXPECT_FALSE(ServerHasModel(channel, shared.instance()));
+  PushOptions opt;
+  opt.chunk_bytes = 64 << 10;
+  PushResult r = PushModel(channel, shared.instance(), server_dir, opt);
+  EXPECT_FALSE(r.already_stored);
+  EXPECT_TRUE(IsHex64(r.sha256));
+  EXPECT_EQ(r.sha256, store.service.digest(shared.instance()));
+  EXPECT_EQ(r.info.instance_id(), shared.instance());
+  EXPECT_TRUE(r.info.loaded());
+  EXPECT_EQ(Tree(store.dir / ("store/" + shared.instance())), Tree(server_dir));
+  uint64_t total = 0;
+  for (const auto& f : ListFilesForTransfer(server_dir)) total += f.size;
+  EXPECT_EQ(r.bytes, total);
+  EXPECT_EQ(r.info.stored_bytes(), total);
+
+  // Again: ALREADY_EXISTS is success.
+  PushResult again = PushModel(channel, shared.instance(), server_dir, opt);
+  EXPECT_TRUE(again.already_stored);
+  EXPECT_TRUE(ServerHasModel(channel, shared.instance()));
+  // serve's path lists first and does not upload again.
+  PushResult ensured =
+      EnsureModelOnServer(store.address(), Insecure(), shared.instance(), server_dir);
+  EXPECT_TRUE(ensured.already_stored);
+  EXPECT_TRUE(ensured.info.loaded());
+  EXPECT_EQ(store.service.uploads, 1);
+  EXPECT_EQ(store.service.loads, 0);
+}
+
+TEST(ModelPusher, LoadsAStoredButUnloadedModel) {
+  SharedState& shared = SharedState::Get();
+  std::string server_dir = shared.state().ServerDir(shared.instance());
+  RunningStore store;
+  PushOptions store_only;
+  store_only.load = false;
+  PushResult r = PushModel(MakeChannel(store.address(), Insecure(), "t"), shared.instance(),
+                           server_dir, store_only);
+  EXPECT_FALSE(r.info.loaded());
+  PushResult ensured =
+      EnsureModelOnServer(store.address(), Insecure(), shared.instance(), server_dir);
+  EXPECT_TRUE(ensured.already_stored);
+  EXPECT_TRUE(ensured.info.loaded());
+  EXPECT_EQ(store.service.uploads, 1);
+  EXPECT_EQ(store.service.loads, 1);
+}
+
+TEST(ModelPusher, ReportsADigestMismatch) {
+  SharedState& shared = SharedState::Get();
+  RunningStore store;
+  store.service.corrupt = true;
+  auto channel = MakeChannel(store.address(), Insecure(), "t");
+  try {
+    PushModel(channel, shared.instance(), shared.state().ServerDir(shared.instance()));
+    ADD_FAILURE() << "a corrupted upload was reported as stored";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kDataLoss) << e.what();
+    EXPECT_NE(std::string(e.what()).find("SHA-256 mismatch"), std::string::npos) << e.what();
+  }
+  EXPECT_TRUE(ListDirectory(store.dir / "store").empty());
+  // The same through serve's path: no retry, an error at once.
+  auto start = std::chrono::steady_clock::now();
+  EXPECT_THROW(EnsureModelOnServer(store.address(), Insecure(), shared.instance(),
+                                   shared.state().ServerDir(shared.instance())),
+               Error);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(10));
+}
+
+int FreePort() {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+  socklen_t len = sizeof(addr);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  close(fd);
+  return ntohs(addr.sin_port);
+}
+
+TEST(ModelPusher, RetriesUntilTheServerComesUpAndGivesUpLater) {
+  SharedState& shared = SharedState::Get();
+  std::string server_dir = shared.state().ServerDir(shared.instance());
+  int port = FreePort();
+  std::string address = "127.0.0.1:" + std::to_string(port);
+  RetryOptions quick;
+  quick.max_seconds = 1;
+  auto start = std::chrono::steady_clock::now();
+  EXPECT_THROW(EnsureModelOnServer(address, Insecure(), shared.instance(), server_dir, {}, quick),
+               Error);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(8));
+
+  std::unique_ptr<RunningStore> store;
+  std::thread late([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1200));
+    store = std::make_unique<RunningStore>(address);
+  });
+  RetryOptions patient;
+  patient.max_seconds = 30;
+  PushResult r;
+  EXPECT_NO_THROW(
+      r = EnsureModelOnServer(address, Insecure(), shared.instance(), server_dir, {}, patient));
+  late.join();
+  EXPECT_FALSE(r.already_stored);
+  ASSERT_TRUE(store);
+  EXPECT_EQ(store->service.digest(shared.instance()), r.sha256);
+}
+
+// ---- TLS -------------------------------------------------------------------------
+
+// A throwaway CA and a certificate for localhost / 127.0.0.1, by the openssl
+// CLI, and an unrelated CA (other.pem).
+bool MakePki(const std::string& dir) {
+  std::string cmd = "cd '" + dir +
+                    "' && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "
+                    "-days 1 -subj '/CN=stip test CA' -keyout ca.key -out ca.pem 2>/dev/null && "
+                    "openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "
+                    "-subj '/CN=localhost' -keyout host.key -out host.csr 2>/dev/null && "
+                    "printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\nbasicConstraints=CA:"
+                    "FALSE\\nextendedKeyUsage=serverAuth,clientAuth\\n' > host.ext && "
+                    "openssl x509 -req -in host.csr -CA ca.pem -CAkey ca.key -CAcreateserial "
+                    "-days 1 -extfile host.ext -out host.pem 2>/dev/null && "
+                    "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "
+                    "-days 1 -subj '/CN=another CA' -keyout other.key -out other.pem 2>/dev/null";
+  return std::system(cmd.c_str()) == 0;
+}
+
+TEST(Tls, RegistryAndPushOverTls) {
+  if (std::system("openssl version >/dev/null 2>&1") != 0) GTEST_SKIP() << "no openssl CLI";
+  SharedState& shared = SharedState::Get();
+  TempDir pki;
+  ASSERT_TRUE(MakePki(pki.path()));
+  TlsOptions server_tls;
+  server_tls.cert_file = pki / "host.pem";
+  server_tls.key_file = pki / "host.key";
+
+  // Registry over TLS; the client trusts the test CA.
+  StateStore& state = shared.state();
+  UserRegistry users(state);
+  std::string token = users.AddUser("tls-carol", "", true);
+  RegistryConfig rc;
+  rc.server_address = "localhost:1";
+  rc.server_ca_pem = ReadFile(pki / "ca.pem");
+  RegistryService service(&state, &users, rc);
+  ServerSetup setup;
+  setup.address = "127.0.0.1:0";
+  setup.tls = server_tls;
+  setup.name = "test registry (TLS)";
+  int port = 0;
+  auto server = StartServer(setup, {&service}, &port);
+  TlsOptions ctls;
+  ctls.ca_file = pki / "ca.pem";
+  TempDir out;
+  for (std::string host : {"localhost", "127.0.0.1"}) {
+    auto stub = v1::Registry::NewStub(MakeChannel(host + ":" + std::to_string(port), ctls, "t"));
+    if (host == "localhost") {
+      Received r = Register(stub.get(), "tls-carol", token, out / "bundle");
+      ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+      EXPECT_EQ(r.header.server_ca_pem(), rc.server_ca_pem);
+      EXPECT_EQ(Tree(out / "bundle"), Tree(state.ClientDir(shared.instance())));
+      Received f = Fetch(stub.get(), "tls-carol", r.header.access_token(), out / "fetched");
+      EXPECT_TRUE(f.status.ok()) << f.status.error_message();
+    } else {
+      Received bad = Register(stub.get(), "tls-carol", token, out / "again");
+      EXPECT_EQ(bad.status.error_code(), grpc::StatusCode::UNAUTHENTICATED);
+    }
+  }
+  // A client that trusts another CA gets nothing.
+  {
+    TlsOptions untrusting;
+    untrusting.ca_file = pki / "other.pem";
+    auto stub =
+        v1::Registry::NewStub(MakeChannel("localhost:" + std::to_string(port), untrusting, "t"));
+    Received r = Register(stub.get(), "tls-carol", token, out / "untrusted");
+    EXPECT_EQ(r.status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  }
+  server->Shutdown();
+
+  // Push to a TLS model store, verifying it with the CA and presenting our certificate.
+  RunningStore store("127.0.0.1:0", &server_tls);
+  TlsOptions push_tls;
+  push_tls.ca_file = pki / "ca.pem";
+  push_tls.cert_file = pki / "host.pem";
+  push_tls.key_file = pki / "host.key";
+  PushResult r = EnsureModelOnServer(store.address(), push_tls, shared.instance(),
+                                     state.ServerDir(shared.instance()));
+  EXPECT_FALSE(r.already_stored);
+  EXPECT_EQ(store.service.digest(shared.instance()), r.sha256);
+}
+
+// ---- the binary ----------------------------------------------------------------
+
+struct Child {
+  pid_t pid = -1;
+  FILE* out = nullptr;  // its stdout
+};
+
+Child Spawn(const std::vector<std::string>& args, const std::string& stderr_file) {
+  int fds[2];
+  if (pipe(fds) != 0) throw std::runtime_error("pipe");
+  Child c;
+  c.pid = fork();
+  if (c.pid == 0) {
+    dup2(fds[1], 1);
+    int err = open(stderr_file.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    if (err >= 0) dup2(err, 2);
+    close(fds[0]);
+    close(fds[1]);
+    std::vector<char*> argv;
+    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  close(fds[1]);
+  c.out = fdopen(fds[0], "r");
+  return c;
+}
+
+std::string ReadLine(FILE* f) {
+  char buf[4096];
+  if (!fgets(buf, sizeof(buf), f)) return "";
+  std::string s = buf;
+  if (!s.empty() && s.back() == '\n') s.pop_back();
+  return s;
+}
+
+int Wait(pid_t pid) {
+  int status = 0;
+  waitpid(pid, &status, 0);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+// add-user's stdout is the token alone; serve pushes, prints its address, serves
+// the registry and exits 0 on SIGTERM; a restart reuses the instance and the users.
+TEST(Binary, AddUserAndServe) {
+  const std::string bin = STIP_DEVELOPER_BIN;
+  TempDir tmp;
+  std::string state_dir = tmp / "state";
+  auto add_user = [&](const std::vector<std::string>& extra, int* rc) {
+    std::vector<std::string> args = {bin, "add-user", "dave", "--state", state_dir};
+    args.insert(args.end(), extra.begin(), extra.end());
+    Child c = Spawn(args, tmp / "add-user.err");
+    std::string all;
+    char buf[256];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof(buf), c.out)) > 0) all.append(buf, n);
+    fclose(c.out);
+    *rc = Wait(c.pid);
+    return all;
+  };
+  int rc = -1;
+  std::string out = add_user({}, &rc);
+  ASSERT_EQ(rc, 0) << ReadFile(tmp / "add-user.err");
+  ASSERT_EQ(out.size(), 65u) << out;  // 64 hex digits and a newline
+  const std::string token = out.substr(0, 64);
+  EXPECT_TRUE(IsHex64(token));
+  EXPECT_EQ(ReadFile(tmp / "add-user.err").find(token), std::string::npos);
+  std::string access;
+  add_user({}, &rc);
+  EXPECT_NE(rc, 0) << "add-user accepted an existing name";
+  EXPECT_EQ(Mode(state_dir), 0700u);
+  EXPECT_EQ(Mode(JoinPath(state_dir, "users.json")), 0600u);
+
+  RunningStore store;
+  std::string id;
+  for (int run = 0; run < 2; ++run) {
+    std::string err_file = tmp / ("serve" + std::to_string(run) + ".err");
+    Child c = Spawn(
+        {bin, "serve", "--model", kModel, "--state", state_dir, "--listen", "127.0.0.1:0",
+         "--server", store.address(), "--public-server-address", "cloud.example:443", "--insecure"},
+        err_file);
+    std::string line = ReadLine(c.out);
+    const std::string prefix = "stip-developer listening on 127.0.0.1:";
+    ASSERT_EQ(line.rfind(prefix, 0), 0u) << line << "\n" << ReadFile(err_file);
+    std::string address = line.substr(prefix.size() - 10);
+    auto stub = v1::Registry::NewStub(MakeChannel(address, Insecure(), "t"));
+    if (run == 0) {
+      Received r = Register(stub.get(), "dave", token, tmp / "bundle");
+      ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+      EXPECT_EQ(r.header.server_address(), "cloud.example:443");
+      EXPECT_EQ(r.header.server_ca_pem(), "");
+      id = r.header.instance_id();
+      EXPECT_EQ(store.service.digest(id).size(), 64u) << "serve did not push the instance";
+      EXPECT_EQ(Tree(tmp / "bundle"), Tree(JoinPath(state_dir, "instances/" + id + "/client")));
+      access = r.header.access_token();  // for the second run
+    } else {
+      Received r = Fetch(stub.get(), "dave", access, tmp / "fetched");
+      ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+      EXPECT_EQ(r.header.instance_id(), id);  // the instance survived the restart
+    }
+    kill(c.pid, SIGTERM);
+    EXPECT_EQ(Wait(c.pid), 0) << ReadFile(err_file);
+    EXPECT_EQ(ReadLine(c.out), "") << "serve printed more than its address on stdout";
+    fclose(c.out);
+    std::string err = ReadFile(err_file);
+    EXPECT_EQ(err.find(token), std::string::npos) << "a token was logged";
+    EXPECT_EQ(err.find(access), std::string::npos) << "a token was logged";
+  }
+  EXPECT_EQ(store.service.uploads, 1);  // the restart found the instance on the server
+  EXPECT_EQ(ListDirectory(JoinPath(state_dir, "instances")).size(), 1u);
+
+  // push: one summary line on stdout; a second push finds it stored.
+  RunningStore other;
+  std::string server_dir = JoinPath(state_dir, "instances/" + id + "/server");
+  auto push = [&](const std::vector<std::string>& extra, int* status) {
+    std::vector<std::string> args = {bin,        "push",          "--model-dir", server_dir,
+                                     "--server", other.address(), "--insecure"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    Child c = Spawn(args, tmp / "push.err");
+    std::string first = ReadLine(c.out), second = ReadLine(c.out);
+    fclose(c.out);
+    *status = Wait(c.pid);
+    EXPECT_EQ(second, "");
+    return first;
+  };
+  std::string line = push({"--no-load"}, &rc);
+  EXPECT_EQ(rc, 0) << ReadFile(tmp / "push.err");
+  EXPECT_EQ(line.rfind("pushed instance " + id + " to " + other.address() + ": ", 0), 0u) << line;
+  EXPECT_EQ(Tree(other.dir / ("store/" + id)), Tree(server_dir));
+  line = push({"--instance", id}, &rc);
+  EXPECT_EQ(rc, 0) << ReadFile(tmp / "push.err");
+  EXPECT_EQ(line, "instance " + id + " already stored on " + other.address());
+  push({"--instance", "0123abcd"}, &rc);
+  EXPECT_NE(rc, 0) << "push accepted an instance id its directory does not hold";
+}
+
+TEST(RpcCommands, WithPort) {
+  EXPECT_EQ(WithPort("127.0.0.1:0", 5), "127.0.0.1:5");
+  EXPECT_EQ(WithPort("[::]:0", 7), "[::]:7");
+  EXPECT_EQ(WithPort("0.0.0.0:9000", 9000), "0.0.0.0:9000");
+}
+
+}  // namespace
+}  // namespace stip

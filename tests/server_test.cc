@@ -1,0 +1,888 @@
+// stip-server in process: a real gRPC server on 127.0.0.1:0 (plaintext, and
+// once with TLS), models transformed from the Hugging Face fixtures, uploaded
+// through ModelStore.Upload and run through Inference.Session; the logits,
+// un-permuted on the client side, must equal the plain model's.
+#include <gtest/gtest.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <fstream>
+#include <limits>
+#include <mutex>
+#include <thread>
+
+#include "common/engine/causal_lm.h"
+#include "common/error.h"
+#include "common/format/safetensors.h"
+#include "common/keys/model_keys.h"
+#include "common/rpc/file_transfer.h"
+#include "common/rpc/tensor_wire.h"
+#include "common/rpc/tls.h"
+#include "common/transform/transform_checkpoint.h"
+#include "common/transform/transform_rules.h"
+#include "common/util/files.h"
+#include "server/batch_scheduler.h"
+#include "server/stip_server.h"
+#include "stip/v1/stip.grpc.pb.h"
+#include "tests/test_util.h"
+
+namespace stip::server {
+namespace {
+
+using test::FixtureDir;
+using test::MaxAbsDiff;
+using Ids = std::vector<int64_t>;
+
+constexpr double kTolerance = 1e-5;
+
+std::string MakeTempDir() {
+  char tmpl[] = "/tmp/stip-server-test-XXXXXX";
+  const char* dir = mkdtemp(tmpl);
+  if (!dir) throw Internal("mkdtemp failed");
+  return dir;
+}
+
+// ---- prepared models ----------------------------------------------------------
+
+// A fixture transformed with fresh keys: what the developer would push
+// (server_dir) and hand to a user (client model and keys).
+struct Prepared {
+  std::string fixture, server_dir, client_dir, instance_id;
+  ClientKeys keys;
+  std::unique_ptr<ClientModel> client;  // from the client bundle
+  CausalLM plain;                       // the plaintext model, for reference logits
+  int64_t hidden = 0;
+
+  // x' for `ids` at positions [start, start + n).
+  at::Tensor Input(const Ids& ids, int64_t start) const {
+    return PermuteHidden(client->Embed(ids, start), keys.p);
+  }
+  // Plain logits of `ids` appended to `cache`.
+  at::Tensor Plain(KvCache& cache, const Ids& ids, bool all) const {
+    at::Tensor x = plain.client->Embed(ids, cache.length());
+    return plain.server->Forward({{x, &cache, all}})[0];
+  }
+};
+
+std::unique_ptr<Prepared> Prepare(const std::string& arch, const std::string& root,
+                                  uint64_t shard_bytes) {
+  auto p = std::make_unique<Prepared>();
+  p->fixture = FixtureDir(arch);
+  ModelConfig config = LoadModelConfig(p->fixture);
+  ModelKeys keys = GenerateKeys(config, FingerprintModel(p->fixture));
+  TransformOptions opt;
+  opt.max_shard_bytes = shard_bytes;
+  opt.progress = false;
+  const std::string out = JoinPath(root, arch + "-" + keys.instance_id);
+  TransformCheckpoint(p->fixture, out, keys, opt);
+  p->server_dir = JoinPath(out, "server");
+  p->client_dir = JoinPath(out, "client");
+  p->instance_id = keys.instance_id;
+  p->keys = LoadClientKeys(JoinPath(p->client_dir, "client_keys.safetensors"));
+  p->client = ClientModel::Load(p->client_dir);
+  p->plain = CausalLM::Load(p->fixture);
+  p->hidden = config.hidden_size;
+  return p;
+}
+
+// ---- client helpers -------------------------------------------------------------
+
+std::shared_ptr<grpc::Channel> Channel(const StipServer& server) {
+  TlsOptions tls;
+  tls.insecure = true;
+  return MakeChannel("127.0.0.1:" + std::to_string(server.port()), tls, "test");
+}
+
+struct UploadOptions {
+  std::string sha_override;
+  int cancel_after_chunks = -1;  // cancel the call once the server has started receiving
+  std::string models_dir;        // where to look for the temporary directory
+  bool load = true;
+};
+
+bool HasTempEntry(const std::string& models_dir) {
+  for (const std::string& n : ListDirectory(models_dir)) {
+    if (n.find(".tmp-") != std::string::npos) return true;
+  }
+  return false;
+}
+
+grpc::Status Upload(const std::shared_ptr<grpc::Channel>& channel, const std::string& dir,
+                    const std::string& id, v1::ModelInfo* info = nullptr,
+                    const UploadOptions& o = {}) {
+  auto stub = v1::ModelStore::NewStub(channel);
+  grpc::ClientContext ctx;
+  v1::ModelInfo response;
+  auto writer = stub->Upload(&ctx, &response);
+  std::vector<OutgoingFile> files = ListFilesForTransfer(dir);
+  v1::UploadRequest req;
+  req.mutable_header()->set_instance_id(id);
+  req.mutable_header()->set_load(o.load);
+  FillEntries(files, req.mutable_header()->mutable_files());
+  writer->Write(req);
+  int sent = 0;
+  std::string sha;
+  try {
+    sha = StreamFiles(files, 16 << 10, [&](const v1::FileChunk& chunk) {
+      if (sent == o.cancel_after_chunks) {
+        for (int i = 0; i < 500 && !HasTempEntry(o.models_dir); ++i) {
+          std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        }
+        EXPECT_TRUE(HasTempEntry(o.models_dir)) << "the server never started receiving";
+        ctx.TryCancel();
+        return false;
+      }
+      v1::UploadRequest r;
+      *r.mutable_chunk() = chunk;
+      ++sent;
+      return writer->Write(r);
+    });
+  } catch (const Error&) {
+    return writer->Finish();  // the stream broke (or was cancelled)
+  }
+  v1::UploadRequest trailer;
+  trailer.mutable_trailer()->set_sha256(o.sha_override.empty() ? sha : o.sha_override);
+  writer->Write(trailer);
+  writer->WritesDone();
+  grpc::Status status = writer->Finish();
+  if (info) *info = response;
+  return status;
+}
+
+std::vector<v1::ModelInfo> List(const std::shared_ptr<grpc::Channel>& channel) {
+  auto stub = v1::ModelStore::NewStub(channel);
+  grpc::ClientContext ctx;
+  v1::ListModelsResponse resp;
+  grpc::Status s = stub->List(&ctx, v1::ListModelsRequest(), &resp);
+  EXPECT_TRUE(s.ok()) << s.error_message();
+  return {resp.models().begin(), resp.models().end()};
+}
+
+class Session {
+ public:
+  explicit Session(const std::shared_ptr<grpc::Channel>& channel)
+      : stub_(v1::Inference::NewStub(channel)), stream_(stub_->Session(&ctx_)) {}
+
+  grpc::Status Open(const std::string& id, v1::SessionOpened* opened = nullptr,
+                    const std::string& token = "user-token", int64_t max_context = 0) {
+    v1::SessionRequest r;
+    r.mutable_open()->set_instance_id(id);
+    r.mutable_open()->set_access_token(token);
+    r.mutable_open()->set_max_context(max_context);
+    v1::SessionResponse resp;
+    if (!stream_->Write(r) || !stream_->Read(&resp)) return Finish();
+    if (!resp.has_opened()) return grpc::Status(grpc::StatusCode::UNKNOWN, "no `opened`");
+    if (opened) *opened = resp.opened();
+    return grpc::Status::OK;
+  }
+
+  // Sends a request; returns its answer (none if the stream ended).
+  std::optional<v1::SessionResponse> Send(const v1::SessionRequest& r) {
+    v1::SessionResponse resp;
+    if (!stream_->Write(r) || !stream_->Read(&resp)) return std::nullopt;
+    return resp;
+  }
+
+  std::optional<v1::SessionResponse> Step(uint64_t step_id, const at::Tensor& x, bool all = false,
+                                          int64_t truncate_to = -1) {
+    v1::SessionRequest r;
+    r.mutable_step()->set_step_id(step_id);
+    ToWire(x, r.mutable_step()->mutable_hidden());
+    r.mutable_step()->set_all_logits(all);
+    r.mutable_step()->set_truncate_to(truncate_to);
+    return Send(r);
+  }
+
+  grpc::Status Close() {
+    v1::SessionRequest r;
+    r.mutable_close();
+    stream_->Write(r);
+    return Finish();
+  }
+
+  grpc::Status Finish() {
+    stream_->WritesDone();
+    v1::SessionResponse ignored;
+    while (stream_->Read(&ignored)) {
+    }
+    return stream_->Finish();
+  }
+
+  grpc::ClientContext& context() { return ctx_; }
+
+ private:
+  std::unique_ptr<v1::Inference::Stub> stub_;
+  grpc::ClientContext ctx_;
+  std::unique_ptr<grpc::ClientReaderWriter<v1::SessionRequest, v1::SessionResponse>> stream_;
+};
+
+// o = o'[..., argsort(p_c)] of a step's result.
+at::Tensor Logits(const Prepared& p, const std::optional<v1::SessionResponse>& r) {
+  if (!r || !r->has_result()) {
+    ADD_FAILURE() << "expected a step result, got "
+                  << (r ? r->ShortDebugString() : std::string("the end of the stream"));
+    return at::Tensor();
+  }
+  at::Tensor o = FromWire(r->result().logits());
+  EXPECT_EQ(r->result().logits().datatype(), "FP32");
+  return UnpermuteLogits(o, p.keys.p_c);
+}
+
+void ExpectStepError(const std::optional<v1::SessionResponse>& r, uint64_t step_id,
+                     grpc::StatusCode code, const std::string& needle) {
+  ASSERT_TRUE(r.has_value()) << "the session ended instead of reporting step " << step_id;
+  ASSERT_TRUE(r->has_error()) << r->ShortDebugString();
+  EXPECT_EQ(r->error().step_id(), step_id);
+  EXPECT_EQ(r->error().status().code(), static_cast<int>(code)) << r->error().status().message();
+  EXPECT_NE(r->error().status().message().find(needle), std::string::npos)
+      << r->error().status().message();
+}
+
+// A prompt and decode tokens: prefill (all logits) then one token per step;
+// checks every step's logits against the plain model.
+void RunAndCheck(Session& s, const Prepared& p, const Ids& prompt, const Ids& decode,
+                 uint64_t first_step_id = 1) {
+  KvCache cache = p.plain.server->NewCache();
+  at::Tensor want = p.Plain(cache, prompt, /*all=*/true);
+  auto r = s.Step(first_step_id, p.Input(prompt, 0), /*all=*/true);
+  at::Tensor got = Logits(p, r);
+  ASSERT_TRUE(got.defined());
+  EXPECT_EQ(r->result().step_id(), first_step_id);
+  EXPECT_EQ(r->result().context_length(), static_cast<int64_t>(prompt.size()));
+  ASSERT_EQ(got.sizes(), want.sizes());
+  EXPECT_LE(MaxAbsDiff(got, want), kTolerance);
+  int64_t pos = static_cast<int64_t>(prompt.size());
+  for (size_t i = 0; i < decode.size(); ++i) {
+    want = p.Plain(cache, {decode[i]}, false);
+    r = s.Step(first_step_id + 1 + i, p.Input({decode[i]}, pos), false);
+    got = Logits(p, r);
+    ASSERT_TRUE(got.defined());
+    ++pos;
+    EXPECT_EQ(r->result().context_length(), pos);
+    ASSERT_EQ(got.sizes(), want.sizes());
+    EXPECT_LE(MaxAbsDiff(got, want), kTolerance) << "decode step " << i;
+  }
+}
+
+// ---- the suite -----------------------------------------------------------------
+
+class ServerTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    root_ = new std::string(MakeTempDir());
+    // llama in several shards (the upload carries the index), gpt2 in one file.
+    llama_ = Prepare("llama", *root_, 128 << 10).release();
+    gpt2_ = Prepare("gpt2", *root_, 0).release();
+  }
+  static void TearDownTestSuite() {
+    delete llama_;
+    delete gpt2_;
+    RemoveAll(*root_);
+    delete root_;
+  }
+
+  void SetUp() override { store_ = MakeTempDir(); }
+  void TearDown() override {
+    server_.reset();
+    RemoveAll(store_);
+  }
+
+  ServerOptions Options() const {
+    ServerOptions o;
+    o.listen = "127.0.0.1:0";
+    o.tls.insecure = true;
+    o.store.dir = store_;
+    o.store.device = "cpu";
+    o.store.dtype = "float32";
+    o.inference.idle_timeout_s = 0;
+    return o;
+  }
+  void Start(const ServerOptions& o) {
+    server_.reset();
+    server_ = std::make_unique<StipServer>(o);
+    channel_ = Channel(*server_);
+  }
+  void Start() { Start(Options()); }
+  std::string ModelsDir() const { return JoinPath(store_, "models"); }
+
+  void UploadOk(const Prepared& p) {
+    v1::ModelInfo info;
+    grpc::Status s = Upload(channel_, p.server_dir, p.instance_id, &info);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+    EXPECT_EQ(info.instance_id(), p.instance_id);
+    EXPECT_TRUE(info.loaded());
+  }
+
+  static std::string* root_;
+  static Prepared* llama_;
+  static Prepared* gpt2_;
+  std::string store_;
+  std::unique_ptr<StipServer> server_;
+  std::shared_ptr<grpc::Channel> channel_;
+};
+
+std::string* ServerTest::root_ = nullptr;
+Prepared* ServerTest::llama_ = nullptr;
+Prepared* ServerTest::gpt2_ = nullptr;
+
+const Ids kPromptA = {1, 17, 42, 99, 256, 7, 300};
+const Ids kPromptB = {1, 5, 400, 11};
+
+TEST_F(ServerTest, UploadThenSessionEqualsPlainModel) {
+  ServerOptions o = Options();
+  o.inference.record_inputs_dir = JoinPath(store_, "recorded");
+  Start(o);
+  v1::ModelInfo info;
+  grpc::Status s = Upload(channel_, llama_->server_dir, llama_->instance_id, &info);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_TRUE(info.loaded());
+  EXPECT_EQ(info.model_type(), "llama");
+  EXPECT_EQ(info.hidden_size(), llama_->hidden);
+  EXPECT_EQ(info.vocab_size(), llama_->plain.server->config().vocab_size);
+  EXPECT_EQ(info.datatype(), "FP32");
+  EXPECT_GT(info.stored_bytes(), 0u);
+  auto models = List(channel_);
+  ASSERT_EQ(models.size(), 1u);
+  EXPECT_EQ(models[0].instance_id(), llama_->instance_id);
+
+  Session session(channel_);
+  v1::SessionOpened opened;
+  s = session.Open(llama_->instance_id, &opened);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(opened.instance_id(), llama_->instance_id);
+  EXPECT_EQ(opened.hidden_size(), llama_->hidden);
+  EXPECT_EQ(opened.max_context(), llama_->plain.server->config().max_positions);
+  EXPECT_EQ(opened.datatype(), "FP32");
+  EXPECT_EQ(opened.session_id().size(), 32u);
+  RunAndCheck(session, *llama_, kPromptA, {3, 77, 120, 5});
+  EXPECT_EQ(server_->inference().active_sessions(), 1);
+
+  // Roll back to 3 positions and continue from there (truncate_to).
+  KvCache cache = llama_->plain.server->NewCache();
+  llama_->Plain(cache, Ids(kPromptA.begin(), kPromptA.begin() + 3), true);
+  at::Tensor want = llama_->Plain(cache, {50, 60}, true);
+  auto r = session.Step(100, llama_->Input({50, 60}, 3), true, /*truncate_to=*/3);
+  at::Tensor got = Logits(*llama_, r);
+  ASSERT_TRUE(got.defined());
+  EXPECT_EQ(r->result().context_length(), 5);
+  EXPECT_LE(MaxAbsDiff(got, want), kTolerance);
+  EXPECT_TRUE(session.Close().ok());
+
+  // The observation point holds x' (permuted), never x.
+  const std::string rec =
+      JoinPath(o.inference.record_inputs_dir, opened.session_id() + ".safetensors");
+  struct stat st;
+  ASSERT_EQ(stat(rec.c_str(), &st), 0) << rec;
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  auto file = SafetensorsFile::Open(rec);
+  const TensorInfo& ti = file->Get("hidden");
+  at::Tensor recorded = LoadTensor(TensorRef{&ti, file->Data(ti), file.get()});
+  EXPECT_EQ(MaxAbsDiff(recorded, llama_->Input(kPromptA, 0)), 0.0);
+  EXPECT_GT(MaxAbsDiff(recorded, llama_->client->Embed(kPromptA, 0)), 1e-3);
+
+  // The session's resources are released with its stream.
+  for (int i = 0; i < 200 && server_->inference().active_sessions() > 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(server_->inference().active_sessions(), 0);
+  EXPECT_EQ(server_->inference().kv_reserved_bytes(), 0);
+}
+
+TEST_F(ServerTest, Gpt2LearnedPositionsThroughTheServer) {
+  Start();
+  UploadOk(*gpt2_);
+  Session session(channel_);
+  ASSERT_TRUE(session.Open(gpt2_->instance_id).ok());
+  RunAndCheck(session, *gpt2_, kPromptB, {9, 8});
+  EXPECT_TRUE(session.Close().ok());
+}
+
+// Two sessions on two threads, stepping in lock-step, so that the scheduler
+// gets both steps together: at least one forward pass must be batched, and
+// both sessions must still get exactly the plain model's logits.
+TEST_F(ServerTest, ConcurrentSessionsAreBatchedAndCorrect) {
+  ServerOptions o = Options();
+  o.store.batch_wait_us = 500000;  // the window closes as soon as both steps are in
+  Start(o);
+  UploadOk(*llama_);
+
+  struct Plan {
+    Ids prompt, decode;
+    std::vector<at::Tensor> inputs, want;
+  };
+  std::vector<Plan> plans = {{kPromptA, {3, 77, 120, 5}, {}, {}},
+                             {kPromptB, {400, 2, 9, 31}, {}, {}}};
+  for (Plan& plan : plans) {  // references computed up front, on this thread
+    KvCache cache = llama_->plain.server->NewCache();
+    plan.inputs.push_back(llama_->Input(plan.prompt, 0));
+    plan.want.push_back(llama_->Plain(cache, plan.prompt, false));
+    for (int64_t id : plan.decode) {
+      plan.inputs.push_back(llama_->Input({id}, cache.length()));
+      plan.want.push_back(llama_->Plain(cache, {id}, false));
+    }
+  }
+
+  std::mutex mu;
+  std::condition_variable cv;
+  int arrived = 0, generation = 0;
+  auto barrier = [&] {
+    std::unique_lock<std::mutex> lock(mu);
+    const int gen = generation;
+    if (++arrived == 2) {
+      arrived = 0;
+      ++generation;
+      cv.notify_all();
+    } else {
+      cv.wait(lock, [&] { return generation != gen; });
+    }
+  };
+  std::vector<double> worst(plans.size(), -1);
+  std::vector<std::string> failures(plans.size());
+  auto run = [&](size_t k) {
+    Session s(channel_);
+    grpc::Status st = s.Open(llama_->instance_id);
+    barrier();
+    if (!st.ok()) {
+      failures[k] = "open: " + st.error_message();
+      for (size_t i = 0; i < plans[k].inputs.size(); ++i) barrier();
+      return;
+    }
+    double w = 0;
+    for (size_t i = 0; i < plans[k].inputs.size(); ++i) {
+      barrier();
+      auto r = s.Step(i, plans[k].inputs[i]);
+      if (!r || !r->has_result()) {
+        failures[k] = "step " + std::to_string(i) + ": " + (r ? r->ShortDebugString() : "ended");
+        continue;
+      }
+      at::Tensor got = UnpermuteLogits(FromWire(r->result().logits()), llama_->keys.p_c);
+      w = std::max(w, MaxAbsDiff(got, plans[k].want[i]));
+    }
+    worst[k] = w;
+    s.Close();
+  };
+  std::thread a(run, 0), b(run, 1);
+  a.join();
+  b.join();
+  for (size_t k = 0; k < plans.size(); ++k) {
+    EXPECT_TRUE(failures[k].empty()) << "session " << k << ": " << failures[k];
+    EXPECT_GE(worst[k], 0.0);
+    EXPECT_LE(worst[k], kTolerance) << "session " << k;
+  }
+  EXPECT_GE(server_->counters().batched_forwards.load(), 1u);
+  EXPECT_EQ(server_->counters().fallbacks.load(), 0u);
+}
+
+TEST_F(ServerTest, DigestMismatchIsDataLossAndStoresNothing) {
+  Start();
+  UploadOptions o;
+  o.sha_override = std::string(64, '0');
+  grpc::Status s = Upload(channel_, llama_->server_dir, llama_->instance_id, nullptr, o);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::DATA_LOSS) << s.error_message();
+  EXPECT_NE(s.error_message().find("SHA-256 mismatch"), std::string::npos) << s.error_message();
+  EXPECT_TRUE(List(channel_).empty());
+  EXPECT_TRUE(ListDirectory(ModelsDir()).empty());
+  Session session(channel_);
+  EXPECT_EQ(session.Open(llama_->instance_id).error_code(), grpc::StatusCode::NOT_FOUND);
+}
+
+TEST_F(ServerTest, InterruptedUploadLeavesNothingAndCanBeRetried) {
+  Start();
+  UploadOptions o;
+  o.cancel_after_chunks = 3;
+  o.models_dir = ModelsDir();
+  grpc::Status s = Upload(channel_, llama_->server_dir, llama_->instance_id, nullptr, o);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::CANCELLED) << s.error_message();
+  // The server notices the cancellation on its own thread.
+  for (int i = 0; i < 500 && !ListDirectory(ModelsDir()).empty(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_TRUE(ListDirectory(ModelsDir()).empty());
+  EXPECT_TRUE(List(channel_).empty());
+  grpc::Status retry;
+  for (int i = 0; i < 100; ++i) {  // until the server has forgotten the first attempt
+    retry = Upload(channel_, llama_->server_dir, llama_->instance_id);
+    if (retry.error_code() != grpc::StatusCode::FAILED_PRECONDITION) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_TRUE(retry.ok()) << retry.error_message();
+  Session session(channel_);
+  ASSERT_TRUE(session.Open(llama_->instance_id).ok());
+  RunAndCheck(session, *llama_, kPromptB, {});
+}
+
+TEST_F(ServerTest, UploadsThatAreNotTransformedServerCheckpointsAreRefused) {
+  Start();
+  // The server checkpoint plus the plaintext embedding table in the same file.
+  const std::string bad = JoinPath(*root_, "with-embeddings");
+  RemoveAll(bad);
+  MakeDirectories(bad, 0700);
+  CopyFile(JoinPath(gpt2_->server_dir, "config.json"), JoinPath(bad, "config.json"));
+  {
+    auto server_file = SafetensorsFile::Open(JoinPath(gpt2_->server_dir, "model.safetensors"));
+    auto client_file = SafetensorsFile::Open(JoinPath(gpt2_->client_dir, "model.safetensors"));
+    std::vector<TensorBytes> tensors;
+    for (const auto* f : {server_file.get(), client_file.get()}) {
+      for (const TensorInfo& t : f->tensors()) {
+        tensors.push_back({t.name, t.dtype, t.shape, f->Data(t)});
+      }
+    }
+    WriteSafetensors(JoinPath(bad, "model.safetensors"), tensors);
+  }
+  grpc::Status s = Upload(channel_, bad, gpt2_->instance_id);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
+  EXPECT_NE(s.error_message().find("embedding"), std::string::npos) << s.error_message();
+
+  // The client bundle by mistake (embeddings, keys).
+  s = Upload(channel_, gpt2_->client_dir, gpt2_->instance_id);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
+
+  // A checkpoint uploaded under another instance's id.
+  s = Upload(channel_, gpt2_->server_dir, llama_->instance_id);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
+  EXPECT_NE(s.error_message().find("belongs to instance"), std::string::npos) << s.error_message();
+
+  // The plaintext model itself (no instance record, embeddings).
+  s = Upload(channel_, gpt2_->fixture, gpt2_->instance_id);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
+
+  // Bad instance ids.
+  for (const std::string& id : std::vector<std::string>{"", "../x", "a/b", std::string(65, 'a')}) {
+    s = Upload(channel_, gpt2_->server_dir, id);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << "id " << id;
+  }
+  EXPECT_TRUE(List(channel_).empty());
+  EXPECT_TRUE(ListDirectory(ModelsDir()).empty());
+  // And the daemon still takes a good upload.
+  UploadOk(*gpt2_);
+}
+
+TEST_F(ServerTest, FileNamesThatEscapeAreRejected) {
+  Start();
+  for (const std::string& name : std::vector<std::string>{"../x", "a/b", "..", ""}) {
+    auto stub = v1::ModelStore::NewStub(channel_);
+    grpc::ClientContext ctx;
+    v1::ModelInfo info;
+    auto writer = stub->Upload(&ctx, &info);
+    v1::UploadRequest req;
+    req.mutable_header()->set_instance_id(llama_->instance_id);
+    v1::FileEntry* f = req.mutable_header()->add_files();
+    f->set_name(name);
+    f->set_size(4);
+    writer->Write(req);
+    writer->WritesDone();
+    grpc::Status s = writer->Finish();
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
+        << name << ": " << s.error_message();
+  }
+  EXPECT_TRUE(ListDirectory(ModelsDir()).empty());
+  EXPECT_FALSE(PathExists(JoinPath(store_, "x")));
+}
+
+TEST_F(ServerTest, RestartServesStoredModelsAndSkipsCorruptedOnes) {
+  Start();
+  UploadOk(*llama_);
+  UploadOk(*gpt2_);
+  EXPECT_EQ(Upload(channel_, llama_->server_dir, llama_->instance_id).error_code(),
+            grpc::StatusCode::ALREADY_EXISTS);
+
+  // Restart: both come back without an upload.
+  Start();
+  auto models = List(channel_);
+  ASSERT_EQ(models.size(), 2u);
+  for (const auto& m : models) EXPECT_TRUE(m.loaded()) << m.instance_id();
+  {
+    Session session(channel_);
+    ASSERT_TRUE(session.Open(gpt2_->instance_id).ok());
+    RunAndCheck(session, *gpt2_, kPromptA, {4});
+  }
+
+  // Corrupt gpt2 on disk (truncated safetensors), leave a stale upload behind.
+  server_.reset();
+  const std::string gpt2_file =
+      JoinPath(JoinPath(ModelsDir(), gpt2_->instance_id), "model.safetensors");
+  struct stat st;
+  ASSERT_EQ(stat(gpt2_file.c_str(), &st), 0);
+  ASSERT_EQ(truncate(gpt2_file.c_str(), st.st_size / 2), 0);
+  const std::string stale = JoinPath(ModelsDir(), llama_->instance_id + "x.tmp-abcdef");
+  MakeDirectories(stale, 0700);
+  Start();
+  models = List(channel_);
+  ASSERT_EQ(models.size(), 1u);
+  EXPECT_EQ(models[0].instance_id(), llama_->instance_id);
+  EXPECT_FALSE(PathExists(stale));
+  {
+    Session session(channel_);
+    EXPECT_EQ(session.Open(gpt2_->instance_id).error_code(), grpc::StatusCode::NOT_FOUND);
+  }
+  Session session(channel_);
+  ASSERT_TRUE(session.Open(llama_->instance_id).ok());
+  RunAndCheck(session, *llama_, kPromptA, {1, 2});
+}
+
+TEST_F(ServerTest, HostileStepsGetClearErrorsAndTheSessionGoesOn) {
+  Start();
+  UploadOk(*llama_);
+  Session session(channel_);
+  v1::SessionOpened opened;
+  ASSERT_TRUE(session.Open(llama_->instance_id, &opened, "token", /*max_context=*/16).ok());
+  EXPECT_EQ(opened.max_context(), 16);
+  const int64_t d = llama_->hidden;
+
+  ExpectStepError(session.Step(1, at::randn({2, d + 1})), 1, grpc::StatusCode::INVALID_ARGUMENT,
+                  "shape");
+  ExpectStepError(session.Step(2, at::ones({2, d}, at::kLong)), 2,
+                  grpc::StatusCode::INVALID_ARGUMENT, "FP32, FP16 or BF16");
+  v1::SessionRequest r;
+  r.mutable_step()->set_step_id(3);
+  ToWire(at::randn({1, d}), r.mutable_step()->mutable_hidden());
+  r.mutable_step()->mutable_hidden()->set_datatype("FP8");
+  r.mutable_step()->set_truncate_to(-1);
+  ExpectStepError(session.Send(r), 3, grpc::StatusCode::INVALID_ARGUMENT, "datatype");
+  r.mutable_step()->set_step_id(4);
+  ToWire(at::randn({2, d}), r.mutable_step()->mutable_hidden());
+  r.mutable_step()->mutable_hidden()->mutable_data()->resize(2 * d * 4 - 3);
+  ExpectStepError(session.Send(r), 4, grpc::StatusCode::INVALID_ARGUMENT, "bytes");
+  r.mutable_step()->set_step_id(5);
+  r.mutable_step()->mutable_hidden()->clear_shape();
+  r.mutable_step()->mutable_hidden()->add_shape(std::numeric_limits<int64_t>::max());
+  r.mutable_step()->mutable_hidden()->add_shape(d);
+  ExpectStepError(session.Send(r), 5, grpc::StatusCode::INVALID_ARGUMENT, "");
+  r.mutable_step()->set_step_id(6);
+  r.mutable_step()->clear_hidden();
+  ExpectStepError(session.Send(r), 6, grpc::StatusCode::INVALID_ARGUMENT, "no hidden states");
+  at::Tensor nan = llama_->Input({1, 2}, 0);
+  nan[1][3] = std::numeric_limits<float>::quiet_NaN();
+  ExpectStepError(session.Step(7, nan), 7, grpc::StatusCode::INVALID_ARGUMENT, "NaN");
+  at::Tensor inf = llama_->Input({1, 2}, 0);
+  inf[0][0] = std::numeric_limits<float>::infinity();
+  ExpectStepError(session.Step(8, inf), 8, grpc::StatusCode::INVALID_ARGUMENT, "infinite");
+  ExpectStepError(session.Step(9, at::zeros({0, d})), 9, grpc::StatusCode::INVALID_ARGUMENT,
+                  "T >= 1");
+  Ids long_prompt(17, 5);
+  ExpectStepError(session.Step(10, llama_->Input(long_prompt, 0)), 10,
+                  grpc::StatusCode::RESOURCE_EXHAUSTED, "context limit of 16 positions");
+  ExpectStepError(session.Step(11, llama_->Input({1}, 0), false, /*truncate_to=*/4), 11,
+                  grpc::StatusCode::INVALID_ARGUMENT, "truncate_to");
+
+  // None of that touched the session: it still computes exactly.
+  RunAndCheck(session, *llama_, kPromptA, {3, 4}, 20);
+  // Filling up to the limit works, one more position does not.
+  Ids rest(16 - kPromptA.size() - 2, 8);
+  auto ok = session.Step(30, llama_->Input(rest, kPromptA.size() + 2));
+  ASSERT_TRUE(ok && ok->has_result()) << (ok ? ok->ShortDebugString() : "ended");
+  EXPECT_EQ(ok->result().context_length(), 16);
+  ExpectStepError(session.Step(31, llama_->Input({1}, 16)), 31,
+                  grpc::StatusCode::RESOURCE_EXHAUSTED, "context limit of 16 positions");
+  // fp16 input is accepted (converted to the compute dtype).
+  auto half = session.Step(32, llama_->Input({1, 2}, 0).to(at::kHalf), false, 0);
+  ASSERT_TRUE(half && half->has_result()) << (half ? half->ShortDebugString() : "ended");
+  EXPECT_EQ(half->result().context_length(), 2);
+  EXPECT_TRUE(session.Close().ok());
+  EXPECT_EQ(server_->counters().fallbacks.load(), 0u);
+}
+
+TEST_F(ServerTest, SessionLevelErrorsEndTheStreamButNotTheDaemon) {
+  Start();
+  UploadOk(*llama_);
+  {  // step before open
+    Session s(channel_);
+    v1::SessionRequest r;
+    r.mutable_step()->set_step_id(1);
+    ToWire(llama_->Input({1}, 0), r.mutable_step()->mutable_hidden());
+    EXPECT_FALSE(s.Send(r).has_value());
+    grpc::Status st = s.Finish();
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << st.error_message();
+    EXPECT_NE(st.error_message().find("open"), std::string::npos);
+  }
+  {  // unknown instance
+    Session s(channel_);
+    grpc::Status st = s.Open("0123456789abcdef0123456789abcdef");
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::NOT_FOUND) << st.error_message();
+  }
+  {  // no token
+    Session s(channel_);
+    grpc::Status st = s.Open(llama_->instance_id, nullptr, "");
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAUTHENTICATED) << st.error_message();
+  }
+  {  // open twice
+    Session s(channel_);
+    ASSERT_TRUE(s.Open(llama_->instance_id).ok());
+    v1::SessionRequest r;
+    r.mutable_open()->set_instance_id(llama_->instance_id);
+    r.mutable_open()->set_access_token("t");
+    EXPECT_FALSE(s.Send(r).has_value());
+    EXPECT_EQ(s.Finish().error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  }
+  {  // steps after close get no answer; the stream ended with OK
+    Session s(channel_);
+    ASSERT_TRUE(s.Open(llama_->instance_id).ok());
+    v1::SessionRequest close;
+    close.mutable_close();
+    EXPECT_FALSE(s.Send(close).has_value());
+    EXPECT_FALSE(s.Step(1, llama_->Input({1}, 0)).has_value());
+    EXPECT_TRUE(s.Finish().ok());
+  }
+  {  // a client that vanishes mid-session
+    auto s = std::make_unique<Session>(channel_);
+    ASSERT_TRUE(s->Open(llama_->instance_id).ok());
+    ASSERT_TRUE(s->Step(1, llama_->Input(kPromptA, 0)).has_value());
+    s->context().TryCancel();
+    s.reset();
+  }
+  Session s(channel_);
+  ASSERT_TRUE(s.Open(llama_->instance_id).ok());
+  RunAndCheck(s, *llama_, kPromptB, {6});
+  EXPECT_TRUE(s.Close().ok());
+  for (int i = 0; i < 200 && server_->inference().active_sessions() > 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(server_->inference().active_sessions(), 0);
+  EXPECT_EQ(server_->inference().kv_reserved_bytes(), 0);
+}
+
+TEST_F(ServerTest, SessionAndKvLimitsAreResourceExhausted) {
+  ServerOptions o = Options();
+  o.inference.max_sessions = 2;
+  // Room for one session's first 16 positions (the cache's smallest allocation), not two.
+  const int64_t bpp = llama_->plain.server->CacheBytesPerPosition();
+  o.inference.max_kv_bytes = 16 * bpp + 16 * bpp / 2;
+  Start(o);
+  UploadOk(*llama_);
+  Session a(channel_), b(channel_);
+  ASSERT_TRUE(a.Open(llama_->instance_id).ok());
+  ASSERT_TRUE(b.Open(llama_->instance_id).ok());
+  {
+    Session c(channel_);
+    grpc::Status st = c.Open(llama_->instance_id);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << st.error_message();
+    EXPECT_NE(st.error_message().find("session limit of 2"), std::string::npos);
+  }
+  RunAndCheck(a, *llama_, kPromptA, {});
+  ExpectStepError(b.Step(1, llama_->Input(kPromptB, 0)), 1, grpc::StatusCode::RESOURCE_EXHAUSTED,
+                  "KV cache memory limit");
+  EXPECT_TRUE(a.Close().ok());
+  for (int i = 0; i < 200 && server_->inference().kv_reserved_bytes() > 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  RunAndCheck(b, *llama_, kPromptB, {2});  // the memory is free again
+  Session c(channel_);
+  EXPECT_TRUE(c.Open(llama_->instance_id).ok());  // and so is a session slot
+}
+
+TEST_F(ServerTest, UnloadAndDeleteWaitForSessions) {
+  Start();
+  UploadOk(*llama_);
+  auto stub = v1::ModelStore::NewStub(channel_);
+  v1::ModelRef ref;
+  ref.set_instance_id(llama_->instance_id);
+  auto session = std::make_unique<Session>(channel_);
+  ASSERT_TRUE(session->Open(llama_->instance_id).ok());
+  {
+    grpc::ClientContext ctx;
+    v1::DeleteModelResponse resp;
+    EXPECT_EQ(stub->Delete(&ctx, ref, &resp).error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  }
+  {
+    grpc::ClientContext ctx;
+    v1::ModelInfo info;
+    EXPECT_EQ(stub->Unload(&ctx, ref, &info).error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  }
+  RunAndCheck(*session, *llama_, kPromptB, {1});  // unaffected
+  EXPECT_TRUE(session->Close().ok());
+  session.reset();
+  {
+    grpc::ClientContext ctx;
+    v1::ModelInfo info;
+    grpc::Status st = stub->Unload(&ctx, ref, &info);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+    EXPECT_FALSE(info.loaded());
+  }
+  {
+    Session s(channel_);
+    EXPECT_EQ(s.Open(llama_->instance_id).error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  }
+  {
+    grpc::ClientContext ctx;
+    v1::ModelInfo info;
+    ASSERT_TRUE(stub->Load(&ctx, ref, &info).ok());
+    EXPECT_TRUE(info.loaded());
+  }
+  {
+    grpc::ClientContext ctx;
+    v1::DeleteModelResponse resp;
+    grpc::Status st = stub->Delete(&ctx, ref, &resp);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+  }
+  EXPECT_TRUE(List(channel_).empty());
+  EXPECT_TRUE(ListDirectory(ModelsDir()).empty());
+  {
+    grpc::ClientContext ctx;
+    v1::ModelInfo info;
+    EXPECT_EQ(stub->Load(&ctx, ref, &info).error_code(), grpc::StatusCode::NOT_FOUND);
+  }
+}
+
+TEST_F(ServerTest, IdleSessionsAreEnded) {
+  ServerOptions o = Options();
+  o.inference.idle_timeout_s = 1;
+  Start(o);
+  UploadOk(*llama_);
+  Session s(channel_);
+  ASSERT_TRUE(s.Open(llama_->instance_id).ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(2500));
+  EXPECT_FALSE(s.Step(1, llama_->Input({1}, 0)).has_value());
+  grpc::Status st = s.Finish();
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED) << st.error_message();
+  EXPECT_EQ(server_->inference().active_sessions(), 0);
+}
+
+// ---- TLS ---------------------------------------------------------------------
+
+TEST_F(ServerTest, TlsEndToEnd) {
+  const std::string dir = MakeTempDir();
+  const std::string cmd =
+      "cd " + dir +
+      " && printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\n' > ext.cnf"
+      " && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key"
+      " -out ca.pem -days 1 -subj /CN=stip-test-ca -addext basicConstraints=critical,CA:TRUE"
+      " -addext keyUsage=critical,keyCertSign,cRLSign"
+      " && openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout server.key"
+      " -out server.csr -subj /CN=localhost"
+      " && openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial"
+      " -out server.pem -days 1 -extfile ext.cnf) >/dev/null 2>&1";
+  ASSERT_EQ(std::system(("(" + cmd).c_str()), 0) << "openssl failed";
+  ServerOptions o = Options();
+  o.tls.insecure = false;
+  o.tls.cert_file = JoinPath(dir, "server.pem");
+  o.tls.key_file = JoinPath(dir, "server.key");
+  server_ = std::make_unique<StipServer>(o);
+  TlsOptions tls;
+  tls.ca_file = JoinPath(dir, "ca.pem");
+  channel_ = MakeChannel("127.0.0.1:" + std::to_string(server_->port()), tls, "test");
+  UploadOk(*llama_);
+  Session s(channel_);
+  ASSERT_TRUE(s.Open(llama_->instance_id).ok());
+  RunAndCheck(s, *llama_, kPromptA, {10});
+  EXPECT_TRUE(s.Close().ok());
+
+  // A plaintext client gets nowhere.
+  TlsOptions plain;
+  plain.insecure = true;
+  auto insecure = MakeChannel("127.0.0.1:" + std::to_string(server_->port()), plain, "test");
+  auto stub = v1::ModelStore::NewStub(insecure);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  v1::ListModelsResponse resp;
+  EXPECT_FALSE(stub->List(&ctx, v1::ListModelsRequest(), &resp).ok());
+  server_.reset();
+  RemoveAll(dir);
+}
+
+}  // namespace
+}  // namespace stip::server
