@@ -78,5 +78,8 @@ if [[ " $* " == *" --prompt "* ]]; then
   "$BIN/client/stip-client" generate --data-dir "$WORK/client" "$@"
 else
   echo "demo: chat with the model through STIP (/reset, /exit; Ctrl-C stops an answer)" >&2
+  # Ctrl-C belongs to the chat (it stops the current answer): the script ignores
+  # it, the client installs its own handler.
+  trap '' INT
   "$BIN/client/stip-client" chat --data-dir "$WORK/client" "$@"
 fi
