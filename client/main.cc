@@ -207,7 +207,7 @@ int RunServe(const ConnectFlags& cf, const std::string& listen, TlsOptions tls,
   setup.tls.insecure = listen_insecure;
   setup.name = "stip-client";
   int port = 0;
-  auto server = StartServer(setup, {&service}, &port);
+  auto server = StartServer(setup, {&service}, &port, {v1::Chat::service_full_name()});
   const std::string host = listen.substr(0, listen.rfind(':'));
   std::printf("stip-client listening on %s:%d\n", host.c_str(), port);
   std::fflush(stdout);

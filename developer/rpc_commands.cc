@@ -163,7 +163,8 @@ int RunServe(const ServeCommand& cmd) {
   setup.tls.cert_file = cmd.tls_cert;
   setup.tls.key_file = cmd.tls_key;
   int port = 0;
-  std::unique_ptr<grpc::Server> server = StartServer(setup, {&registry}, &port);
+  std::unique_ptr<grpc::Server> server =
+      StartServer(setup, {&registry}, &port, {v1::Registry::service_full_name()});
   std::string bound = WithPort(cmd.listen, port);
   spdlog::info("Registry serving instance {} (users go to server {}) on {}", id, rc.server_address,
                bound);

@@ -18,7 +18,8 @@ StipServer::StipServer(ServerOptions options)
   setup.address = options_.listen;
   setup.tls = options_.tls;
   setup.name = "stip-server";
-  server_ = StartServer(setup, {store_service_.get(), inference_.get()}, &port_);
+  server_ = StartServer(setup, {store_service_.get(), inference_.get()}, &port_,
+                        {v1::ModelStore::service_full_name(), v1::Inference::service_full_name()});
 }
 
 StipServer::~StipServer() {

@@ -10,7 +10,8 @@ namespace stip {
 
 std::unique_ptr<grpc::Server> StartServer(const ServerSetup& setup,
                                           const std::vector<grpc::Service*>& services,
-                                          int* bound_port) {
+                                          int* bound_port,
+                                          const std::vector<std::string>& service_names) {
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
@@ -23,7 +24,10 @@ std::unique_ptr<grpc::Server> StartServer(const ServerSetup& setup,
   if (!server || port == 0) {
     throw FailedPrecondition(setup.name + ": cannot listen on " + setup.address);
   }
-  if (auto* health = server->GetHealthCheckService()) health->SetServingStatus(true);
+  if (auto* health = server->GetHealthCheckService()) {
+    health->SetServingStatus("", true);
+    for (const std::string& name : service_names) health->SetServingStatus(name, true);
+  }
   if (bound_port) *bound_port = port;
   return server;
 }

@@ -19,11 +19,12 @@ struct ServerSetup {
   std::string name;     // for logs
 };
 
-// Registers `services`, enables health checking (serving status set to
-// SERVING for "" and each service name) and reflection, and starts the
+// Registers `services`, enables health checking (SERVING for "" and for each
+// of `service_names`, e.g. stip.v1.Inference) and reflection, and starts the
 // server. Returns the server; `*bound_port` gets the port actually bound.
 std::unique_ptr<grpc::Server> StartServer(const ServerSetup& setup,
                                           const std::vector<grpc::Service*>& services,
-                                          int* bound_port);
+                                          int* bound_port,
+                                          const std::vector<std::string>& service_names = {});
 
 }  // namespace stip
