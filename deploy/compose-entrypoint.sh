@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Roles of the docker-compose demo (same flags as deploy/demo.sh).
 #   pki        make the demo CA and certificates into /pki
-#   server     stip-server on :7070 (TLS)
-#   developer  transform the demo model, push it to the server, serve the registry on :7071
+#   server     stip-server: Inference on :7070 (TLS), ModelStore on :7069 (mutual TLS,
+#              the developer's certificate only)
+#   developer  transform the demo model, push it to the server's admin port, serve the
+#              registry on :7071
 #   client     register, then `generate` (default) or `chat` (docker compose run client chat)
 set -euo pipefail
 role=${1:?role: pki | server | developer | client}
@@ -14,7 +16,8 @@ case "$role" in
     ;;
   server)
     exec stip-server --listen 0.0.0.0:7070 --store /data/store \
-      --tls-cert /pki/server.pem --tls-key /pki/server.key "$@"
+      --tls-cert /pki/server.pem --tls-key /pki/server.key \
+      --admin-listen 0.0.0.0:7069 --admin-ca /pki/ca.pem --admin-allow-cn stip-developer "$@"
     ;;
   developer)
     umask 077
@@ -22,7 +25,8 @@ case "$role" in
       stip-developer add-user demo --state /data/developer > /handoff/demo.token
     fi
     exec stip-developer serve --model "$MODEL" --state /data/developer --listen 0.0.0.0:7071 \
-      --server stip-server:7070 --tls-cert /pki/developer.pem --tls-key /pki/developer.key \
+      --server stip-server:7069 --public-server-address stip-server:7070 \
+      --tls-cert /pki/developer.pem --tls-key /pki/developer.key \
       --tls-ca /pki/ca.pem "$@"
     ;;
   client)

@@ -31,12 +31,13 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# Waits for "<name> listening on ADDR" on a daemon's stdout; prints ADDR.
+# Waits for "<name> listening on ADDR" on a daemon's stdout; prints ADDR, or
+# with a 5th argument the address of the line "<name> <that> on ADDR" printed before.
 wait_listening() {
-  local name=$1 out=$2 log=$3 pid=$4
+  local name=$1 out=$2 log=$3 pid=$4 which=${5:-listening}
   for _ in $(seq 1 600); do
     if grep -q "listening on" "$out" 2>/dev/null; then
-      sed -n 's/.*listening on \(.*\)$/\1/p' "$out" | head -n1
+      sed -n "s/.* $which on \\(.*\\)\$/\\1/p" "$out" | head -n1
       return 0
     fi
     if ! kill -0 "$pid" 2>/dev/null; then
@@ -55,16 +56,20 @@ deploy/make-demo-ca.sh "$WORK/pki" >/dev/null
 PKI=$WORK/pki
 
 echo "demo: starting stip-server (P2) ..." >&2
+# Clients use --listen (TLS); only the developer's certificate opens the admin
+# port (mutual TLS, CN stip-developer), where the model store is.
 "$BIN/server/stip-server" --listen 127.0.0.1:0 --store "$WORK/server-store" \
   --tls-cert "$PKI/server.pem" --tls-key "$PKI/server.key" \
+  --admin-listen 127.0.0.1:0 --admin-ca "$PKI/ca.pem" --admin-allow-cn stip-developer \
   >"$WORK/server.out" 2>"$WORK/server.log" &
 PIDS+=($!)
 SERVER=$(wait_listening stip-server "$WORK/server.out" "$WORK/server.log" "${PIDS[-1]}")
+ADMIN=$(wait_listening stip-server "$WORK/server.out" "$WORK/server.log" "${PIDS[-1]}" admin)
 
-echo "demo: stip-developer (P1) transforms $MODEL and pushes it to $SERVER ..." >&2
+echo "demo: stip-developer (P1) transforms $MODEL and pushes it to $ADMIN (admin of $SERVER) ..." >&2
 TOKEN=$("$BIN/developer/stip-developer" add-user demo --state "$WORK/developer")
 "$BIN/developer/stip-developer" serve --model "$MODEL" --state "$WORK/developer" \
-  --listen 127.0.0.1:0 --server "$SERVER" \
+  --listen 127.0.0.1:0 --server "$ADMIN" --public-server-address "$SERVER" \
   --tls-cert "$PKI/developer.pem" --tls-key "$PKI/developer.key" --tls-ca "$PKI/ca.pem" \
   >"$WORK/developer.out" 2>"$WORK/developer.log" &
 PIDS+=($!)

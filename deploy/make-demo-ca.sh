@@ -3,7 +3,8 @@
 #   ca.pem / ca.key            the demo certificate authority
 #   server.pem / server.key    stip-server   (SAN: localhost, 127.0.0.1, stip-server)
 #   developer.pem / .key       stip-developer (server and client auth: it serves the
-#                              registry and authenticates to the server's model store)
+#                              registry and authenticates to the server's model store;
+#                              the demo server admits CN=stip-developer only there)
 #   client.pem / client.key    stip-client's local chat API
 # Usage: deploy/make-demo-ca.sh DIR [extra SAN names...]
 # Keys are 0600 in a 0700 directory. Existing files are kept (idempotent).

@@ -6,6 +6,8 @@
 //   keygen     draw fresh keys for a model into a key file (0600)
 //   add-user   create a user in a state directory; prints the one-time
 //              enrolment token (only) on stdout
+//   revoke-user  revoke a user's access (the token id goes on the revocation
+//              list that `serve` pushes to the servers)
 //   list-users the users of a state directory (no secrets)
 // With gRPC (STIP_DEVELOPER_WITH_GRPC):
 //   push       upload a transformed server checkpoint to a stip-server
@@ -110,13 +112,24 @@ int AddUser(const std::string& name, const std::string& state_dir, const std::st
   return 0;
 }
 
+int RevokeUser(const std::string& name, const std::string& state_dir) {
+  StateStore state(state_dir);
+  UserRegistry users(state);
+  std::string token_id = users.Revoke(name);
+  std::fprintf(stderr,
+               "revoked user \"%s\"%s; a running `stip-developer serve` pushes the revocation to "
+               "its servers (--access-sync-s); `add-user --reissue` lets the user enrol again\n",
+               name.c_str(), token_id.empty() ? " (no access token issued yet)" : "");
+  return 0;
+}
+
 int ListUsers(const std::string& state_dir) {
   StateStore state(state_dir);
   UserRegistry users(state);
   std::optional<std::string> current = state.CurrentInstance();
   for (const UserRecord& u : users.List()) {
     std::printf("%s\t%s\tinstance=%s\tbundle=%s\tcreated=%s\tenrolled=%s\n", u.name.c_str(),
-                u.enrolled ? "enrolled" : "pending",
+                u.revoked ? "revoked" : (u.enrolled ? "enrolled" : "pending"),
                 u.instance.empty() ? ("current(" + current.value_or("none") + ")").c_str()
                                    : u.instance.c_str(),
                 u.bundle_instance.empty() ? "-" : u.bundle_instance.c_str(), u.created_at.c_str(),
@@ -167,6 +180,11 @@ int main(int argc, char** argv) {
                      "the user exists: issue a new enrolment token (the old one and the "
                      "user's access token stop working)");
 
+  auto* revoke_user = app.add_subcommand(
+      "revoke-user", "revoke a user's access (Registry at once, servers via `serve`)");
+  revoke_user->add_option("name", user_name, "user name")->required();
+  revoke_user->add_option("--state", state_dir, "the developer's state directory")->required();
+
   auto* list_users = app.add_subcommand("list-users", "list the users of a state directory");
   list_users->add_option("--state", state_dir, "the developer's state directory")->required();
 
@@ -176,7 +194,7 @@ int main(int argc, char** argv) {
   push->add_option("--model-dir", push_cmd.model_dir, "transformed server directory")->required();
   push->add_option("--instance", push_cmd.instance_id,
                    "instance id (default: the one recorded in its config.json)");
-  push->add_option("--server", push_cmd.server, "stip-server address HOST:PORT")->required();
+  push->add_option("--server", push_cmd.server, "stip-server admin address HOST:PORT")->required();
   push->add_flag("!--no-load", push_cmd.load, "store only; do not ask the server to load it");
   push->add_option("--tls-ca", push_cmd.tls.ca_file, "CA that signed the server's certificate");
   push->add_option("--tls-cert", push_cmd.tls.cert_file, "our certificate (mutual TLS)");
@@ -184,6 +202,8 @@ int main(int argc, char** argv) {
   push->add_option("--tls-server-name", push_cmd.tls.server_name_override,
                    "expected name in the server's certificate");
   push->add_flag("--insecure", push_cmd.tls.insecure, "plaintext (no TLS)");
+  push->add_option("--state", push_cmd.state_dir,
+                   "register this state's token key and revocation list for the instance");
 
   stip::ServeCommand serve_cmd;
   auto* serve = app.add_subcommand(
@@ -193,10 +213,22 @@ int main(int argc, char** argv) {
   serve->add_option("--state", serve_cmd.state_dir, "state directory (created 0700)")->required();
   serve->add_option("--listen", serve_cmd.listen, "Registry address HOST:PORT (port 0: any)")
       ->required();
-  serve->add_option("--server", serve_cmd.servers, "stip-server HOST:PORT (repeatable)")
+  serve
+      ->add_option("--server", serve_cmd.servers,
+                   "a stip-server's admin address HOST:PORT (its --admin-listen; repeatable)")
       ->required();
-  serve->add_option("--public-server-address", serve_cmd.public_server_address,
-                    "server address given to users (default: the first --server)");
+  serve
+      ->add_option("--public-server-address", serve_cmd.public_server_address,
+                   "the server address given to users (its --listen, as users reach it)")
+      ->required();
+  serve
+      ->add_option("--token-ttl-hours", serve_cmd.token_ttl_hours,
+                   "lifetime of the access tokens issued to users")
+      ->capture_default_str();
+  serve
+      ->add_option("--access-sync-s", serve_cmd.access_sync_s,
+                   "how often revocations (revoke-user, add-user --reissue) go to the servers")
+      ->capture_default_str();
   serve->add_option("--tls-cert", serve_cmd.tls_cert, "our certificate (Registry; push mTLS)");
   serve->add_option("--tls-key", serve_cmd.tls_key, "our private key");
   serve->add_option("--tls-ca", serve_cmd.tls_ca,
@@ -213,6 +245,7 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   try {
     if (*add_user) return stip::AddUser(user_name, state_dir, instance, reissue);
+    if (*revoke_user) return stip::RevokeUser(user_name, state_dir);
     if (*list_users) return stip::ListUsers(state_dir);
 #ifdef STIP_DEVELOPER_WITH_GRPC
     if (*push) return stip::RunPush(push_cmd);

@@ -136,6 +136,37 @@ bool ServerHasModel(const std::shared_ptr<grpc::Channel>& channel, const std::st
   return present;
 }
 
+std::vector<v1::ModelInfo> ListServerModels(const std::shared_ptr<grpc::Channel>& channel,
+                                            int timeout_ms) {
+  auto stub = v1::ModelStore::NewStub(channel);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(timeout_ms));
+  v1::ListModelsResponse resp;
+  grpc::Status status = stub->List(&ctx, v1::ListModelsRequest(), &resp);
+  if (!status.ok()) ThrowStatus(status, "listing the server's models");
+  return {resp.models().begin(), resp.models().end()};
+}
+
+v1::AccessInfo PushAccess(const std::shared_ptr<grpc::Channel>& channel,
+                          const std::string& instance_id, const std::string& key_pem,
+                          const std::vector<auth::RevokedToken>& revoked, int timeout_ms) {
+  auto stub = v1::ModelStore::NewStub(channel);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(timeout_ms));
+  v1::SetAccessRequest req;
+  req.set_instance_id(instance_id);
+  req.set_token_key_pem(key_pem);
+  for (const auth::RevokedToken& r : revoked) {
+    v1::RevokedToken* t = req.add_revoked();
+    t->set_token_id(r.token_id);
+    t->set_expires_at(r.expires_at);
+  }
+  v1::AccessInfo info;
+  grpc::Status status = stub->SetAccess(&ctx, req, &info);
+  if (!status.ok()) ThrowStatus(status, "registering access for " + instance_id);
+  return info;
+}
+
 PushResult EnsureModelOnServer(const std::string& address, const TlsOptions& tls,
                                const std::string& instance_id, const std::string& server_dir,
                                const PushOptions& options, const RetryOptions& retry) {

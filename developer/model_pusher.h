@@ -10,7 +10,9 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
+#include "common/auth/access_token.h"
 #include "common/rpc/tls.h"
 #include "stip/v1/stip.pb.h"
 
@@ -44,6 +46,17 @@ PushResult PushModel(const std::shared_ptr<grpc::Channel>& channel, const std::s
 // True iff the server lists `instance_id`. Throws like PushModel.
 bool ServerHasModel(const std::shared_ptr<grpc::Channel>& channel, const std::string& instance_id,
                     int timeout_ms = 10000);
+
+// Every model the server stores (ModelStore.List). Throws like PushModel.
+std::vector<v1::ModelInfo> ListServerModels(const std::shared_ptr<grpc::Channel>& channel,
+                                            int timeout_ms = 10000);
+
+// ModelStore.SetAccess: registers `key_pem` (the developer's token public key)
+// and the complete revocation list for a stored instance. Throws like
+// PushModel.
+v1::AccessInfo PushAccess(const std::shared_ptr<grpc::Channel>& channel,
+                          const std::string& instance_id, const std::string& key_pem,
+                          const std::vector<auth::RevokedToken>& revoked, int timeout_ms = 30000);
 
 struct RetryOptions {
   double max_seconds = 60;  // give up after this long without reaching the server

@@ -24,7 +24,9 @@ std::string Peer(grpc::ServerContext* context) { return context ? context->peer(
 }  // namespace
 
 RegistryService::RegistryService(StateStore* state, UserRegistry* users, RegistryConfig config)
-    : state_(state), users_(users), config_(std::move(config)) {}
+    : state_(state), users_(users), config_(std::move(config)), key_(config_.signing_key) {
+  if (!key_) key_ = std::make_shared<const auth::SigningKey>(state_->TokenSigningKey());
+}
 
 RegistryService::Bundle RegistryService::BundleFor(const std::string& pinned_instance) const {
   Bundle b;
@@ -68,15 +70,16 @@ grpc::Status RegistryService::Register(grpc::ServerContext* context,
                    ForLog(request->user()), Peer(context));
       return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, kBadEnrolmentMessage);
     }
+    TokenIssue issue{key_.get(), config_.token_ttl_s};
     std::optional<UserRegistry::Enrolment> e =
-        users_->Enrol(request->user(), request->enrolment_token());
+        users_->Enrol(request->user(), request->enrolment_token(), issue);
     if (!e) {
       spdlog::warn("registration refused for user {} from {}: bad or used enrolment token",
                    ForLog(request->user()), Peer(context));
       return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, kBadEnrolmentMessage);
     }
     spdlog::info("user {} enrolled from {}", ForLog(e->user.name), Peer(context));
-    if (e->user.instance != known->instance) bundle = BundleFor(e->user.instance);  // re-pinned
+    if (e->instance != bundle->instance) bundle = BundleFor(e->user.instance);  // re-pinned
     return SendBundle(context, e->user.name, *bundle, e->access_token, writer);
   } catch (...) {
     grpc::Status s = CurrentExceptionToStatus();
@@ -89,13 +92,38 @@ grpc::Status RegistryService::FetchBundle(grpc::ServerContext* context,
                                           const v1::FetchBundleRequest* request,
                                           grpc::ServerWriter<v1::BundleChunk>* writer) {
   try {
-    std::optional<UserRecord> u = users_->Authenticate(request->user(), request->access_token());
-    if (!u) {
-      spdlog::warn("bundle refused for user {} from {}: bad access token", ForLog(request->user()),
-                   Peer(context));
-      return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, kBadAccessMessage);
+    UserRegistry::AccessCheck check =
+        users_->Authenticate(request->user(), request->access_token(), key_->public_key());
+    switch (check.outcome) {
+      case UserRegistry::AccessCheck::kOk:
+        break;
+      case UserRegistry::AccessCheck::kRevoked:
+        spdlog::warn("bundle refused for user {} from {}: access revoked", ForLog(request->user()),
+                     Peer(context));
+        return grpc::Status(grpc::StatusCode::PERMISSION_DENIED, kRevokedAccessMessage);
+      case UserRegistry::AccessCheck::kExpired:
+        spdlog::warn("bundle refused for user {} from {}: access token expired",
+                     ForLog(request->user()), Peer(context));
+        return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, check.message);
+      case UserRegistry::AccessCheck::kInvalid:
+        spdlog::warn("bundle refused for user {} from {}: bad access token",
+                     ForLog(request->user()), Peer(context));
+        return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, kBadAccessMessage);
     }
-    return SendBundle(context, u->name, BundleFor(u->instance), request->access_token(), writer);
+    Bundle bundle = BundleFor(check.user.instance);
+    std::string token = request->access_token();
+    if (bundle.instance != check.claims.instance) {
+      // The user moved to another instance: a token for that one.
+      TokenIssue issue{key_.get(), config_.token_ttl_s};
+      std::optional<UserRegistry::Enrolment> renewed =
+          users_->RenewAccessToken(check.user.name, check.claims.token_id, issue);
+      if (!renewed) return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, kBadAccessMessage);
+      if (renewed->instance != bundle.instance) bundle = BundleFor(renewed->user.instance);
+      token = renewed->access_token;
+      spdlog::info("user {} moved to instance {}: new access token issued", ForLog(check.user.name),
+                   bundle.instance);
+    }
+    return SendBundle(context, check.user.name, bundle, token, writer);
   } catch (...) {
     grpc::Status s = CurrentExceptionToStatus();
     spdlog::error("FetchBundle for user {}: {}", ForLog(request->user()), s.error_message());

@@ -1,12 +1,14 @@
 // The developer's Registry service (stip.v1.Registry), for clients:
 //
 //   Register{user, enrolment_token}  checks the one-time token (its hash, in
-//     constant time), marks it used and stores the hash of a fresh access
-//     token (persisted before anything is sent), then streams the bundle. The
-//     bundle is located first: if there is none to send (no instance), a valid
-//     token is not consumed and the caller gets the error.
-//   FetchBundle{user, access_token}  checks the access token and streams the
-//     bundle of the user's current instance.
+//     constant time), marks it used and issues a signed access token for the
+//     user's instance (its id persisted before anything is sent), then streams
+//     the bundle. The bundle is located first: if there is none to send (no
+//     instance), a valid token is not consumed and the caller gets the error.
+//   FetchBundle{user, access_token}  checks the access token (signature, the
+//     user's latest, not expired, not revoked) and streams the bundle of the
+//     user's current instance, with the same token -- or a fresh one if the
+//     user's instance has changed since it was issued.
 //
 // The bundle stream: header {user, instance_id, server_address, access_token,
 // files (the instance's client/ directory, modes kept), server_ca_pem},
@@ -14,12 +16,15 @@
 //
 // Any credential failure, including an unknown user, is UNAUTHENTICATED with
 // one fixed message, so that callers learn neither who exists nor which part
-// was wrong.
+// was wrong -- except, for a token that verifies, "expired" (UNAUTHENTICATED)
+// and "revoked" (PERMISSION_DENIED).
 #pragma once
 
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "common/auth/ed25519.h"
 #include "common/rpc/file_transfer.h"
 #include "stip/v1/stip.grpc.pb.h"
 
@@ -32,10 +37,14 @@ struct RegistryConfig {
   std::string server_address;  // host:port of the stip-server clients use
   std::string server_ca_pem;   // CA of the server's certificate ("" = system roots)
   size_t chunk_bytes = size_t{1} << 20;
+  int64_t token_ttl_s = int64_t{720} * 3600;  // lifetime of the access tokens issued
+  // Signs access tokens; null: the state's key (made on first use).
+  std::shared_ptr<const auth::SigningKey> signing_key;
 };
 
 inline constexpr char kBadEnrolmentMessage[] = "enrolment token is invalid or already used";
 inline constexpr char kBadAccessMessage[] = "access token is invalid";
+inline constexpr char kRevokedAccessMessage[] = "access has been revoked by the developer";
 
 class RegistryService final : public v1::Registry::Service {
  public:
@@ -62,6 +71,7 @@ class RegistryService final : public v1::Registry::Service {
   StateStore* state_;
   UserRegistry* users_;
   RegistryConfig config_;
+  std::shared_ptr<const auth::SigningKey> key_;
 };
 
 }  // namespace stip

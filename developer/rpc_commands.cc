@@ -14,6 +14,7 @@
 #include "common/error.h"
 #include "common/rpc/server_setup.h"
 #include "common/util/files.h"
+#include "developer/access_sync.h"
 #include "developer/model_pusher.h"
 #include "developer/registry_service.h"
 #include "developer/state_store.h"
@@ -81,8 +82,22 @@ int RunPush(const PushCommand& cmd) {
   }
   PushOptions opt;
   opt.load = cmd.load;
-  PushResult r =
-      PushModel(MakeChannel(cmd.server, cmd.tls, "stip-developer"), instance, cmd.model_dir, opt);
+  auto channel = MakeChannel(cmd.server, cmd.tls, "stip-developer");
+  PushResult r = PushModel(channel, instance, cmd.model_dir, opt);
+  if (!cmd.state_dir.empty()) {
+    StateStore state(cmd.state_dir);
+    UserRegistry users(state);
+    auth::SigningKey key = state.TokenSigningKey();
+    v1::AccessInfo info =
+        PushAccess(channel, instance, key.public_key().pem(), users.RevokedTokens());
+    spdlog::info("instance {} accepts tokens of key {}; {} revoked token(s)", instance,
+                 info.token_key_id(), info.revoked_tokens());
+  } else {
+    spdlog::warn(
+        "no --state: no token key registered for instance {}; the server refuses sessions on it "
+        "until `stip-developer serve` (or push --state) registers one",
+        instance);
+  }
   if (r.already_stored) {
     std::printf("instance %s already stored on %s\n", instance.c_str(), cmd.server.c_str());
   } else {
@@ -99,17 +114,30 @@ int RunPush(const PushCommand& cmd) {
 int RunServe(const ServeCommand& cmd) {
   LogToStderr();
   if (cmd.servers.empty()) throw InvalidArgument("serve needs at least one --server");
+  if (cmd.public_server_address.empty()) {
+    throw InvalidArgument(
+        "serve needs --public-server-address (the servers' Inference address users connect to; "
+        "--server is the admin address the developer pushes to)");
+  }
+  if (!(cmd.token_ttl_hours > 0)) throw InvalidArgument("--token-ttl-hours must be positive");
+  if (!(cmd.access_sync_s > 0)) throw InvalidArgument("--access-sync-s must be positive");
   if (!cmd.insecure && (cmd.tls_cert.empty() || cmd.tls_key.empty())) {
     throw InvalidArgument("serve needs --tls-cert and --tls-key (or --insecure)");
   }
   RegistryConfig rc;
-  rc.server_address =
-      cmd.public_server_address.empty() ? cmd.servers.front() : cmd.public_server_address;
+  rc.server_address = cmd.public_server_address;
+  rc.token_ttl_s = static_cast<int64_t>(cmd.token_ttl_hours * 3600);
   if (!cmd.tls_ca.empty()) rc.server_ca_pem = ReadFile(cmd.tls_ca);
 
   // 1. The instance for this model: found in the state, or made now.
   StateStore state(cmd.state_dir);
   UserRegistry users(state);
+  bool key_created = false;
+  auto signing_key = std::make_shared<const auth::SigningKey>(
+      auth::SigningKey::LoadOrCreate(state.token_key_path(), &key_created));
+  rc.signing_key = signing_key;
+  spdlog::info("{} token signing key {} ({})", key_created ? "made" : "using",
+               signing_key->public_key().key_id(), state.token_key_path());
   TransformOptions topt;
   topt.max_shard_bytes =
       cmd.shard_gib > 0 ? static_cast<uint64_t>(cmd.shard_gib * (1ull << 30)) : 0;
@@ -153,6 +181,9 @@ int RunServe(const ServeCommand& cmd) {
     }
     if (g_stop.load()) return 0;
   }
+  // Every server learns the key that signs our tokens, and what is revoked.
+  AccessSync access_sync(state, users, signing_key->public_key().pem(), cmd.servers, push_tls);
+  access_sync.SyncOnce(/*strict=*/true);
 
   // 3. The Registry.
   RegistryService registry(&state, &users, rc);
@@ -170,6 +201,7 @@ int RunServe(const ServeCommand& cmd) {
                bound);
   std::printf("stip-developer listening on %s\n", bound.c_str());
   std::fflush(stdout);
+  access_sync.Start(cmd.access_sync_s);
 
   WaitForSignal();
   spdlog::info("shutting down");

@@ -13,7 +13,8 @@ struct PushCommand {
   std::string instance_id;  // "" = from model_dir/config.json
   std::string server;       // HOST:PORT
   bool load = true;
-  TlsOptions tls;  // ca_file verifies the server; cert/key for mutual TLS
+  TlsOptions tls;         // ca_file verifies the server; cert/key for mutual TLS
+  std::string state_dir;  // "" = register no token key; else the state's key and revocations
 };
 
 // Prints one summary line on stdout; returns the exit status.
@@ -29,6 +30,8 @@ struct ServeCommand {
   bool insecure = false;
   double push_timeout_s = 60;
   double shard_gib = 4;
+  double token_ttl_hours = 720;  // lifetime of the access tokens the Registry issues
+  double access_sync_s = 10;     // how often revocations are pushed to the servers
 };
 
 // Runs until SIGTERM/SIGINT; prints "stip-developer listening on HOST:PORT"

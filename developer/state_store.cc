@@ -70,6 +70,12 @@ StateStore::StateStore(std::string dir) : dir_(std::move(dir)) {
 
 std::string StateStore::users_path() const { return JoinPath(dir_, "users.json"); }
 std::string StateStore::users_lock_path() const { return JoinPath(dir_, ".users.lock"); }
+std::string StateStore::revoked_path() const { return JoinPath(dir_, "revoked.json"); }
+std::string StateStore::token_key_path() const { return JoinPath(dir_, "token_signing_key.pem"); }
+
+auth::SigningKey StateStore::TokenSigningKey() const {
+  return auth::SigningKey::LoadOrCreate(token_key_path());
+}
 std::string StateStore::instances_dir() const { return JoinPath(dir_, "instances"); }
 
 std::string StateStore::InstanceDir(const std::string& instance_id) const {

@@ -8,6 +8,9 @@
 //       client/                  0700  the client bundle streamed to users
 //     current_instance           0600  the instance id new users get (text)
 //     users.json                 0600  the user records (user_registry.h)
+//     revoked.json               0600  revoked access token ids (user_registry.h)
+//     token_signing_key.pem      0600  Ed25519 key that signs access tokens (made on
+//                                      first use; its public half goes to the servers)
 //
 // An instance is built in "instances/<id>.tmp-XXXXXX" and renamed into place,
 // so a crash never leaves a half-made instance under its final name; leftover
@@ -20,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "common/auth/ed25519.h"
 #include "common/transform/transform_checkpoint.h"
 
 namespace stip {
@@ -55,6 +59,11 @@ class StateStore {
   const std::string& dir() const { return dir_; }
   std::string users_path() const;
   std::string users_lock_path() const;
+  std::string revoked_path() const;
+  std::string token_key_path() const;
+
+  // The key that signs access tokens: loaded, or made (0600) on first use.
+  auth::SigningKey TokenSigningKey() const;
 
   // Paths of one instance (the id must be a plain hex id: kInvalidArgument).
   std::string InstanceDir(const std::string& instance_id) const;

@@ -31,7 +31,10 @@ UserRecord FromJson(const nlohmann::json& j) {
   u.name = j.value("name", "");
   u.enrolment_token_sha256 = j.value("enrolment_token_sha256", "");
   u.enrolled = j.value("enrolled", false);
-  u.access_token_sha256 = j.value("access_token_sha256", "");
+  u.access_token_id = j.value("access_token_id", "");
+  u.access_token_expires_at = j.value("access_token_expires_at", int64_t{0});
+  u.revoked = j.value("revoked", false);
+  u.revoked_at = j.value("revoked_at", "");
   u.instance = j.value("instance", "");
   u.bundle_instance = j.value("bundle_instance", "");
   u.created_at = j.value("created_at", "");
@@ -43,7 +46,10 @@ nlohmann::json ToJson(const UserRecord& u) {
   return {{"name", u.name},
           {"enrolment_token_sha256", u.enrolment_token_sha256},
           {"enrolled", u.enrolled},
-          {"access_token_sha256", u.access_token_sha256},
+          {"access_token_id", u.access_token_id},
+          {"access_token_expires_at", u.access_token_expires_at},
+          {"revoked", u.revoked},
+          {"revoked_at", u.revoked_at},
           {"instance", u.instance},
           {"bundle_instance", u.bundle_instance},
           {"created_at", u.created_at},
@@ -89,7 +95,10 @@ bool IsValidUserName(const std::string& name) {
 }
 
 UserRegistry::UserRegistry(const StateStore& state)
-    : path_(state.users_path()), lock_path_(state.users_lock_path()) {}
+    : state_(state),
+      path_(state.users_path()),
+      lock_path_(state.users_lock_path()),
+      revoked_path_(state.revoked_path()) {}
 
 std::vector<UserRecord> UserRegistry::Load() const {
   std::vector<UserRecord> users;
@@ -146,10 +155,15 @@ std::string UserRegistry::AddUser(const std::string& name, const std::string& in
     u.created_at = NowRfc3339();
     users.push_back(u);
     it = users.end() - 1;
+  } else {
+    RevokeCurrentToken(*it);  // before the record forgets it
   }
   it->enrolment_token_sha256 = Sha256Hex(token);
   it->enrolled = false;
-  it->access_token_sha256.clear();
+  it->access_token_id.clear();
+  it->access_token_expires_at = 0;
+  it->revoked = false;
+  it->revoked_at.clear();
   it->enrolled_at.clear();
   it->instance = instance;
   Save(users);
@@ -169,8 +183,33 @@ std::vector<UserRecord> UserRegistry::List() const {
   return Load();
 }
 
+UserRegistry::Enrolment UserRegistry::Issue(UserRecord& user, const TokenIssue& issue) const {
+  if (!issue.key) throw Internal("no token signing key");
+  if (issue.ttl_s <= 0) throw InvalidArgument("the access token lifetime must be positive");
+  Enrolment e;
+  if (!user.instance.empty()) {
+    e.instance = user.instance;
+  } else {
+    std::optional<std::string> current = state_.CurrentInstance();
+    if (!current) throw FailedPrecondition("the developer has no model instance yet");
+    e.instance = *current;
+  }
+  auth::TokenClaims claims;
+  claims.user = user.name;
+  claims.instance = e.instance;
+  claims.token_id = auth::NewTokenId();
+  claims.issued_at = auth::NowUnix();
+  claims.expires_at = claims.issued_at + issue.ttl_s;
+  e.access_token = auth::IssueToken(*issue.key, claims);
+  e.expires_at = claims.expires_at;
+  user.access_token_id = claims.token_id;
+  user.access_token_expires_at = claims.expires_at;
+  return e;
+}
+
 std::optional<UserRegistry::Enrolment> UserRegistry::Enrol(const std::string& name,
-                                                           const std::string& enrolment_token) {
+                                                           const std::string& enrolment_token,
+                                                           const TokenIssue& issue) {
   std::string presented = Sha256Hex(enrolment_token);
   FileLock lock(lock_path_);
   std::vector<UserRecord> users = Load();
@@ -178,12 +217,10 @@ std::optional<UserRegistry::Enrolment> UserRegistry::Enrol(const std::string& na
       std::find_if(users.begin(), users.end(), [&](const UserRecord& u) { return u.name == name; });
   bool known = it != users.end();
   bool match = ConstantTimeEquals(presented, known ? it->enrolment_token_sha256 : kNoHash);
-  if (!known || !match || it->enrolled) return std::nullopt;
-  Enrolment e;
-  e.access_token = NewSecretToken();
+  if (!known || !match || it->enrolled || it->revoked) return std::nullopt;
+  Enrolment e = Issue(*it, issue);
   it->enrolled = true;
   it->enrolled_at = NowRfc3339();
-  it->access_token_sha256 = Sha256Hex(e.access_token);
   Save(users);  // the token is used before anything is sent
   e.user = *it;
   return e;
@@ -194,16 +231,139 @@ bool UserRegistry::CheckEnrolmentToken(const std::string& name,
   std::string presented = Sha256Hex(enrolment_token);
   std::optional<UserRecord> u = Find(name);
   bool match = ConstantTimeEquals(presented, u ? u->enrolment_token_sha256 : kNoHash);
-  return u && match && !u->enrolled;
+  return u && match && !u->enrolled && !u->revoked;
 }
 
-std::optional<UserRecord> UserRegistry::Authenticate(const std::string& name,
-                                                     const std::string& access_token) const {
-  std::string presented = Sha256Hex(access_token);
+UserRegistry::AccessCheck UserRegistry::Authenticate(const std::string& name,
+                                                     const std::string& access_token,
+                                                     const auth::PublicKey& key) const {
+  AccessCheck check;
+  std::vector<auth::RevokedToken> revoked = RevokedTokens();
+  auto is_revoked = [&](const std::string& id) {
+    return std::any_of(revoked.begin(), revoked.end(),
+                       [&](const auth::RevokedToken& r) { return r.token_id == id; });
+  };
+  auth::TokenCheck t = auth::VerifyToken(key, access_token, "", auth::NowUnix(), is_revoked);
+  if (t.verdict == auth::TokenVerdict::kMalformed ||
+      t.verdict == auth::TokenVerdict::kBadSignature || t.claims.user != name) {
+    return check;  // kInvalid: says nothing about who exists
+  }
   std::optional<UserRecord> u = Find(name);
-  bool ok = ConstantTimeEquals(presented, u ? u->access_token_sha256 : kNoHash);
-  if (!u || !u->enrolled || !ok) return std::nullopt;
-  return u;
+  if (!u || !u->enrolled) return check;
+  if (u->revoked || t.verdict == auth::TokenVerdict::kRevoked) {
+    check.outcome = AccessCheck::kRevoked;
+    return check;
+  }
+  if (!ConstantTimeEquals(t.claims.token_id, u->access_token_id)) return check;  // replaced
+  if (t.verdict == auth::TokenVerdict::kExpired) {
+    check.outcome = AccessCheck::kExpired;
+    check.message = t.message;
+    return check;
+  }
+  if (!t.ok()) return check;
+  check.outcome = AccessCheck::kOk;
+  check.user = *u;
+  check.claims = t.claims;
+  return check;
+}
+
+std::optional<UserRegistry::Enrolment> UserRegistry::RenewAccessToken(
+    const std::string& name, const std::string& current_token_id, const TokenIssue& issue) {
+  FileLock lock(lock_path_);
+  std::vector<UserRecord> users = Load();
+  auto it =
+      std::find_if(users.begin(), users.end(), [&](const UserRecord& u) { return u.name == name; });
+  if (it == users.end() || it->revoked || !it->enrolled ||
+      !ConstantTimeEquals(current_token_id, it->access_token_id)) {
+    return std::nullopt;
+  }
+  RevokeCurrentToken(*it);
+  Enrolment e = Issue(*it, issue);
+  Save(users);
+  e.user = *it;
+  return e;
+}
+
+std::string UserRegistry::Revoke(const std::string& name) {
+  FileLock lock(lock_path_);
+  std::vector<UserRecord> users = Load();
+  auto it =
+      std::find_if(users.begin(), users.end(), [&](const UserRecord& u) { return u.name == name; });
+  if (it == users.end()) throw NotFound("no user \"" + name.substr(0, 80) + "\"");
+  RevokeCurrentToken(*it);  // the list first: a crash in between leaves more revoked, not less
+  const std::string id = it->access_token_id;
+  it->revoked = true;
+  it->revoked_at = NowRfc3339();
+  it->enrolment_token_sha256.clear();
+  Save(users);
+  return id;
+}
+
+std::vector<UserRegistry::RevokedEntry> UserRegistry::LoadRevoked() const {
+  std::vector<RevokedEntry> out;
+  if (!PathExists(revoked_path_)) return out;
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(ReadFile(revoked_path_));
+  } catch (const nlohmann::json::exception& e) {
+    throw DataLoss(revoked_path_ + ": not valid JSON (" + e.what() + ")");
+  }
+  if (!j.is_object() || j.value("version", 0) != 1 || !j.contains("tokens") ||
+      !j["tokens"].is_array()) {
+    throw DataLoss(revoked_path_ + ": not a version 1 revocation list");
+  }
+  for (const auto& t : j["tokens"]) {
+    if (!t.is_object()) throw DataLoss(revoked_path_ + ": an entry is not an object");
+    RevokedEntry e;
+    e.token_id = t.value("token_id", "");
+    e.user = t.value("user", "");
+    e.revoked_at = t.value("revoked_at", "");
+    e.expires_at = t.value("expires_at", int64_t{0});
+    if (!auth::IsValidTokenId(e.token_id)) {
+      throw DataLoss(revoked_path_ + ": an entry has no valid token id");
+    }
+    out.push_back(e);
+  }
+  return out;
+}
+
+void UserRegistry::SaveRevoked(const std::vector<RevokedEntry>& entries) const {
+  const int64_t now = auth::NowUnix();
+  nlohmann::json list = nlohmann::json::array();
+  for (const RevokedEntry& e : entries) {
+    if (e.expires_at <= now) continue;  // expired anyway
+    list.push_back({{"token_id", e.token_id},
+                    {"user", e.user},
+                    {"expires_at", e.expires_at},
+                    {"revoked_at", e.revoked_at}});
+  }
+  nlohmann::json j = {{"version", 1}, {"tokens", list}};
+  WriteFileAtomic(revoked_path_, j.dump(2) + "\n", 0600);
+}
+
+void UserRegistry::RevokeCurrentToken(const UserRecord& user) const {
+  if (user.access_token_id.empty() || user.access_token_expires_at <= auth::NowUnix()) return;
+  std::vector<RevokedEntry> entries = LoadRevoked();
+  for (const RevokedEntry& e : entries) {
+    if (e.token_id == user.access_token_id) return;
+  }
+  RevokedEntry e;
+  e.token_id = user.access_token_id;
+  e.user = user.name;
+  e.expires_at = user.access_token_expires_at;
+  e.revoked_at = NowRfc3339();
+  entries.push_back(e);
+  SaveRevoked(entries);
+}
+
+std::vector<auth::RevokedToken> UserRegistry::RevokedTokens() const {
+  FileLock lock(lock_path_);
+  const int64_t now = auth::NowUnix();
+  std::vector<auth::RevokedToken> out;
+  for (const RevokedEntry& e : LoadRevoked()) {
+    if (e.expires_at > now) out.push_back({e.token_id, e.expires_at});
+  }
+  return out;
 }
 
 void UserRegistry::RecordBundle(const std::string& name, const std::string& instance) {

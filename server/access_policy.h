@@ -1,6 +1,8 @@
-// Who may open a session on which model instance. Access control proper comes
-// with the developer's registry (per-user tokens); until then the server
-// accepts any non-empty token. Policies must never log or echo the token.
+// Who may open a session on which model instance. Sessions present an access
+// token that the developer signed (common/auth/access_token.h); the server
+// checks it with the token key the developer registered for the instance
+// (ModelStore.SetAccess), before any work is done. Policies never log or echo
+// the token.
 #pragma once
 
 #include <grpcpp/support/status.h>
@@ -10,22 +12,36 @@
 
 namespace stip::server {
 
+class ModelStore;
+
+// What an accepted token says (for logs).
+struct AccessGrant {
+  std::string user;
+  std::string token_id;
+};
+
 class AccessPolicy {
  public:
   virtual ~AccessPolicy() = default;
-  // OK to let the session open; else UNAUTHENTICATED (no or bad credentials)
-  // or PERMISSION_DENIED (valid credentials, not for this instance).
-  virtual grpc::Status Authorize(const std::string& instance_id,
-                                 const std::string& access_token) const = 0;
+  // OK to let the session open (and `grant`, if given, filled); else
+  //   UNAUTHENTICATED     no token, malformed, forged, expired ("expired")
+  //   PERMISSION_DENIED   valid, but for another instance, or revoked
+  //   NOT_FOUND           unknown instance
+  //   FAILED_PRECONDITION no token key registered for the instance
+  virtual grpc::Status Authorize(const std::string& instance_id, const std::string& access_token,
+                                 AccessGrant* grant = nullptr) const = 0;
 };
 
-// Any non-empty token opens a session on any stored model.
-class AnyTokenPolicy : public AccessPolicy {
+// Tokens signed with the key registered for the instance in the store, not
+// expired, for this instance, not revoked.
+class SignedTokenPolicy : public AccessPolicy {
  public:
-  grpc::Status Authorize(const std::string& instance_id,
-                         const std::string& access_token) const override;
-};
+  explicit SignedTokenPolicy(const ModelStore& store) : store_(store) {}
+  grpc::Status Authorize(const std::string& instance_id, const std::string& access_token,
+                         AccessGrant* grant = nullptr) const override;
 
-std::shared_ptr<const AccessPolicy> DefaultAccessPolicy();
+ private:
+  const ModelStore& store_;
+};
 
 }  // namespace stip::server

@@ -33,6 +33,24 @@ StepOutcome CurrentFailure() {
   }
 }
 
+// Adds the time from construction to destruction to a counter (ns).
+class ForwardTimer {
+ public:
+  explicit ForwardTimer(std::atomic<uint64_t>& total)
+      : total_(total), start_(std::chrono::steady_clock::now()) {}
+  ~ForwardTimer() {
+    total_ += static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                        std::chrono::steady_clock::now() - start_)
+                                        .count());
+  }
+  ForwardTimer(const ForwardTimer&) = delete;
+  ForwardTimer& operator=(const ForwardTimer&) = delete;
+
+ private:
+  std::atomic<uint64_t>& total_;
+  const std::chrono::steady_clock::time_point start_;
+};
+
 void Deliver(StepWork& work, StepOutcome outcome) {
   try {
     work.done(std::move(outcome));
@@ -51,6 +69,7 @@ BatchScheduler::BatchScheduler(const ServerModel& model, SchedulerOptions option
       options_(options),
       counters_(counters ? std::move(counters) : std::make_shared<SchedulerCounters>()),
       name_(std::move(name)) {
+  ConfigureCpuRuntime();  // once per process: intra-op threads, BLAS kernels
   thread_ = std::thread([this] { Run(); });
 }
 
@@ -96,6 +115,7 @@ void BatchScheduler::SessionClosed() {
 }
 
 void BatchScheduler::Run() {
+  InitComputeThread();
   c10::InferenceMode inference_mode;
   const size_t max_batch = static_cast<size_t>(std::max(1, options_.max_batch));
   std::unique_lock<std::mutex> lock(mu_);
@@ -137,8 +157,19 @@ void BatchScheduler::RunBatch(std::vector<StepWork>& batch) {
   steps.reserve(batch.size());
   for (const StepWork& w : batch) steps.push_back({w.hidden, w.cache.get(), w.all_logits});
   std::vector<at::Tensor> logits;
+  // Forward, timed into counters_->forward_ns (failed runs too).
+  auto timed_forward = [&](const std::vector<SequenceStep>& s) {
+    ForwardTimer timer(counters_->forward_ns);
+    std::vector<at::Tensor> out = model_.Forward(s);
+    // On an accelerator the time counts once the logits are on the host (the
+    // answer needs them there; this also waits for the kernels to finish).
+    for (at::Tensor& t : out) {
+      if (!t.device().is_cpu()) t = t.to(at::kCPU);
+    }
+    return out;
+  };
   try {
-    logits = model_.Forward(steps);
+    logits = timed_forward(steps);
   } catch (...) {
     StepOutcome failure = CurrentFailure();
     if (batch.size() == 1) {
@@ -153,7 +184,7 @@ void BatchScheduler::RunBatch(std::vector<StepWork>& batch) {
     for (size_t i = 0; i < batch.size(); ++i) {
       StepOutcome outcome;
       try {
-        outcome.logits = model_.Forward({steps[i]}).at(0);
+        outcome.logits = timed_forward({steps[i]}).at(0);
         outcome.ok = true;
         counters_->forwards++;
       } catch (...) {

@@ -34,6 +34,9 @@ struct SchedulerCounters {
   std::atomic<uint64_t> batched_forwards{0};  // ... of them with more than one sequence
   std::atomic<uint64_t> fallbacks{0};         // batches re-run one by one after a failure
   std::atomic<uint64_t> largest_batch{0};
+  // Time spent in ServerModel::Forward (including the one-by-one fallback
+  // runs), nanoseconds: the server's compute, without (de)serialization.
+  std::atomic<uint64_t> forward_ns{0};
 };
 
 struct StepOutcome {

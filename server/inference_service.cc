@@ -54,7 +54,7 @@ struct InferenceService::Impl {
   Impl(ModelStore& s, InferenceOptions o)
       : store(s),
         options(std::move(o)),
-        policy(options.policy ? options.policy : DefaultAccessPolicy()),
+        policy(options.policy ? options.policy : std::make_shared<SignedTokenPolicy>(s)),
         slots(options.max_sessions),
         kv(options.max_kv_bytes) {
     if (!options.record_inputs_dir.empty()) {
@@ -230,7 +230,8 @@ class SessionReactor final
       End(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "open: instance_id is empty"));
       return;
     }
-    grpc::Status auth = svc_->policy->Authorize(open.instance_id(), open.access_token());
+    AccessGrant grant;
+    grpc::Status auth = svc_->policy->Authorize(open.instance_id(), open.access_token(), &grant);
     if (!auth.ok()) {
       End(auth);
       return;
@@ -270,8 +271,8 @@ class SessionReactor final
     }
     opened_ = true;
     instance_id_ = open.instance_id();
-    spdlog::info("session {}: opened on model {} by {} (max context {})", session_id_, instance_id_,
-                 peer_, max_context_);
+    spdlog::info("session {}: opened on model {} by user {} (token {}) from {} (max context {})",
+                 session_id_, instance_id_, grant.user, grant.token_id, peer_, max_context_);
     response_.Clear();
     v1::SessionOpened* o = response_.mutable_opened();
     o->set_session_id(session_id_);

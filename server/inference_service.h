@@ -2,8 +2,9 @@
 // gRPC's callback API (one reactor per stream, at most one write outstanding).
 //
 //   open   -> opened (sizes, limits, compute datatype), or the stream ends with
-//             UNAUTHENTICATED / NOT_FOUND / FAILED_PRECONDITION /
-//             RESOURCE_EXHAUSTED (session limit)
+//             UNAUTHENTICATED / PERMISSION_DENIED (access token; see
+//             access_policy.h, checked first) / NOT_FOUND /
+//             FAILED_PRECONDITION / RESOURCE_EXHAUSTED (session limit)
 //   step   -> result (o' fp32, step_id, context_length) or an in-band error
 //             for that step_id; a refused step changes nothing and the
 //             session stays usable
@@ -32,7 +33,7 @@ struct InferenceOptions {
   int64_t max_kv_bytes = int64_t{4} << 30;  // KV cache of all sessions together (0: unlimited)
   int idle_timeout_s = 600;       // end a session that sends nothing for this long (0: never)
   std::string record_inputs_dir;  // test-only: record each session's first x' here ("" = off)
-  std::shared_ptr<const AccessPolicy> policy;  // null: DefaultAccessPolicy()
+  std::shared_ptr<const AccessPolicy> policy;  // null: SignedTokenPolicy on the store
 };
 
 class InferenceService final : public v1::Inference::CallbackService {

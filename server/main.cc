@@ -3,9 +3,11 @@
 // (Inference), batching the steps of concurrent sessions. It never holds
 // plaintext weights, embeddings, keys or logits.
 //
-// On start it prints one line to stdout, "stip-server listening on
-// HOST:PORT", once it accepts calls; logs go to stderr. SIGTERM / SIGINT shut
-// it down gracefully.
+// Two ports: --listen serves Inference (clients; TLS), --admin-listen serves
+// ModelStore (the developer; mutual TLS against --admin-ca). On start it
+// prints "stip-server admin on HOST:PORT" (with --admin-listen) and then
+// "stip-server listening on HOST:PORT" to stdout once it accepts calls; logs
+// go to stderr. SIGTERM / SIGINT shut it down gracefully.
 #include <signal.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
@@ -59,8 +61,19 @@ int main(int argc, char** argv) {
   app.add_option("--tls-key", opt.tls.key_file, "server private key (PEM)");
   app.add_option("--tls-ca", opt.tls.ca_file, "CA for client certificates (PEM)");
   app.add_flag("--require-client-cert", opt.tls.require_client_cert,
-               "mutual TLS: clients must present a certificate signed by --tls-ca");
-  app.add_flag("--insecure", opt.tls.insecure, "serve without TLS (plaintext; warns)");
+               "mutual TLS on the public port: clients must present a certificate signed by "
+               "--tls-ca");
+  app.add_option("--admin-listen", opt.admin.listen,
+                 "host:port of the ModelStore, for the developer (mutual TLS); none: the store "
+                 "cannot be changed remotely");
+  app.add_option("--admin-ca", opt.admin.ca_file,
+                 "CA that signs the developer's client certificate (required with "
+                 "--admin-listen)");
+  app.add_option("--admin-allow-cn", opt.admin.allowed_common_names,
+                 "accept only admin client certificates with this subject CN (repeatable; "
+                 "default: any the --admin-ca signed)");
+  app.add_flag("--insecure", opt.tls.insecure,
+               "serve without TLS on both ports (plaintext, anyone may change the store; warns)");
   app.add_option("--record-inputs", opt.inference.record_inputs_dir,
                  "TEST ONLY: write each session's first x' to DIR/<session_id>.safetensors");
   app.add_option("--shutdown-grace-s", shutdown_grace_s,
@@ -89,6 +102,12 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "stip-server: error: --require-client-cert needs --tls-ca\n");
     return 2;
   }
+  if (!opt.admin.listen.empty() && !opt.tls.insecure && opt.admin.ca_file.empty()) {
+    std::fprintf(stderr,
+                 "stip-server: error: --admin-listen needs --admin-ca (the CA of the developer's "
+                 "client certificate)\n");
+    return 2;
+  }
   opt.inference.max_kv_bytes = static_cast<int64_t>(max_kv_gib * double(int64_t{1} << 30));
 
   // Every thread started from here on inherits the blocked signals; main
@@ -101,8 +120,15 @@ int main(int argc, char** argv) {
 
   try {
     stip::server::StipServer server(opt);
+    if (server.admin_port() != 0) {
+      std::cout << "stip-server admin on " << server.admin_address() << std::endl;
+      spdlog::info("serving ModelStore on {} ({})", server.admin_address(),
+                   opt.tls.insecure ? "PLAINTEXT: anyone may change the store" : "mutual TLS");
+    } else {
+      spdlog::info("no --admin-listen: the model store cannot be changed remotely");
+    }
     std::cout << "stip-server listening on " << server.address() << std::endl;
-    spdlog::info("serving ModelStore and Inference on {} ({})", server.address(),
+    spdlog::info("serving Inference on {} ({})", server.address(),
                  opt.tls.insecure ? "PLAINTEXT" : "TLS");
     int sig = 0;
     while (sigwait(&signals, &sig) != 0) {

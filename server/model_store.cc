@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <nlohmann/json.hpp>
 
 #include "common/arch/architecture.h"
 #include "common/engine/causal_lm.h"
@@ -24,6 +25,7 @@ namespace {
 constexpr const char* kConfigFile = "config.json";
 constexpr const char* kIndexFile = "model.safetensors.index.json";
 constexpr const char* kGenerationConfigFile = "generation_config.json";
+constexpr const char* kAccessFile = "access.json";
 
 std::string BaseName(const std::string& path) {
   size_t slash = path.find_last_of('/');
@@ -60,6 +62,58 @@ bool IsTemporaryName(const std::string& name) {
   return name.find(".tmp-") != std::string::npos || name.find(".deleting-") != std::string::npos;
 }
 
+// A validated access record; entries of tokens expired at `now` are dropped.
+std::shared_ptr<const InstanceAccess> MakeAccess(const std::string& key_pem,
+                                                 const std::vector<auth::RevokedToken>& revoked,
+                                                 int64_t now) {
+  auto access = std::make_shared<InstanceAccess>();
+  try {
+    access->key = std::make_shared<const auth::PublicKey>(auth::PublicKey::FromPem(key_pem));
+  } catch (const Error& e) {
+    throw InvalidArgument(std::string("token key: ") + e.what());
+  }
+  if (revoked.size() > kMaxRevokedTokens) {
+    throw ResourceExhausted("revocation list of " + std::to_string(revoked.size()) +
+                            " entries is beyond the limit of " + std::to_string(kMaxRevokedTokens));
+  }
+  for (const auth::RevokedToken& r : revoked) {
+    if (!auth::IsValidTokenId(r.token_id)) {
+      throw InvalidArgument("revocation list: \"" + r.token_id.substr(0, 40) +
+                            "\" is not a token id (32 lowercase hex digits)");
+    }
+    if (r.expires_at <= now || access->revoked_ids.count(r.token_id)) continue;
+    access->revoked.push_back(r);
+    access->revoked_ids.insert(r.token_id);
+  }
+  return access;
+}
+
+std::string AccessJson(const InstanceAccess& access) {
+  nlohmann::json list = nlohmann::json::array();
+  for (const auth::RevokedToken& r : access.revoked) {
+    list.push_back({{"token_id", r.token_id}, {"expires_at", r.expires_at}});
+  }
+  nlohmann::json j = {{"version", 1}, {"token_key_pem", access.key->pem()}, {"revoked", list}};
+  return j.dump(1) + "\n";
+}
+
+// The access record stored with a model; null if there is none. kDataLoss.
+std::shared_ptr<const InstanceAccess> ReadAccess(const std::string& model_dir) {
+  const std::string path = JoinPath(model_dir, kAccessFile);
+  if (!PathExists(path)) return nullptr;
+  try {
+    nlohmann::json j = nlohmann::json::parse(ReadFile(path));
+    if (!j.is_object() || j.value("version", 0) != 1) throw InvalidArgument("not version 1");
+    std::vector<auth::RevokedToken> revoked;
+    for (const auto& r : j.at("revoked")) {
+      revoked.push_back({r.at("token_id").get<std::string>(), r.at("expires_at").get<int64_t>()});
+    }
+    return MakeAccess(j.at("token_key_pem").get<std::string>(), revoked, auth::NowUnix());
+  } catch (const std::exception& e) {
+    throw DataLoss(path + ": not a valid access record (" + e.what() + ")");
+  }
+}
+
 }  // namespace
 
 bool IsValidInstanceId(const std::string& id) {
@@ -70,7 +124,7 @@ bool IsValidInstanceId(const std::string& id) {
   });
 }
 
-void ValidateServerCheckpoint(const std::string& dir, const std::string& instance_id) {
+void ValidateServerCheckpoint(const std::string& dir, const std::string& instance_id, bool stored) {
   ModelConfig config = LoadModelConfig(dir);
   if (config.stip_instance.empty()) {
     throw InvalidArgument(
@@ -107,7 +161,13 @@ void ValidateServerCheckpoint(const std::string& dir, const std::string& instanc
   ValidateTensors(config, source, /*server_only=*/true);
   std::set<std::string> allowed = {kConfigFile, kIndexFile, kGenerationConfigFile};
   for (const auto& shard : ckpt.shards()) allowed.insert(BaseName(shard->path()));
+  if (stored) allowed.insert(kAccessFile);
   for (const std::string& name : ListDirectory(dir)) {
+    if (name == kAccessFile && !stored) {
+      throw InvalidArgument(
+          "unexpected file \"access.json\": access is registered with ModelStore.SetAccess, not "
+          "uploaded");
+    }
     if (!allowed.count(name)) {
       throw InvalidArgument("unexpected file \"" + name.substr(0, 128) +
                             "\": a server checkpoint holds config.json and its safetensors only");
@@ -199,12 +259,24 @@ void ModelStore::Scan() {
       continue;
     }
     try {
-      ValidateServerCheckpoint(path, name);
+      ValidateServerCheckpoint(path, name, /*stored=*/true);
       Entry e;
       e.id = name;
       e.dir = path;
       e.config = LoadModelConfig(path);
       e.stored_bytes = DirectoryBytes(path);
+      try {
+        e.access = ReadAccess(path);
+        if (!e.access) {
+          spdlog::warn(
+              "model {}: no token key registered; no sessions until the developer "
+              "registers one (ModelStore.SetAccess)",
+              name);
+        }
+      } catch (const std::exception& ex) {
+        spdlog::error("model {}: {}; no sessions until the developer registers access again", name,
+                      ex.what());
+      }
       std::lock_guard<std::mutex> lock(mu_);
       models_[name] = std::move(e);
     } catch (const std::exception& ex) {
@@ -222,6 +294,7 @@ v1::ModelInfo ModelStore::InfoLocked(const Entry& e) const {
   info.set_stored_bytes(e.stored_bytes);
   info.set_hidden_size(e.config.hidden_size);
   info.set_vocab_size(e.config.vocab_size);
+  if (e.access) info.set_token_key_id(e.access->key->key_id());
   if (e.loaded) {
     info.set_max_context(e.loaded->max_context());
     info.set_datatype(e.loaded->datatype());
@@ -431,6 +504,46 @@ SessionLease ModelStore::OpenSession(const std::string& id) {
                              " is stored but not loaded (ModelStore.Load it first)");
   }
   return SessionLease(it->second.loaded);
+}
+
+v1::AccessInfo ModelStore::SetAccess(const std::string& id, const std::string& key_pem,
+                                     const std::vector<auth::RevokedToken>& revoked) {
+  std::shared_ptr<const InstanceAccess> access = MakeAccess(key_pem, revoked, auth::NowUnix());
+  // One SetAccess at a time, so that the file and the memory agree. (A Delete
+  // racing with it makes the write fail: the directory is gone.)
+  std::lock_guard<std::mutex> serial(access_mu_);
+  std::string dir;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = models_.find(id);
+    if (it == models_.end()) {
+      throw NotFound("model instance " + id.substr(0, 64) + " is not stored");
+    }
+    dir = it->second.dir;
+  }
+  WriteFileAtomic(JoinPath(dir, kAccessFile), AccessJson(*access), 0600);
+  SyncDirectory(dir);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = models_.find(id);
+    if (it != models_.end()) it->second.access = access;
+  }
+  v1::AccessInfo info;
+  info.set_instance_id(id);
+  info.set_token_key_id(access->key->key_id());
+  info.set_revoked_tokens(static_cast<int32_t>(access->revoked.size()));
+  spdlog::info("model {}: token key {} registered, {} revoked token(s)", id, access->key->key_id(),
+               access->revoked.size());
+  return info;
+}
+
+std::shared_ptr<const InstanceAccess> ModelStore::Access(const std::string& id) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = models_.find(id);
+  if (it == models_.end()) {
+    throw NotFound("model instance \"" + id.substr(0, 64) + "\" is not on this server");
+  }
+  return it->second.access;
 }
 
 }  // namespace stip::server

@@ -7,6 +7,11 @@
 // embedding tables), and only then renamed into place. At start-up leftover
 // temporary directories are removed and corrupted models are skipped (logged).
 //
+// Access: STORE/models/<instance_id>/access.json (0600, replaced atomically by
+// SetAccess) holds the developer's token public key and the revoked token ids
+// for the instance; it is not part of an upload. A model without it is stored
+// and loadable but serves no sessions.
+//
 // Memory: a loaded model has its ServerModel and one BatchScheduler thread.
 // Sessions hold a SessionLease on it; Unload and Delete refuse while a model
 // has open sessions (FAILED_PRECONDITION); Delete of a loaded model without
@@ -23,6 +28,7 @@
 #include <vector>
 
 #include "common/arch/model_config.h"
+#include "common/auth/access_token.h"
 #include "common/error.h"
 #include "stip/v1/stip.pb.h"
 
@@ -50,8 +56,22 @@ class AlreadyExistsError : public Error {
 // head; the safetensors open and hold exactly the server tensors the config
 // implies, with the right shapes -- no embedding table, nothing else; no
 // other files than config.json, generation_config.json, the index and the
-// shards. Throws kInvalidArgument / kDataLoss / kNotFound naming the problem.
-void ValidateServerCheckpoint(const std::string& dir, const std::string& instance_id);
+// shards (and, for a stored model, `stored`, its access.json). Throws
+// kInvalidArgument / kDataLoss / kNotFound naming the problem.
+void ValidateServerCheckpoint(const std::string& dir, const std::string& instance_id,
+                              bool stored = false);
+
+// Who may open sessions on one instance: the key that signs its tokens and
+// the ids of revoked tokens (immutable; replaced as a whole by SetAccess).
+struct InstanceAccess {
+  std::shared_ptr<const auth::PublicKey> key;
+  std::vector<auth::RevokedToken> revoked;
+  std::set<std::string> revoked_ids;
+  bool IsRevoked(const std::string& token_id) const { return revoked_ids.count(token_id) > 0; }
+};
+
+// At most this many revoked tokens per instance (RESOURCE_EXHAUSTED beyond).
+inline constexpr size_t kMaxRevokedTokens = 1000000;
 
 struct ModelStoreOptions {
   std::string dir;              // STORE; models live in STORE/models/<instance_id>
@@ -168,6 +188,15 @@ class ModelStore {
   // (stored but not loaded).
   SessionLease OpenSession(const std::string& id);
 
+  // Registers the instance's token key (Ed25519 SPKI PEM) and revocation list
+  // (entries of expired tokens are dropped), persisted before it takes
+  // effect. kNotFound; kInvalidArgument (not an Ed25519 key, bad token id);
+  // kResourceExhausted (more than kMaxRevokedTokens entries).
+  v1::AccessInfo SetAccess(const std::string& id, const std::string& key_pem,
+                           const std::vector<auth::RevokedToken>& revoked);
+  // The instance's access record; null if none is registered. kNotFound.
+  std::shared_ptr<const InstanceAccess> Access(const std::string& id) const;
+
   const std::string& models_dir() const { return models_dir_; }
 
  private:
@@ -177,6 +206,7 @@ class ModelStore {
     ModelConfig config;
     uint64_t stored_bytes = 0;
     std::shared_ptr<LoadedModel> loaded;
+    std::shared_ptr<const InstanceAccess> access;  // null: no key registered
   };
 
   void Scan();
@@ -187,6 +217,7 @@ class ModelStore {
   const ModelStoreOptions options_;
   std::string models_dir_;
   std::mutex admin_mu_;    // serializes Load, Unload, Delete and upload commits
+  std::mutex access_mu_;   // serializes SetAccess
   mutable std::mutex mu_;  // guards models_ and uploading_
   std::map<std::string, Entry> models_;
   std::set<std::string> uploading_;

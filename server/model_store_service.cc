@@ -4,6 +4,7 @@
 
 #include <cctype>
 
+#include "common/error.h"
 #include "common/rpc/status.h"
 #include "server/model_store.h"
 
@@ -36,9 +37,36 @@ grpc::Status HandledStatus(const std::string& what) {
 
 }  // namespace
 
+grpc::Status ModelStoreService::CheckPeer(grpc::ServerContext* context, const char* method) const {
+  if (admin_.insecure) return grpc::Status::OK;
+  std::shared_ptr<const grpc::AuthContext> auth = context->auth_context();
+  if (!auth || !auth->IsPeerAuthenticated()) {
+    spdlog::warn("ModelStore.{} refused for {}: no verified client certificate", method,
+                 context->peer());
+    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                        "the model store requires the developer's client certificate (mutual "
+                        "TLS)");
+  }
+  if (admin_.allowed_common_names.empty()) return grpc::Status::OK;
+  std::string presented;
+  for (const grpc::string_ref& cn : auth->FindPropertyValues("x509_common_name")) {
+    const std::string name(cn.data(), cn.size());
+    for (const std::string& allowed : admin_.allowed_common_names) {
+      if (name == allowed) return grpc::Status::OK;
+    }
+    presented = name;
+  }
+  const std::string shown = QuoteForMessage(presented);
+  spdlog::warn("ModelStore.{} refused for {}: client certificate CN {} is not allowed", method,
+               context->peer(), shown);
+  return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
+                      "client certificate CN " + shown + " may not use the model store");
+}
+
 grpc::Status ModelStoreService::Upload(grpc::ServerContext* context,
                                        grpc::ServerReader<v1::UploadRequest>* reader,
                                        v1::ModelInfo* response) {
+  if (grpc::Status peer = CheckPeer(context, "Upload"); !peer.ok()) return peer;
   v1::UploadRequest request;
   if (!reader->Read(&request)) {
     return context->IsCancelled()
@@ -81,8 +109,9 @@ grpc::Status ModelStoreService::Upload(grpc::ServerContext* context,
   }
 }
 
-grpc::Status ModelStoreService::List(grpc::ServerContext*, const v1::ListModelsRequest*,
+grpc::Status ModelStoreService::List(grpc::ServerContext* context, const v1::ListModelsRequest*,
                                      v1::ListModelsResponse* response) {
+  if (grpc::Status peer = CheckPeer(context, "List"); !peer.ok()) return peer;
   try {
     for (v1::ModelInfo& info : store_.List()) *response->add_models() = std::move(info);
     return grpc::Status::OK;
@@ -91,8 +120,9 @@ grpc::Status ModelStoreService::List(grpc::ServerContext*, const v1::ListModelsR
   }
 }
 
-grpc::Status ModelStoreService::Load(grpc::ServerContext*, const v1::ModelRef* request,
+grpc::Status ModelStoreService::Load(grpc::ServerContext* context, const v1::ModelRef* request,
                                      v1::ModelInfo* response) {
+  if (grpc::Status peer = CheckPeer(context, "Load"); !peer.ok()) return peer;
   try {
     *response = store_.Load(request->instance_id());
     return grpc::Status::OK;
@@ -101,8 +131,9 @@ grpc::Status ModelStoreService::Load(grpc::ServerContext*, const v1::ModelRef* r
   }
 }
 
-grpc::Status ModelStoreService::Unload(grpc::ServerContext*, const v1::ModelRef* request,
+grpc::Status ModelStoreService::Unload(grpc::ServerContext* context, const v1::ModelRef* request,
                                        v1::ModelInfo* response) {
+  if (grpc::Status peer = CheckPeer(context, "Unload"); !peer.ok()) return peer;
   try {
     *response = store_.Unload(request->instance_id());
     return grpc::Status::OK;
@@ -111,13 +142,31 @@ grpc::Status ModelStoreService::Unload(grpc::ServerContext*, const v1::ModelRef*
   }
 }
 
-grpc::Status ModelStoreService::Delete(grpc::ServerContext*, const v1::ModelRef* request,
+grpc::Status ModelStoreService::Delete(grpc::ServerContext* context, const v1::ModelRef* request,
                                        v1::DeleteModelResponse*) {
+  if (grpc::Status peer = CheckPeer(context, "Delete"); !peer.ok()) return peer;
   try {
     store_.Delete(request->instance_id());
     return grpc::Status::OK;
   } catch (...) {
     return HandledStatus("delete " + Printable(request->instance_id()));
+  }
+}
+
+grpc::Status ModelStoreService::SetAccess(grpc::ServerContext* context,
+                                          const v1::SetAccessRequest* request,
+                                          v1::AccessInfo* response) {
+  if (grpc::Status peer = CheckPeer(context, "SetAccess"); !peer.ok()) return peer;
+  try {
+    std::vector<auth::RevokedToken> revoked;
+    revoked.reserve(static_cast<size_t>(request->revoked_size()));
+    for (const v1::RevokedToken& r : request->revoked()) {
+      revoked.push_back({r.token_id(), r.expires_at()});
+    }
+    *response = store_.SetAccess(request->instance_id(), request->token_key_pem(), revoked);
+    return grpc::Status::OK;
+  } catch (...) {
+    return HandledStatus("set access of " + Printable(request->instance_id()));
   }
 }
 

@@ -9,9 +9,18 @@
 // DATA_LOSS (digest mismatch), CANCELLED (stream interrupted), NOT_FOUND
 // (unknown instance), FAILED_PRECONDITION (open sessions; upload of the same
 // instance in progress), RESOURCE_EXHAUSTED (size limits).
+//
+// Only the developer may change the store: stip-server serves this service on
+// its admin port alone, where TLS requires a client certificate signed by the
+// admin CA. Every call also checks the peer here: with TLS, a verified client
+// certificate (UNAUTHENTICATED otherwise) whose subject common name is one of
+// `allowed_common_names` when that list is not empty (PERMISSION_DENIED).
 #pragma once
 
 #include <grpcpp/grpcpp.h>
+
+#include <string>
+#include <vector>
 
 #include "stip/v1/stip.grpc.pb.h"
 
@@ -19,9 +28,15 @@ namespace stip::server {
 
 class ModelStore;
 
+struct AdminAccess {
+  bool insecure = false;  // plaintext admin port (--insecure): no peer checks
+  std::vector<std::string> allowed_common_names;  // empty: any certificate the admin CA signed
+};
+
 class ModelStoreService final : public v1::ModelStore::Service {
  public:
-  explicit ModelStoreService(ModelStore& store) : store_(store) {}
+  ModelStoreService(ModelStore& store, AdminAccess admin)
+      : store_(store), admin_(std::move(admin)) {}
 
   grpc::Status Upload(grpc::ServerContext* context, grpc::ServerReader<v1::UploadRequest>* reader,
                       v1::ModelInfo* response) override;
@@ -33,9 +48,15 @@ class ModelStoreService final : public v1::ModelStore::Service {
                       v1::ModelInfo* response) override;
   grpc::Status Delete(grpc::ServerContext* context, const v1::ModelRef* request,
                       v1::DeleteModelResponse* response) override;
+  grpc::Status SetAccess(grpc::ServerContext* context, const v1::SetAccessRequest* request,
+                         v1::AccessInfo* response) override;
 
  private:
+  // OK iff the peer may use the model store (see above); logs refusals.
+  grpc::Status CheckPeer(grpc::ServerContext* context, const char* method) const;
+
   ModelStore& store_;
+  const AdminAccess admin_;
 };
 
 }  // namespace stip::server

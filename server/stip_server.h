@@ -1,6 +1,10 @@
 // The whole daemon in one object (used by main.cc and by the tests): the
-// model store, the ModelStore and Inference services, and the gRPC server
-// with TLS, health checking and reflection.
+// model store, the ModelStore and Inference services, and two gRPC servers
+// with TLS, health checking and reflection: the public one (Inference, for
+// clients; TLS without client certificates unless tls.require_client_cert)
+// and the admin one (ModelStore, for the developer; mutual TLS with
+// certificates of admin.ca_file). Without admin.listen the store cannot be
+// changed remotely.
 #pragma once
 
 #include <grpcpp/server.h>
@@ -8,6 +12,7 @@
 #include <chrono>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "common/rpc/tls.h"
 #include "server/inference_service.h"
@@ -17,9 +22,16 @@ namespace stip::server {
 
 class ModelStoreService;
 
+struct AdminOptions {
+  std::string listen;   // host:port of the ModelStore ("" = not served; port 0: pick one)
+  std::string ca_file;  // CA of the developer's client certificate (required with TLS)
+  std::vector<std::string> allowed_common_names;  // client certificate CNs (empty: any)
+};
+
 struct ServerOptions {
   std::string listen = "0.0.0.0:7070";  // host:port (port 0: pick a free one)
-  TlsOptions tls;
+  TlsOptions tls;                       // the public port's; the admin port uses its cert/key
+  AdminOptions admin;
   ModelStoreOptions store;
   InferenceOptions inference;
 };
@@ -35,6 +47,8 @@ class StipServer {
   int port() const { return port_; }
   // The listen address with the bound port ("0.0.0.0:7070").
   std::string address() const;
+  int admin_port() const { return admin_port_; }  // 0: no admin port
+  std::string admin_address() const;              // "" without an admin port
 
   // Stops accepting calls; calls still running after `grace` are cancelled.
   // Returns once every call has ended.
@@ -51,7 +65,9 @@ class StipServer {
   std::unique_ptr<ModelStoreService> store_service_;
   std::unique_ptr<InferenceService> inference_;
   std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<grpc::Server> admin_server_;
   int port_ = 0;
+  int admin_port_ = 0;
   bool shut_down_ = false;
 };
 

@@ -37,12 +37,16 @@ TEST(DaemonHealth, AllThreeDaemonsReportServing) {
   const auto serving = grpc::health::v1::HealthCheckResponse::SERVING;
   {
     test::Daemon server({kBin + "/server/stip-server", "--listen", "127.0.0.1:0", "--store",
-                         dir + "/store", "--insecure"},
+                         dir + "/store", "--admin-listen", "127.0.0.1:0", "--insecure"},
                         dir + "/server.log");
     const std::string server_addr = server.WaitListening();
+    const std::string admin_addr = server.Value("admin on ");
+    ASSERT_FALSE(admin_addr.empty());
     EXPECT_EQ(Check(server_addr, ""), serving);
     EXPECT_EQ(Check(server_addr, "stip.v1.Inference"), serving);
-    EXPECT_EQ(Check(server_addr, "stip.v1.ModelStore"), serving);
+    // The model store is on the admin port (for the developer).
+    EXPECT_EQ(Check(admin_addr, ""), serving);
+    EXPECT_EQ(Check(admin_addr, "stip.v1.ModelStore"), serving);
 
     test::RunResult user = test::Run(
         {kBin + "/developer/stip-developer", "add-user", "probe", "--state", dir + "/dev"}, 60);
@@ -50,8 +54,8 @@ TEST(DaemonHealth, AllThreeDaemonsReportServing) {
     std::string token = user.out.substr(0, user.out.find('\n'));
     test::Daemon developer(
         {kBin + "/developer/stip-developer", "serve", "--model", test::ModelDir("kjv-gpt2"),
-         "--state", dir + "/dev", "--listen", "127.0.0.1:0", "--server", server_addr,
-         "--insecure"},
+         "--state", dir + "/dev", "--listen", "127.0.0.1:0", "--server", admin_addr,
+         "--public-server-address", server_addr, "--insecure"},
         dir + "/developer.log");
     const std::string dev_addr = developer.WaitListening(180);
     EXPECT_EQ(Check(dev_addr, ""), serving);

@@ -21,6 +21,7 @@
 #include <set>
 #include <thread>
 
+#include "common/auth/access_token.h"
 #include "common/error.h"
 #include "common/rpc/file_transfer.h"
 #include "common/rpc/server_setup.h"
@@ -153,14 +154,18 @@ TEST(StateStore, RejectsBadInstanceIds) {
   EXPECT_THROW(state.SetCurrentInstance("abcdef"), Error);
 }
 
-TEST(UserRegistry, TokensWorkOnceAndAreStoredOnlyAsHashes) {
+bool IsAccessToken(const std::string& s) { return s.rfind("stip1.", 0) == 0 && s.size() > 100; }
+
+const std::string kSomeInstance = "00112233445566778899aabbccddeeff";
+
+TEST(UserRegistry, TokensWorkOnceAndOnlyHashesAndIdsAreStored) {
   TempDir tmp;
   std::string dir = tmp / "state";
   std::string token, access;
   {
     StateStore state(dir);
     UserRegistry users(state);
-    token = users.AddUser("alice", "", false);
+    token = users.AddUser("alice", kSomeInstance, false);
     EXPECT_TRUE(IsHex64(token));
     EXPECT_EQ(Mode(state.users_path()), 0600u);
     std::string json = ReadFile(state.users_path());
@@ -174,53 +179,120 @@ TEST(UserRegistry, TokensWorkOnceAndAreStoredOnlyAsHashes) {
     }
     EXPECT_THROW(users.AddUser("../bob", "", false), Error);
     EXPECT_THROW(users.AddUser("", "", false), Error);
-    EXPECT_FALSE(users.Enrol("alice", token + "0").has_value());
-    EXPECT_FALSE(users.Enrol("alice", "").has_value());
-    EXPECT_FALSE(users.Enrol("mallory", token).has_value());
+    auth::SigningKey key = state.TokenSigningKey();
+    TokenIssue issue{&key, 3600};
+    EXPECT_FALSE(users.Enrol("alice", token + "0", issue).has_value());
+    EXPECT_FALSE(users.Enrol("alice", "", issue).has_value());
+    EXPECT_FALSE(users.Enrol("mallory", token, issue).has_value());
     EXPECT_FALSE(users.Find("alice")->enrolled);
   }
   {
-    StateStore state(dir);  // a restart: the pending user is still there
+    StateStore state(dir);  // a restart: the pending user and the key are still there
     UserRegistry users(state);
-    auto e = users.Enrol("alice", token);
+    EXPECT_EQ(Mode(state.token_key_path()), 0600u);
+    auth::SigningKey key = state.TokenSigningKey();
+    TokenIssue issue{&key, 3600};
+    auto e = users.Enrol("alice", token, issue);
     ASSERT_TRUE(e.has_value());
     access = e->access_token;
-    EXPECT_TRUE(IsHex64(access));
-    EXPECT_NE(access, token);
+    EXPECT_TRUE(IsAccessToken(access)) << access;
+    EXPECT_EQ(e->instance, kSomeInstance);
     EXPECT_TRUE(e->user.enrolled);
-    EXPECT_FALSE(users.Enrol("alice", token).has_value()) << "an enrolment token worked twice";
+    auth::TokenCheck check =
+        auth::VerifyToken(key.public_key(), access, kSomeInstance, auth::NowUnix());
+    ASSERT_TRUE(check.ok()) << check.message;
+    EXPECT_EQ(check.claims.user, "alice");
+    EXPECT_EQ(check.claims.token_id, e->user.access_token_id);
+    EXPECT_NEAR(check.claims.expires_at - auth::NowUnix(), 3600, 5);
+    EXPECT_FALSE(users.Enrol("alice", token, issue).has_value())
+        << "an enrolment token worked twice";
     std::string json = ReadFile(state.users_path());
     EXPECT_EQ(json.find(access), std::string::npos);
-    EXPECT_NE(json.find(Sha256Hex(access)), std::string::npos);
+    EXPECT_NE(json.find(e->user.access_token_id), std::string::npos);
   }
   {
     StateStore state(dir);
     UserRegistry users(state);
+    auth::SigningKey key = state.TokenSigningKey();
+    const auth::PublicKey& pub = key.public_key();
+    TokenIssue issue{&key, 3600};
     std::optional<UserRecord> u = users.Find("alice");
     ASSERT_TRUE(u.has_value());
     EXPECT_TRUE(u->enrolled);
     EXPECT_FALSE(u->enrolled_at.empty());
     EXPECT_FALSE(u->created_at.empty());
-    EXPECT_TRUE(users.Authenticate("alice", access).has_value());
-    EXPECT_FALSE(users.Authenticate("alice", token).has_value());
-    EXPECT_FALSE(users.Authenticate("alice", "").has_value());
-    EXPECT_FALSE(users.Authenticate("bob", access).has_value());
+    using Check = UserRegistry::AccessCheck;
+    EXPECT_EQ(users.Authenticate("alice", access, pub).outcome, Check::kOk);
+    EXPECT_EQ(users.Authenticate("alice", token, pub).outcome, Check::kInvalid);
+    EXPECT_EQ(users.Authenticate("alice", "", pub).outcome, Check::kInvalid);
+    EXPECT_EQ(users.Authenticate("bob", access, pub).outcome, Check::kInvalid);
+    const auth::SigningKey other = auth::SigningKey::Generate();
+    EXPECT_EQ(users.Authenticate("alice", access, other.public_key()).outcome, Check::kInvalid);
+    EXPECT_TRUE(users.RevokedTokens().empty());
 
-    // Reissue: a new enrolment token; the old one and the access token die.
-    std::string second = users.AddUser("alice", "", true);
+    // Reissue: a new enrolment token; the old one dies and the access token is revoked.
+    std::string second = users.AddUser("alice", kSomeInstance, true);
     EXPECT_NE(second, token);
-    EXPECT_FALSE(users.Authenticate("alice", access).has_value());
-    std::string third = users.AddUser("alice", "", true);
-    EXPECT_FALSE(users.Enrol("alice", second).has_value()) << "a reissued-over token worked";
-    EXPECT_FALSE(users.Enrol("alice", token).has_value());
-    EXPECT_TRUE(users.Enrol("alice", third).has_value());
+    EXPECT_EQ(users.Authenticate("alice", access, pub).outcome, Check::kInvalid);
+    std::vector<auth::RevokedToken> revoked = users.RevokedTokens();
+    ASSERT_EQ(revoked.size(), 1u);
+    EXPECT_EQ(revoked[0].token_id, u->access_token_id);
+    EXPECT_EQ(revoked[0].expires_at, u->access_token_expires_at);
+    EXPECT_EQ(Mode(state.revoked_path()), 0600u);
+    std::string third = users.AddUser("alice", kSomeInstance, true);
+    EXPECT_FALSE(users.Enrol("alice", second, issue).has_value()) << "a reissued-over token worked";
+    EXPECT_FALSE(users.Enrol("alice", token, issue).has_value());
+    auto again = users.Enrol("alice", third, issue);
+    ASSERT_TRUE(again.has_value());
     EXPECT_EQ(users.List().size(), 1u);
+
+    // Revoke: the Registry refuses the user; the token goes on the list.
+    const std::string pending = users.AddUser("carol", kSomeInstance, false);
+    EXPECT_EQ(users.Revoke("alice"), again->user.access_token_id);
+    EXPECT_EQ(users.Authenticate("alice", again->access_token, pub).outcome, Check::kRevoked);
+    EXPECT_EQ(users.RevokedTokens().size(), 2u);
+    EXPECT_TRUE(users.Find("alice")->revoked);
+    EXPECT_EQ(users.Revoke("carol"), "");  // never enrolled: the enrolment token dies
+    EXPECT_FALSE(users.CheckEnrolmentToken("carol", pending));
+    EXPECT_FALSE(users.Enrol("carol", pending, issue).has_value());
+    EXPECT_THROW(users.Revoke("nobody"), Error);
+    // --reissue lifts the revocation.
+    std::string fourth = users.AddUser("alice", kSomeInstance, true);
+    EXPECT_FALSE(users.Find("alice")->revoked);
+    EXPECT_TRUE(users.Enrol("alice", fourth, issue).has_value());
+    EXPECT_EQ(users.RevokedTokens().size(), 2u);
   }
   // Nothing in the state holds a raw token.
   for (const auto& [name, content] : Tree(dir)) {
     EXPECT_EQ(content.find(token), std::string::npos) << name;
     EXPECT_EQ(content.find(access), std::string::npos) << name;
   }
+}
+
+TEST(UserRegistry, TheSigningKeyIsMadeOnceAndKeptPrivate) {
+  TempDir tmp;
+  StateStore state(tmp / "state");
+  bool created = false;
+  auth::SigningKey a = auth::SigningKey::LoadOrCreate(state.token_key_path(), &created);
+  EXPECT_TRUE(created);
+  auth::SigningKey b = auth::SigningKey::LoadOrCreate(state.token_key_path(), &created);
+  EXPECT_FALSE(created);
+  EXPECT_EQ(a.public_key().key_id(), b.public_key().key_id());
+  EXPECT_EQ(Mode(state.token_key_path()), 0600u);
+  // Several processes racing on first use end up with one key.
+  TempDir race;
+  std::vector<std::string> ids(4);
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    threads.emplace_back([&, i] {
+      ids[i] = auth::SigningKey::LoadOrCreate(race / "key.pem").public_key().key_id();
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (const std::string& id : ids) EXPECT_EQ(id, ids[0]);
+  // A key file others can read is refused.
+  chmod(state.token_key_path().c_str(), 0644);
+  EXPECT_THROW(state.TokenSigningKey(), Error);
 }
 
 // ---- Registry ------------------------------------------------------------------
@@ -313,7 +385,14 @@ TEST(Registry, StreamsTheBundleOnceForAnEnrolmentTokenThenForTheAccessToken) {
   EXPECT_EQ(r.header.server_address(), rc.server_address);
   EXPECT_EQ(r.header.server_ca_pem(), rc.server_ca_pem);
   std::string access = r.header.access_token();
-  EXPECT_TRUE(IsHex64(access));
+  EXPECT_TRUE(IsAccessToken(access)) << access;
+  {
+    auth::TokenCheck check = auth::VerifyToken(state.TokenSigningKey().public_key(), access,
+                                               shared.instance(), auth::NowUnix());
+    EXPECT_TRUE(check.ok()) << check.message;
+    EXPECT_EQ(check.claims.user, "reg-alice");
+    EXPECT_NEAR(check.claims.expires_at - auth::NowUnix(), rc.token_ttl_s, 5);
+  }
   EXPECT_GT(r.chunks, 2);
   EXPECT_TRUE(IsHex64(r.digest));
   std::string client_dir = state.ClientDir(shared.instance());
@@ -346,6 +425,44 @@ TEST(Registry, StreamsTheBundleOnceForAnEnrolmentTokenThenForTheAccessToken) {
     EXPECT_EQ(bad.status.error_code(), grpc::StatusCode::UNAUTHENTICATED) << user;
     EXPECT_EQ(bad.status.error_message(), kBadAccessMessage) << user;
   }
+
+  // Revoked: FetchBundle and Register refuse, with PERMISSION_DENIED for the token.
+  users.Revoke("reg-alice");
+  Received revoked = Fetch(stub.get(), "reg-alice", access, tmp / "revoked");
+  EXPECT_EQ(revoked.status.error_code(), grpc::StatusCode::PERMISSION_DENIED)
+      << revoked.status.error_message();
+  EXPECT_EQ(revoked.status.error_message(), kRevokedAccessMessage);
+  EXPECT_FALSE(PathExists(tmp / "revoked"));
+  std::string bob_token = users.AddUser("reg-bob", "", true);
+  users.Revoke("reg-bob");
+  Received bob = Register(stub.get(), "reg-bob", bob_token, tmp / "bob");
+  EXPECT_EQ(bob.status.error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  server->Shutdown();
+}
+
+TEST(Registry, ExpiredAccessTokensAreRefused) {
+  SharedState& shared = SharedState::Get();
+  TempDir tmp;
+  StateStore& state = shared.state();
+  UserRegistry users(state);
+  std::string token = users.AddUser("exp-dan", "", true);
+  RegistryConfig rc;
+  rc.token_ttl_s = 1;
+  RegistryService service(&state, &users, rc);
+  ServerSetup setup;
+  setup.address = "127.0.0.1:0";
+  setup.tls.insecure = true;
+  int port = 0;
+  auto server = StartServer(setup, {&service}, &port);
+  auto stub =
+      v1::Registry::NewStub(MakeChannel("127.0.0.1:" + std::to_string(port), Insecure(), "t"));
+  Received r = Register(stub.get(), "exp-dan", token, tmp / "bundle");
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  std::this_thread::sleep_for(std::chrono::milliseconds(2100));
+  Received late = Fetch(stub.get(), "exp-dan", r.header.access_token(), tmp / "late");
+  EXPECT_EQ(late.status.error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_NE(late.status.error_message().find("expired"), std::string::npos)
+      << late.status.error_message();
   server->Shutdown();
 }
 
@@ -444,15 +561,34 @@ class TestModelStore final : public v1::ModelStore::Service {
     return grpc::Status::OK;
   }
 
+  grpc::Status SetAccess(grpc::ServerContext*, const v1::SetAccessRequest* req,
+                         v1::AccessInfo* info) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!PathExists(JoinPath(root_, req->instance_id()))) {
+      return grpc::Status(grpc::StatusCode::NOT_FOUND, "no such model");
+    }
+    access_[req->instance_id()] = *req;
+    info->set_instance_id(req->instance_id());
+    info->set_revoked_tokens(req->revoked_size());
+    return grpc::Status::OK;
+  }
+
   std::string digest(const std::string& id) {
     std::lock_guard<std::mutex> lock(mu_);
     return digests_[id];
+  }
+  std::optional<v1::SetAccessRequest> access(const std::string& id) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = access_.find(id);
+    if (it == access_.end()) return std::nullopt;
+    return it->second;
   }
 
  private:
   std::string root_;
   std::mutex mu_;
   std::map<std::string, std::string> digests_;
+  std::map<std::string, v1::SetAccessRequest> access_;
   std::set<std::string> loaded_;
 };
 
@@ -751,10 +887,10 @@ TEST(Binary, AddUserAndServe) {
   std::string id;
   for (int run = 0; run < 2; ++run) {
     std::string err_file = tmp / ("serve" + std::to_string(run) + ".err");
-    Child c = Spawn(
-        {bin, "serve", "--model", kModel, "--state", state_dir, "--listen", "127.0.0.1:0",
-         "--server", store.address(), "--public-server-address", "cloud.example:443", "--insecure"},
-        err_file);
+    Child c = Spawn({bin, "serve", "--model", kModel, "--state", state_dir, "--listen",
+                     "127.0.0.1:0", "--server", store.address(), "--public-server-address",
+                     "cloud.example:443", "--insecure", "--access-sync-s", "0.2"},
+                    err_file);
     std::string line = ReadLine(c.out);
     const std::string prefix = "stip-developer listening on 127.0.0.1:";
     ASSERT_EQ(line.rfind(prefix, 0), 0u) << line << "\n" << ReadFile(err_file);
@@ -767,12 +903,33 @@ TEST(Binary, AddUserAndServe) {
       EXPECT_EQ(r.header.server_ca_pem(), "");
       id = r.header.instance_id();
       EXPECT_EQ(store.service.digest(id).size(), 64u) << "serve did not push the instance";
+      std::optional<v1::SetAccessRequest> registered = store.service.access(id);
+      ASSERT_TRUE(registered.has_value()) << "serve did not register its token key";
+      StateStore state(state_dir);
+      EXPECT_EQ(registered->token_key_pem(), state.TokenSigningKey().public_key().pem());
+      EXPECT_EQ(registered->revoked_size(), 0);
       EXPECT_EQ(Tree(tmp / "bundle"), Tree(JoinPath(state_dir, "instances/" + id + "/client")));
       access = r.header.access_token();  // for the second run
     } else {
       Received r = Fetch(stub.get(), "dave", access, tmp / "fetched");
       ASSERT_TRUE(r.status.ok()) << r.status.error_message();
       EXPECT_EQ(r.header.instance_id(), id);  // the instance survived the restart
+      // revoke-user while serve runs: the Registry refuses at once, and the
+      // revocation reaches the server within the sync interval.
+      Child rv = Spawn({bin, "revoke-user", "dave", "--state", state_dir}, tmp / "revoke.err");
+      fclose(rv.out);
+      EXPECT_EQ(Wait(rv.pid), 0) << ReadFile(tmp / "revoke.err");
+      Received refused = Fetch(stub.get(), "dave", access, tmp / "refused");
+      EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+      int revoked = 0;
+      for (int i = 0; i < 100 && revoked == 0; ++i) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        revoked = store.service.access(id)->revoked_size();
+      }
+      ASSERT_EQ(revoked, 1) << "the revocation did not reach the server";
+      auth::TokenCheck check = auth::VerifyToken(
+          StateStore(state_dir).TokenSigningKey().public_key(), access, id, auth::NowUnix());
+      EXPECT_EQ(store.service.access(id)->revoked(0).token_id(), check.claims.token_id);
     }
     kill(c.pid, SIGTERM);
     EXPECT_EQ(Wait(c.pid), 0) << ReadFile(err_file);
@@ -803,9 +960,12 @@ TEST(Binary, AddUserAndServe) {
   EXPECT_EQ(rc, 0) << ReadFile(tmp / "push.err");
   EXPECT_EQ(line.rfind("pushed instance " + id + " to " + other.address() + ": ", 0), 0u) << line;
   EXPECT_EQ(Tree(other.dir / ("store/" + id)), Tree(server_dir));
-  line = push({"--instance", id}, &rc);
+  EXPECT_FALSE(other.service.access(id).has_value()) << "push without --state registered a key";
+  line = push({"--instance", id, "--state", state_dir}, &rc);
   EXPECT_EQ(rc, 0) << ReadFile(tmp / "push.err");
   EXPECT_EQ(line, "instance " + id + " already stored on " + other.address());
+  ASSERT_TRUE(other.service.access(id).has_value()) << "push --state registered no key";
+  EXPECT_EQ(other.service.access(id)->revoked_size(), 1);
   push({"--instance", "0123abcd"}, &rc);
   EXPECT_NE(rc, 0) << "push accepted an instance id its directory does not hold";
 }

@@ -1,5 +1,8 @@
 // End to end: the three daemons as separate processes on loopback, with TLS
-// from a demo PKI (deploy/make-demo-ca.sh), serving the demo models.
+// from a demo PKI (deploy/make-demo-ca.sh), serving the demo models: the
+// server's Inference port (TLS) and admin port (mutual TLS, developer only),
+// signed access tokens, revocation.
+#include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 
@@ -8,11 +11,16 @@
 #include <thread>
 
 #include "common/arch/architecture.h"
+#include "common/auth/access_token.h"
 #include "common/engine/causal_lm.h"
+#include "common/error.h"
 #include "common/format/checkpoint.h"
 #include "common/keys/model_keys.h"
+#include "common/rpc/file_transfer.h"
+#include "common/rpc/tls.h"
 #include "common/transform/transform_rules.h"
 #include "common/util/files.h"
+#include "stip/v1/stip.grpc.pb.h"
 #include "tests/process_util.h"
 #include "tests/test_util.h"
 
@@ -57,16 +65,20 @@ class Deployment {
   // Listens on a free port, or on `listen` (e.g. the previous address after a restart).
   std::string StartServer(const std::vector<std::string>& extra = {},
                           const std::string& listen = "127.0.0.1:0") {
-    std::vector<std::string> argv = {kServer,           "--listen",      listen,
-                                     "--store",         dir_ + "/store", "--tls-cert",
-                                     Pki("server.pem"), "--tls-key",     Pki("server.key")};
+    std::vector<std::string> argv = {
+        kServer,       "--listen",        listen,        "--store",          dir_ + "/store",
+        "--tls-cert",  Pki("server.pem"), "--tls-key",   Pki("server.key"),  "--admin-listen",
+        "127.0.0.1:0", "--admin-ca",      Pki("ca.pem"), "--admin-allow-cn", "stip-developer"};
     argv.insert(argv.end(), extra.begin(), extra.end());
     server_ = std::make_unique<Daemon>(argv, dir_ + "/server.log");
     server_address_ = server_->WaitListening();
+    admin_address_ = server_->Value("admin on ");
+    EXPECT_FALSE(admin_address_.empty());
     return server_address_;
   }
   void StopServer() { server_.reset(); }
   const std::string& server_address() const { return server_address_; }
+  const std::string& admin_address() const { return admin_address_; }
   Daemon& server() { return *server_; }
 
   std::string AddUser(const std::string& name) {
@@ -78,12 +90,27 @@ class Deployment {
   }
 
   std::string StartDeveloper(const std::string& model) {
-    developer_ = std::make_unique<Daemon>(
-        std::vector<std::string>{kDeveloper, "serve", "--model", model, "--state",
-                                 dir_ + "/developer", "--listen", "127.0.0.1:0", "--server",
-                                 server_address_, "--tls-cert", Pki("developer.pem"), "--tls-key",
-                                 Pki("developer.key"), "--tls-ca", Pki("ca.pem")},
-        dir_ + "/developer.log");
+    developer_ = std::make_unique<Daemon>(std::vector<std::string>{kDeveloper,
+                                                                   "serve",
+                                                                   "--model",
+                                                                   model,
+                                                                   "--state",
+                                                                   dir_ + "/developer",
+                                                                   "--listen",
+                                                                   "127.0.0.1:0",
+                                                                   "--server",
+                                                                   admin_address_,
+                                                                   "--public-server-address",
+                                                                   server_address_,
+                                                                   "--tls-cert",
+                                                                   Pki("developer.pem"),
+                                                                   "--tls-key",
+                                                                   Pki("developer.key"),
+                                                                   "--tls-ca",
+                                                                   Pki("ca.pem"),
+                                                                   "--access-sync-s",
+                                                                   "0.5"},
+                                          dir_ + "/developer.log");
     developer_address_ = developer_->WaitListening(180);
     return developer_address_;
   }
@@ -110,7 +137,7 @@ class Deployment {
 
  private:
   std::string dir_;
-  std::string server_address_, developer_address_;
+  std::string server_address_, admin_address_, developer_address_;
   std::unique_ptr<Daemon> server_, developer_;
   std::vector<std::unique_ptr<Daemon>> client_daemons_;
 };
@@ -234,6 +261,210 @@ TEST(ThreePartiesTest, ServerSeesNoPlaintext) {
   EXPECT_GT(test::MaxAbsDiff(received, x), 1e-2);  // not the plain embeddings
   ClientKeys keys = LoadClientKeys(data + "/bundle/client_keys.safetensors");
   EXPECT_LE(test::MaxAbsDiff(received, PermuteHidden(x, keys.p)), 1e-6);  // but x[..., p]
+}
+
+// ---- access control ---------------------------------------------------------------
+
+// The client's credentials with another access token.
+void SetAccessToken(const std::string& data_dir, const std::string& token) {
+  const std::string path = data_dir + "/credentials.json";
+  nlohmann::json j = nlohmann::json::parse(ReadFile(path));
+  j["access_token"] = token;
+  WriteFileAtomic(path, j.dump(2) + "\n", 0600);
+}
+
+std::string AccessToken(const std::string& data_dir) {
+  return nlohmann::json::parse(ReadFile(data_dir + "/credentials.json"))["access_token"];
+}
+
+std::string Sign(const auth::SigningKey& key, const std::string& user, const std::string& instance,
+                 int64_t expires_in_s) {
+  auth::TokenClaims c;
+  c.user = user;
+  c.instance = instance;
+  c.token_id = auth::NewTokenId();
+  c.expires_at = auth::NowUnix() + expires_in_s;
+  c.issued_at = c.expires_at - 7200;
+  return auth::IssueToken(key, c);
+}
+
+// The real server refuses forged, garbled, expired, wrong-instance and
+// revoked tokens with the right codes before any work, and tokens appear in
+// no log.
+TEST(ThreePartiesTest, AccessTokensAreEnforcedByTheServer) {
+  Deployment d;
+  const std::string rec = d.dir() + "/recorded";
+  MakeDirectories(rec, 0700);
+  d.StartServer({"--record-inputs", rec});
+  std::string t_alice = d.AddUser("alice"), t_bob = d.AddUser("bob");
+  d.StartDeveloper(test::ModelDir("kjv-gpt2"));
+  std::string alice = d.Register("alice", t_alice), bob = d.Register("bob", t_bob);
+  ASSERT_EQ(Deployment::Generate(alice, "And God said,", 2).exit_code, 0);
+  const size_t recorded = ListDirectory(rec).size();
+  const std::string good = AccessToken(alice);
+  ASSERT_EQ(good.rfind("stip1.", 0), 0u);
+  const std::string instance =
+      nlohmann::json::parse(ReadFile(alice + "/credentials.json"))["instance_id"];
+  // The developer's key (only a test can read it: the state is the developer's).
+  auth::SigningKey developer_key =
+      auth::SigningKey::FromPem(ReadFile(d.dir() + "/developer/token_signing_key.pem"));
+  const auth::SigningKey mallory = auth::SigningKey::Generate();
+  std::string garbled = good;
+  garbled[garbled.size() - 3] = garbled[garbled.size() - 3] == 'x' ? 'y' : 'x';
+
+  struct Case {
+    std::string name, token, code, needle;
+  };
+  const std::vector<Case> cases = {
+      {"forged", Sign(mallory, "alice", instance, 3600), "UNAUTHENTICATED", "signature"},
+      {"garbled", garbled, "UNAUTHENTICATED", ""},
+      {"not a token", "0123456789abcdef", "UNAUTHENTICATED", "not a stip1 token"},
+      {"expired", Sign(developer_key, "alice", instance, -60), "UNAUTHENTICATED", "expired"},
+      {"wrong instance", Sign(developer_key, "alice", "00112233445566778899aabbccddeeff", 3600),
+       "PERMISSION_DENIED", "another model instance"},
+  };
+  for (const Case& c : cases) {
+    SetAccessToken(alice, c.token);
+    RunResult r = Deployment::Generate(alice, "And God said,", 2);
+    EXPECT_NE(r.exit_code, 0) << c.name;
+    EXPECT_NE(r.err.find(c.code), std::string::npos) << c.name << ": " << r.err;
+    EXPECT_NE(r.err.find(c.needle), std::string::npos) << c.name << ": " << r.err;
+    EXPECT_EQ(r.err.find(c.token), std::string::npos) << c.name << ": the token was printed";
+  }
+  EXPECT_EQ(ListDirectory(rec).size(), recorded) << "a refused session got to run a step";
+  SetAccessToken(alice, good);
+  ASSERT_EQ(Deployment::Generate(alice, "And God said,", 2).exit_code, 0);
+
+  // revoke-user: the developer pushes the token's id; the server refuses it
+  // (PERMISSION_DENIED) within the sync interval; bob is unaffected.
+  RunResult rv = test::Run({kDeveloper, "revoke-user", "alice", "--state", d.dir() + "/developer"});
+  ASSERT_EQ(rv.exit_code, 0) << rv.err;
+  RunResult r;
+  for (int i = 0; i < 60; ++i) {
+    r = Deployment::Generate(alice, "And God said,", 2);
+    if (r.exit_code != 0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(250));
+  }
+  EXPECT_NE(r.exit_code, 0) << "the revoked token still works";
+  EXPECT_NE(r.err.find("PERMISSION_DENIED"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("revoked"), std::string::npos) << r.err;
+  RunResult b = Deployment::Generate(bob, "And God said,", 2);
+  EXPECT_EQ(b.exit_code, 0) << b.err;
+  // The registry refuses alice too.
+  RunResult again = d.TryRegister("alice", t_alice, d.dir() + "/alice-again");
+  EXPECT_NE(again.exit_code, 0);
+
+  // The revocation survives a server restart (it is stored with the model).
+  const std::string address = d.server_address();
+  d.StopDeveloper();
+  d.StopServer();
+  d.StartServer({}, address);
+  r = Deployment::Generate(alice, "And God said,", 2);
+  EXPECT_NE(r.err.find("PERMISSION_DENIED"), std::string::npos) << r.err;
+  EXPECT_EQ(Deployment::Generate(bob, "And God said,", 2).exit_code, 0);
+  d.StopServer();
+
+  // No token in any log.
+  for (const char* log : {"server.log", "developer.log"}) {
+    const std::string text = ReadFile(d.dir() + "/" + std::string(log));
+    for (const std::string& t : {good, AccessToken(bob), t_alice, t_bob}) {
+      EXPECT_EQ(text.find(t), std::string::npos) << log << " holds a token";
+    }
+    for (const Case& c : cases) EXPECT_EQ(text.find(c.token), std::string::npos) << log;
+  }
+}
+
+grpc::Status ListModels(const std::string& address, const TlsOptions& tls) {
+  auto stub = v1::ModelStore::NewStub(MakeChannel(address, tls, "test"));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  v1::ListModelsResponse resp;
+  return stub->List(&ctx, v1::ListModelsRequest(), &resp);
+}
+
+grpc::Status UploadDir(const std::string& address, const TlsOptions& tls, const std::string& dir,
+                       const std::string& id) {
+  auto stub = v1::ModelStore::NewStub(MakeChannel(address, tls, "test"));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+  v1::ModelInfo info;
+  auto writer = stub->Upload(&ctx, &info);
+  std::vector<OutgoingFile> files = ListFilesForTransfer(dir);
+  v1::UploadRequest req;
+  req.mutable_header()->set_instance_id(id);
+  FillEntries(files, req.mutable_header()->mutable_files());
+  if (writer->Write(req)) {
+    try {
+      std::string sha = StreamFiles(files, 1 << 20, [&](const v1::FileChunk& chunk) {
+        v1::UploadRequest r;
+        *r.mutable_chunk() = chunk;
+        return writer->Write(r);
+      });
+      v1::UploadRequest trailer;
+      trailer.mutable_trailer()->set_sha256(sha);
+      writer->Write(trailer);
+    } catch (const Error&) {
+    }
+  }
+  writer->WritesDone();
+  return writer->Finish();
+}
+
+// Only the developer's certificate changes the store: a TLS client without a
+// client certificate, or with the client's (same CA, other name), cannot
+// upload; the public port has no ModelStore; `stip-developer push` with the
+// developer's certificate can.
+TEST(ThreePartiesTest, OnlyTheDeveloperChangesTheModelStore) {
+  Deployment d;
+  d.StartServer();
+  // A transformed model to push, from the developer's tools.
+  const std::string out = d.dir() + "/transformed";
+  RunResult t = test::Run({kDeveloper, "transform", "--model", test::ModelDir("kjv-gpt2"), "--out",
+                           out, "--keys", d.dir() + "/gpt2.keys", "--quiet"},
+                          300);
+  ASSERT_EQ(t.exit_code, 0) << t.err;
+  const std::string server_dir = out + "/server";
+  const std::string id =
+      nlohmann::json::parse(ReadFile(server_dir + "/config.json"))["stip"]["instance"];
+  TlsOptions no_cert;
+  no_cert.ca_file = d.Pki("ca.pem");
+  TlsOptions client_cert = no_cert;
+  client_cert.cert_file = d.Pki("client.pem");
+  client_cert.key_file = d.Pki("client.key");
+  TlsOptions plain;
+  plain.insecure = true;
+
+  grpc::Status s = UploadDir(d.admin_address(), no_cert, server_dir, id);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAVAILABLE) << s.error_message();
+  EXPECT_FALSE(ListModels(d.admin_address(), no_cert).ok());
+  s = UploadDir(d.admin_address(), client_cert, server_dir, id);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::PERMISSION_DENIED) << s.error_message();
+  EXPECT_EQ(ListModels(d.admin_address(), client_cert).error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+  s = UploadDir(d.server_address(), no_cert, server_dir, id);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::UNIMPLEMENTED) << s.error_message();
+  s = UploadDir(d.admin_address(), plain, server_dir, id);
+  EXPECT_FALSE(s.ok());
+  EXPECT_TRUE(ListDirectory(d.dir() + "/store/models").empty());
+
+  // The developer's own tool, with its certificate.
+  RunResult push =
+      test::Run({kDeveloper, "push", "--model-dir", server_dir, "--server", d.admin_address(),
+                 "--tls-ca", d.Pki("ca.pem"), "--tls-cert", d.Pki("developer.pem"), "--tls-key",
+                 d.Pki("developer.key"), "--state", d.dir() + "/developer"},
+                120);
+  ASSERT_EQ(push.exit_code, 0) << push.err;
+  EXPECT_EQ(push.out.rfind("pushed instance " + id, 0), 0u) << push.out;
+  TlsOptions developer = no_cert;
+  developer.cert_file = d.Pki("developer.pem");
+  developer.key_file = d.Pki("developer.key");
+  EXPECT_TRUE(ListModels(d.admin_address(), developer).ok());
+  EXPECT_EQ(ListDirectory(d.dir() + "/store/models"), std::vector<std::string>{id});
+  // Without a client certificate the developer's tool is refused as well.
+  RunResult anon = test::Run({kDeveloper, "push", "--model-dir", server_dir, "--server",
+                              d.admin_address(), "--tls-ca", d.Pki("ca.pem")},
+                             60);
+  EXPECT_NE(anon.exit_code, 0);
 }
 
 TEST(Deploy, DockerComposeFileIsValid) {

@@ -71,6 +71,7 @@ class Daemon {
       while (nl != std::string::npos) {
         std::string line = buffer_.substr(0, nl);
         buffer_.erase(0, nl + 1);
+        lines_.push_back(line);
         size_t at = line.find("listening on ");
         if (at != std::string::npos) return line.substr(at + 13);
         nl = buffer_.find('\n');
@@ -84,6 +85,15 @@ class Daemon {
       }
     }
     throw std::runtime_error(argv_[0] + " did not report listening; see " + log_path_);
+  }
+  // What follows `marker` in a stdout line read so far ("" if none), e.g.
+  // Value("admin on ") for stip-server's admin address.
+  std::string Value(const std::string& marker) const {
+    for (const std::string& line : lines_) {
+      size_t at = line.find(marker);
+      if (at != std::string::npos) return line.substr(at + marker.size());
+    }
+    return "";
   }
   void Signal(int sig) {
     if (pid_ > 0) kill(pid_, sig);
@@ -116,6 +126,7 @@ class Daemon {
   pid_t pid_ = -1;
   int out_ = -1;
   std::string buffer_;
+  std::vector<std::string> lines_;
   std::string log_path_;
 };
 

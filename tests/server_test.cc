@@ -1,7 +1,9 @@
 // stip-server in process: a real gRPC server on 127.0.0.1:0 (plaintext, and
 // once with TLS), models transformed from the Hugging Face fixtures, uploaded
-// through ModelStore.Upload and run through Inference.Session; the logits,
-// un-permuted on the client side, must equal the plain model's.
+// through ModelStore.Upload on the admin port and run through
+// Inference.Session on the public port with access tokens signed by a test
+// developer key; the logits, un-permuted on the client side, must equal the
+// plain model's.
 #include <gtest/gtest.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -16,6 +18,7 @@
 #include <mutex>
 #include <thread>
 
+#include "common/auth/access_token.h"
 #include "common/engine/causal_lm.h"
 #include "common/error.h"
 #include "common/format/safetensors.h"
@@ -90,12 +93,65 @@ std::unique_ptr<Prepared> Prepare(const std::string& arch, const std::string& ro
   return p;
 }
 
+// ---- access tokens ----------------------------------------------------------------
+
+// The test developer's token signing key.
+const auth::SigningKey& DeveloperKey() {
+  static const auth::SigningKey key = auth::SigningKey::Generate();
+  return key;
+}
+
+struct TokenSpec {
+  std::string user = "alice";
+  int64_t ttl_s = 3600;                   // from now; negative: expired
+  std::string token_id;                   // "" = fresh
+  const auth::SigningKey* key = nullptr;  // null: DeveloperKey()
+};
+
+std::string TokenFor(const std::string& instance, const TokenSpec& spec = {}) {
+  auth::TokenClaims c;
+  c.user = spec.user;
+  c.instance = instance;
+  c.token_id = spec.token_id.empty() ? auth::NewTokenId() : spec.token_id;
+  const int64_t now = auth::NowUnix();
+  c.expires_at = now + spec.ttl_s;
+  c.issued_at = std::min(now, c.expires_at - 1);
+  return auth::IssueToken(spec.key ? *spec.key : DeveloperKey(), c);
+}
+
+// Session::Open's default: a valid token for the instance opened.
+const std::string kValidToken = "(a valid token)";
+
 // ---- client helpers -------------------------------------------------------------
 
 std::shared_ptr<grpc::Channel> Channel(const StipServer& server) {
   TlsOptions tls;
   tls.insecure = true;
   return MakeChannel("127.0.0.1:" + std::to_string(server.port()), tls, "test");
+}
+
+std::shared_ptr<grpc::Channel> AdminChannel(const StipServer& server) {
+  TlsOptions tls;
+  tls.insecure = true;
+  return MakeChannel("127.0.0.1:" + std::to_string(server.admin_port()), tls, "test");
+}
+
+grpc::Status SetAccess(const std::shared_ptr<grpc::Channel>& admin, const std::string& id,
+                       const std::string& key_pem,
+                       const std::vector<auth::RevokedToken>& revoked = {},
+                       v1::AccessInfo* info = nullptr) {
+  auto stub = v1::ModelStore::NewStub(admin);
+  grpc::ClientContext ctx;
+  v1::SetAccessRequest req;
+  req.set_instance_id(id);
+  req.set_token_key_pem(key_pem);
+  for (const auto& r : revoked) {
+    v1::RevokedToken* t = req.add_revoked();
+    t->set_token_id(r.token_id);
+    t->set_expires_at(r.expires_at);
+  }
+  v1::AccessInfo ignored;
+  return stub->SetAccess(&ctx, req, info ? info : &ignored);
 }
 
 struct UploadOptions {
@@ -169,10 +225,10 @@ class Session {
       : stub_(v1::Inference::NewStub(channel)), stream_(stub_->Session(&ctx_)) {}
 
   grpc::Status Open(const std::string& id, v1::SessionOpened* opened = nullptr,
-                    const std::string& token = "user-token", int64_t max_context = 0) {
+                    const std::string& token = kValidToken, int64_t max_context = 0) {
     v1::SessionRequest r;
     r.mutable_open()->set_instance_id(id);
-    r.mutable_open()->set_access_token(token);
+    r.mutable_open()->set_access_token(token == kValidToken ? TokenFor(id) : token);
     r.mutable_open()->set_max_context(max_context);
     v1::SessionResponse resp;
     if (!stream_->Write(r) || !stream_->Read(&resp)) return Finish();
@@ -295,6 +351,7 @@ class ServerTest : public ::testing::Test {
   ServerOptions Options() const {
     ServerOptions o;
     o.listen = "127.0.0.1:0";
+    o.admin.listen = "127.0.0.1:0";
     o.tls.insecure = true;
     o.store.dir = store_;
     o.store.device = "cpu";
@@ -306,16 +363,24 @@ class ServerTest : public ::testing::Test {
     server_.reset();
     server_ = std::make_unique<StipServer>(o);
     channel_ = Channel(*server_);
+    admin_ = AdminChannel(*server_);
   }
   void Start() { Start(Options()); }
   std::string ModelsDir() const { return JoinPath(store_, "models"); }
 
+  // Upload, then register the developer's token key (as stip-developer does).
   void UploadOk(const Prepared& p) {
     v1::ModelInfo info;
-    grpc::Status s = Upload(channel_, p.server_dir, p.instance_id, &info);
+    grpc::Status s = Upload(admin_, p.server_dir, p.instance_id, &info);
     ASSERT_TRUE(s.ok()) << s.error_message();
     EXPECT_EQ(info.instance_id(), p.instance_id);
     EXPECT_TRUE(info.loaded());
+    EXPECT_EQ(info.token_key_id(), "");
+    RegisterKey(p.instance_id);
+  }
+  void RegisterKey(const std::string& id) {
+    grpc::Status s = SetAccess(admin_, id, DeveloperKey().public_key().pem());
+    ASSERT_TRUE(s.ok()) << s.error_message();
   }
 
   static std::string* root_;
@@ -323,7 +388,8 @@ class ServerTest : public ::testing::Test {
   static Prepared* gpt2_;
   std::string store_;
   std::unique_ptr<StipServer> server_;
-  std::shared_ptr<grpc::Channel> channel_;
+  std::shared_ptr<grpc::Channel> channel_;  // public port: Inference
+  std::shared_ptr<grpc::Channel> admin_;    // admin port: ModelStore
 };
 
 std::string* ServerTest::root_ = nullptr;
@@ -338,15 +404,16 @@ TEST_F(ServerTest, UploadThenSessionEqualsPlainModel) {
   o.inference.record_inputs_dir = JoinPath(store_, "recorded");
   Start(o);
   v1::ModelInfo info;
-  grpc::Status s = Upload(channel_, llama_->server_dir, llama_->instance_id, &info);
+  grpc::Status s = Upload(admin_, llama_->server_dir, llama_->instance_id, &info);
   ASSERT_TRUE(s.ok()) << s.error_message();
+  RegisterKey(llama_->instance_id);
   EXPECT_TRUE(info.loaded());
   EXPECT_EQ(info.model_type(), "llama");
   EXPECT_EQ(info.hidden_size(), llama_->hidden);
   EXPECT_EQ(info.vocab_size(), llama_->plain.server->config().vocab_size);
   EXPECT_EQ(info.datatype(), "FP32");
   EXPECT_GT(info.stored_bytes(), 0u);
-  auto models = List(channel_);
+  auto models = List(admin_);
   ASSERT_EQ(models.size(), 1u);
   EXPECT_EQ(models[0].instance_id(), llama_->instance_id);
 
@@ -482,10 +549,10 @@ TEST_F(ServerTest, DigestMismatchIsDataLossAndStoresNothing) {
   Start();
   UploadOptions o;
   o.sha_override = std::string(64, '0');
-  grpc::Status s = Upload(channel_, llama_->server_dir, llama_->instance_id, nullptr, o);
+  grpc::Status s = Upload(admin_, llama_->server_dir, llama_->instance_id, nullptr, o);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::DATA_LOSS) << s.error_message();
   EXPECT_NE(s.error_message().find("SHA-256 mismatch"), std::string::npos) << s.error_message();
-  EXPECT_TRUE(List(channel_).empty());
+  EXPECT_TRUE(List(admin_).empty());
   EXPECT_TRUE(ListDirectory(ModelsDir()).empty());
   Session session(channel_);
   EXPECT_EQ(session.Open(llama_->instance_id).error_code(), grpc::StatusCode::NOT_FOUND);
@@ -496,21 +563,22 @@ TEST_F(ServerTest, InterruptedUploadLeavesNothingAndCanBeRetried) {
   UploadOptions o;
   o.cancel_after_chunks = 3;
   o.models_dir = ModelsDir();
-  grpc::Status s = Upload(channel_, llama_->server_dir, llama_->instance_id, nullptr, o);
+  grpc::Status s = Upload(admin_, llama_->server_dir, llama_->instance_id, nullptr, o);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::CANCELLED) << s.error_message();
   // The server notices the cancellation on its own thread.
   for (int i = 0; i < 500 && !ListDirectory(ModelsDir()).empty(); ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   EXPECT_TRUE(ListDirectory(ModelsDir()).empty());
-  EXPECT_TRUE(List(channel_).empty());
+  EXPECT_TRUE(List(admin_).empty());
   grpc::Status retry;
   for (int i = 0; i < 100; ++i) {  // until the server has forgotten the first attempt
-    retry = Upload(channel_, llama_->server_dir, llama_->instance_id);
+    retry = Upload(admin_, llama_->server_dir, llama_->instance_id);
     if (retry.error_code() != grpc::StatusCode::FAILED_PRECONDITION) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   ASSERT_TRUE(retry.ok()) << retry.error_message();
+  RegisterKey(llama_->instance_id);
   Session session(channel_);
   ASSERT_TRUE(session.Open(llama_->instance_id).ok());
   RunAndCheck(session, *llama_, kPromptB, {});
@@ -534,29 +602,29 @@ TEST_F(ServerTest, UploadsThatAreNotTransformedServerCheckpointsAreRefused) {
     }
     WriteSafetensors(JoinPath(bad, "model.safetensors"), tensors);
   }
-  grpc::Status s = Upload(channel_, bad, gpt2_->instance_id);
+  grpc::Status s = Upload(admin_, bad, gpt2_->instance_id);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
   EXPECT_NE(s.error_message().find("embedding"), std::string::npos) << s.error_message();
 
   // The client bundle by mistake (embeddings, keys).
-  s = Upload(channel_, gpt2_->client_dir, gpt2_->instance_id);
+  s = Upload(admin_, gpt2_->client_dir, gpt2_->instance_id);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
 
   // A checkpoint uploaded under another instance's id.
-  s = Upload(channel_, gpt2_->server_dir, llama_->instance_id);
+  s = Upload(admin_, gpt2_->server_dir, llama_->instance_id);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
   EXPECT_NE(s.error_message().find("belongs to instance"), std::string::npos) << s.error_message();
 
   // The plaintext model itself (no instance record, embeddings).
-  s = Upload(channel_, gpt2_->fixture, gpt2_->instance_id);
+  s = Upload(admin_, gpt2_->fixture, gpt2_->instance_id);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
 
   // Bad instance ids.
   for (const std::string& id : std::vector<std::string>{"", "../x", "a/b", std::string(65, 'a')}) {
-    s = Upload(channel_, gpt2_->server_dir, id);
+    s = Upload(admin_, gpt2_->server_dir, id);
     EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << "id " << id;
   }
-  EXPECT_TRUE(List(channel_).empty());
+  EXPECT_TRUE(List(admin_).empty());
   EXPECT_TRUE(ListDirectory(ModelsDir()).empty());
   // And the daemon still takes a good upload.
   UploadOk(*gpt2_);
@@ -565,7 +633,7 @@ TEST_F(ServerTest, UploadsThatAreNotTransformedServerCheckpointsAreRefused) {
 TEST_F(ServerTest, FileNamesThatEscapeAreRejected) {
   Start();
   for (const std::string& name : std::vector<std::string>{"../x", "a/b", "..", ""}) {
-    auto stub = v1::ModelStore::NewStub(channel_);
+    auto stub = v1::ModelStore::NewStub(admin_);
     grpc::ClientContext ctx;
     v1::ModelInfo info;
     auto writer = stub->Upload(&ctx, &info);
@@ -588,14 +656,17 @@ TEST_F(ServerTest, RestartServesStoredModelsAndSkipsCorruptedOnes) {
   Start();
   UploadOk(*llama_);
   UploadOk(*gpt2_);
-  EXPECT_EQ(Upload(channel_, llama_->server_dir, llama_->instance_id).error_code(),
+  EXPECT_EQ(Upload(admin_, llama_->server_dir, llama_->instance_id).error_code(),
             grpc::StatusCode::ALREADY_EXISTS);
 
   // Restart: both come back without an upload.
   Start();
-  auto models = List(channel_);
+  auto models = List(admin_);
   ASSERT_EQ(models.size(), 2u);
-  for (const auto& m : models) EXPECT_TRUE(m.loaded()) << m.instance_id();
+  for (const auto& m : models) {
+    EXPECT_TRUE(m.loaded()) << m.instance_id();
+    EXPECT_EQ(m.token_key_id(), DeveloperKey().public_key().key_id()) << "access not persisted";
+  }
   {
     Session session(channel_);
     ASSERT_TRUE(session.Open(gpt2_->instance_id).ok());
@@ -612,7 +683,7 @@ TEST_F(ServerTest, RestartServesStoredModelsAndSkipsCorruptedOnes) {
   const std::string stale = JoinPath(ModelsDir(), llama_->instance_id + "x.tmp-abcdef");
   MakeDirectories(stale, 0700);
   Start();
-  models = List(channel_);
+  models = List(admin_);
   ASSERT_EQ(models.size(), 1u);
   EXPECT_EQ(models[0].instance_id(), llama_->instance_id);
   EXPECT_FALSE(PathExists(stale));
@@ -630,7 +701,7 @@ TEST_F(ServerTest, HostileStepsGetClearErrorsAndTheSessionGoesOn) {
   UploadOk(*llama_);
   Session session(channel_);
   v1::SessionOpened opened;
-  ASSERT_TRUE(session.Open(llama_->instance_id, &opened, "token", /*max_context=*/16).ok());
+  ASSERT_TRUE(session.Open(llama_->instance_id, &opened, kValidToken, /*max_context=*/16).ok());
   EXPECT_EQ(opened.max_context(), 16);
   const int64_t d = llama_->hidden;
 
@@ -715,7 +786,7 @@ TEST_F(ServerTest, SessionLevelErrorsEndTheStreamButNotTheDaemon) {
     ASSERT_TRUE(s.Open(llama_->instance_id).ok());
     v1::SessionRequest r;
     r.mutable_open()->set_instance_id(llama_->instance_id);
-    r.mutable_open()->set_access_token("t");
+    r.mutable_open()->set_access_token(TokenFor(llama_->instance_id));
     EXPECT_FALSE(s.Send(r).has_value());
     EXPECT_EQ(s.Finish().error_code(), grpc::StatusCode::FAILED_PRECONDITION);
   }
@@ -778,7 +849,7 @@ TEST_F(ServerTest, SessionAndKvLimitsAreResourceExhausted) {
 TEST_F(ServerTest, UnloadAndDeleteWaitForSessions) {
   Start();
   UploadOk(*llama_);
-  auto stub = v1::ModelStore::NewStub(channel_);
+  auto stub = v1::ModelStore::NewStub(admin_);
   v1::ModelRef ref;
   ref.set_instance_id(llama_->instance_id);
   auto session = std::make_unique<Session>(channel_);
@@ -819,7 +890,7 @@ TEST_F(ServerTest, UnloadAndDeleteWaitForSessions) {
     grpc::Status st = stub->Delete(&ctx, ref, &resp);
     ASSERT_TRUE(st.ok()) << st.error_message();
   }
-  EXPECT_TRUE(List(channel_).empty());
+  EXPECT_TRUE(List(admin_).empty());
   EXPECT_TRUE(ListDirectory(ModelsDir()).empty());
   {
     grpc::ClientContext ctx;
@@ -842,45 +913,264 @@ TEST_F(ServerTest, IdleSessionsAreEnded) {
   EXPECT_EQ(server_->inference().active_sessions(), 0);
 }
 
+// ---- access tokens ---------------------------------------------------------------
+
+TEST_F(ServerTest, AccessTokensAreCheckedBeforeAnyWork) {
+  ServerOptions o = Options();
+  Start(o);
+  v1::ModelInfo info;
+  ASSERT_TRUE(Upload(admin_, llama_->server_dir, llama_->instance_id, &info).ok());
+  ASSERT_TRUE(Upload(admin_, gpt2_->server_dir, gpt2_->instance_id, &info).ok());
+  const std::string& id = llama_->instance_id;
+  auto open = [&](const std::string& instance, const std::string& token) {
+    Session s(channel_);
+    return s.Open(instance, nullptr, token);
+  };
+  auto expect = [&](const grpc::Status& st, grpc::StatusCode code, const std::string& needle) {
+    EXPECT_EQ(st.error_code(), code) << st.error_message();
+    EXPECT_NE(st.error_message().find(needle), std::string::npos) << st.error_message();
+  };
+
+  // No key registered yet: no sessions, whatever the token.
+  expect(open(id, TokenFor(id)), grpc::StatusCode::FAILED_PRECONDITION, "no registered token key");
+  RegisterKey(id);
+  RegisterKey(gpt2_->instance_id);
+  ASSERT_TRUE(open(id, TokenFor(id)).ok());
+
+  // Forged: signed by another key; garbled; not a token at all; tampered payload.
+  const auth::SigningKey mallory = auth::SigningKey::Generate();
+  TokenSpec forged;
+  forged.key = &mallory;
+  expect(open(id, TokenFor(id, forged)), grpc::StatusCode::UNAUTHENTICATED, "signature");
+  std::string good = TokenFor(id);
+  std::string garbled = good;
+  garbled[garbled.size() - 5] = garbled[garbled.size() - 5] == 'A' ? 'B' : 'A';
+  expect(open(id, garbled), grpc::StatusCode::UNAUTHENTICATED, "");
+  expect(open(id, "user-token"), grpc::StatusCode::UNAUTHENTICATED, "not a stip1 token");
+  expect(open(id, "stip1.!!.??"), grpc::StatusCode::UNAUTHENTICATED, "encoded");
+  expect(open(id, std::string(10000, 'a')), grpc::StatusCode::UNAUTHENTICATED, "too long");
+  {
+    // Another user's name in the payload, the signature kept.
+    const size_t a = good.find('.'), b = good.rfind('.');
+    std::string payload = *auth::Base64UrlDecode(good.substr(a + 1, b - a - 1));
+    payload.replace(payload.find("alice"), 5, "admin");
+    std::string tampered = good.substr(0, a + 1) + auth::Base64UrlEncode(payload) + good.substr(b);
+    expect(open(id, tampered), grpc::StatusCode::UNAUTHENTICATED, "signature");
+  }
+  // Expired.
+  TokenSpec expired;
+  expired.ttl_s = -10;
+  expect(open(id, TokenFor(id, expired)), grpc::StatusCode::UNAUTHENTICATED, "expired");
+  // Valid signature, another instance: the gpt2 token on llama.
+  expect(open(id, TokenFor(gpt2_->instance_id)), grpc::StatusCode::PERMISSION_DENIED,
+         "another model instance");
+  // Unknown instance: NOT_FOUND (no key to check against).
+  expect(open("0123456789abcdef0123456789abcdef", TokenFor("0123456789abcdef0123456789abcdef")),
+         grpc::StatusCode::NOT_FOUND, "");
+
+  // Revoked: the developer pushes the token's id; other tokens still work.
+  TokenSpec bob;
+  bob.user = "bob";
+  bob.token_id = auth::NewTokenId();
+  const std::string bob_token = TokenFor(id, bob);
+  Session bobs_session(channel_);  // opened before the revocation: it keeps running
+  ASSERT_TRUE(bobs_session.Open(id, nullptr, bob_token).ok());
+  v1::AccessInfo ai;
+  const int64_t later = auth::NowUnix() + 3600;
+  ASSERT_TRUE(SetAccess(admin_, id, DeveloperKey().public_key().pem(),
+                        {{bob.token_id, later}, {auth::NewTokenId(), auth::NowUnix() - 5}}, &ai)
+                  .ok());
+  EXPECT_EQ(ai.revoked_tokens(), 1) << "the entry of an expired token was kept";
+  EXPECT_EQ(ai.token_key_id(), DeveloperKey().public_key().key_id());
+  expect(open(id, bob_token), grpc::StatusCode::PERMISSION_DENIED, "revoked");
+  ASSERT_TRUE(open(id, TokenFor(id)).ok());
+  // The gpt2 instance has its own list.
+  TokenSpec bob_gpt2 = bob;
+  EXPECT_TRUE(open(gpt2_->instance_id, TokenFor(gpt2_->instance_id, bob_gpt2)).ok());
+
+  // Nothing was held for the refused opens: bob's early session is the only one
+  // (once the sessions of the accepted opens, abandoned above, are released).
+  for (int i = 0; i < 200 && server_->inference().active_sessions() > 1; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(server_->inference().active_sessions(), 1);
+  RunAndCheck(bobs_session, *llama_, kPromptB, {});
+  EXPECT_TRUE(bobs_session.Close().ok());
+
+  // The revocation survives a restart.
+  Start(o);
+  expect(open(id, bob_token), grpc::StatusCode::PERMISSION_DENIED, "revoked");
+  ASSERT_TRUE(open(id, TokenFor(id)).ok());
+
+  // SetAccess checks what it is given.
+  EXPECT_EQ(SetAccess(admin_, id, "not a key").error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(SetAccess(admin_, id, DeveloperKey().PrivatePem()).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(
+      SetAccess(admin_, id, DeveloperKey().public_key().pem(), {{"../x", later}}).error_code(),
+      grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(SetAccess(admin_, "0123456789abcdef", DeveloperKey().public_key().pem()).error_code(),
+            grpc::StatusCode::NOT_FOUND);
+  expect(open(id, bob_token), grpc::StatusCode::PERMISSION_DENIED, "revoked");  // unchanged
+
+  // Re-registering replaces the list (bob is back) and the key (old tokens die).
+  ASSERT_TRUE(SetAccess(admin_, id, DeveloperKey().public_key().pem()).ok());
+  EXPECT_TRUE(open(id, bob_token).ok());
+  ASSERT_TRUE(SetAccess(admin_, id, mallory.public_key().pem()).ok());
+  expect(open(id, bob_token), grpc::StatusCode::UNAUTHENTICATED, "signature");
+  EXPECT_TRUE(open(id, TokenFor(id, forged)).ok());
+
+  // An uploaded access.json is refused: access goes through SetAccess.
+  const std::string with_access = JoinPath(*root_, "with-access");
+  RemoveAll(with_access);
+  MakeDirectories(with_access, 0700);
+  for (const std::string& f : ListDirectory(gpt2_->server_dir)) {
+    CopyFile(JoinPath(gpt2_->server_dir, f), JoinPath(with_access, f));
+  }
+  WriteFileAtomic(JoinPath(with_access, "access.json"), "{}", 0600);
+  ServerOptions fresh = Options();
+  fresh.store.dir = JoinPath(store_, "fresh");
+  Start(fresh);
+  grpc::Status up = Upload(admin_, with_access, gpt2_->instance_id);
+  EXPECT_EQ(up.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << up.error_message();
+  EXPECT_NE(up.error_message().find("SetAccess"), std::string::npos) << up.error_message();
+}
+
+// The public port serves no ModelStore; the admin port serves no sessions.
+TEST_F(ServerTest, ModelStoreIsOnTheAdminPortOnly) {
+  Start();
+  auto stub = v1::ModelStore::NewStub(channel_);
+  grpc::ClientContext ctx;
+  v1::ListModelsResponse resp;
+  EXPECT_EQ(stub->List(&ctx, v1::ListModelsRequest(), &resp).error_code(),
+            grpc::StatusCode::UNIMPLEMENTED);
+  EXPECT_EQ(Upload(channel_, llama_->server_dir, llama_->instance_id).error_code(),
+            grpc::StatusCode::UNIMPLEMENTED);
+  UploadOk(*llama_);
+  Session wrong_port(admin_);
+  EXPECT_EQ(wrong_port.Open(llama_->instance_id).error_code(), grpc::StatusCode::UNIMPLEMENTED);
+  Session s(channel_);
+  EXPECT_TRUE(s.Open(llama_->instance_id).ok());
+
+  // Without an admin port nothing can change the store.
+  ServerOptions o = Options();
+  o.admin.listen.clear();
+  server_.reset();
+  server_ = std::make_unique<StipServer>(o);
+  EXPECT_EQ(server_->admin_port(), 0);
+  EXPECT_EQ(server_->admin_address(), "");
+}
+
 // ---- TLS ---------------------------------------------------------------------
 
-TEST_F(ServerTest, TlsEndToEnd) {
+// A CA, the server's certificate, the developer's client certificate
+// (CN stip-developer), another client certificate of the same CA (CN
+// stip-client), and one of an unrelated CA (CN stip-developer).
+std::string MakeTestPki() {
   const std::string dir = MakeTempDir();
-  const std::string cmd =
-      "cd " + dir +
-      " && printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\n' > ext.cnf"
-      " && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key"
-      " -out ca.pem -days 1 -subj /CN=stip-test-ca -addext basicConstraints=critical,CA:TRUE"
-      " -addext keyUsage=critical,keyCertSign,cRLSign"
-      " && openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout server.key"
-      " -out server.csr -subj /CN=localhost"
-      " && openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial"
-      " -out server.pem -days 1 -extfile ext.cnf) >/dev/null 2>&1";
-  ASSERT_EQ(std::system(("(" + cmd).c_str()), 0) << "openssl failed";
+  auto issue = [](const std::string& name, const std::string& cn, const std::string& ca,
+                  const std::string& eku) {
+    return " && openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout " + name +
+           ".key -out " + name + ".csr -subj /CN=" + cn +
+           " && printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\nextendedKeyUsage=" + eku +
+           "\\n' > " + name + ".cnf && openssl x509 -req -in " + name + ".csr -CA " + ca +
+           ".pem -CAkey " + ca + ".key -CAcreateserial -out " + name + ".pem -days 1 -extfile " +
+           name + ".cnf";
+  };
+  auto ca = [](const std::string& name, const std::string& cn) {
+    return " && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout " +
+           name + ".key -out " + name + ".pem -days 1 -subj /CN=" + cn +
+           " -addext basicConstraints=critical,CA:TRUE -addext "
+           "keyUsage=critical,keyCertSign,cRLSign";
+  };
+  const std::string cmd = "(cd " + dir + ca("ca", "stip-test-ca") + ca("other", "other-ca") +
+                          issue("server", "localhost", "ca", "serverAuth") +
+                          issue("developer", "stip-developer", "ca", "clientAuth") +
+                          issue("client", "stip-client", "ca", "clientAuth") +
+                          issue("impostor", "stip-developer", "other", "clientAuth") +
+                          ") >/dev/null 2>&1";
+  if (std::system(cmd.c_str()) != 0) throw Internal("openssl failed");
+  return dir;
+}
+
+TEST_F(ServerTest, TlsEndToEndAndOnlyTheDevelopersCertificateChangesTheStore) {
+  const std::string dir = MakeTestPki();
   ServerOptions o = Options();
   o.tls.insecure = false;
   o.tls.cert_file = JoinPath(dir, "server.pem");
   o.tls.key_file = JoinPath(dir, "server.key");
+  o.admin.ca_file = JoinPath(dir, "ca.pem");
+  o.admin.allowed_common_names = {"stip-developer"};
   server_ = std::make_unique<StipServer>(o);
-  TlsOptions tls;
-  tls.ca_file = JoinPath(dir, "ca.pem");
-  channel_ = MakeChannel("127.0.0.1:" + std::to_string(server_->port()), tls, "test");
+  auto tls_channel = [&](int port, const std::string& cert) {
+    TlsOptions tls;
+    tls.ca_file = JoinPath(dir, "ca.pem");
+    if (!cert.empty()) {
+      tls.cert_file = JoinPath(dir, cert + ".pem");
+      tls.key_file = JoinPath(dir, cert + ".key");
+    }
+    return MakeChannel("localhost:" + std::to_string(port), tls, "test");
+  };
+  auto list = [](const std::shared_ptr<grpc::Channel>& ch) {
+    auto stub = v1::ModelStore::NewStub(ch);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    v1::ListModelsResponse resp;
+    return stub->List(&ctx, v1::ListModelsRequest(), &resp);
+  };
+  const int admin_port = server_->admin_port();
+
+  // TLS without a client certificate: the handshake fails, nothing is stored.
+  {
+    auto ch = tls_channel(admin_port, "");
+    EXPECT_EQ(list(ch).error_code(), grpc::StatusCode::UNAVAILABLE);
+    EXPECT_FALSE(Upload(ch, llama_->server_dir, llama_->instance_id).ok());
+    EXPECT_FALSE(SetAccess(ch, llama_->instance_id, DeveloperKey().public_key().pem()).ok());
+  }
+  // A certificate of another CA, even with the developer's name.
+  EXPECT_EQ(list(tls_channel(admin_port, "impostor")).error_code(), grpc::StatusCode::UNAVAILABLE);
+  // The same CA, another name (the client's certificate): PERMISSION_DENIED.
+  {
+    auto ch = tls_channel(admin_port, "client");
+    grpc::Status st = list(ch);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::PERMISSION_DENIED) << st.error_message();
+    EXPECT_NE(st.error_message().find("stip-client"), std::string::npos) << st.error_message();
+    st = Upload(ch, llama_->server_dir, llama_->instance_id);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::PERMISSION_DENIED) << st.error_message();
+  }
+  // Plaintext gets nowhere, on either port.
+  {
+    TlsOptions plain;
+    plain.insecure = true;
+    EXPECT_FALSE(list(MakeChannel("127.0.0.1:" + std::to_string(admin_port), plain, "t")).ok());
+    EXPECT_FALSE(
+        list(MakeChannel("127.0.0.1:" + std::to_string(server_->port()), plain, "t")).ok());
+  }
+  // A TLS client of the public port: no ModelStore there.
+  EXPECT_EQ(list(tls_channel(server_->port(), "")).error_code(), grpc::StatusCode::UNIMPLEMENTED);
+  EXPECT_EQ(Upload(tls_channel(server_->port(), ""), llama_->server_dir, llama_->instance_id)
+                .error_code(),
+            grpc::StatusCode::UNIMPLEMENTED);
+  EXPECT_TRUE(ListDirectory(ModelsDir()).empty());
+
+  // The developer can; then a TLS client (no certificate) runs a session.
+  admin_ = tls_channel(admin_port, "developer");
+  channel_ = tls_channel(server_->port(), "");
   UploadOk(*llama_);
   Session s(channel_);
   ASSERT_TRUE(s.Open(llama_->instance_id).ok());
   RunAndCheck(s, *llama_, kPromptA, {10});
   EXPECT_TRUE(s.Close().ok());
-
-  // A plaintext client gets nowhere.
-  TlsOptions plain;
-  plain.insecure = true;
-  auto insecure = MakeChannel("127.0.0.1:" + std::to_string(server_->port()), plain, "test");
-  auto stub = v1::ModelStore::NewStub(insecure);
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
-  v1::ListModelsResponse resp;
-  EXPECT_FALSE(stub->List(&ctx, v1::ListModelsRequest(), &resp).ok());
   server_.reset();
+
+  // Any certificate of the admin CA when no names are listed.
+  o.admin.allowed_common_names.clear();
+  server_ = std::make_unique<StipServer>(o);
+  EXPECT_TRUE(list(tls_channel(server_->admin_port(), "client")).ok());
+  // An admin port without its CA is refused at start-up.
+  o.admin.ca_file.clear();
+  server_.reset();
+  EXPECT_THROW(StipServer bad(o), Error);
   RemoveAll(dir);
 }
 

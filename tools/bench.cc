@@ -3,22 +3,43 @@
 //   engine    forward throughput at batch x tokens (the paper's 100 x 100 by
 //             default) and decode ms/step at several batch sizes, for the
 //             plaintext weights and the STIP-transformed weights on the same
-//             engine, interleaved, with the ratio;
+//             engine, interleaved step by step, medians after a warm-up, with
+//             the ratio;
 //   client    the device's work per token (embed, permute x, un-permute o',
 //             sample) at a given hidden size and vocabulary;
-//   transform streaming transform throughput of a checkpoint on disk.
+//   models    per model (default: the demo models): streaming transform
+//             throughput, the client bundle's size on disk and the memory that
+//             loading it takes (embedding half, keys, tokenizer; measured in
+//             a fresh child process);
+//   e2e       (gRPC builds) per model: an in-process stip server on loopback
+//             (plaintext gRPC, no TLS) driven by the client's RemoteSession:
+//             per-token latency split into client work, transport and
+//             serialization, and server compute; bytes on the wire per token;
+//             tokens/s at 1 and 16 concurrent sessions;
+//   transform streaming transform throughput of one more checkpoint on disk.
 //
 // Output: a short table on stderr and one JSON object on stdout.
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
+#include <c10/core/InferenceMode.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <torch/version.h>
+#include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdio>
+#include <fstream>
 #include <iostream>
+#include <mutex>
 #include <nlohmann/json.hpp>
+#include <set>
+#include <thread>
 
 #include "common/arch/architecture.h"
 #include "common/engine/causal_lm.h"
@@ -26,29 +47,53 @@
 #include "common/engine/tensor_util.h"
 #include "common/error.h"
 #include "common/keys/model_keys.h"
+#include "common/tokenizer/tokenizer.h"
 #include "common/transform/transform_checkpoint.h"
 #include "common/transform/transform_rules.h"
 #include "common/util/files.h"
+
+#ifdef STIP_WITH_GRPC
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include "client/bundle_store.h"
+#include "client/remote_session.h"
+#include "common/rpc/tensor_wire.h"
+#include "common/rpc/tls.h"
+#include "server/access_policy.h"
+#include "server/batch_scheduler.h"
+#include "server/stip_server.h"
+#include "stip/v1/stip.pb.h"
+#endif
+
+#ifndef STIP_MODELS_DIR
+#define STIP_MODELS_DIR "models"
+#endif
 
 namespace stip {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+using Json = nlohmann::ordered_json;
 
 double Seconds(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();
 }
+double Ms(Clock::time_point a, Clock::time_point b) { return Seconds(a, b) * 1e3; }
 
 double Median(std::vector<double> v) {
+  if (v.empty()) return 0;
   std::sort(v.begin(), v.end());
-  return v.empty() ? 0 : v[v.size() / 2];
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
 void Sync(const at::Device& d) {
-  if (d.is_cuda()) at::zeros({1}, at::TensorOptions().device(d)).cpu();
+  if (!d.is_cpu()) at::zeros({1}, at::TensorOptions().device(d)).cpu();
 }
 
-// A model with random weights of a named shape (speed does not depend on values).
+// ---- random models of a named shape ------------------------------------------
+
 ModelConfig PresetConfig(const std::string& preset) {
   nlohmann::json j;
   if (preset == "gpt2-124m") {
@@ -62,23 +107,75 @@ ModelConfig PresetConfig(const std::string& preset) {
     j = {{"model_type", "llama"}, {"vocab_size", 8000}, {"hidden_size", 512},
          {"intermediate_size", 1376}, {"num_hidden_layers", 6}, {"num_attention_heads", 8},
          {"num_key_value_heads", 4}, {"max_position_embeddings", 2048}};
+  } else if (preset == "tiny") {  // for the smoke test
+    j = {{"model_type", "llama"}, {"vocab_size", 512}, {"hidden_size", 64},
+         {"intermediate_size", 128}, {"num_hidden_layers", 2}, {"num_attention_heads", 4},
+         {"num_key_value_heads", 2}, {"max_position_embeddings", 256}};
   } else {
-    throw InvalidArgument("unknown preset \"" + preset + "\" (small, gpt2-124m, llama-7b)");
+    throw InvalidArgument("unknown preset \"" + preset + "\" (tiny, small, gpt2-124m, llama-7b)");
   }
   return ParseModelConfig(j.dump(), "preset " + preset);
 }
 
-std::map<std::string, at::Tensor> RandomWeights(const ModelConfig& c) {
-  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(0);
-  std::map<std::string, at::Tensor> m;
-  for (const TensorEntry& e : ExpectedTensors(c)) m[e.name] = at::randn(e.shape, gen) * 0.02;
-  return m;
-}
+// Random weights (speed does not depend on values), made directly in the
+// compute dtype on the device: a 7B model never exists in fp32 on the host.
+class RandomSource : public TensorSource {
+ public:
+  explicit RandomSource(const ModelConfig& c) {
+    for (const TensorEntry& e : ExpectedTensors(c)) shapes_[e.name] = e.shape;
+  }
+  bool Has(const std::string& name) const override { return shapes_.count(name) != 0; }
+  std::vector<int64_t> Shape(const std::string& name) const override {
+    auto it = shapes_.find(name);
+    if (it == shapes_.end()) throw NotFound("random source: no tensor \"" + name + "\"");
+    return it->second;
+  }
+  at::Tensor Load(const std::string& name, at::ScalarType type, at::Device device) const override {
+    auto opts = at::TensorOptions().dtype(type).device(device);
+    const std::vector<int64_t> shape = Shape(name);
+    if (shape.size() == 1) return at::ones(shape, opts);  // norm weights (and biases)
+    // The same values every time a name is loaded (the STIP model is made from them).
+    at::manual_seed(std::hash<std::string>()(name));
+    return at::randn(shape, opts).mul_(0.02);
+  }
+  std::string Describe() const override { return "random weights"; }
 
+ private:
+  std::map<std::string, std::vector<int64_t>> shapes_;
+};
+
+// The plaintext and the STIP-transformed server halves on the same engine.
 struct Engines {
   ModelConfig config;
   ModelKeys keys;
   std::unique_ptr<ServerModel> plain, stip;
+};
+
+// The transformed model is the plaintext one with its tensors permuted: made
+// tensor by tensor on the device (PermuteTensor is a gather), so that only
+// the two models are ever in memory.
+class PermutedSource : public TensorSource {
+ public:
+  PermutedSource(const ModelConfig& plain, const TensorSource& source, const ModelKeys& keys)
+      : plain_(plain), source_(source), keys_(keys) {
+    for (const TransformedTensor& t : PlanServerTensors(plain)) plan_[t.name] = t;
+  }
+  bool Has(const std::string& name) const override { return plan_.count(name) != 0; }
+  std::vector<int64_t> Shape(const std::string& name) const override {
+    return plan_.at(name).shape;
+  }
+  at::Tensor Load(const std::string& name, at::ScalarType type, at::Device device) const override {
+    const TransformedTensor& t = plan_.at(name);
+    at::Tensor w = source_.Load(SourceTensorName(t, plain_, keys_), type, device);
+    return PermuteTensor(w, t.layout, PermutationsFor(t, plain_, keys_)).contiguous();
+  }
+  std::string Describe() const override { return "transformed " + source_.Describe(); }
+
+ private:
+  const ModelConfig& plain_;
+  const TensorSource& source_;
+  const ModelKeys& keys_;
+  std::map<std::string, TransformedTensor> plan_;
 };
 
 Engines Build(const ModelConfig& config, const TensorSource& source, const LoadOptions& opt) {
@@ -86,46 +183,444 @@ Engines Build(const ModelConfig& config, const TensorSource& source, const LoadO
   e.config = config;
   e.keys = GenerateKeys(config, "bench");
   e.plain = std::make_unique<ServerModel>(config, LoadServerWeights(config, source, opt), opt);
-  auto transformed = TransformInMemory(config, source, e.keys);
   ModelConfig tc = TransformedConfig(config, e.keys.instance_id);
-  MapSource ts(transformed, "transformed");
+  PermutedSource ts(config, source, e.keys);
   e.stip = std::make_unique<ServerModel>(tc, LoadServerWeights(tc, ts, opt), opt);
   return e;
 }
 
-// Seconds for one forward of `batch` fresh sequences of `tokens` positions.
+// Seconds for one forward of fresh sequences (one per input).
 double TimeForward(const ServerModel& m, const std::vector<at::Tensor>& xs) {
   std::vector<KvCache> caches;
+  caches.reserve(xs.size());
   for (size_t i = 0; i < xs.size(); ++i) caches.push_back(m.NewCache());
   std::vector<SequenceStep> batch;
   for (size_t i = 0; i < xs.size(); ++i) batch.push_back({xs[i], &caches[i], false});
+  Sync(m.options().device);
   auto t0 = Clock::now();
   m.Forward(batch);
   Sync(m.options().device);
   return Seconds(t0, Clock::now());
 }
 
-// Milliseconds per decode step at `batch` sequences (after a prefill of `context`).
-double TimeDecode(const ServerModel& m, int64_t batch, int64_t context, int steps,
-                  const std::vector<at::Tensor>& prefill, const std::vector<at::Tensor>& step_x) {
-  std::vector<KvCache> caches;
-  for (int64_t i = 0; i < batch; ++i) caches.push_back(m.NewCache());
-  std::vector<SequenceStep> pre;
-  for (int64_t i = 0; i < batch; ++i) pre.push_back({prefill[static_cast<size_t>(i)], &caches[static_cast<size_t>(i)], false});
-  m.Forward(pre);
-  (void)context;
-  std::vector<double> times;
-  for (int s = 0; s < steps; ++s) {
-    std::vector<SequenceStep> b;
-    for (int64_t i = 0; i < batch; ++i) b.push_back({step_x[static_cast<size_t>(i)], &caches[static_cast<size_t>(i)], false});
-    Sync(m.options().device);
-    auto t0 = Clock::now();
-    m.Forward(b);
-    Sync(m.options().device);
-    times.push_back(Seconds(t0, Clock::now()) * 1e3);
-  }
-  return Median(times);
+// One decode step of every sequence; milliseconds.
+double DecodeStep(const ServerModel& m, std::vector<KvCache>& caches,
+                  const std::vector<at::Tensor>& xs) {
+  std::vector<SequenceStep> b;
+  b.reserve(caches.size());
+  for (size_t i = 0; i < caches.size(); ++i) b.push_back({xs[i], &caches[i], false});
+  auto t0 = Clock::now();
+  m.Forward(b);
+  Sync(m.options().device);
+  return Ms(t0, Clock::now());
 }
+
+struct PairTimes {
+  std::vector<double> plain, stip;
+};
+
+// Decode at `batch` sequences, plaintext and STIP alternating step by step
+// (the order flips every step), each rep from fresh caches prefilled with
+// `context` positions and `warmup` untimed steps.
+PairTimes TimeDecodePair(const Engines& e, const std::vector<at::Tensor>& pre,
+                         const std::vector<at::Tensor>& pre_p, const std::vector<at::Tensor>& step,
+                         const std::vector<at::Tensor>& step_p, int reps, int warmup, int steps) {
+  PairTimes out;
+  const size_t b = pre.size();
+  for (int r = 0; r < reps; ++r) {
+    std::vector<KvCache> cp, cs;
+    for (size_t i = 0; i < b; ++i) {
+      cp.push_back(e.plain->NewCache());
+      cs.push_back(e.stip->NewCache());
+    }
+    std::vector<SequenceStep> fp, fs;
+    for (size_t i = 0; i < b; ++i) {
+      fp.push_back({pre[i], &cp[i], false});
+      fs.push_back({pre_p[i], &cs[i], false});
+    }
+    e.plain->Forward(fp);
+    e.stip->Forward(fs);
+    Sync(e.plain->options().device);
+    for (int s = 0; s < warmup + steps; ++s) {
+      const bool plain_first = (s + r) % 2 == 0;
+      double tp = 0, ts = 0;
+      if (plain_first) {
+        tp = DecodeStep(*e.plain, cp, step);
+        ts = DecodeStep(*e.stip, cs, step_p);
+      } else {
+        ts = DecodeStep(*e.stip, cs, step_p);
+        tp = DecodeStep(*e.plain, cp, step);
+      }
+      if (s >= warmup) {
+        out.plain.push_back(tp);
+        out.stip.push_back(ts);
+      }
+    }
+  }
+  return out;
+}
+
+// ---- memory -------------------------------------------------------------------
+
+int64_t StatusField(const std::string& field) {  // kB fields of /proc/self/status, in bytes
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(field + ":", 0) == 0) return std::atoll(line.c_str() + field.size() + 1) * 1024;
+  }
+  return -1;
+}
+
+uint64_t DirectoryBytes(const std::string& dir) {
+  uint64_t total = 0;
+  for (const std::string& n : ListDirectory(dir)) {
+    struct stat st;
+    const std::string p = JoinPath(dir, n);
+    if (stat(p.c_str(), &st) != 0) continue;
+    total += S_ISDIR(st.st_mode) ? DirectoryBytes(p) : static_cast<uint64_t>(st.st_size);
+  }
+  return total;
+}
+
+// The child process of the footprint measurement: loads what a client holds
+// (embedding half of the model, keys, tokenizer) and prints its RSS growth.
+int ClientRssProbe(const std::string& dir) {
+  at::zeros({1}).add_(1);  // LibTorch's own start-up is not the bundle's
+  const int64_t before = StatusField("VmRSS");
+  auto model = ClientModel::Load(dir);
+  ClientKeys keys = LoadClientKeys(JoinPath(dir, "client_keys.safetensors"));
+  auto tok = Tokenizer::FromDirectory(dir);
+  tok->Encode("warm up");  // SentencePiece loads its module on first use
+  const int64_t after = StatusField("VmRSS");
+  Json j = {{"rss_before_bytes", before},
+            {"rss_after_bytes", after},
+            {"rss_delta_bytes", after - before},
+            {"vm_hwm_bytes", StatusField("VmHWM")}};
+  std::cout << j.dump() << std::endl;
+  return keys.p.empty() ? 1 : 0;
+}
+
+std::string SelfExe() {
+  char buf[4096];
+  ssize_t n = readlink("/proc/self/exe", buf, sizeof buf - 1);
+  if (n <= 0) throw Internal("cannot read /proc/self/exe");
+  return std::string(buf, static_cast<size_t>(n));
+}
+
+std::string ShellQuote(const std::string& s) {
+  std::string q = "'";
+  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+
+Json RunClientRssProbe(const std::string& bundle_dir) {
+  const std::string cmd = ShellQuote(SelfExe()) + " --client-rss-probe " + ShellQuote(bundle_dir);
+  FILE* p = popen(cmd.c_str(), "r");
+  if (!p) throw Internal("cannot start the footprint probe");
+  std::string out;
+  char buf[512];
+  while (size_t n = fread(buf, 1, sizeof buf, p)) out.append(buf, n);
+  const int rc = pclose(p);
+  if (rc != 0) throw Internal("the footprint probe failed (exit " + std::to_string(rc) + ")");
+  return Json::parse(out);
+}
+
+// ---- models: transform, bundle, footprint ----------------------------------------
+
+struct PreparedModel {
+  std::string name, dir, tmp, bundle_dir, server_dir;
+  ModelConfig config;
+  ModelKeys keys;
+  Json json;
+};
+
+std::string BaseName(std::string p) {
+  while (p.size() > 1 && p.back() == '/') p.pop_back();
+  const size_t s = p.rfind('/');
+  return s == std::string::npos ? p : p.substr(s + 1);
+}
+
+PreparedModel PrepareModel(const std::string& dir) {
+  PreparedModel m;
+  m.dir = dir;
+  m.name = BaseName(dir);
+  m.config = LoadModelConfig(dir);
+  char tmpl[] = "/tmp/stip-bench-XXXXXX";
+  if (!mkdtemp(tmpl)) throw Internal("mkdtemp failed");
+  m.tmp = tmpl;
+  m.keys = GenerateKeys(m.config, FingerprintModel(dir));
+  TransformOptions topt;
+  topt.progress = false;
+  TransformStats s = TransformCheckpoint(dir, JoinPath(m.tmp, "out"), m.keys, topt);
+  m.bundle_dir = JoinPath(m.tmp, "out/client");
+  m.server_dir = JoinPath(m.tmp, "out/server");
+  const ModelConfig& c = m.config;
+  // What the client holds: embedding tables in fp32 (the client computes in
+  // fp32), p [d] and p_c [V] as int64.
+  int64_t tensor_bytes = (c.vocab_size * c.hidden_size) * 4 + (c.hidden_size + c.vocab_size) * 8;
+  if (c.positions == PositionKind::kLearned) tensor_bytes += c.max_positions * c.hidden_size * 4;
+  Json probe = RunClientRssProbe(m.bundle_dir);
+  m.json = {{"model", m.name},
+            {"arch", c.model_type},
+            {"hidden", c.hidden_size},
+            {"vocab", c.vocab_size},
+            {"layers", c.num_layers},
+            {"transform",
+             {{"bytes", s.bytes_read},
+              {"seconds", s.seconds},
+              {"gb_per_s", s.seconds > 0 ? s.bytes_read / 1e9 / s.seconds : 0}}},
+            {"client_bundle_bytes_on_disk", DirectoryBytes(m.bundle_dir)},
+            {"server_checkpoint_bytes_on_disk", DirectoryBytes(m.server_dir)},
+            {"client_tensor_bytes", tensor_bytes},
+            {"client_rss_delta_bytes", probe["rss_delta_bytes"]}};
+  return m;
+}
+
+#ifdef STIP_WITH_GRPC
+// ---- end to end over gRPC ------------------------------------------------------
+
+// The bench's server admits any session: it measures speed, not access control.
+class OpenDoorPolicy final : public server::AccessPolicy {
+ public:
+  grpc::Status Authorize(const std::string&, const std::string&,
+                         server::AccessGrant* = nullptr) const override {
+    return grpc::Status::OK;
+  }
+};
+
+struct E2eOptions {
+  std::string device = "auto", dtype = "auto";
+  std::vector<int> sessions = {1, 16};
+  int latency_tokens = 64;
+  int new_tokens = 32;
+  int max_batch = 16;
+  int batch_wait_us = 0;
+  std::string prompt = "And God said,";
+};
+
+at::Tensor IndexOf(const std::vector<int64_t>& v) {
+  return at::tensor(at::ArrayRef<int64_t>(v), at::kLong);
+}
+
+Json RunE2e(PreparedModel& m, const E2eOptions& o) {
+  c10::InferenceMode inference_mode;
+  const std::string store = JoinPath(m.tmp, "store");
+  MakeDirectories(JoinPath(store, "models"), 0700);
+  RenamePath(m.server_dir, JoinPath(store, "models/" + m.keys.instance_id));
+
+  server::ServerOptions so;
+  so.listen = "127.0.0.1:0";
+  so.tls.insecure = true;
+  so.store.dir = store;
+  so.store.device = o.device;
+  so.store.dtype = o.dtype;
+  so.store.max_batch = o.max_batch;
+  so.store.batch_wait_us = o.batch_wait_us;
+  so.inference.max_sessions = 0;
+  so.inference.idle_timeout_s = 0;
+  so.inference.policy = std::make_shared<OpenDoorPolicy>();
+  server::StipServer srv(so);
+  const server::SchedulerCounters& counters = srv.counters();
+
+  auto bundle = ClientBundle::Load(m.bundle_dir, m.keys.instance_id);
+  const ClientModel& client = bundle->model();
+  const Tokenizer& tok = bundle->tokenizer();
+  const at::Tensor p_index = IndexOf(bundle->keys().p);
+  const at::Tensor p_c_inverse = IndexOf(InversePermutation(bundle->keys().p_c));
+  TlsOptions tls;
+  tls.insecure = true;
+  const std::string address = "127.0.0.1:" + std::to_string(srv.port());
+  auto session_options = [&] {
+    RemoteSessionOptions r;
+    r.address = address;
+    r.instance_id = m.keys.instance_id;
+    r.access_token = "bench";
+    r.expected_hidden = bundle->hidden_size();
+    r.expected_vocab = bundle->vocab_size();
+    return r;
+  };
+
+  Json out = {{"model", m.name},
+              {"transport", "gRPC on loopback, plaintext (no TLS), server in the same process"}};
+
+  // Tokenize (the prompt) and the per-token path of one session.
+  std::vector<double> t_tok;
+  std::vector<int64_t> prompt;
+  for (int i = 0; i < 50; ++i) {
+    auto t0 = Clock::now();
+    prompt = tok.Encode(o.prompt);
+    t_tok.push_back(Ms(t0, Clock::now()));
+  }
+  RemoteSession session(MakeChannel(address, tls, "stip-bench"), session_options());
+  SessionInfo info = session.Open();
+  Sampler greedy(SamplingOptions{true, 1, 0, 1, 1, 0});
+  StreamDecoder decoder(tok);
+  std::vector<int64_t> history = prompt;
+  at::Tensor o_prime = session.Step(client.Embed(prompt, 0).index_select(-1, p_index), false);
+  int64_t next = greedy.Next(o_prime[0].index_select(-1, p_c_inverse), history);
+  const int64_t max_tokens =
+      std::max<int64_t>(4, std::min<int64_t>(o.latency_tokens, info.max_context > 0
+                                                                   ? info.max_context - 1 -
+                                                                         int64_t(prompt.size())
+                                                                   : o.latency_tokens));
+  std::vector<double> t_embed, t_perm, t_rtt, t_server, t_unperm, t_sample, t_detok, t_total;
+  at::Tensor last_x_prime;
+  for (int64_t i = 0; i < max_tokens; ++i) {
+    history.push_back(next);
+    const int64_t pos = static_cast<int64_t>(history.size()) - 1;
+    auto t0 = Clock::now();
+    at::Tensor x = client.Embed(std::vector<int64_t>{next}, pos);
+    auto t1 = Clock::now();
+    at::Tensor xp = x.index_select(-1, p_index);
+    auto t2 = Clock::now();
+    const uint64_t ns0 = counters.forward_ns.load();
+    at::Tensor op = session.Step(xp, false);
+    const uint64_t ns1 = counters.forward_ns.load();
+    auto t3 = Clock::now();
+    at::Tensor logits = op[0].index_select(-1, p_c_inverse);
+    auto t4 = Clock::now();
+    next = greedy.Next(logits, history);
+    auto t5 = Clock::now();
+    decoder.Push(next);
+    auto t6 = Clock::now();
+    if (i < 3) continue;  // warm-up
+    t_embed.push_back(Ms(t0, t1));
+    t_perm.push_back(Ms(t1, t2));
+    t_rtt.push_back(Ms(t2, t3));
+    t_server.push_back(static_cast<double>(ns1 - ns0) / 1e6);
+    t_unperm.push_back(Ms(t3, t4));
+    t_sample.push_back(Ms(t4, t5));
+    t_detok.push_back(Ms(t5, t6));
+    t_total.push_back(Ms(t0, t6));
+    last_x_prime = xp;
+    o_prime = op;
+  }
+  session.Close();
+  const double rtt = Median(t_rtt), server_ms = Median(t_server);
+  const double client_ms = Median(t_embed) + Median(t_perm) + Median(t_unperm) +
+                           Median(t_sample) + Median(t_detok);
+  out["latency"] = {
+      {"prompt_tokens", prompt.size()},
+      {"tokenize_prompt_ms", Median(t_tok)},
+      {"tokens_timed", t_total.size()},
+      {"per_token_ms",
+       {{"embed", Median(t_embed)},
+        {"permute", Median(t_perm)},
+        {"unpermute", Median(t_unperm)},
+        {"sample_greedy", Median(t_sample)},
+        {"detokenize", Median(t_detok)},
+        {"client_work", client_ms},
+        {"round_trip", rtt},
+        {"server_compute", server_ms},
+        {"transport_and_serialization", rtt - server_ms},
+        {"total", Median(t_total)}}}};
+
+  // Bytes per decode token: the payloads and the protobuf messages around them.
+  {
+    v1::SessionRequest req;
+    v1::Step* st = req.mutable_step();
+    st->set_step_id(1000);
+    st->set_truncate_to(-1);
+    ToWire(last_x_prime.to(at::kFloat), st->mutable_hidden());
+    v1::SessionResponse resp;
+    v1::StepResult* r = resp.mutable_result();
+    r->set_step_id(1000);
+    r->set_context_length(static_cast<int64_t>(history.size()));
+    ToWire(o_prime, r->mutable_logits());
+    out["bytes_per_token"] = {
+        {"x_prime_payload", last_x_prime.numel() * 4},
+        {"o_prime_payload", o_prime.numel() * 4},
+        {"request_message", req.ByteSizeLong()},
+        {"response_message", resp.ByteSizeLong()},
+        {"note", "fp32 both ways; gRPC/HTTP2 framing adds a few dozen bytes per message"}};
+  }
+
+  // Tokens/s with N concurrent sessions (a thread and a RemoteSession each).
+  Json tput = Json::array();
+  for (int n : o.sessions) {
+    std::mutex mu;
+    std::condition_variable cv;
+    int ready = 0;
+    bool go = false;
+    std::vector<std::vector<double>> step_ms(static_cast<size_t>(n));
+    std::vector<std::string> errors;
+    std::vector<Clock::time_point> finished(static_cast<size_t>(n));
+    uint64_t f0 = 0, s0 = 0, ns0 = 0;  // counters when the timed part starts
+    std::vector<std::thread> threads;
+    for (int k = 0; k < n; ++k) {
+      threads.emplace_back([&, k] {
+        c10::InferenceMode im;
+        auto mark_ready = [&] {
+          std::unique_lock<std::mutex> lock(mu);
+          ++ready;
+          cv.notify_all();
+          cv.wait(lock, [&] { return go; });
+        };
+        try {
+          RemoteSession s(MakeChannel(address, tls, "stip-bench"), session_options());
+          s.Open();
+          std::vector<int64_t> h = prompt;
+          at::Tensor o1 = s.Step(client.Embed(h, 0).index_select(-1, p_index), false);
+          int64_t id = o1[0].index_select(-1, p_c_inverse).argmax().item<int64_t>();
+          mark_ready();
+          for (int i = 0; i < o.new_tokens; ++i) {
+            h.push_back(id);
+            auto t0 = Clock::now();
+            at::Tensor xp = client.Embed(std::vector<int64_t>{id}, int64_t(h.size()) - 1)
+                                .index_select(-1, p_index);
+            at::Tensor op = s.Step(xp, false);
+            id = op[0].index_select(-1, p_c_inverse).argmax().item<int64_t>();
+            step_ms[static_cast<size_t>(k)].push_back(Ms(t0, Clock::now()));
+          }
+          finished[static_cast<size_t>(k)] = Clock::now();
+          s.Close();
+        } catch (const std::exception& e) {
+          std::lock_guard<std::mutex> lock(mu);
+          errors.push_back(e.what());
+          if (!go) {
+            ++ready;
+            cv.notify_all();
+          }
+        }
+      });
+    }
+    Clock::time_point start;
+    {
+      std::unique_lock<std::mutex> lock(mu);
+      cv.wait(lock, [&] { return ready == n; });
+      go = true;
+      f0 = counters.forwards.load();
+      s0 = counters.steps.load();
+      ns0 = counters.forward_ns.load();
+      start = Clock::now();
+    }
+    cv.notify_all();
+    for (auto& t : threads) t.join();
+    if (!errors.empty()) throw Internal("e2e session failed: " + errors.front());
+    Clock::time_point end = start;
+    std::vector<double> all;
+    for (int k = 0; k < n; ++k) {
+      end = std::max(end, finished[static_cast<size_t>(k)]);
+      all.insert(all.end(), step_ms[static_cast<size_t>(k)].begin(),
+                 step_ms[static_cast<size_t>(k)].end());
+    }
+    const double wall = Seconds(start, end);
+    const uint64_t forwards = counters.forwards.load() - f0, steps = counters.steps.load() - s0;
+    tput.push_back({{"sessions", n},
+                    {"new_tokens_per_session", o.new_tokens},
+                    {"tokens_per_s", n * o.new_tokens / wall},
+                    {"step_ms_median", Median(all)},
+                    {"server_forwards", forwards},
+                    {"mean_sequences_per_forward",
+                     forwards ? static_cast<double>(steps) / static_cast<double>(forwards) : 0},
+                    {"server_compute_share",
+                     static_cast<double>(counters.forward_ns.load() - ns0) / 1e9 / wall}});
+  }
+  out["throughput"] = tput;
+  srv.Shutdown(std::chrono::milliseconds(1000));
+  return out;
+}
+#endif  // STIP_WITH_GRPC
 
 }  // namespace
 }  // namespace stip
@@ -134,169 +629,312 @@ int main(int argc, char** argv) {
   using namespace stip;
   CLI::App app{"stip-bench: STIP vs plaintext on the same engine, side by side"};
   std::string model, preset = "small", device = "auto", dtype = "auto", transform_model;
+  std::string probe_dir;
   int64_t batch = 100, tokens = 100, context = 32, client_d = 4096, client_vocab = 32000;
   std::vector<int64_t> decode_batches = {1, 8, 64};
-  int reps = 3, steps = 20;
-  app.add_option("--model", model, "Hugging Face model directory (default: random --preset)");
-  app.add_option("--preset", preset, "random weights of a shape: small, gpt2-124m, llama-7b");
-  app.add_option("--device", device, "auto, cpu or cuda");
+  std::vector<std::string> sections = {"engine", "client", "models", "e2e"};
+  std::vector<std::string> models;
+  int reps = 3, steps = 20, warmup = 3, decode_reps = 2, threads = 0, client_reps = 200;
+  app.add_option("--model", model, "engine: Hugging Face model directory (default: --preset)");
+  app.add_option("--preset", preset, "engine: random weights of a shape: tiny, small, gpt2-124m, llama-7b");
+  app.add_option("--device", device, "auto, cpu or cuda (engine and e2e server)");
   app.add_option("--dtype", dtype, "auto, float32, float16, bfloat16");
+  app.add_option("--threads", threads, "intra-op threads (0: $STIP_NUM_THREADS, else all CPUs)");
+  app.add_option("--sections", sections, "engine, client, models, e2e (gRPC builds)")
+      ->delimiter(',');
   app.add_option("--batch", batch, "forward benchmark: sequences");
   app.add_option("--tokens", tokens, "forward benchmark: positions per sequence");
+  app.add_option("--reps", reps, "forward repetitions (median)");
   app.add_option("--decode-batches", decode_batches, "decode benchmark batch sizes")->delimiter(',');
   app.add_option("--context", context, "decode benchmark: prefilled positions");
-  app.add_option("--steps", steps, "decode steps timed");
-  app.add_option("--reps", reps, "forward repetitions (median)");
+  app.add_option("--steps", steps, "decode steps timed per rep");
+  app.add_option("--warmup", warmup, "decode steps run before timing");
+  app.add_option("--decode-reps", decode_reps, "decode repetitions from fresh caches");
   app.add_option("--client-hidden", client_d, "client benchmark: hidden size");
   app.add_option("--client-vocab", client_vocab, "client benchmark: vocabulary");
+  app.add_option("--client-reps", client_reps, "client benchmark: tokens timed");
+  app.add_option("--models", models,
+                 "models and e2e: model directories (default: the demo models)")
+      ->delimiter(',');
   app.add_option("--transform-model", transform_model, "time the streaming transform of this model");
+#ifdef STIP_WITH_GRPC
+  E2eOptions e2e;
+  app.add_option("--e2e-sessions", e2e.sessions, "e2e: concurrent sessions")->delimiter(',');
+  app.add_option("--e2e-latency-tokens", e2e.latency_tokens, "e2e: decode steps timed (one session)");
+  app.add_option("--e2e-new-tokens", e2e.new_tokens, "e2e: tokens per session (throughput)");
+  app.add_option("--e2e-max-batch", e2e.max_batch, "e2e: server's sequences per forward");
+  app.add_option("--e2e-batch-wait-us", e2e.batch_wait_us, "e2e: server's batch window");
+#endif
+  app.add_option("--client-rss-probe", probe_dir, "(internal) load a client bundle, print RSS")
+      ->group("");
   CLI11_PARSE(app, argc, argv);
 
   try {
+    if (!probe_dir.empty()) return ClientRssProbe(probe_dir);
+    const std::set<std::string> want(sections.begin(), sections.end());
+    for (const std::string& s : want) {
+      if (s != "engine" && s != "client" && s != "models" && s != "e2e") {
+        throw InvalidArgument("unknown section \"" + s + "\"");
+      }
+    }
+#ifdef STIP_WITH_GRPC
+    {
+      auto logger = spdlog::stderr_color_mt("stip-bench");
+      spdlog::set_default_logger(logger);
+      // The in-process server's notices (plaintext loopback, no token key:
+      // the bench admits every session) are expected here.
+      spdlog::set_level(spdlog::level::err);
+    }
+#endif
+    const CpuRuntime& rt = ConfigureCpuRuntime(threads);
+    c10::InferenceMode inference_mode;
     LoadOptions opt;
     opt.device = ParseDevice(device);
     ModelConfig config = model.empty() ? PresetConfig(preset) : LoadModelConfig(model);
     opt.dtype = ParseComputeDType(dtype, config.dtype, opt.device);
-    nlohmann::ordered_json out;
+    Json out;
     out["device"] = opt.device.str();
     out["dtype"] = at::toString(opt.dtype);
     out["model"] = model.empty() ? "preset:" + preset : model;
-    out["threads"] = at::get_num_threads();
+    out["threads"] = rt.threads;
+    out["runtime"] = {{"libtorch", TORCH_VERSION},
+                      {"intra_op_threads", rt.threads},
+                      {"cpus", static_cast<int>(std::thread::hardware_concurrency())},
+                      {"openblas_core_detected", rt.blas_core_detected},
+                      {"openblas_core", rt.blas_core}};
+    std::fprintf(stderr, "runtime: LibTorch %s, %d intra-op threads, OpenBLAS %s%s\n",
+                 TORCH_VERSION, rt.threads, rt.blas_core.empty() ? "-" : rt.blas_core.c_str(),
+                 rt.blas_core != rt.blas_core_detected
+                     ? (" (detected " + rt.blas_core_detected + ")").c_str()
+                     : "");
 
-    Engines e;
-    if (model.empty()) {
-      auto weights = RandomWeights(config);
-      MapSource src(weights, preset);
-      e = Build(config, src, opt);
-    } else {
-      Checkpoint ckpt = Checkpoint::Open(model);
-      CheckpointSource src(ckpt);
-      e = Build(config, src, opt);
-    }
-    at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(1);
-    auto rand_x = [&](int64_t t) {
-      return at::randn({t, config.hidden_size}, gen).to(opt.device, opt.dtype);
-    };
-
-    // Engine: forward batch x tokens.
-    tokens = std::min(tokens, config.max_positions);
-    std::vector<at::Tensor> xs, xps;
-    for (int64_t i = 0; i < batch; ++i) {
-      xs.push_back(rand_x(tokens));
-      xps.push_back(PermuteHidden(xs.back(), e.keys.p));
-    }
-    TimeForward(*e.plain, {xs[0]});  // warm-up
-    TimeForward(*e.stip, {xps[0]});
-    std::vector<double> tp, ts;
-    for (int r = 0; r < reps; ++r) {  // interleaved
-      tp.push_back(TimeForward(*e.plain, xs));
-      ts.push_back(TimeForward(*e.stip, xps));
-    }
-    double fp = Median(tp), fs = Median(ts);
-    const double ntok = static_cast<double>(batch * tokens);
-    out["forward"] = {{"batch", batch},
-                      {"tokens", tokens},
-                      {"plain_tokens_per_s", ntok / fp},
-                      {"stip_tokens_per_s", ntok / fs},
-                      {"stip_over_plain_time", fs / fp}};
-    std::fprintf(stderr, "%-28s %14s %14s %8s\n", "engine", "plain", "stip", "ratio");
-    std::fprintf(stderr, "%-28s %12.0f/s %12.0f/s %8.3f\n",
-                 ("forward " + std::to_string(batch) + "x" + std::to_string(tokens)).c_str(),
-                 ntok / fp, ntok / fs, fs / fp);
-
-    // Engine: decode ms/step.
-    nlohmann::ordered_json dec = nlohmann::ordered_json::array();
-    for (int64_t b : decode_batches) {
-      std::vector<at::Tensor> pre, prep, step, stepp;
-      for (int64_t i = 0; i < b; ++i) {
-        pre.push_back(rand_x(context));
-        prep.push_back(PermuteHidden(pre.back(), e.keys.p));
-        step.push_back(rand_x(1));
-        stepp.push_back(PermuteHidden(step.back(), e.keys.p));
+    if (want.count("engine")) {
+      Engines e;
+      if (model.empty()) {
+        RandomSource src(config);
+        e = Build(config, src, opt);
+      } else {
+        Checkpoint ckpt = Checkpoint::Open(model);
+        CheckpointSource src(ckpt);
+        e = Build(config, src, opt);
       }
-      double dp = 0, ds = 0;
-      std::vector<double> vp, vs;
-      for (int r = 0; r < 2; ++r) {
-        vp.push_back(TimeDecode(*e.plain, b, context, steps, pre, step));
-        vs.push_back(TimeDecode(*e.stip, b, context, steps, prep, stepp));
-      }
-      dp = *std::min_element(vp.begin(), vp.end());
-      ds = *std::min_element(vs.begin(), vs.end());
-      dec.push_back({{"batch", b},
-                     {"plain_ms_per_step", dp},
-                     {"stip_ms_per_step", ds},
-                     {"plain_tokens_per_s", b * 1e3 / dp},
-                     {"stip_tokens_per_s", b * 1e3 / ds},
-                     {"stip_over_plain_time", ds / dp}});
-      std::fprintf(stderr, "%-28s %11.3f ms %11.3f ms %8.3f\n",
-                   ("decode batch " + std::to_string(b)).c_str(), dp, ds, ds / dp);
-    }
-    out["decode"] = dec;
+      at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(1);
+      auto rand_x = [&](int64_t t) {
+        return at::randn({t, config.hidden_size}, gen).to(opt.device, opt.dtype);
+      };
 
-    // Client: work per token at d x V (embed, permute, un-permute, sample).
-    {
+      // Forward batch x tokens, interleaved (the order flips every rep).
+      tokens = std::min(tokens, config.max_positions);
+      std::vector<at::Tensor> xs, xps;
+      for (int64_t i = 0; i < batch; ++i) {
+        xs.push_back(rand_x(tokens));
+        xps.push_back(PermuteHidden(xs.back(), e.keys.p));
+      }
+      TimeForward(*e.plain, xs);  // warm-up (allocator, caches, BLAS buffers)
+      TimeForward(*e.stip, xps);
+      std::vector<double> tp, ts, ratios;
+      for (int r = 0; r < reps; ++r) {
+        if (r % 2 == 0) {
+          tp.push_back(TimeForward(*e.plain, xs));
+          ts.push_back(TimeForward(*e.stip, xps));
+        } else {
+          ts.push_back(TimeForward(*e.stip, xps));
+          tp.push_back(TimeForward(*e.plain, xs));
+        }
+        ratios.push_back(ts.back() / tp.back());
+      }
+      const double fp = Median(tp), fs = Median(ts);
+      const double ntok = static_cast<double>(batch * tokens);
+      out["forward"] = {{"batch", batch},
+                        {"tokens", tokens},
+                        {"reps", reps},
+                        {"plain_tokens_per_s", ntok / fp},
+                        {"stip_tokens_per_s", ntok / fs},
+                        {"stip_over_plain_time", fs / fp},
+                        {"stip_over_plain_time_per_rep", ratios}};
+      std::fprintf(stderr, "%-28s %14s %14s %8s\n", "engine", "plain", "stip", "ratio");
+      std::fprintf(stderr, "%-28s %12.0f/s %12.0f/s %8.3f\n",
+                   ("forward " + std::to_string(batch) + "x" + std::to_string(tokens)).c_str(),
+                   ntok / fp, ntok / fs, fs / fp);
+
+      // Decode ms/step.
+      context = std::max<int64_t>(
+          1, std::min<int64_t>(context, config.max_positions - warmup - steps - 1));
+      Json dec = Json::array();
+      for (int64_t b : decode_batches) {
+        std::vector<at::Tensor> pre, prep, step, stepp;
+        for (int64_t i = 0; i < b; ++i) {
+          pre.push_back(rand_x(context));
+          prep.push_back(PermuteHidden(pre.back(), e.keys.p));
+          step.push_back(rand_x(1));
+          stepp.push_back(PermuteHidden(step.back(), e.keys.p));
+        }
+        PairTimes t = TimeDecodePair(e, pre, prep, step, stepp, decode_reps, warmup, steps);
+        const double dp = Median(t.plain), ds = Median(t.stip);
+        dec.push_back({{"batch", b},
+                       {"context", context},
+                       {"steps_timed", t.plain.size()},
+                       {"plain_ms_per_step", dp},
+                       {"stip_ms_per_step", ds},
+                       {"plain_tokens_per_s", b * 1e3 / dp},
+                       {"stip_tokens_per_s", b * 1e3 / ds},
+                       {"stip_over_plain_time", ds / dp}});
+        std::fprintf(stderr, "%-28s %11.3f ms %11.3f ms %8.3f\n",
+                     ("decode batch " + std::to_string(b)).c_str(), dp, ds, ds / dp);
+      }
+      out["decode"] = dec;
+    }
+
+    // Client: work per token at d x V (embed, permute, un-permute, sample), on the CPU.
+    if (want.count("client")) {
+      at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(2);
       at::Tensor table = at::randn({client_vocab, client_d}, gen);
       ClientWeights cw{table, at::Tensor()};
-      ModelConfig cc = config;
+      ModelConfig cc = PresetConfig("tiny");
       cc.vocab_size = client_vocab;
       cc.hidden_size = client_d;
       cc.positions = PositionKind::kRope;
       ClientModel client(cc, cw);
       ClientPermuter perm(RandomPermutation(client_d), RandomPermutation(client_vocab));
-      at::Tensor logits = at::randn({client_vocab}, gen);
+      at::Tensor logits = at::randn({1, client_vocab}, gen);
       Sampler greedy(SamplingOptions{true, 1, 0, 1, 1, 0});
       SamplingOptions so;
       so.temperature = 0.8;
       so.top_p = 0.9;
       so.seed = 1;
       Sampler nucleus(so);
-      const int n = 200;
-      std::vector<double> t_embed, t_perm, t_unperm, t_greedy, t_topp;
+      std::vector<double> t_embed, t_perm, t_unperm, t_greedy, t_topp, t_total;
       int64_t id = 17;
-      for (int i = 0; i < n; ++i) {
+      const std::vector<int64_t> history;
+      for (int i = 0; i < client_reps + 10; ++i) {
         auto t0 = Clock::now();
         at::Tensor x = client.Embed(std::vector<int64_t>{id}, i);
         auto t1 = Clock::now();
         at::Tensor xp = perm.Permute(x);
         auto t2 = Clock::now();
-        at::Tensor o = perm.Unpermute(logits);
+        at::Tensor o = perm.Unpermute(logits)[0];
         auto t3 = Clock::now();
-        id = greedy.Next(o, {});
+        id = greedy.Next(o, history);
         auto t4 = Clock::now();
-        nucleus.Next(o, {});
+        if (i % 10 == 0) nucleus.Next(o, history);  // slow: sorts the vocabulary
         auto t5 = Clock::now();
         (void)xp;
-        t_embed.push_back(Seconds(t0, t1) * 1e3);
-        t_perm.push_back(Seconds(t1, t2) * 1e3);
-        t_unperm.push_back(Seconds(t2, t3) * 1e3);
-        t_greedy.push_back(Seconds(t3, t4) * 1e3);
-        t_topp.push_back(Seconds(t4, t5) * 1e3);
+        if (i < 10) continue;  // warm-up
+        t_embed.push_back(Ms(t0, t1));
+        t_perm.push_back(Ms(t1, t2));
+        t_unperm.push_back(Ms(t2, t3));
+        t_greedy.push_back(Ms(t3, t4));
+        if (i % 10 == 0) t_topp.push_back(Ms(t4, t5));
+        t_total.push_back(Ms(t0, t4));
       }
-      double stip_only = Median(t_perm) + Median(t_unperm);
+      const double stip_only = Median(t_perm) + Median(t_unperm);
+      const double work = Median(t_embed) + stip_only + Median(t_greedy);
       out["client"] = {{"hidden", client_d},
                        {"vocab", client_vocab},
+                       {"tokens_timed", t_embed.size()},
                        {"embed_ms", Median(t_embed)},
                        {"permute_ms", Median(t_perm)},
                        {"unpermute_ms", Median(t_unperm)},
                        {"sample_greedy_ms", Median(t_greedy)},
                        {"sample_top_p_ms", Median(t_topp)},
-                       {"stip_overhead_ms_per_token", stip_only}};
+                       {"stip_overhead_ms_per_token", stip_only},
+                       {"client_work_ms_per_token", work},
+                       {"client_work_ms_per_token_measured", Median(t_total)}};
       std::fprintf(stderr,
-                   "client d=%lld V=%lld: embed %.4f ms, permute %.4f ms, un-permute %.4f ms "
-                   "(STIP adds %.4f ms/token), greedy %.4f ms, top-p %.4f ms\n",
+                   "client d=%lld V=%lld: embed %.4f + permute %.4f + un-permute %.4f + greedy "
+                   "%.4f = %.4f ms/token (STIP's share %.4f ms); top-p sampling %.3f ms\n",
                    static_cast<long long>(client_d), static_cast<long long>(client_vocab),
-                   Median(t_embed), Median(t_perm), Median(t_unperm), stip_only,
-                   Median(t_greedy), Median(t_topp));
+                   Median(t_embed), Median(t_perm), Median(t_unperm), Median(t_greedy), work,
+                   stip_only, Median(t_topp));
+    }
+
+    // Models: transform, client footprint; then e2e on the same transformed output.
+    const bool want_models = want.count("models") != 0;
+#ifdef STIP_WITH_GRPC
+    const bool want_e2e = want.count("e2e") != 0;
+#else
+    const bool want_e2e = false;
+    if (want.count("e2e")) {
+      out["e2e"] = "skipped: this stip-bench was built without gRPC (STIP_WITH_GRPC=OFF)";
+      std::fprintf(stderr, "e2e: skipped (built without gRPC)\n");
+    }
+#endif
+    if (want_models || want_e2e) {
+      if (models.empty()) {
+        for (const char* n : {"kjv-llama", "kjv-gpt2"}) {
+          const std::string d = JoinPath(STIP_MODELS_DIR, n);
+          if (PathExists(JoinPath(d, "config.json"))) models.push_back(d);
+        }
+      }
+      Json mj = Json::array(), ej = Json::array();
+      for (const std::string& dir : models) {
+        PreparedModel m = PrepareModel(dir);
+        try {
+          if (want_models) {
+            mj.push_back(m.json);
+            std::fprintf(
+                stderr,
+                "model %-10s transform %.3f GB/s (%.1f MB); client bundle %.2f MB on disk, "
+                "%.2f MB in memory (tensors %.2f MB)\n",
+                m.name.c_str(), m.json["transform"]["gb_per_s"].get<double>(),
+                m.json["transform"]["bytes"].get<double>() / 1e6,
+                m.json["client_bundle_bytes_on_disk"].get<double>() / 1e6,
+                m.json["client_rss_delta_bytes"].get<double>() / 1e6,
+                m.json["client_tensor_bytes"].get<double>() / 1e6);
+          }
+#ifdef STIP_WITH_GRPC
+          if (want_e2e) {
+            e2e.device = device;
+            e2e.dtype = dtype;
+            Json r = RunE2e(m, e2e);
+            const Json& l = r["latency"]["per_token_ms"];
+            std::fprintf(stderr,
+                         "e2e %-10s per token %.3f ms: client %.3f (embed %.3f, permute %.3f, "
+                         "un-permute %.3f, sample %.3f, detokenize %.3f), transport+serialization "
+                         "%.3f, server %.3f; %lld+%lld bytes/token\n",
+                         m.name.c_str(), l["total"].get<double>(), l["client_work"].get<double>(),
+                         l["embed"].get<double>(), l["permute"].get<double>(),
+                         l["unpermute"].get<double>(), l["sample_greedy"].get<double>(),
+                         l["detokenize"].get<double>(),
+                         l["transport_and_serialization"].get<double>(),
+                         l["server_compute"].get<double>(),
+                         r["bytes_per_token"]["request_message"].get<long long>(),
+                         r["bytes_per_token"]["response_message"].get<long long>());
+            for (const Json& t : r["throughput"]) {
+              std::fprintf(stderr, "e2e %-10s %2d sessions: %.0f tokens/s (%.2f sequences/forward)\n",
+                           m.name.c_str(), t["sessions"].get<int>(),
+                           t["tokens_per_s"].get<double>(),
+                           t["mean_sequences_per_forward"].get<double>());
+            }
+            ej.push_back(r);
+          }
+#endif
+        } catch (...) {
+          RemoveAll(m.tmp);
+          throw;
+        }
+        RemoveAll(m.tmp);
+      }
+      if (want_models) out["models"] = mj;
+      if (want_e2e) out["e2e"] = ej;
     }
 
     if (!transform_model.empty()) {
       std::string tmp = MakeTempDirectoryBeside("/tmp/stip-bench-transform", 0700);
-      ModelKeys keys = GenerateKeys(LoadModelConfig(transform_model), FingerprintModel(transform_model));
+      ModelKeys keys =
+          GenerateKeys(LoadModelConfig(transform_model), FingerprintModel(transform_model));
       TransformOptions topt;
       topt.progress = false;
-      TransformStats s = TransformCheckpoint(transform_model, tmp + "/out", keys, topt);
+      TransformStats s;
+      try {
+        s = TransformCheckpoint(transform_model, tmp + "/out", keys, topt);
+      } catch (...) {
+        RemoveAll(tmp);
+        throw;
+      }
       RemoveAll(tmp);
-      out["transform"] = {{"bytes", s.bytes_read},
+      out["transform"] = {{"model", transform_model},
+                          {"bytes", s.bytes_read},
                           {"seconds", s.seconds},
                           {"gb_per_s", s.bytes_read / 1e9 / s.seconds}};
       std::fprintf(stderr, "transform: %.1f MB in %.2f s = %.3f GB/s\n", s.bytes_read / 1e6,
@@ -307,5 +945,8 @@ int main(int argc, char** argv) {
   } catch (const Error& e) {
     std::fprintf(stderr, "stip-bench: error: %s\n", e.what());
     return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "stip-bench: internal error: %s\n", e.what());
+    return 3;
   }
 }

@@ -1,6 +1,17 @@
 #include "common/engine/causal_lm.h"
 
+#include <ATen/Parallel.h>
+#include <c10/core/InferenceMode.h>
+#include <dlfcn.h>
+#include <sched.h>
+
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <set>
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
 
 #include "common/arch/architecture.h"
 #include "common/engine/layers.h"
@@ -27,7 +38,17 @@ at::Tensor ClientModel::Embed(const at::Tensor& ids, int64_t start_position) con
   }
   const int64_t t = ids.size(0);
   if (t > 0) {
-    int64_t lo = ids.min().item<int64_t>(), hi = ids.max().item<int64_t>();
+    int64_t lo, hi;
+    if (ids.device().is_cpu()) {  // no reductions, no device sync
+      at::Tensor c = ids.contiguous();
+      const int64_t* p = c.data_ptr<int64_t>();
+      auto [mn, mx] = std::minmax_element(p, p + t);
+      lo = *mn;
+      hi = *mx;
+    } else {
+      lo = ids.min().item<int64_t>();
+      hi = ids.max().item<int64_t>();
+    }
     if (lo < 0 || hi >= config_.vocab_size) {
       throw InvalidArgument("token id " + std::to_string(lo < 0 ? lo : hi) +
                             " is outside the vocabulary [0, " + std::to_string(config_.vocab_size) +
@@ -51,7 +72,9 @@ at::Tensor ClientModel::Embed(const at::Tensor& ids, int64_t start_position) con
 }
 
 at::Tensor ClientModel::Embed(const std::vector<int64_t>& ids, int64_t start_position) const {
-  at::Tensor t = at::tensor(at::ArrayRef<int64_t>(ids), at::kLong);
+  // A view of the caller's ids (Embed copies what it keeps).
+  at::Tensor t = at::from_blob(const_cast<int64_t*>(ids.data()),
+                               {static_cast<int64_t>(ids.size())}, at::kLong);
   return Embed(t, start_position);
 }
 
@@ -62,6 +85,58 @@ ServerModel::ServerModel(ModelConfig config, ServerWeights weights, LoadOptions 
   if (config_.positions == PositionKind::kRope) {
     inv_freq_ = RopeInverseFrequencies(config_, options_.device);
   }
+  FuseProjections();
+}
+
+void ServerModel::FuseProjections() {
+  const ModelConfig& c = config_;
+  const int64_t q = c.q_size(), kv = c.kv_size();
+  // A missing bias beside present ones is zeros (x + 0 == x exactly).
+  auto bias = [](const at::Tensor& b, int64_t n, const at::Tensor& like) {
+    return b.defined() ? b : at::zeros({n}, like.options());
+  };
+  fused_.resize(weights_.layers.size());
+  for (size_t l = 0; l < weights_.layers.size(); ++l) {
+    LayerWeights& w = weights_.layers[l];
+    FusedLayer& f = fused_[l];
+    f.wqkv = at::cat({w.wq, w.wk, w.wv}, 0);
+    w.wq = f.wqkv.narrow(0, 0, q);
+    w.wk = f.wqkv.narrow(0, q, kv);
+    w.wv = f.wqkv.narrow(0, q + kv, kv);
+    if (w.bq.defined() || w.bk.defined() || w.bv.defined()) {
+      f.bqkv = at::cat({bias(w.bq, q, f.wqkv), bias(w.bk, kv, f.wqkv), bias(w.bv, kv, f.wqkv)});
+      if (w.bq.defined()) w.bq = f.bqkv.narrow(0, 0, q);
+      if (w.bk.defined()) w.bk = f.bqkv.narrow(0, q, kv);
+      if (w.bv.defined()) w.bv = f.bqkv.narrow(0, q + kv, kv);
+    }
+    if (c.ffn == FfnKind::kGated) {
+      const int64_t n = w.w_gate.size(0);
+      f.w_gate_up = at::cat({w.w_gate, w.w_up}, 0);
+      w.w_gate = f.w_gate_up.narrow(0, 0, n);
+      w.w_up = f.w_gate_up.narrow(0, n, n);
+      if (w.b_gate.defined() || w.b_up.defined()) {
+        f.b_gate_up = at::cat({bias(w.b_gate, n, f.w_gate_up), bias(w.b_up, n, f.w_gate_up)});
+        if (w.b_gate.defined()) w.b_gate = f.b_gate_up.narrow(0, 0, n);
+        if (w.b_up.defined()) w.b_up = f.b_gate_up.narrow(0, n, n);
+      }
+    }
+  }
+}
+
+std::pair<at::Tensor, at::Tensor> ServerModel::RopeRows(int64_t end) const {
+  std::lock_guard<std::mutex> lock(rope_mu_);
+  const int64_t have = rope_cos_.defined() ? rope_cos_.size(0) : 0;
+  if (have < end) {
+    // Grown by doubling up to the model's context (further only if asked).
+    int64_t n = std::max<int64_t>({end, 2 * have, 256});
+    if (config_.max_positions > 0) n = std::max(end, std::min(n, config_.max_positions));
+    at::Tensor positions =
+        at::arange(0, n, at::TensorOptions().dtype(at::kLong).device(options_.device));
+    RopeTables t = MakeRopeTables(inv_freq_, positions, options_.dtype);
+    rope_cos_ = t.cos;
+    rope_sin_ = t.sin_signed;
+  }
+  return {rope_cos_, rope_sin_};
 }
 
 std::unique_ptr<ServerModel> ServerModel::Load(const std::string& dir, const LoadOptions& options) {
@@ -87,7 +162,10 @@ std::vector<at::Tensor> ServerModel::Forward(const std::vector<SequenceStep>& ba
   if (batch.empty()) return {};
   std::vector<at::Tensor> inputs;
   std::vector<int64_t> lengths, pasts;
-  std::vector<at::Tensor> positions;
+  inputs.reserve(batch.size());
+  lengths.reserve(batch.size());
+  pasts.reserve(batch.size());
+  int64_t max_end = 0;
   for (size_t i = 0; i < batch.size(); ++i) {
     const SequenceStep& s = batch[i];
     if (!s.cache) throw InvalidArgument("Forward: sequence " + std::to_string(i) + " has no cache");
@@ -106,62 +184,101 @@ std::vector<at::Tensor> ServerModel::Forward(const std::vector<SequenceStep>& ba
     inputs.push_back(s.hidden.to(options_.device, options_.dtype));
     lengths.push_back(t);
     pasts.push_back(past);
-    positions.push_back(
-        at::arange(past, past + t, at::TensorOptions().dtype(at::kLong).device(options_.device)));
+    max_end = std::max(max_end, past + t);
   }
   at::Tensor x = inputs.size() == 1 ? inputs[0] : at::cat(inputs, 0);  // [N, d]
-  at::Tensor cos, sin;
-  if (c.positions == PositionKind::kRope) {
-    std::tie(cos, sin) = RopeCosSin(inv_freq_, at::cat(positions, 0), options_.dtype);
-  }
   const int64_t n = x.size(0);
+  at::Tensor cos, sin;  // [N, 1, d_h]
+  if (c.positions == PositionKind::kRope) {
+    auto [cos_rows, sin_rows] = RopeRows(max_end);
+    if (batch.size() == 1) {  // consecutive positions: a view of the tables
+      cos = cos_rows.narrow(0, pasts[0], lengths[0]);
+      sin = sin_rows.narrow(0, pasts[0], lengths[0]);
+    } else {
+      std::vector<int64_t> pos;
+      pos.reserve(static_cast<size_t>(n));
+      for (size_t i = 0; i < batch.size(); ++i) {
+        for (int64_t j = 0; j < lengths[i]; ++j) pos.push_back(pasts[i] + j);
+      }
+      at::Tensor index = at::tensor(at::ArrayRef<int64_t>(pos), at::kLong).to(options_.device);
+      cos = cos_rows.index_select(0, index);
+      sin = sin_rows.index_select(0, index);
+    }
+  }
   const double base_scale = 1.0 / std::sqrt(static_cast<double>(c.head_dim));
+  const int64_t nh = c.num_heads, nkv = c.num_kv_heads;
 
   for (int64_t l = 0; l < c.num_layers; ++l) {
     const LayerWeights& w = weights_.layers[static_cast<size_t>(l)];
+    const FusedLayer& f = fused_[static_cast<size_t>(l)];
     at::Tensor h = Norm(x, c.norm, w.attn_norm_w, w.attn_norm_b, c.norm_eps);
-    at::Tensor q = Linear(h, w.wq, w.bq).view({n, c.num_heads, c.head_dim});
-    at::Tensor k = Linear(h, w.wk, w.bk).view({n, c.num_kv_heads, c.head_dim});
-    at::Tensor v = Linear(h, w.wv, w.bv).view({n, c.num_kv_heads, c.head_dim});
+    at::Tensor qkv = Linear(h, f.wqkv, f.bqkv).view({n, nh + 2 * nkv, c.head_dim});
+    at::Tensor q, k;
     if (c.positions == PositionKind::kRope) {
-      q = ApplyRope(q, cos, sin);
-      k = ApplyRope(k, cos, sin);
+      at::Tensor qk = ApplyRopeTables(qkv.narrow(1, 0, nh + nkv), cos, sin);
+      q = qk.narrow(1, 0, nh);
+      k = qk.narrow(1, nh, nkv);
+    } else {
+      q = qkv.narrow(1, 0, nh);
+      k = qkv.narrow(1, nh, nkv);
     }
+    at::Tensor v = qkv.narrow(1, nh + nkv, nkv);
     double scale = base_scale;
     if (c.scale_attn_by_inverse_layer_idx) scale /= static_cast<double>(l + 1);
-    std::vector<at::Tensor> outs;
-    int64_t offset = 0;
-    for (size_t i = 0; i < batch.size(); ++i) {
-      const int64_t t = lengths[i];
-      auto [keys, values] = batch[i].cache->Append(static_cast<int>(l), k.narrow(0, offset, t),
-                                                   v.narrow(0, offset, t));
-      outs.push_back(CausalAttention(q.narrow(0, offset, t), keys, values, pasts[i],
-                                     c.layer_windows[static_cast<size_t>(l)], scale));
-      offset += t;
+    const std::optional<int64_t>& window = c.layer_windows[static_cast<size_t>(l)];
+    at::Tensor attn;
+    if (batch.size() == 1) {
+      auto [keys, values] = batch[0].cache->Append(static_cast<int>(l), k, v);
+      attn = CausalAttention(q, keys, values, pasts[0], window, scale);
+    } else {
+      std::vector<at::Tensor> outs;
+      outs.reserve(batch.size());
+      int64_t offset = 0;
+      for (size_t i = 0; i < batch.size(); ++i) {
+        const int64_t t = lengths[i];
+        auto [keys, values] = batch[i].cache->Append(static_cast<int>(l), k.narrow(0, offset, t),
+                                                     v.narrow(0, offset, t));
+        outs.push_back(CausalAttention(q.narrow(0, offset, t), keys, values, pasts[i], window, scale));
+        offset += t;
+      }
+      attn = at::cat(outs, 0);
     }
-    at::Tensor attn = outs.size() == 1 ? outs[0] : at::cat(outs, 0);
-    x = x + Linear(attn, w.wo, w.bo);
+    x = Linear(attn, w.wo, w.bo).add_(x);  // == x + attn W_o^T
     h = Norm(x, c.norm, w.ffn_norm_w, w.ffn_norm_b, c.norm_eps);
-    x = x + FeedForward(c, w, h);
+    if (c.ffn == FfnKind::kGated) {
+      const int64_t m = f.w_gate_up.size(0) / 2;
+      at::Tensor gate_up = Linear(h, f.w_gate_up, f.b_gate_up);  // [N, 2 ffn]
+      at::Tensor a = at::silu(gate_up.narrow(1, 0, m)).mul_(gate_up.narrow(1, m, m));
+      x = Linear(a, w.w_down, w.b_down).add_(x);
+    } else {
+      x = FeedForward(c, w, h).add_(x);
+    }
   }
 
   // Only the rows whose logits were asked for go through the head.
-  std::vector<at::Tensor> rows;
-  int64_t offset = 0;
-  for (size_t i = 0; i < batch.size(); ++i) {
-    rows.push_back(batch[i].all_logits ? x.narrow(0, offset, lengths[i])
-                                       : x.narrow(0, offset + lengths[i] - 1, 1));
-    offset += lengths[i];
+  at::Tensor selected;
+  if (batch.size() == 1) {
+    selected = batch[0].all_logits ? x : x.narrow(0, n - 1, 1);
+  } else {
+    std::vector<at::Tensor> rows;
+    rows.reserve(batch.size());
+    int64_t offset = 0;
+    for (size_t i = 0; i < batch.size(); ++i) {
+      rows.push_back(batch[i].all_logits ? x.narrow(0, offset, lengths[i])
+                                         : x.narrow(0, offset + lengths[i] - 1, 1));
+      offset += lengths[i];
+    }
+    selected = at::cat(rows, 0);
   }
-  at::Tensor selected = rows.size() == 1 ? rows[0] : at::cat(rows, 0);
   selected = Norm(selected, c.norm, weights_.final_norm_w, weights_.final_norm_b, c.norm_eps);
   at::Tensor logits = Linear(selected, weights_.lm_head_w, weights_.lm_head_b).to(at::kFloat);
 
   std::vector<at::Tensor> out;
-  offset = 0;
+  out.reserve(batch.size());
+  int64_t offset = 0;
   for (size_t i = 0; i < batch.size(); ++i) {
     const int64_t r = batch[i].all_logits ? lengths[i] : 1;
-    out.push_back(logits.narrow(0, offset, r));
+    out.push_back(batch.size() == 1 ? logits : logits.narrow(0, offset, r));
     offset += r;
     batch[i].cache->Commit(lengths[i]);
   }
@@ -185,6 +302,7 @@ std::vector<std::vector<int64_t>> GreedyGenerate(const ClientModel& client,
                                                  const ServerModel& server,
                                                  const std::vector<std::vector<int64_t>>& prompts,
                                                  const GreedyOptions& options) {
+  c10::InferenceMode inference_mode;
   const size_t b = prompts.size();
   std::vector<KvCache> caches;
   caches.reserve(b);
@@ -226,5 +344,95 @@ std::vector<std::vector<int64_t>> GreedyGenerate(const ClientModel& client,
   }
   return out;
 }
+
+// ---- process-wide CPU settings ---------------------------------------------
+
+namespace {
+
+#if defined(__x86_64__)
+// Which vector state the OS saves (XCR0): AVX needs bits 1-2, AVX-512 5-7 too.
+uint64_t EnabledXsaveFeatures() {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27))) return 0;  // no OSXSAVE
+  uint32_t lo = 0, hi = 0;
+  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+  return (static_cast<uint64_t>(hi) << 32) | lo;
+}
+#endif
+
+// The OpenBLAS kernels this CPU should get ("" if none better than generic).
+std::string BestOpenBlasCore() {
+#if defined(__x86_64__)
+  const uint64_t xcr0 = EnabledXsaveFeatures();
+  const bool avx_state = (xcr0 & 0x6) == 0x6, avx512_state = (xcr0 & 0xe6) == 0xe6;
+  __builtin_cpu_init();
+  if (avx512_state && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512cd") &&
+      __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
+      __builtin_cpu_supports("avx512vl")) {
+    return "SkylakeX";
+  }
+  if (avx_state && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    return "Haswell";
+  }
+#endif
+  return "";
+}
+
+template <typename F>
+F BlasSymbol(const char* name) {
+  return reinterpret_cast<F>(dlsym(RTLD_DEFAULT, name));
+}
+
+std::string OpenBlasCoreName() {
+  auto name = BlasSymbol<char* (*)()>("openblas_get_corename");
+  const char* n = name ? name() : nullptr;
+  return n ? std::string(n) : std::string();
+}
+
+CpuRuntime Configure(int threads) {
+  CpuRuntime r;
+  if (threads <= 0) {
+    if (const char* env = std::getenv("STIP_NUM_THREADS")) threads = std::atoi(env);
+  }
+  if (threads <= 0) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    if (sched_getaffinity(0, sizeof set, &set) == 0) threads = CPU_COUNT(&set);
+  }
+  if (threads <= 0) threads = 1;
+  at::set_num_threads(threads);
+  r.threads = at::get_num_threads();
+
+  r.blas_core_detected = r.blas_core = OpenBlasCoreName();
+  static const std::set<std::string> kGeneric = {"Prescott", "Katmai",    "Coppermine",
+                                                 "Northwood", "Banias",   "Core2",
+                                                 "Penryn",    "Dunnington", "Nehalem", "Atom"};
+  auto quit = BlasSymbol<void (*)()>("gotoblas_dynamic_quit");
+  auto init = BlasSymbol<void (*)()>("gotoblas_dynamic_init");
+  const std::string best = BestOpenBlasCore();
+  if (kGeneric.count(r.blas_core) && !best.empty() && quit && init &&
+      !std::getenv("OPENBLAS_CORETYPE")) {
+    // OpenBLAS (DYNAMIC_ARCH) picks its kernel table from OPENBLAS_CORETYPE
+    // when (re-)initialized; nothing else is reset.
+    setenv("OPENBLAS_CORETYPE", best.c_str(), 1);
+    quit();
+    init();
+    unsetenv("OPENBLAS_CORETYPE");
+    r.blas_core = OpenBlasCoreName();
+  }
+  if (auto set_threads = BlasSymbol<void (*)(int)>("openblas_set_num_threads")) {
+    set_threads(threads);
+  }
+  return r;
+}
+
+}  // namespace
+
+const CpuRuntime& ConfigureCpuRuntime(int threads) {
+  static const CpuRuntime runtime = Configure(threads);
+  return runtime;
+}
+
+void InitComputeThread() { at::init_num_threads(); }
 
 }  // namespace stip

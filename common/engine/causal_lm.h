@@ -13,8 +13,10 @@
 
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/arch/model_config.h"
@@ -71,10 +73,24 @@ class ServerModel {
   std::vector<at::Tensor> Forward(const std::vector<SequenceStep>& batch) const;
 
  private:
+  // Per layer, the projections that read the same input as one matrix:
+  // q|k|v and, for SwiGLU, gate|up. The separate weights in weights_ become
+  // views of these (no second copy in memory).
+  struct FusedLayer {
+    at::Tensor wqkv, bqkv;        // [q + 2 kv, d], bias or undefined
+    at::Tensor w_gate_up, b_gate_up;  // [2 ffn, d] (gated feed-forward only)
+  };
+  void FuseProjections();
+  // RoPE cos / signed-sin tables covering positions [0, end) (grown on demand).
+  std::pair<at::Tensor, at::Tensor> RopeRows(int64_t end) const;
+
   ModelConfig config_;
   ServerWeights weights_;
   LoadOptions options_;
+  std::vector<FusedLayer> fused_;
   at::Tensor inv_freq_;  // RoPE
+  mutable std::mutex rope_mu_;
+  mutable at::Tensor rope_cos_, rope_sin_;  // [positions, 1, head_dim]
 };
 
 // Both halves in one process: the plain model (tests, verification, demos).
@@ -100,5 +116,28 @@ std::vector<std::vector<int64_t>> GreedyGenerate(const ClientModel& client,
                                                  const ServerModel& server,
                                                  const std::vector<std::vector<int64_t>>& prompts,
                                                  const GreedyOptions& options);
+
+// ---- process-wide CPU settings ----------------------------------------------
+
+struct CpuRuntime {
+  int threads = 0;               // intra-op threads (ATen and OpenBLAS)
+  std::string blas_core;         // OpenBLAS kernels in use ("" if LibTorch has no OpenBLAS)
+  std::string blas_core_detected;  // what OpenBLAS picked by itself at load
+};
+
+// Configures the process once, before tensor work runs on other threads;
+// later calls return the first call's result.
+//  - Intra-op threads: `threads` if > 0, else $STIP_NUM_THREADS, else the CPUs
+//    this process may run on. (Debian's LibTorch starts with one.)
+//  - OpenBLAS (LibTorch's CPU matrix products): where its CPU detection fell
+//    back to generic SSE3 kernels ("Prescott": a CPU model it does not know,
+//    as in many VMs) on a CPU whose OS enables AVX-512 or AVX2+FMA, it switches
+//    to the SkylakeX or Haswell kernels -- up to 7x on small matrix products.
+//    A user's $OPENBLAS_CORETYPE is left alone.
+const CpuRuntime& ConfigureCpuRuntime(int threads = 0);
+
+// Applies the configured intra-op thread count to the calling thread (OpenMP
+// keeps it per thread): call first thing in a thread that runs the model.
+void InitComputeThread();
 
 }  // namespace stip

@@ -18,9 +18,12 @@ Sampler::Sampler(SamplingOptions options) : options_(options) {
 }
 
 int64_t Sampler::Next(const at::Tensor& logits_in, const std::vector<int64_t>& history) {
-  at::Tensor logits = logits_in.to(at::kCPU, at::kFloat).reshape({-1}).clone();
+  // Copied only where it is changed in place (the penalty); every other step
+  // below makes new tensors.
+  at::Tensor logits = logits_in.to(at::kCPU, at::kFloat).reshape({-1});
   const int64_t vocab = logits.size(0);
   if (options_.repetition_penalty != 1.0 && !history.empty()) {
+    logits = logits.clone();
     std::vector<int64_t> seen;
     for (int64_t id : history) {
       if (id >= 0 && id < vocab) seen.push_back(id);
