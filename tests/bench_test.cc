@@ -24,13 +24,15 @@ std::string RunCommand(const std::string& cmd, int* status) {
 
 TEST(BenchTest, TinyRunEmitsJsonWithEveryKey) {
   int status = 0;
-  const std::string out = RunCommand(std::string("'") + STIP_BENCH_BIN +
-                                  "' --preset tiny --batch 2 --tokens 8 --reps 1 "
-                                  "--decode-batches 1,2 --steps 2 --warmup 1 --decode-reps 1 "
-                                  "--client-hidden 64 --client-vocab 200 --client-reps 5 "
-                                  "--models " STIP_MODELS_DIR "/kjv-gpt2 "
-                                  "--e2e-latency-tokens 6 --e2e-new-tokens 3 --e2e-sessions 1,2",
-                              &status);
+  const std::string out =
+      RunCommand(std::string("'") + STIP_BENCH_BIN +
+                     "' --preset tiny --batch 2 --tokens 8 --reps 1 "
+                     "--decode-batches 1,2 --steps 2 --warmup 1 --decode-reps 1 "
+                     "--client-hidden 64 --client-vocab 200 --client-reps 5 "
+                     "--models " STIP_MODELS_DIR
+                     "/kjv-gpt2 "
+                     "--e2e-latency-tokens 6 --e2e-new-tokens 3 --e2e-sessions 1,2",
+                 &status);
   ASSERT_EQ(status, 0) << out;
   nlohmann::json j;
   ASSERT_NO_THROW(j = nlohmann::json::parse(out)) << out;
@@ -43,12 +45,13 @@ TEST(BenchTest, TinyRunEmitsJsonWithEveryKey) {
   EXPECT_GT(j["forward"]["stip_over_plain_time"].get<double>(), 0);
   ASSERT_EQ(j["decode"].size(), 2u);
   for (const auto& d : j["decode"]) {
-    for (const char* key : {"batch", "plain_ms_per_step", "stip_ms_per_step", "stip_over_plain_time"}) {
+    for (const char* key :
+         {"batch", "plain_ms_per_step", "stip_ms_per_step", "stip_over_plain_time"}) {
       EXPECT_TRUE(d.contains(key)) << key;
     }
   }
-  for (const char* key : {"embed_ms", "permute_ms", "unpermute_ms", "sample_greedy_ms",
-                          "client_work_ms_per_token"}) {
+  for (const char* key :
+       {"embed_ms", "permute_ms", "unpermute_ms", "sample_greedy_ms", "client_work_ms_per_token"}) {
     EXPECT_TRUE(j["client"].contains(key)) << key;
   }
   ASSERT_EQ(j["models"].size(), 1u);
@@ -61,9 +64,9 @@ TEST(BenchTest, TinyRunEmitsJsonWithEveryKey) {
   ASSERT_TRUE(j["e2e"].is_array());
   ASSERT_EQ(j["e2e"].size(), 1u);
   const auto& e = j["e2e"][0];
-  for (const char* key : {"embed", "permute", "unpermute", "sample_greedy", "detokenize",
-                          "client_work", "round_trip", "server_compute",
-                          "transport_and_serialization", "total"}) {
+  for (const char* key :
+       {"embed", "permute", "unpermute", "sample_greedy", "detokenize", "client_work", "round_trip",
+        "server_compute", "transport_and_serialization", "total"}) {
     EXPECT_TRUE(e["latency"]["per_token_ms"].contains(key)) << key;
   }
   EXPECT_GT(e["latency"]["per_token_ms"]["server_compute"].get<double>(), 0);
@@ -79,7 +82,8 @@ TEST(BenchTest, TinyRunEmitsJsonWithEveryKey) {
 
 TEST(BenchTest, RejectsAnUnknownSection) {
   int status = 0;
-  RunCommand(std::string("'") + STIP_BENCH_BIN + "' --sections engine,nonsense 2>/dev/null", &status);
+  RunCommand(std::string("'") + STIP_BENCH_BIN + "' --sections engine,nonsense 2>/dev/null",
+             &status);
   EXPECT_NE(status, 0);
 }
 

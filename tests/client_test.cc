@@ -43,10 +43,13 @@
 #include "common/transform/transform_rules.h"
 #include "common/util/files.h"
 #include "stip/v1/stip.grpc.pb.h"
+#include "tests/temp_dir.h"
 #include "tests/test_util.h"
 
 namespace stip {
 namespace {
+
+using test::TempDir;
 
 using test::ModelDir;
 using test::Reference;
@@ -55,21 +58,6 @@ using test::ToIds;
 const char* const kPrompt = "And God said,";
 const char* const kToken = "access-token-7f3a";
 const char* const kEnrolment = "enrol-token-19c2";
-
-class TempDir {
- public:
-  TempDir() {
-    char tmpl[] = "/tmp/stip-client-test-XXXXXX";
-    if (!mkdtemp(tmpl)) throw std::runtime_error("mkdtemp failed");
-    path_ = tmpl;
-  }
-  ~TempDir() { RemoveAll(path_); }
-  const std::string& path() const { return path_; }
-  std::string operator/(const std::string& name) const { return JoinPath(path_, name); }
-
- private:
-  std::string path_;
-};
 
 unsigned Mode(const std::string& path) {
   struct stat st;

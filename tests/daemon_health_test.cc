@@ -61,10 +61,10 @@ TEST(DaemonHealth, AllThreeDaemonsReportServing) {
     EXPECT_EQ(Check(dev_addr, ""), serving);
     EXPECT_EQ(Check(dev_addr, "stip.v1.Registry"), serving);
 
-    test::RunResult reg = test::Run({kBin + "/client/stip-client", "register", "--developer",
-                                     dev_addr, "--user", "probe", "--token", token, "--data-dir",
-                                     dir + "/client", "--insecure"},
-                                    120);
+    test::RunResult reg =
+        test::Run({kBin + "/client/stip-client", "register", "--developer", dev_addr, "--user",
+                   "probe", "--token", token, "--data-dir", dir + "/client", "--insecure"},
+                  120);
     ASSERT_EQ(reg.exit_code, 0) << reg.err;
     test::Daemon client({kBin + "/client/stip-client", "serve", "--data-dir", dir + "/client",
                          "--listen", "127.0.0.1:0", "--insecure"},

@@ -34,27 +34,14 @@
 #include "developer/state_store.h"
 #include "developer/user_registry.h"
 #include "stip/v1/stip.grpc.pb.h"
+#include "tests/temp_dir.h"
 
 namespace stip {
 namespace {
 
+using test::TempDir;
+
 const std::string kModel = std::string(STIP_TEST_DATA_DIR) + "/hf-reference/gpt2";
-
-class TempDir {
- public:
-  TempDir() {
-    char tmpl[] = "/tmp/stip-developer-test-XXXXXX";
-    char* p = mkdtemp(tmpl);
-    if (!p) throw std::runtime_error("mkdtemp failed");
-    path_ = p;
-  }
-  ~TempDir() { RemoveAll(path_); }
-  const std::string& path() const { return path_; }
-  std::string operator/(const std::string& name) const { return JoinPath(path_, name); }
-
- private:
-  std::string path_;
-};
 
 unsigned Mode(const std::string& path) {
   struct stat st;

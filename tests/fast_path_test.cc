@@ -24,15 +24,13 @@ using test::ToIds;
 
 // The attention as first written (and as transformers' eager path): expand
 // the key/value heads, build the full causal (and window) mask, soft-max.
-at::Tensor ReferenceAttention(const at::Tensor& q, const at::Tensor& keys,
-                              const at::Tensor& values, int64_t past,
-                              std::optional<int64_t> window, double scale) {
+at::Tensor ReferenceAttention(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& values,
+                              int64_t past, std::optional<int64_t> window, double scale) {
   const int64_t t = q.size(0), n_heads = q.size(1), d_h = q.size(2);
   const int64_t n_kv = keys.size(0), s = keys.size(1);
   const int64_t group = n_heads / n_kv;
   at::Tensor qg = q.reshape({t, n_kv, group, d_h}).permute({1, 2, 0, 3});
-  at::Tensor scores =
-      at::matmul(qg, keys.unsqueeze(1).transpose(-1, -2)).to(at::kFloat) * scale;
+  at::Tensor scores = at::matmul(qg, keys.unsqueeze(1).transpose(-1, -2)).to(at::kFloat) * scale;
   at::Tensor qpos = at::arange(past, past + t, at::kLong).unsqueeze(1);
   at::Tensor kpos = at::arange(0, s, at::kLong).unsqueeze(0);
   at::Tensor masked = kpos > qpos;
@@ -70,10 +68,10 @@ TEST(FastPathTest, AttentionEqualsMaskedReference) {
 
 TEST(FastPathTest, RopeTablesEqualApplyRope) {
   at::manual_seed(4);
-  nlohmann::json j = {{"model_type", "llama"},          {"vocab_size", 64},
-                      {"hidden_size", 32},              {"intermediate_size", 64},
-                      {"num_hidden_layers", 1},         {"num_attention_heads", 4},
-                      {"num_key_value_heads", 2},       {"max_position_embeddings", 128}};
+  nlohmann::json j = {{"model_type", "llama"},    {"vocab_size", 64},
+                      {"hidden_size", 32},        {"intermediate_size", 64},
+                      {"num_hidden_layers", 1},   {"num_attention_heads", 4},
+                      {"num_key_value_heads", 2}, {"max_position_embeddings", 128}};
   ModelConfig c = ParseModelConfig(j.dump(), "test");
   at::Tensor inv = RopeInverseFrequencies(c, at::kCPU);
   at::Tensor pos = at::tensor(std::vector<int64_t>{0, 1, 2, 7, 50, 51}, at::kLong);

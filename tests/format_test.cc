@@ -23,9 +23,12 @@
 #include "common/format/checkpoint.h"
 #include "common/format/dtype.h"
 #include "common/format/safetensors.h"
+#include "tests/temp_dir.h"
 
 namespace stip {
 namespace {
+
+using test::TempDir;
 
 namespace fs = std::filesystem;
 
@@ -120,33 +123,6 @@ void ExpectCorrupt(const std::string& header, size_t data_size,
   ExpectError([&] { SafetensorsFile::FromBytes(MakeFile(header, data_size), "bad.safetensors"); },
               ErrorCode::kDataLoss, needles);
 }
-
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = testing::TempDir();
-    if (tmpl.empty() || tmpl.back() != '/') tmpl += '/';
-    tmpl += "stip_format_XXXXXX";
-    char* p = ::mkdtemp(tmpl.data());
-    EXPECT_NE(p, nullptr) << "mkdtemp " << tmpl << ": " << std::strerror(errno);
-    path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  const std::string& path() const { return path_; }
-  std::string File(const std::string& name) const { return path_ + "/" + name; }
-  std::vector<std::string> List() const {
-    std::vector<std::string> names;
-    for (const auto& e : fs::directory_iterator(path_)) names.push_back(e.path().filename());
-    std::sort(names.begin(), names.end());
-    return names;
-  }
-
- private:
-  std::string path_;
-};
 
 std::string Bytes(const SafetensorsFile& f, const TensorInfo& t) {
   return std::string(reinterpret_cast<const char*>(f.Data(t)), t.nbytes);

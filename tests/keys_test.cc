@@ -21,9 +21,12 @@
 #include "common/format/safetensors.h"
 #include "common/keys/model_keys.h"
 #include "common/keys/permutation.h"
+#include "tests/temp_dir.h"
 
 namespace stip {
 namespace {
+
+using test::TempDir;
 
 namespace fs = std::filesystem;
 
@@ -89,24 +92,6 @@ void ExpectKeysEqual(const ModelKeys& a, const ModelKeys& b) {
     EXPECT_EQ(x.expert_ffn, y.expert_ffn);
   }
 }
-
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "stip-keys-test-XXXXXX").string();
-    if (::mkdtemp(tmpl.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-    path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  std::string operator/(const std::string& name) const { return path_ + "/" + name; }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
 
 unsigned FileMode(const std::string& path) {
   struct stat st;

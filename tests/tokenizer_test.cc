@@ -21,9 +21,12 @@
 
 #include "common/error.h"
 #include "common/tokenizer/bpe_tokenizer.h"
+#include "tests/temp_dir.h"
 
 namespace stip {
 namespace {
+
+using test::TempDir;
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
@@ -119,30 +122,6 @@ void ExpectError(const std::function<void()>& fn, ErrorCode code,
     ADD_FAILURE() << "non-stip exception: " << e.what();
   }
 }
-
-class TempDir {
- public:
-  TempDir() {
-    std::string t = (fs::temp_directory_path() / "stip_tok_XXXXXX").string();
-    if (!mkdtemp(t.data())) throw std::runtime_error("mkdtemp failed");
-    path_ = t;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  const std::string& path() const { return path_; }
-  std::string File(const std::string& name) const { return path_ + "/" + name; }
-  void Write(const std::string& name, const std::string& content) const {
-    std::ofstream(File(name), std::ios::binary) << content;
-  }
-  void Copy(const std::string& from, const std::string& name) const {
-    fs::copy_file(from, File(name), fs::copy_options::overwrite_existing);
-  }
-
- private:
-  std::string path_;
-};
 
 std::string ReadAll(const std::string& path) {
   std::ifstream in(path, std::ios::binary);

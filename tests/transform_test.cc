@@ -20,10 +20,13 @@
 #include "common/transform/transform_rules.h"
 #include "common/transform/verify.h"
 #include "common/util/files.h"
+#include "tests/temp_dir.h"
 #include "tests/test_util.h"
 
 namespace stip {
 namespace {
+
+using test::TempDir;
 
 using test::FixtureDir;
 using test::MaxAbsDiff;
@@ -313,21 +316,6 @@ INSTANTIATE_TEST_SUITE_P(All, VerifyTest,
                          });
 
 // ---- on disk: sharded in, sharded out, client bundle ---------------------------
-
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = ::testing::TempDir() + "stip-transform-XXXXXX";
-    std::vector<char> buf(tmpl.begin(), tmpl.end());
-    buf.push_back('\0');
-    path_ = mkdtemp(buf.data());
-  }
-  ~TempDir() { RemoveAll(path_); }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
 
 // Splits a checkpoint into `n` shards + index, like transformers' save_pretrained.
 void WriteSharded(const std::string& from, const std::string& to, int n) {
