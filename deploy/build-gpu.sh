@@ -41,7 +41,7 @@ if [[ "${1:-}" == fetch-debs ]]; then
   (cd "$dir" && for p in "${PACKAGES[@]}" "${RUNTIME_PACKAGES[@]}"; do
      apt-get download "$p" || echo "fetch-debs: no package $p here (skipped)" >&2
    done)
-  echo "fetch-debs: $(ls "$dir"/*.deb | wc -l) packages in $dir ($(du -sh "$dir" | cut -f1))"
+  echo "fetch-debs: $(find "$dir" -name "*.deb" | wc -l) packages in $dir ($(du -sh "$dir" | cut -f1))"
   exit 0
 fi
 
@@ -88,7 +88,6 @@ if ((${#missing[@]})); then
       export LIBRARY_PATH="$PREFIX/usr/lib/$ARCH:${LIBRARY_PATH:-}"
       export LD_LIBRARY_PATH="$PREFIX/usr/lib/$ARCH:${LD_LIBRARY_PATH:-}"
       # pkg-config files name /usr as their prefix: point them at the unpacked tree.
-      export PKG_CONFIG_SYSROOT_DIR=""
       for pc in "$PREFIX"/usr/lib/"$ARCH"/pkgconfig/*.pc "$PREFIX"/usr/share/pkgconfig/*.pc; do
         [[ -f "$pc" ]] && sed -i "s#^prefix=/usr\$#prefix=$PREFIX/usr#" "$pc"
       done

@@ -40,7 +40,8 @@ TEST(BenchTest, TinyRunEmitsJsonWithEveryKey) {
        {"device", "dtype", "threads", "runtime", "forward", "decode", "client", "models", "e2e"}) {
     EXPECT_TRUE(j.contains(key)) << key;
   }
-  EXPECT_GE(j["runtime"]["intra_op_threads"].get<int>(), 1);
+  EXPECT_GE(j["runtime"]["threads"].get<int>(), 1);
+  EXPECT_GE(j["runtime"]["aten_threads"].get<int>(), 1);
   EXPECT_GT(j["forward"]["plain_tokens_per_s"].get<double>(), 0);
   EXPECT_GT(j["forward"]["stip_over_plain_time"].get<double>(), 0);
   ASSERT_EQ(j["decode"].size(), 2u);

@@ -12,6 +12,7 @@
 #include "common/arch/architecture.h"
 #include "common/engine/causal_lm.h"
 #include "common/engine/layers.h"
+#include "common/engine/sampler.h"
 #include "tests/test_util.h"
 
 namespace stip {
@@ -95,30 +96,63 @@ TEST(FastPathTest, SingleRowLinearEqualsGemm) {
   EXPECT_LE(MaxAbsDiff(Linear(xs, wf), at::linear(xs, wf)), 1e-5);
 }
 
-// After ConfigureCpuRuntime (all CPUs, OpenBLAS kernels for this CPU) the
-// engine still reproduces transformers, decode step by decode step.
+TEST(FastPathTest, GreedyPicksWhatArgmaxPicks) {
+  at::manual_seed(6);
+  Sampler greedy(SamplingOptions{true, 1, 0, 1, 1, 0});
+  for (int i = 0; i < 20; ++i) {
+    at::Tensor o = at::randn({1000});
+    EXPECT_EQ(greedy.Next(o, {}), o.argmax().item<int64_t>());
+  }
+  at::Tensor ties = at::zeros({10});
+  ties[3] = 2;
+  ties[7] = 2;
+  EXPECT_EQ(greedy.Next(ties, {}), 3);  // the first of equal maxima
+  ties[5] = std::numeric_limits<float>::quiet_NaN();
+  ties[8] = std::numeric_limits<float>::quiet_NaN();
+  EXPECT_EQ(greedy.Next(ties, {}), ties.argmax().item<int64_t>());  // NaN counts as largest
+  at::Tensor strided = at::randn({50, 4}).select(1, 2);             // not contiguous
+  EXPECT_EQ(greedy.Next(strided, {}), strided.argmax().item<int64_t>());
+}
+
+// Prefill of two positions, then one position per step (the decode path),
+// against transformers' logits.
+void ExpectReferenceLogits(const std::string& arch, const LoadOptions& options) {
+  const std::string dir = FixtureDir(arch);
+  CausalLM lm = CausalLM::Load(dir, options);
+  at::Tensor ref = Reference(dir, "logits");
+  std::vector<int64_t> row = ToIds(Reference(dir, "input_ids")[0]);
+  KvCache cache = lm.server->NewCache();
+  std::vector<int64_t> head(row.begin(), row.begin() + 2);
+  at::Tensor first = lm.server->Forward({{lm.client->Embed(head, 0), &cache, true}})[0];
+  EXPECT_LE(MaxAbsDiff(first.cpu(), ref[0].narrow(0, 0, 2)), 1e-4) << arch;
+  for (size_t i = 2; i < row.size(); ++i) {
+    at::Tensor x = lm.client->Embed(std::vector<int64_t>{row[i]}, static_cast<int64_t>(i));
+    at::Tensor o = lm.server->Forward({{x, &cache, false}})[0];
+    EXPECT_LE(MaxAbsDiff(o.cpu(), ref[0].narrow(0, static_cast<int64_t>(i), 1)), 1e-4)
+        << arch << " position " << i;
+  }
+}
+
+// After ConfigureCpuRuntime (threads, OpenBLAS kernels for this CPU) the
+// engine still reproduces transformers.
 TEST(FastPathTest, CpuRuntimeKeepsReferenceLogits) {
   const CpuRuntime& rt = ConfigureCpuRuntime();
   EXPECT_GE(rt.threads, 1);
+  EXPECT_GE(rt.aten_threads, 1);
   EXPECT_EQ(&rt, &ConfigureCpuRuntime(7));  // once per process
   InitComputeThread();
   for (const std::string arch : {"gpt2", "llama", "qwen2", "mixtral"}) {
-    const std::string dir = FixtureDir(arch);
-    CausalLM lm = CausalLM::Load(dir);
-    at::Tensor ids = Reference(dir, "input_ids");
-    at::Tensor ref = Reference(dir, "logits");
-    std::vector<int64_t> row = ToIds(ids[0]);
-    KvCache cache = lm.server->NewCache();
-    // Prefill two positions, then one position per step (the decode path).
-    std::vector<int64_t> head(row.begin(), row.begin() + 2);
-    at::Tensor first = lm.server->Forward({{lm.client->Embed(head, 0), &cache, true}})[0];
-    EXPECT_LE(MaxAbsDiff(first, ref[0].narrow(0, 0, 2)), 1e-4) << arch;
-    for (size_t i = 2; i < row.size(); ++i) {
-      at::Tensor x = lm.client->Embed(std::vector<int64_t>{row[i]}, static_cast<int64_t>(i));
-      at::Tensor o = lm.server->Forward({{x, &cache, false}})[0];
-      EXPECT_LE(MaxAbsDiff(o, ref[0].narrow(0, static_cast<int64_t>(i), 1)), 1e-4)
-          << arch << " position " << i;
-    }
+    ExpectReferenceLogits(arch, LoadOptions{});
+  }
+}
+
+// On a GPU (fp32; LibTorch 2.x: scaled_dot_product_attention) likewise.
+TEST(FastPathTest, CudaKeepsReferenceLogits) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  LoadOptions options;
+  options.device = at::Device(at::kCUDA, 0);
+  for (const std::string arch : {"gpt2", "llama", "qwen2", "mixtral"}) {
+    ExpectReferenceLogits(arch, options);
   }
 }
 

@@ -97,19 +97,22 @@ void Sync(const at::Device& d) {
 ModelConfig PresetConfig(const std::string& preset) {
   nlohmann::json j;
   if (preset == "gpt2-124m") {
-    j = {{"model_type", "gpt2"}, {"vocab_size", 50257}, {"n_embd", 768}, {"n_layer", 12},
-         {"n_head", 12}, {"n_positions", 1024}};
+    j = {{"model_type", "gpt2"}, {"vocab_size", 50257}, {"n_embd", 768},
+         {"n_layer", 12},        {"n_head", 12},        {"n_positions", 1024}};
   } else if (preset == "llama-7b") {
-    j = {{"model_type", "llama"}, {"vocab_size", 32000}, {"hidden_size", 4096},
-         {"intermediate_size", 11008}, {"num_hidden_layers", 32}, {"num_attention_heads", 32},
+    j = {{"model_type", "llama"},     {"vocab_size", 32000},
+         {"hidden_size", 4096},       {"intermediate_size", 11008},
+         {"num_hidden_layers", 32},   {"num_attention_heads", 32},
          {"num_key_value_heads", 32}, {"max_position_embeddings", 4096}};
   } else if (preset == "small") {
-    j = {{"model_type", "llama"}, {"vocab_size", 8000}, {"hidden_size", 512},
-         {"intermediate_size", 1376}, {"num_hidden_layers", 6}, {"num_attention_heads", 8},
+    j = {{"model_type", "llama"},    {"vocab_size", 8000},
+         {"hidden_size", 512},       {"intermediate_size", 1376},
+         {"num_hidden_layers", 6},   {"num_attention_heads", 8},
          {"num_key_value_heads", 4}, {"max_position_embeddings", 2048}};
   } else if (preset == "tiny") {  // for the smoke test
-    j = {{"model_type", "llama"}, {"vocab_size", 512}, {"hidden_size", 64},
-         {"intermediate_size", 128}, {"num_hidden_layers", 2}, {"num_attention_heads", 4},
+    j = {{"model_type", "llama"},    {"vocab_size", 512},
+         {"hidden_size", 64},        {"intermediate_size", 128},
+         {"num_hidden_layers", 2},   {"num_attention_heads", 4},
          {"num_key_value_heads", 2}, {"max_position_embeddings", 256}};
   } else {
     throw InvalidArgument("unknown preset \"" + preset + "\" (tiny, small, gpt2-124m, llama-7b)");
@@ -376,6 +379,17 @@ PreparedModel PrepareModel(const std::string& dir) {
   return m;
 }
 
+// What the e2e section runs (options accepted, and ignored, without gRPC).
+struct E2eOptions {
+  std::string device = "auto", dtype = "auto";
+  std::vector<int> sessions = {1, 16};
+  int latency_tokens = 64;
+  int new_tokens = 32;
+  int max_batch = 16;
+  int batch_wait_us = 0;
+  std::string prompt = "And God said,";
+};
+
 #ifdef STIP_WITH_GRPC
 // ---- end to end over gRPC ------------------------------------------------------
 
@@ -386,16 +400,6 @@ class OpenDoorPolicy final : public server::AccessPolicy {
                          server::AccessGrant* = nullptr) const override {
     return grpc::Status::OK;
   }
-};
-
-struct E2eOptions {
-  std::string device = "auto", dtype = "auto";
-  std::vector<int> sessions = {1, 16};
-  int latency_tokens = 64;
-  int new_tokens = 32;
-  int max_batch = 16;
-  int batch_wait_us = 0;
-  std::string prompt = "And God said,";
 };
 
 at::Tensor IndexOf(const std::vector<int64_t>& v) {
@@ -458,11 +462,10 @@ Json RunE2e(PreparedModel& m, const E2eOptions& o) {
   std::vector<int64_t> history = prompt;
   at::Tensor o_prime = session.Step(client.Embed(prompt, 0).index_select(-1, p_index), false);
   int64_t next = greedy.Next(o_prime[0].index_select(-1, p_c_inverse), history);
-  const int64_t max_tokens =
-      std::max<int64_t>(4, std::min<int64_t>(o.latency_tokens, info.max_context > 0
-                                                                   ? info.max_context - 1 -
-                                                                         int64_t(prompt.size())
-                                                                   : o.latency_tokens));
+  const int64_t max_tokens = std::max<int64_t>(
+      4, std::min<int64_t>(o.latency_tokens, info.max_context > 0
+                                                 ? info.max_context - 1 - int64_t(prompt.size())
+                                                 : o.latency_tokens));
   std::vector<double> t_embed, t_perm, t_rtt, t_server, t_unperm, t_sample, t_detok, t_total;
   at::Tensor last_x_prime;
   for (int64_t i = 0; i < max_tokens; ++i) {
@@ -497,23 +500,22 @@ Json RunE2e(PreparedModel& m, const E2eOptions& o) {
   }
   session.Close();
   const double rtt = Median(t_rtt), server_ms = Median(t_server);
-  const double client_ms = Median(t_embed) + Median(t_perm) + Median(t_unperm) +
-                           Median(t_sample) + Median(t_detok);
-  out["latency"] = {
-      {"prompt_tokens", prompt.size()},
-      {"tokenize_prompt_ms", Median(t_tok)},
-      {"tokens_timed", t_total.size()},
-      {"per_token_ms",
-       {{"embed", Median(t_embed)},
-        {"permute", Median(t_perm)},
-        {"unpermute", Median(t_unperm)},
-        {"sample_greedy", Median(t_sample)},
-        {"detokenize", Median(t_detok)},
-        {"client_work", client_ms},
-        {"round_trip", rtt},
-        {"server_compute", server_ms},
-        {"transport_and_serialization", rtt - server_ms},
-        {"total", Median(t_total)}}}};
+  const double client_ms =
+      Median(t_embed) + Median(t_perm) + Median(t_unperm) + Median(t_sample) + Median(t_detok);
+  out["latency"] = {{"prompt_tokens", prompt.size()},
+                    {"tokenize_prompt_ms", Median(t_tok)},
+                    {"tokens_timed", t_total.size()},
+                    {"per_token_ms",
+                     {{"embed", Median(t_embed)},
+                      {"permute", Median(t_perm)},
+                      {"unpermute", Median(t_unperm)},
+                      {"sample_greedy", Median(t_sample)},
+                      {"detokenize", Median(t_detok)},
+                      {"client_work", client_ms},
+                      {"round_trip", rtt},
+                      {"server_compute", server_ms},
+                      {"transport_and_serialization", rtt - server_ms},
+                      {"total", Median(t_total)}}}};
 
   // Bytes per decode token: the payloads and the protobuf messages around them.
   {
@@ -636,16 +638,18 @@ int main(int argc, char** argv) {
   std::vector<std::string> models;
   int reps = 3, steps = 20, warmup = 3, decode_reps = 2, threads = 0, client_reps = 200;
   app.add_option("--model", model, "engine: Hugging Face model directory (default: --preset)");
-  app.add_option("--preset", preset, "engine: random weights of a shape: tiny, small, gpt2-124m, llama-7b");
+  app.add_option("--preset", preset,
+                 "engine: random weights of a shape: tiny, small, gpt2-124m, llama-7b");
   app.add_option("--device", device, "auto, cpu or cuda (engine and e2e server)");
   app.add_option("--dtype", dtype, "auto, float32, float16, bfloat16");
-  app.add_option("--threads", threads, "intra-op threads (0: $STIP_NUM_THREADS, else all CPUs)");
+  app.add_option("--threads", threads, "cores to use (0: $STIP_NUM_THREADS, else all CPUs)");
   app.add_option("--sections", sections, "engine, client, models, e2e (gRPC builds)")
       ->delimiter(',');
   app.add_option("--batch", batch, "forward benchmark: sequences");
   app.add_option("--tokens", tokens, "forward benchmark: positions per sequence");
   app.add_option("--reps", reps, "forward repetitions (median)");
-  app.add_option("--decode-batches", decode_batches, "decode benchmark batch sizes")->delimiter(',');
+  app.add_option("--decode-batches", decode_batches, "decode benchmark batch sizes")
+      ->delimiter(',');
   app.add_option("--context", context, "decode benchmark: prefilled positions");
   app.add_option("--steps", steps, "decode steps timed per rep");
   app.add_option("--warmup", warmup, "decode steps run before timing");
@@ -653,18 +657,17 @@ int main(int argc, char** argv) {
   app.add_option("--client-hidden", client_d, "client benchmark: hidden size");
   app.add_option("--client-vocab", client_vocab, "client benchmark: vocabulary");
   app.add_option("--client-reps", client_reps, "client benchmark: tokens timed");
-  app.add_option("--models", models,
-                 "models and e2e: model directories (default: the demo models)")
+  app.add_option("--models", models, "models and e2e: model directories (default: the demo models)")
       ->delimiter(',');
-  app.add_option("--transform-model", transform_model, "time the streaming transform of this model");
-#ifdef STIP_WITH_GRPC
+  app.add_option("--transform-model", transform_model,
+                 "time the streaming transform of this model");
   E2eOptions e2e;
   app.add_option("--e2e-sessions", e2e.sessions, "e2e: concurrent sessions")->delimiter(',');
-  app.add_option("--e2e-latency-tokens", e2e.latency_tokens, "e2e: decode steps timed (one session)");
+  app.add_option("--e2e-latency-tokens", e2e.latency_tokens,
+                 "e2e: decode steps timed (one session)");
   app.add_option("--e2e-new-tokens", e2e.new_tokens, "e2e: tokens per session (throughput)");
   app.add_option("--e2e-max-batch", e2e.max_batch, "e2e: server's sequences per forward");
   app.add_option("--e2e-batch-wait-us", e2e.batch_wait_us, "e2e: server's batch window");
-#endif
   app.add_option("--client-rss-probe", probe_dir, "(internal) load a client bundle, print RSS")
       ->group("");
   CLI11_PARSE(app, argc, argv);
@@ -698,12 +701,15 @@ int main(int argc, char** argv) {
     out["model"] = model.empty() ? "preset:" + preset : model;
     out["threads"] = rt.threads;
     out["runtime"] = {{"libtorch", TORCH_VERSION},
-                      {"intra_op_threads", rt.threads},
+                      {"threads", rt.threads},
+                      {"aten_threads", rt.aten_threads},
+                      {"blas_threads", rt.blas_threads},
                       {"cpus", static_cast<int>(std::thread::hardware_concurrency())},
                       {"openblas_core_detected", rt.blas_core_detected},
                       {"openblas_core", rt.blas_core}};
-    std::fprintf(stderr, "runtime: LibTorch %s, %d intra-op threads, OpenBLAS %s%s\n",
-                 TORCH_VERSION, rt.threads, rt.blas_core.empty() ? "-" : rt.blas_core.c_str(),
+    std::fprintf(stderr, "runtime: LibTorch %s, %d threads (ATen %d, OpenBLAS %d), OpenBLAS %s%s\n",
+                 TORCH_VERSION, rt.threads, rt.aten_threads, rt.blas_threads,
+                 rt.blas_core.empty() ? "-" : rt.blas_core.c_str(),
                  rt.blas_core != rt.blas_core_detected
                      ? (" (detected " + rt.blas_core_detected + ")").c_str()
                      : "");
@@ -751,6 +757,7 @@ int main(int argc, char** argv) {
                         {"plain_tokens_per_s", ntok / fp},
                         {"stip_tokens_per_s", ntok / fs},
                         {"stip_over_plain_time", fs / fp},
+                        {"stip_over_plain_time_median_of_pairs", Median(ratios)},
                         {"stip_over_plain_time_per_rep", ratios}};
       std::fprintf(stderr, "%-28s %14s %14s %8s\n", "engine", "plain", "stip", "ratio");
       std::fprintf(stderr, "%-28s %12.0f/s %12.0f/s %8.3f\n",
@@ -771,6 +778,8 @@ int main(int argc, char** argv) {
         }
         PairTimes t = TimeDecodePair(e, pre, prep, step, stepp, decode_reps, warmup, steps);
         const double dp = Median(t.plain), ds = Median(t.stip);
+        std::vector<double> pair_ratios;  // steps run back to back
+        for (size_t i = 0; i < t.plain.size(); ++i) pair_ratios.push_back(t.stip[i] / t.plain[i]);
         dec.push_back({{"batch", b},
                        {"context", context},
                        {"steps_timed", t.plain.size()},
@@ -778,7 +787,8 @@ int main(int argc, char** argv) {
                        {"stip_ms_per_step", ds},
                        {"plain_tokens_per_s", b * 1e3 / dp},
                        {"stip_tokens_per_s", b * 1e3 / ds},
-                       {"stip_over_plain_time", ds / dp}});
+                       {"stip_over_plain_time", ds / dp},
+                       {"stip_over_plain_time_median_of_pairs", Median(pair_ratios)}});
         std::fprintf(stderr, "%-28s %11.3f ms %11.3f ms %8.3f\n",
                      ("decode batch " + std::to_string(b)).c_str(), dp, ds, ds / dp);
       }
@@ -888,23 +898,22 @@ int main(int argc, char** argv) {
             e2e.dtype = dtype;
             Json r = RunE2e(m, e2e);
             const Json& l = r["latency"]["per_token_ms"];
-            std::fprintf(stderr,
-                         "e2e %-10s per token %.3f ms: client %.3f (embed %.3f, permute %.3f, "
-                         "un-permute %.3f, sample %.3f, detokenize %.3f), transport+serialization "
-                         "%.3f, server %.3f; %lld+%lld bytes/token\n",
-                         m.name.c_str(), l["total"].get<double>(), l["client_work"].get<double>(),
-                         l["embed"].get<double>(), l["permute"].get<double>(),
-                         l["unpermute"].get<double>(), l["sample_greedy"].get<double>(),
-                         l["detokenize"].get<double>(),
-                         l["transport_and_serialization"].get<double>(),
-                         l["server_compute"].get<double>(),
-                         r["bytes_per_token"]["request_message"].get<long long>(),
-                         r["bytes_per_token"]["response_message"].get<long long>());
+            std::fprintf(
+                stderr,
+                "e2e %-10s per token %.3f ms: client %.3f (embed %.3f, permute %.3f, "
+                "un-permute %.3f, sample %.3f, detokenize %.3f), transport+serialization "
+                "%.3f, server %.3f; %lld+%lld bytes/token\n",
+                m.name.c_str(), l["total"].get<double>(), l["client_work"].get<double>(),
+                l["embed"].get<double>(), l["permute"].get<double>(), l["unpermute"].get<double>(),
+                l["sample_greedy"].get<double>(), l["detokenize"].get<double>(),
+                l["transport_and_serialization"].get<double>(), l["server_compute"].get<double>(),
+                r["bytes_per_token"]["request_message"].get<long long>(),
+                r["bytes_per_token"]["response_message"].get<long long>());
             for (const Json& t : r["throughput"]) {
-              std::fprintf(stderr, "e2e %-10s %2d sessions: %.0f tokens/s (%.2f sequences/forward)\n",
-                           m.name.c_str(), t["sessions"].get<int>(),
-                           t["tokens_per_s"].get<double>(),
-                           t["mean_sequences_per_forward"].get<double>());
+              std::fprintf(
+                  stderr, "e2e %-10s %2d sessions: %.0f tokens/s (%.2f sequences/forward)\n",
+                  m.name.c_str(), t["sessions"].get<int>(), t["tokens_per_s"].get<double>(),
+                  t["mean_sequences_per_forward"].get<double>());
             }
             ej.push_back(r);
           }

@@ -73,8 +73,8 @@ at::Tensor ClientModel::Embed(const at::Tensor& ids, int64_t start_position) con
 
 at::Tensor ClientModel::Embed(const std::vector<int64_t>& ids, int64_t start_position) const {
   // A view of the caller's ids (Embed copies what it keeps).
-  at::Tensor t = at::from_blob(const_cast<int64_t*>(ids.data()),
-                               {static_cast<int64_t>(ids.size())}, at::kLong);
+  at::Tensor t = at::from_blob(const_cast<int64_t*>(ids.data()), {static_cast<int64_t>(ids.size())},
+                               at::kLong);
   return Embed(t, start_position);
 }
 
@@ -238,7 +238,8 @@ std::vector<at::Tensor> ServerModel::Forward(const std::vector<SequenceStep>& ba
         const int64_t t = lengths[i];
         auto [keys, values] = batch[i].cache->Append(static_cast<int>(l), k.narrow(0, offset, t),
                                                      v.narrow(0, offset, t));
-        outs.push_back(CausalAttention(q.narrow(0, offset, t), keys, values, pasts[i], window, scale));
+        outs.push_back(
+            CausalAttention(q.narrow(0, offset, t), keys, values, pasts[i], window, scale));
         offset += t;
       }
       attn = at::cat(outs, 0);
@@ -389,24 +390,26 @@ std::string OpenBlasCoreName() {
   return n ? std::string(n) : std::string();
 }
 
+int EnvInt(const char* name) {
+  const char* v = std::getenv(name);
+  return v ? std::atoi(v) : 0;
+}
+
 CpuRuntime Configure(int threads) {
   CpuRuntime r;
-  if (threads <= 0) {
-    if (const char* env = std::getenv("STIP_NUM_THREADS")) threads = std::atoi(env);
-  }
+  if (threads <= 0) threads = EnvInt("STIP_NUM_THREADS");
   if (threads <= 0) {
     cpu_set_t set;
     CPU_ZERO(&set);
     if (sched_getaffinity(0, sizeof set, &set) == 0) threads = CPU_COUNT(&set);
   }
   if (threads <= 0) threads = 1;
-  at::set_num_threads(threads);
-  r.threads = at::get_num_threads();
+  r.threads = threads;
 
   r.blas_core_detected = r.blas_core = OpenBlasCoreName();
-  static const std::set<std::string> kGeneric = {"Prescott", "Katmai",    "Coppermine",
-                                                 "Northwood", "Banias",   "Core2",
-                                                 "Penryn",    "Dunnington", "Nehalem", "Atom"};
+  static const std::set<std::string> kGeneric = {"Prescott", "Katmai", "Coppermine", "Northwood",
+                                                 "Banias",   "Core2",  "Penryn",     "Dunnington",
+                                                 "Nehalem",  "Atom"};
   auto quit = BlasSymbol<void (*)()>("gotoblas_dynamic_quit");
   auto init = BlasSymbol<void (*)()>("gotoblas_dynamic_init");
   const std::string best = BestOpenBlasCore();
@@ -420,9 +423,17 @@ CpuRuntime Configure(int threads) {
     unsetenv("OPENBLAS_CORETYPE");
     r.blas_core = OpenBlasCoreName();
   }
-  if (auto set_threads = BlasSymbol<void (*)(int)>("openblas_set_num_threads")) {
-    set_threads(threads);
+  int aten = threads;
+  auto set_blas_threads = BlasSymbol<void (*)(int)>("openblas_set_num_threads");
+  auto blas_parallel = BlasSymbol<int (*)()>("openblas_get_parallel");
+  if (set_blas_threads) {
+    set_blas_threads(threads);
+    r.blas_threads = threads;
+    if (blas_parallel && blas_parallel() == 1) aten = 1;  // pthreads pool: see the header
   }
+  if (EnvInt("STIP_ATEN_THREADS") > 0) aten = EnvInt("STIP_ATEN_THREADS");
+  at::set_num_threads(aten);
+  r.aten_threads = at::get_num_threads();
   return r;
 }
 

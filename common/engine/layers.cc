@@ -125,7 +125,7 @@ namespace {
 at::Tensor HiddenKeys(int64_t t, int64_t s, int64_t past, int64_t start,
                       std::optional<int64_t> window, at::Device device) {
   auto opts = at::TensorOptions().dtype(at::kLong).device(device);
-  at::Tensor qpos = at::arange(past, past + t, opts).unsqueeze(1);  // [T, 1]
+  at::Tensor qpos = at::arange(past, past + t, opts).unsqueeze(1);    // [T, 1]
   at::Tensor kpos = at::arange(start, start + s, opts).unsqueeze(0);  // [1, S]
   at::Tensor hidden = kpos > qpos;
   if (window) hidden = hidden.logical_or(kpos <= qpos - *window);
@@ -139,6 +139,15 @@ at::Tensor Ungroup(const at::Tensor& out, int64_t t, int64_t n_kv, int64_t group
 }
 
 #if STIP_HAVE_SDPA
+// c10::optional is std::optional from LibTorch 2.2 on (and is being removed).
+#if TORCH_VERSION_MAJOR > 2 || TORCH_VERSION_MINOR >= 2
+template <typename T>
+using TorchOptional = std::optional<T>;
+#else
+template <typename T>
+using TorchOptional = c10::optional<T>;
+#endif
+
 // STIP_ATTENTION=manual selects the explicit softmax path (for comparisons).
 bool UseSdpa() {
   static const bool use = [] {
@@ -173,8 +182,9 @@ at::Tensor CausalAttention(const at::Tensor& q, const at::Tensor& keys_all,
   // [T, n_h, d_h] -> [n_kv, G * T, d_h]: the G query heads that share a
   // key/value head are rows of one matrix product with it (no copy of K or V).
   const at::Tensor qg =
-      t == 1 ? q.reshape({n_kv, group, d_h})
-             : q.reshape({t, n_kv, group, d_h}).permute({1, 2, 0, 3}).reshape({n_kv, group * t, d_h});
+      t == 1
+          ? q.reshape({n_kv, group, d_h})
+          : q.reshape({t, n_kv, group, d_h}).permute({1, 2, 0, 3}).reshape({n_kv, group * t, d_h});
 
 #if STIP_HAVE_SDPA
   if (UseSdpa()) {
@@ -184,17 +194,18 @@ at::Tensor CausalAttention(const at::Tensor& q, const at::Tensor& keys_all,
       at::Tensor k = group == 1 ? keys : keys.repeat_interleave(group, 0);
       at::Tensor v = group == 1 ? values : values.repeat_interleave(group, 0);
       at::Tensor out = at::scaled_dot_product_attention(
-          q.transpose(0, 1).unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), c10::nullopt, 0.0,
-          /*is_causal=*/true, c10::optional<double>(scale));  // [1, n_h, T, d_h]
+          q.transpose(0, 1).unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0),
+          TorchOptional<at::Tensor>(), 0.0, /*is_causal=*/true,
+          TorchOptional<double>(scale));  // [1, n_h, T, d_h]
       return out.squeeze(0).transpose(0, 1).reshape({t, n_heads * d_h});
     }
-    c10::optional<at::Tensor> allowed;
+    TorchOptional<at::Tensor> allowed;
     if (need_mask) {
       allowed = HiddenKeys(t, s, past, start, window, q.device()).logical_not().repeat({group, 1});
     }
     at::Tensor out = at::scaled_dot_product_attention(
         qg.unsqueeze(0), keys.unsqueeze(0), values.unsqueeze(0), allowed, 0.0,
-        /*is_causal=*/false, c10::optional<double>(scale));  // [1, n_kv, G * T, d_h]
+        /*is_causal=*/false, TorchOptional<double>(scale));  // [1, n_kv, G * T, d_h]
     return Ungroup(out.squeeze(0), t, n_kv, group, d_h);
   }
 #endif
@@ -202,8 +213,8 @@ at::Tensor CausalAttention(const at::Tensor& q, const at::Tensor& keys_all,
   // As transformers' eager attention: scores in the compute dtype, scaled and
   // soft-maxed in fp32, probabilities cast back.
   at::Tensor scores = at::bmm(qg, keys.transpose(1, 2));  // [n_kv, G * T, S]
-  scores = scores.scalar_type() == at::kFloat ? scores.mul_(scale)
-                                              : scores.to(at::kFloat).mul_(scale);
+  scores =
+      scores.scalar_type() == at::kFloat ? scores.mul_(scale) : scores.to(at::kFloat).mul_(scale);
   if (need_mask) {
     scores.view({n_kv, group, t, s})
         .masked_fill_(HiddenKeys(t, s, past, start, window, q.device()),
