@@ -2,7 +2,7 @@
 # Builds stip's engine, transform, tests and stip-bench on a GPU machine
 # against the LibTorch of a Python environment (default /opt/torch/.venv, the
 # PyTorch there), without gRPC, then benchmarks the engine on CUDA next to the
-# Hugging Face peer (shared/gpu/bench_hf.py) and writes both JSONs side by side.
+# Hugging Face peer (tools/bench_hf.py) and writes both JSONs side by side.
 #
 #   deploy/build-gpu.sh                 build, run the CPU tests, bench (fp16)
 #   deploy/build-gpu.sh --no-tests      skip ctest
@@ -151,12 +151,7 @@ echo "build-gpu: stip-bench llama-7b"
 # The client's per-token work and the demo models' footprint (CPU).
 "$BENCH" --sections client,models >"$OUT_DIR/stip_client.json" 2>"$OUT_DIR/stip_client.txt" || true
 
-HF=${STIP_HF_BENCH:-}
-if [[ -z "$HF" ]]; then
-  for c in shared/gpu/bench_hf.py ../shared/gpu/bench_hf.py /work/shared/gpu/bench_hf.py; do
-    [[ -f "$c" ]] && { HF=$c; break; }
-  done
-fi
+HF=${STIP_HF_BENCH:-tools/bench_hf.py}
 if ((RUN_HF)) && [[ -n "$HF" ]]; then
   echo "build-gpu: Hugging Face peer $HF"
   "$PY" "$HF" "$OUT_DIR" "${STIP_HF_BUDGET_S:-600}" 2>&1 | tee "$OUT_DIR/bench_hf.txt" || true
