@@ -9,6 +9,7 @@
 
 #include "common/error.h"
 #include "common/util/files.h"
+#include "common/util/random.h"
 #include "developer/state_store.h"
 
 namespace stip {
@@ -62,15 +63,7 @@ const std::string kNoHash(64, 'x');
 
 }  // namespace
 
-std::string NewSecretToken() {
-  unsigned char bytes[32];
-  if (RAND_bytes(bytes, sizeof(bytes)) != 1) {
-    throw Internal("CSPRNG failure: OpenSSL RAND_bytes did not return random bytes");
-  }
-  std::string token = Hex(bytes, sizeof(bytes));
-  OPENSSL_cleanse(bytes, sizeof(bytes));
-  return token;
-}
+std::string NewSecretToken() { return RandomHex(32); }
 
 std::string Sha256Hex(const std::string& text) {
   unsigned char md[EVP_MAX_MD_SIZE];

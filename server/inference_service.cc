@@ -16,6 +16,7 @@
 #include "common/rpc/status.h"
 #include "common/rpc/tensor_wire.h"
 #include "common/rpc/tls.h"
+#include "common/util/random.h"
 #include "server/batch_scheduler.h"
 #include "server/input_recorder.h"
 #include "server/model_store.h"
@@ -28,17 +29,7 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-std::string NewSessionId() {
-  unsigned char buf[16];
-  if (RAND_bytes(buf, sizeof buf) != 1) throw Internal("random number generator failed");
-  static const char* kHex = "0123456789abcdef";
-  std::string out;
-  for (unsigned char c : buf) {
-    out += kHex[c >> 4];
-    out += kHex[c & 15];
-  }
-  return out;
-}
+std::string NewSessionId() { return RandomHex(16); }
 
 std::string GiB(int64_t bytes) {
   char buf[32];

@@ -16,6 +16,7 @@
 #include "common/rpc/file_transfer.h"
 #include "common/rpc/tensor_wire.h"
 #include "common/util/files.h"
+#include "common/util/random.h"
 #include "server/batch_scheduler.h"
 
 namespace stip::server {
@@ -41,20 +42,6 @@ uint64_t DirectoryBytes(const std::string& dir) {
     }
   }
   return total;
-}
-
-std::string RandomHex(size_t bytes) {
-  std::vector<unsigned char> buf(bytes);
-  if (RAND_bytes(buf.data(), static_cast<int>(buf.size())) != 1) {
-    throw Internal("random number generator failed");
-  }
-  static const char* kHex = "0123456789abcdef";
-  std::string out;
-  for (unsigned char c : buf) {
-    out += kHex[c >> 4];
-    out += kHex[c & 15];
-  }
-  return out;
 }
 
 // Leftovers of interrupted uploads and deletions.

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
+#include "common/util/random.h"
 
 namespace stip::auth {
 
@@ -83,17 +84,7 @@ std::optional<std::string> Base64UrlDecode(std::string_view text) {
   return out;
 }
 
-std::string NewTokenId() {
-  unsigned char buf[16];
-  if (RAND_bytes(buf, sizeof buf) != 1) throw Internal("random number generator failed");
-  static const char* kHex = "0123456789abcdef";
-  std::string out;
-  for (unsigned char c : buf) {
-    out += kHex[c >> 4];
-    out += kHex[c & 15];
-  }
-  return out;
-}
+std::string NewTokenId() { return RandomHex(16); }
 
 int64_t NowUnix() { return static_cast<int64_t>(std::time(nullptr)); }
 

@@ -18,6 +18,7 @@
 #include "common/error.h"
 #include "common/format/checkpoint.h"
 #include "common/format/safetensors.h"
+#include "common/util/random.h"
 
 namespace stip {
 namespace {
@@ -679,18 +680,6 @@ std::string FingerprintModel(const std::string& model_dir) {
   return h.HexDigest();
 }
 
-std::string NewInstanceId() {
-  unsigned char bytes[16];
-  if (RAND_bytes(bytes, sizeof(bytes)) != 1) {
-    throw Internal("CSPRNG failure: OpenSSL RAND_bytes did not return random bytes");
-  }
-  static const char kHex[] = "0123456789abcdef";
-  std::string out;
-  for (unsigned char b : bytes) {
-    out += kHex[b >> 4];
-    out += kHex[b & 15];
-  }
-  return out;
-}
+std::string NewInstanceId() { return RandomHex(16); }
 
 }  // namespace stip
