@@ -28,7 +28,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 
-PACKAGES=(pkg-config nlohmann-json3-dev libcli11-dev libpcre2-dev libsentencepiece-dev
+PACKAGES=(pkg-config pkgconf pkgconf-bin libpkgconf3 nlohmann-json3-dev libcli11-dev libpcre2-dev libsentencepiece-dev
           libspdlog-dev libfmt-dev libgtest-dev libssl-dev)
 # What the -dev packages above need at run time (for fetch-debs).
 RUNTIME_PACKAGES=(libpcre2-8-0 libpcre2-16-0 libpcre2-32-0 libpcre2-posix3 libsentencepiece0
@@ -64,41 +64,102 @@ fi
 [[ -d /usr/local/cuda/bin ]] && export PATH="/usr/local/cuda/bin:$PATH"
 
 # ---- dependencies ------------------------------------------------------------
+# Each package is checked by a file it installs (the GPU images need not be
+# Debian, nor have dpkg's records). A missing one comes from apt-get where it
+# works, else from the .deb files carried in $STIP_GPU_DEBS, unpacked into
+# .gpu-deps/ (never into /) -- only the missing packages, so that carried
+# headers never shadow the system's own copy of a library.
+ARCH=$(gcc -dumpmachine 2>/dev/null || echo x86_64-linux-gnu)
+declare -A PROBE=(
+  [nlohmann-json3-dev]=/usr/include/nlohmann/json.hpp
+  [libcli11-dev]=/usr/include/CLI/CLI.hpp
+  [libpcre2-dev]=/usr/include/pcre2.h
+  [libsentencepiece-dev]=/usr/include/sentencepiece_processor.h
+  [libspdlog-dev]=/usr/include/spdlog/spdlog.h
+  [libfmt-dev]=/usr/include/fmt/core.h
+  [libgtest-dev]=/usr/include/gtest/gtest.h
+  [libssl-dev]=/usr/include/openssl/ssl.h
+)
+# Run-time libraries a carried -dev package needs (unpacked only if absent).
+declare -A RUNTIME_OF=(
+  [libpcre2-dev]="libpcre2-8-0 libpcre2-16-0 libpcre2-32-0 libpcre2-posix3"
+  [libsentencepiece-dev]="libsentencepiece0 libprotobuf-lite32"
+  [libspdlog-dev]="libspdlog1.10"
+  [libfmt-dev]="libfmt9"
+)
 missing=()
-if command -v dpkg-query >/dev/null; then
-  for p in "${PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-  done
+for p in "${!PROBE[@]}"; do
+  # STIP_GPU_FORCE_CARRIED=1: use the carried packages even where installed (to test this).
+  [[ -e "${PROBE[$p]}" && -z "${STIP_GPU_FORCE_CARRIED:-}" ]] || missing+=("$p")
+done
+# spdlog from a carried package needs the fmt it was built with.
+if [[ " ${missing[*]} " == *" libspdlog-dev "* && " ${missing[*]} " != *" libfmt-dev "* ]]; then
+  missing+=(libfmt-dev)
 fi
+command -v pkg-config >/dev/null || missing+=(pkg-config)
 if ((${#missing[@]})); then
-  echo "build-gpu: missing packages: ${missing[*]}"
-  if ! { apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null 2>&1 ||
-         { apt-get update -qq >/dev/null 2>&1 &&
-           apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null 2>&1; }; }; then
-    DEBS=${STIP_GPU_DEBS:-$ROOT/.gpu-debs}
-    if compgen -G "$DEBS/*.deb" >/dev/null; then
-      PREFIX=$ROOT/.gpu-deps
-      echo "build-gpu: apt-get cannot install them (offline?); unpacking $DEBS/*.deb into $PREFIX"
-      mkdir -p "$PREFIX"
-      for f in "$DEBS"/*.deb; do dpkg -x "$f" "$PREFIX"; done
-      ARCH=$(gcc -dumpmachine 2>/dev/null || echo x86_64-linux-gnu)
-      export CMAKE_PREFIX_PATH="$PREFIX/usr:$PREFIX/usr/lib/$ARCH/cmake:$PREFIX/usr/share/cmake:${CMAKE_PREFIX_PATH:-}"
-      export PKG_CONFIG_PATH="$PREFIX/usr/lib/$ARCH/pkgconfig:$PREFIX/usr/share/pkgconfig:${PKG_CONFIG_PATH:-}"
-      export CPATH="$PREFIX/usr/include:${CPATH:-}"
-      export LIBRARY_PATH="$PREFIX/usr/lib/$ARCH:${LIBRARY_PATH:-}"
-      export LD_LIBRARY_PATH="$PREFIX/usr/lib/$ARCH:${LD_LIBRARY_PATH:-}"
-      # pkg-config files name /usr as their prefix: point them at the unpacked tree.
-      for pc in "$PREFIX"/usr/lib/"$ARCH"/pkgconfig/*.pc "$PREFIX"/usr/share/pkgconfig/*.pc; do
-        [[ -f "$pc" ]] && sed -i "s#^prefix=/usr\$#prefix=$PREFIX/usr#" "$pc"
+  echo "build-gpu: missing: ${missing[*]}"
+  DEBS=${STIP_GPU_DEBS:-$ROOT/.gpu-debs}
+  if compgen -G "$DEBS/*.deb" >/dev/null; then
+    PREFIX=$ROOT/.gpu-deps
+    rm -rf "$PREFIX" && mkdir -p "$PREFIX"
+    unpack() {  # package name -> its carried .deb, if any
+      local f
+      for f in "$DEBS/$1"_*.deb; do
+        [[ -f "$f" ]] || continue
+        if command -v dpkg-deb >/dev/null; then dpkg-deb -x "$f" "$PREFIX"; return 0; fi
+        local member   # no dpkg: a .deb is an ar archive around data.tar.*
+        member=$(ar t "$f" | grep '^data\.tar')
+        case "$member" in
+          *.xz) ar p "$f" "$member" | tar -xJ -C "$PREFIX" ;;
+          *.zst) ar p "$f" "$member" | zstd -dc | tar -x -C "$PREFIX" ;;
+          *) ar p "$f" "$member" | tar -xz -C "$PREFIX" ;;
+        esac
+        return 0
       done
-      if ! command -v pkg-config >/dev/null && [[ -x "$PREFIX/usr/bin/pkg-config" ]]; then
-        export PATH="$PREFIX/usr/bin:$PATH"
+      echo "build-gpu: no carried package $1 in $DEBS" >&2
+      return 1
+    }
+    for p in "${missing[@]}"; do
+      if [[ $p == pkg-config ]]; then
+        unpack pkg-config || true; unpack pkgconf || true; unpack pkgconf-bin || true
+        unpack libpkgconf3 || true
+        continue
       fi
-    else
-      echo "build-gpu: apt-get cannot install them and no .deb files are in $DEBS;" \
-           "trying the build anyway (CMake says what is really missing)." >&2
-      echo "  On a networked machine of the same distribution: deploy/build-gpu.sh fetch-debs .gpu-debs" >&2
-    fi
+      unpack "$p" || true
+      for r in ${RUNTIME_OF[$p]:-}; do
+        lib=$(dpkg-deb -c "$DEBS/$r"_*.deb 2>/dev/null | awk '{print $6}' | grep -m1 '\.so\.' || true)
+        if [[ -n "$lib" && -e "${lib#.}" ]]; then continue; fi   # the system has it
+        unpack "$r" || true
+      done
+    done
+    # Links of -dev packages point at run-time libraries that may be the
+    # system's own: repoint dangling ones there.
+    while IFS= read -r link; do
+      target=$(readlink "$link")
+      for dir in "/usr/lib/$ARCH" /usr/lib /lib/"$ARCH"; do
+        if [[ -e "$dir/$(basename "$target")" ]]; then ln -sf "$dir/$(basename "$target")" "$link"; break; fi
+      done
+    done < <(find "$PREFIX" -xtype l)
+    export CMAKE_PREFIX_PATH="$PREFIX/usr:$PREFIX/usr/lib/$ARCH/cmake:$PREFIX/usr/share/cmake:${CMAKE_PREFIX_PATH:-}"
+    export PKG_CONFIG_PATH="$PREFIX/usr/lib/$ARCH/pkgconfig:$PREFIX/usr/share/pkgconfig:/usr/lib/$ARCH/pkgconfig:/usr/share/pkgconfig:${PKG_CONFIG_PATH:-}"
+    export CPATH="$PREFIX/usr/include:${CPATH:-}"
+    export LIBRARY_PATH="$PREFIX/usr/lib/$ARCH:${LIBRARY_PATH:-}"
+    export LD_LIBRARY_PATH="$PREFIX/usr/lib/$ARCH:${LD_LIBRARY_PATH:-}"
+    # pkg-config files name /usr as their prefix: point them at the unpacked tree.
+    for pc in "$PREFIX"/usr/lib/"$ARCH"/pkgconfig/*.pc "$PREFIX"/usr/share/pkgconfig/*.pc; do
+      [[ -f "$pc" ]] && sed -i "s#^prefix=/usr\$#prefix=$PREFIX/usr#" "$pc"
+    done
+    [[ -x "$PREFIX/usr/bin/pkgconf" && ! -e "$PREFIX/usr/bin/pkg-config" ]] &&
+      ln -s pkgconf "$PREFIX/usr/bin/pkg-config"
+    export PATH="$PATH:$PREFIX/usr/bin"
+  elif command -v apt-get >/dev/null && timeout 60 apt-get update -qq >/dev/null 2>&1; then
+    pkgs=("${missing[@]}")
+    apt-get install -y --no-install-recommends "${pkgs[@]}"
+  else
+    echo "build-gpu: cannot install them (offline, and no .deb files in $DEBS);" \
+         "trying the build anyway (CMake says what is really missing)." >&2
+    echo "  On a networked Debian 12 machine: deploy/build-gpu.sh fetch-debs .gpu-debs" >&2
   fi
 fi
 
@@ -123,10 +184,15 @@ GEN=()
 command -v ninja >/dev/null && GEN=(-G Ninja)
 cmake -S . -B "$BUILD_DIR" "${GEN[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSTIP_WITH_GRPC=OFF \
   -DCMAKE_PREFIX_PATH="$TORCH_PREFIX${CMAKE_PREFIX_PATH:+;${CMAKE_PREFIX_PATH//:/;}}"
-cmake --build "$BUILD_DIR" -j "$JOBS"
+# STIP_TARGETS limits the build (e.g. "stip-bench fast_path_test"), and
+# STIP_CTEST_REGEX the tests run.
+# shellcheck disable=SC2086
+cmake --build "$BUILD_DIR" -j "$JOBS" ${STIP_TARGETS:+--target $STIP_TARGETS} \
+  ${GEN:+-- -k 0}   # ninja: report every failing file, not just the first
 
 if ((RUN_TESTS)); then
-  (cd "$BUILD_DIR" && ctest --output-on-failure -j "$JOBS" --timeout 900)
+  (cd "$BUILD_DIR" && ctest --output-on-failure -j "$JOBS" --timeout 900 \
+     ${STIP_CTEST_REGEX:+-R "$STIP_CTEST_REGEX"})
 fi
 ((RUN_BENCH)) || exit 0
 
