@@ -51,6 +51,7 @@
 #include "common/transform/transform_checkpoint.h"
 #include "common/transform/transform_rules.h"
 #include "common/util/files.h"
+#include "tools/random_model.h"
 
 #ifdef STIP_WITH_GRPC
 #include <spdlog/sinks/stdout_color_sinks.h>
@@ -91,61 +92,6 @@ double Median(std::vector<double> v) {
 void Sync(const at::Device& d) {
   if (!d.is_cpu()) at::zeros({1}, at::TensorOptions().device(d)).cpu();
 }
-
-// ---- random models of a named shape ------------------------------------------
-
-ModelConfig PresetConfig(const std::string& preset) {
-  nlohmann::json j;
-  if (preset == "gpt2-124m") {
-    j = {{"model_type", "gpt2"}, {"vocab_size", 50257}, {"n_embd", 768},
-         {"n_layer", 12},        {"n_head", 12},        {"n_positions", 1024}};
-  } else if (preset == "llama-7b") {
-    j = {{"model_type", "llama"},     {"vocab_size", 32000},
-         {"hidden_size", 4096},       {"intermediate_size", 11008},
-         {"num_hidden_layers", 32},   {"num_attention_heads", 32},
-         {"num_key_value_heads", 32}, {"max_position_embeddings", 4096}};
-  } else if (preset == "small") {
-    j = {{"model_type", "llama"},    {"vocab_size", 8000},
-         {"hidden_size", 512},       {"intermediate_size", 1376},
-         {"num_hidden_layers", 6},   {"num_attention_heads", 8},
-         {"num_key_value_heads", 4}, {"max_position_embeddings", 2048}};
-  } else if (preset == "tiny") {  // for the smoke test
-    j = {{"model_type", "llama"},    {"vocab_size", 512},
-         {"hidden_size", 64},        {"intermediate_size", 128},
-         {"num_hidden_layers", 2},   {"num_attention_heads", 4},
-         {"num_key_value_heads", 2}, {"max_position_embeddings", 256}};
-  } else {
-    throw InvalidArgument("unknown preset \"" + preset + "\" (tiny, small, gpt2-124m, llama-7b)");
-  }
-  return ParseModelConfig(j.dump(), "preset " + preset);
-}
-
-// Random weights (speed does not depend on values), made directly in the
-// compute dtype on the device: a 7B model never exists in fp32 on the host.
-class RandomSource : public TensorSource {
- public:
-  explicit RandomSource(const ModelConfig& c) {
-    for (const TensorEntry& e : ExpectedTensors(c)) shapes_[e.name] = e.shape;
-  }
-  bool Has(const std::string& name) const override { return shapes_.count(name) != 0; }
-  std::vector<int64_t> Shape(const std::string& name) const override {
-    auto it = shapes_.find(name);
-    if (it == shapes_.end()) throw NotFound("random source: no tensor \"" + name + "\"");
-    return it->second;
-  }
-  at::Tensor Load(const std::string& name, at::ScalarType type, at::Device device) const override {
-    auto opts = at::TensorOptions().dtype(type).device(device);
-    const std::vector<int64_t> shape = Shape(name);
-    if (shape.size() == 1) return at::ones(shape, opts);  // norm weights (and biases)
-    // The same values every time a name is loaded (the STIP model is made from them).
-    at::manual_seed(std::hash<std::string>()(name));
-    return at::randn(shape, opts).mul_(0.02);
-  }
-  std::string Describe() const override { return "random weights"; }
-
- private:
-  std::map<std::string, std::vector<int64_t>> shapes_;
-};
 
 // The plaintext and the STIP-transformed server halves on the same engine.
 struct Engines {
@@ -192,11 +138,22 @@ Engines Build(const ModelConfig& config, const TensorSource& source, const LoadO
   return e;
 }
 
+// How the benchmarks hold KV caches: one pool per engine and run (what the
+// server does; batched attention), or a growing cache per sequence.
+bool g_kv_pool = true;
+
+std::vector<KvCache> NewCaches(const ServerModel& m, size_t n, int64_t positions) {
+  std::vector<KvCache> caches;
+  caches.reserve(n);
+  std::shared_ptr<KvPool> pool =
+      g_kv_pool ? m.NewPool(static_cast<int64_t>(n), positions) : nullptr;
+  for (size_t i = 0; i < n; ++i) caches.push_back(pool ? pool->Acquire() : m.NewCache());
+  return caches;
+}
+
 // Seconds for one forward of fresh sequences (one per input).
 double TimeForward(const ServerModel& m, const std::vector<at::Tensor>& xs) {
-  std::vector<KvCache> caches;
-  caches.reserve(xs.size());
-  for (size_t i = 0; i < xs.size(); ++i) caches.push_back(m.NewCache());
+  std::vector<KvCache> caches = NewCaches(m, xs.size(), xs[0].size(0));
   std::vector<SequenceStep> batch;
   for (size_t i = 0; i < xs.size(); ++i) batch.push_back({xs[i], &caches[i], false});
   Sync(m.options().device);
@@ -206,20 +163,26 @@ double TimeForward(const ServerModel& m, const std::vector<at::Tensor>& xs) {
   return Seconds(t0, Clock::now());
 }
 
-// One decode step of every sequence; milliseconds.
-double DecodeStep(const ServerModel& m, std::vector<KvCache>& caches,
-                  const std::vector<at::Tensor>& xs) {
+struct StepTime {
+  double ms = 0;       // until the step's results are ready
+  double host_ms = 0;  // until Forward returned (kernels queued, on a GPU)
+};
+
+// One decode step of every sequence.
+StepTime DecodeStep(const ServerModel& m, std::vector<KvCache>& caches,
+                    const std::vector<at::Tensor>& xs) {
   std::vector<SequenceStep> b;
   b.reserve(caches.size());
   for (size_t i = 0; i < caches.size(); ++i) b.push_back({xs[i], &caches[i], false});
   auto t0 = Clock::now();
   m.Forward(b);
+  auto t1 = Clock::now();
   Sync(m.options().device);
-  return Ms(t0, Clock::now());
+  return {Ms(t0, Clock::now()), Ms(t0, t1)};
 }
 
 struct PairTimes {
-  std::vector<double> plain, stip;
+  std::vector<double> plain, stip, plain_host, stip_host;
 };
 
 // Decode at `batch` sequences, plaintext and STIP alternating step by step
@@ -230,12 +193,10 @@ PairTimes TimeDecodePair(const Engines& e, const std::vector<at::Tensor>& pre,
                          const std::vector<at::Tensor>& step_p, int reps, int warmup, int steps) {
   PairTimes out;
   const size_t b = pre.size();
+  const int64_t positions = pre[0].size(0) + warmup + steps;
   for (int r = 0; r < reps; ++r) {
-    std::vector<KvCache> cp, cs;
-    for (size_t i = 0; i < b; ++i) {
-      cp.push_back(e.plain->NewCache());
-      cs.push_back(e.stip->NewCache());
-    }
+    std::vector<KvCache> cp = NewCaches(*e.plain, b, positions);
+    std::vector<KvCache> cs = NewCaches(*e.stip, b, positions);
     std::vector<SequenceStep> fp, fs;
     for (size_t i = 0; i < b; ++i) {
       fp.push_back({pre[i], &cp[i], false});
@@ -246,7 +207,7 @@ PairTimes TimeDecodePair(const Engines& e, const std::vector<at::Tensor>& pre,
     Sync(e.plain->options().device);
     for (int s = 0; s < warmup + steps; ++s) {
       const bool plain_first = (s + r) % 2 == 0;
-      double tp = 0, ts = 0;
+      StepTime tp, ts;
       if (plain_first) {
         tp = DecodeStep(*e.plain, cp, step);
         ts = DecodeStep(*e.stip, cs, step_p);
@@ -255,8 +216,10 @@ PairTimes TimeDecodePair(const Engines& e, const std::vector<at::Tensor>& pre,
         tp = DecodeStep(*e.plain, cp, step);
       }
       if (s >= warmup) {
-        out.plain.push_back(tp);
-        out.stip.push_back(ts);
+        out.plain.push_back(tp.ms);
+        out.stip.push_back(ts.ms);
+        out.plain_host.push_back(tp.host_ms);
+        out.stip_host.push_back(ts.host_ms);
       }
     }
   }
@@ -654,6 +617,10 @@ int main(int argc, char** argv) {
   app.add_option("--steps", steps, "decode steps timed per rep");
   app.add_option("--warmup", warmup, "decode steps run before timing");
   app.add_option("--decode-reps", decode_reps, "decode repetitions from fresh caches");
+  std::string kv_cache = "pool";
+  app.add_option("--kv-cache", kv_cache,
+                 "engine: pool (one KV pool, batched attention, as the server) or per-sequence")
+      ->check(CLI::IsMember({"pool", "per-sequence"}));
   app.add_option("--client-hidden", client_d, "client benchmark: hidden size");
   app.add_option("--client-vocab", client_vocab, "client benchmark: vocabulary");
   app.add_option("--client-reps", client_reps, "client benchmark: tokens timed");
@@ -671,6 +638,7 @@ int main(int argc, char** argv) {
   app.add_option("--client-rss-probe", probe_dir, "(internal) load a client bundle, print RSS")
       ->group("");
   CLI11_PARSE(app, argc, argv);
+  g_kv_pool = kv_cache == "pool";
 
   try {
     if (!probe_dir.empty()) return ClientRssProbe(probe_dir);
@@ -788,9 +756,13 @@ int main(int argc, char** argv) {
                        {"plain_tokens_per_s", b * 1e3 / dp},
                        {"stip_tokens_per_s", b * 1e3 / ds},
                        {"stip_over_plain_time", ds / dp},
-                       {"stip_over_plain_time_median_of_pairs", Median(pair_ratios)}});
-        std::fprintf(stderr, "%-28s %11.3f ms %11.3f ms %8.3f\n",
-                     ("decode batch " + std::to_string(b)).c_str(), dp, ds, ds / dp);
+                       {"stip_over_plain_time_median_of_pairs", Median(pair_ratios)},
+                       {"plain_host_ms_per_step", Median(t.plain_host)},
+                       {"stip_host_ms_per_step", Median(t.stip_host)},
+                       {"kv_cache", g_kv_pool ? "pool" : "per-sequence"}});
+        std::fprintf(stderr, "%-28s %11.3f ms %11.3f ms %8.3f   (host %.3f / %.3f ms)\n",
+                     ("decode batch " + std::to_string(b)).c_str(), dp, ds, ds / dp,
+                     Median(t.plain_host), Median(t.stip_host));
       }
       out["decode"] = dec;
     }

@@ -15,6 +15,7 @@
 
 #include "common/arch/architecture.h"
 #include "common/engine/layers.h"
+#include "common/engine/pooled_attention.h"
 #include "common/error.h"
 
 namespace stip {
@@ -147,6 +148,11 @@ std::unique_ptr<ServerModel> ServerModel::Load(const std::string& dir, const Loa
   return std::make_unique<ServerModel>(std::move(config), std::move(w), options);
 }
 
+std::shared_ptr<KvPool> ServerModel::NewPool(int64_t sequences, int64_t positions) const {
+  return KvPool::Create(config_.num_layers, config_.num_kv_heads, config_.head_dim, sequences,
+                        positions, options_.dtype, options_.device);
+}
+
 KvCache ServerModel::NewCache() const {
   return KvCache(config_.num_layers, config_.num_kv_heads, config_.head_dim, options_.dtype,
                  options_.device);
@@ -181,6 +187,7 @@ std::vector<at::Tensor> ServerModel::Forward(const std::vector<SequenceStep>& ba
       throw ResourceExhausted("Forward: context of " + std::to_string(past + t) +
                               " positions exceeds the model's " + std::to_string(c.max_positions));
     }
+    s.cache->CheckCapacity(past + t);
     inputs.push_back(s.hidden.to(options_.device, options_.dtype));
     lengths.push_back(t);
     pasts.push_back(past);
@@ -205,6 +212,19 @@ std::vector<at::Tensor> ServerModel::Forward(const std::vector<SequenceStep>& ba
       sin = sin_rows.index_select(0, index);
     }
   }
+  // Sequences whose caches share a pool run attention as one batch.
+  std::optional<PooledBatch> pooled;
+  if (KvPool* pool = batch[0].cache->pool(); pool && PooledBatch::Qualifies(lengths, pasts)) {
+    std::vector<int64_t> slots;
+    std::set<int64_t> seen;
+    for (const SequenceStep& s : batch) {
+      if (s.cache->pool() != pool || !seen.insert(s.cache->slot()).second) break;
+      slots.push_back(s.cache->slot());
+    }
+    if (slots.size() == batch.size()) {
+      pooled.emplace(*pool, slots, pasts, lengths[0], options_.device);
+    }
+  }
   const double base_scale = 1.0 / std::sqrt(static_cast<double>(c.head_dim));
   const int64_t nh = c.num_heads, nkv = c.num_kv_heads;
 
@@ -227,7 +247,9 @@ std::vector<at::Tensor> ServerModel::Forward(const std::vector<SequenceStep>& ba
     if (c.scale_attn_by_inverse_layer_idx) scale /= static_cast<double>(l + 1);
     const std::optional<int64_t>& window = c.layer_windows[static_cast<size_t>(l)];
     at::Tensor attn;
-    if (batch.size() == 1) {
+    if (pooled) {
+      attn = pooled->Attend(static_cast<int>(l), q, k, v, window, scale);
+    } else if (batch.size() == 1) {
       auto [keys, values] = batch[0].cache->Append(static_cast<int>(l), k, v);
       attn = CausalAttention(q, keys, values, pasts[0], window, scale);
     } else {
@@ -307,7 +329,17 @@ std::vector<std::vector<int64_t>> GreedyGenerate(const ClientModel& client,
   const size_t b = prompts.size();
   std::vector<KvCache> caches;
   caches.reserve(b);
-  for (size_t i = 0; i < b; ++i) caches.push_back(server.NewCache());
+  // Several rows share a pool, so that their decode steps run attention as
+  // one batch; STIP_KV_POOL=0 keeps a cache per row (for comparisons).
+  std::shared_ptr<KvPool> pool;
+  const char* use_pool = std::getenv("STIP_KV_POOL");
+  if (b > 1 && !(use_pool && std::string(use_pool) == "0")) {
+    size_t longest = 0;
+    for (const auto& p : prompts) longest = std::max(longest, p.size());
+    pool = server.NewPool(static_cast<int64_t>(b),
+                          static_cast<int64_t>(longest) + std::max(options.max_new_tokens, 1));
+  }
+  for (size_t i = 0; i < b; ++i) caches.push_back(pool ? pool->Acquire() : server.NewCache());
   std::vector<std::vector<int64_t>> out = prompts;
   std::vector<bool> done(b, false);
   std::vector<std::vector<int64_t>> pending = prompts;  // ids not yet seen by the server

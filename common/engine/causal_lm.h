@@ -60,7 +60,11 @@ class ServerModel {
 
   const ModelConfig& config() const { return config_; }
   const LoadOptions& options() const { return options_; }
+  // A cache of its own that grows on demand.
   KvCache NewCache() const;
+  // A pool of `sequences` caches of up to `positions` each (zeroed memory,
+  // allocated now): batches of its caches run attention as one batch.
+  std::shared_ptr<KvPool> NewPool(int64_t sequences, int64_t positions) const;
   // Bytes of KV cache per position (all layers, keys and values).
   int64_t CacheBytesPerPosition() const;
 

@@ -1,23 +1,27 @@
 #include "common/engine/layers.h"
 
-#include <torch/version.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <limits>
 #include <string>
 
+#include "common/engine/sdpa.h"
 #include "common/error.h"
 
-// at::scaled_dot_product_attention with the `scale` argument came with LibTorch 2.1.
-#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 1)
-#define STIP_HAVE_SDPA 1
-#else
-#define STIP_HAVE_SDPA 0
-#endif
-
 namespace stip {
+
+bool UseSdpa() {
+#if STIP_HAVE_SDPA
+  static const bool use = [] {
+    const char* v = std::getenv("STIP_ATTENTION");
+    return !(v && std::string(v) == "manual");
+  }();
+  return use;
+#else
+  return false;
+#endif
+}
 
 at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
   // One row on the CPU (a decode step): a matrix-vector product streams W
@@ -137,26 +141,6 @@ at::Tensor Ungroup(const at::Tensor& out, int64_t t, int64_t n_kv, int64_t group
   if (t == 1) return out.reshape({1, n_kv * group * d_h});
   return out.view({n_kv, group, t, d_h}).permute({2, 0, 1, 3}).reshape({t, n_kv * group * d_h});
 }
-
-#if STIP_HAVE_SDPA
-// c10::optional is std::optional from LibTorch 2.2 on (and is being removed).
-#if TORCH_VERSION_MAJOR > 2 || TORCH_VERSION_MINOR >= 2
-template <typename T>
-using TorchOptional = std::optional<T>;
-#else
-template <typename T>
-using TorchOptional = c10::optional<T>;
-#endif
-
-// STIP_ATTENTION=manual selects the explicit softmax path (for comparisons).
-bool UseSdpa() {
-  static const bool use = [] {
-    const char* v = std::getenv("STIP_ATTENTION");
-    return !(v && std::string(v) == "manual");
-  }();
-  return use;
-}
-#endif
 
 }  // namespace
 
