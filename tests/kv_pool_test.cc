@@ -12,6 +12,7 @@
 #include <optional>
 
 #include "common/engine/causal_lm.h"
+#include "common/engine/decode_graphs.h"
 #include "common/engine/kv_cache.h"
 #include "common/engine/pooled_attention.h"
 #include "common/error.h"
@@ -189,6 +190,10 @@ TEST(KvPoolTest, ModelForwardPooledEqualsPerSequence) {
           EXPECT_LE(MaxAbsDiff(got[i], want[i]), tol)
               << arch << " on " << device << " step " << step << " row " << i;
         }
+      }
+      // On a GPU the pooled decode steps replayed captured CUDA graphs.
+      if (device.is_cuda() && DecodeGraphs::Available() && arch != "mixtral") {
+        EXPECT_GT(m.decode_graphs(), 0) << arch;
       }
     }
   }

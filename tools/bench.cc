@@ -617,7 +617,9 @@ int main(int argc, char** argv) {
   app.add_option("--steps", steps, "decode steps timed per rep");
   app.add_option("--warmup", warmup, "decode steps run before timing");
   app.add_option("--decode-reps", decode_reps, "decode repetitions from fresh caches");
-  std::string kv_cache = "pool";
+  std::string kv_cache = "pool", cuda_graphs = "on";
+  app.add_option("--cuda-graphs", cuda_graphs, "engine on CUDA: replay decode steps as CUDA graphs")
+      ->check(CLI::IsMember({"on", "off"}));
   app.add_option("--kv-cache", kv_cache,
                  "engine: pool (one KV pool, batched attention, as the server) or per-sequence")
       ->check(CLI::IsMember({"pool", "per-sequence"}));
@@ -663,6 +665,7 @@ int main(int argc, char** argv) {
     opt.device = ParseDevice(device);
     ModelConfig config = model.empty() ? PresetConfig(preset) : LoadModelConfig(model);
     opt.dtype = ParseComputeDType(dtype, config.dtype, opt.device);
+    opt.cuda_graphs = cuda_graphs == "on";
     Json out;
     out["device"] = opt.device.str();
     out["dtype"] = at::toString(opt.dtype);
@@ -748,18 +751,20 @@ int main(int argc, char** argv) {
         const double dp = Median(t.plain), ds = Median(t.stip);
         std::vector<double> pair_ratios;  // steps run back to back
         for (size_t i = 0; i < t.plain.size(); ++i) pair_ratios.push_back(t.stip[i] / t.plain[i]);
-        dec.push_back({{"batch", b},
-                       {"context", context},
-                       {"steps_timed", t.plain.size()},
-                       {"plain_ms_per_step", dp},
-                       {"stip_ms_per_step", ds},
-                       {"plain_tokens_per_s", b * 1e3 / dp},
-                       {"stip_tokens_per_s", b * 1e3 / ds},
-                       {"stip_over_plain_time", ds / dp},
-                       {"stip_over_plain_time_median_of_pairs", Median(pair_ratios)},
-                       {"plain_host_ms_per_step", Median(t.plain_host)},
-                       {"stip_host_ms_per_step", Median(t.stip_host)},
-                       {"kv_cache", g_kv_pool ? "pool" : "per-sequence"}});
+        dec.push_back(
+            {{"batch", b},
+             {"context", context},
+             {"steps_timed", t.plain.size()},
+             {"plain_ms_per_step", dp},
+             {"stip_ms_per_step", ds},
+             {"plain_tokens_per_s", b * 1e3 / dp},
+             {"stip_tokens_per_s", b * 1e3 / ds},
+             {"stip_over_plain_time", ds / dp},
+             {"stip_over_plain_time_median_of_pairs", Median(pair_ratios)},
+             {"plain_host_ms_per_step", Median(t.plain_host)},
+             {"stip_host_ms_per_step", Median(t.stip_host)},
+             {"kv_cache", g_kv_pool ? "pool" : "per-sequence"},
+             {"cuda_graphs_captured", e.plain->decode_graphs() + e.stip->decode_graphs()}});
         std::fprintf(stderr, "%-28s %11.3f ms %11.3f ms %8.3f   (host %.3f / %.3f ms)\n",
                      ("decode batch " + std::to_string(b)).c_str(), dp, ds, ds / dp,
                      Median(t.plain_host), Median(t.stip_host));

@@ -38,7 +38,8 @@ void Sync(const at::Device& d) {
 int Main(int argc, char** argv) {
   CLI::App app{"stip-profile: a Kineto trace of decode steps"};
   std::string preset = "gpt2-124m", device = "cuda", dtype = "float16", trace = "decode.json";
-  std::string kv_cache = "pool";
+  std::string kv_cache = "pool", cuda_graphs = "on";
+  app.add_option("--cuda-graphs", cuda_graphs, "on or off")->check(CLI::IsMember({"on", "off"}));
   int64_t batch = 1, context = 128;
   int warmup = 8, steps = 4;
   app.add_option("--preset", preset, "model shape (tiny, small, gpt2-124m, llama-7b)");
@@ -58,6 +59,7 @@ int Main(int argc, char** argv) {
     ModelConfig config = PresetConfig(preset);
     opt.device = ParseDevice(device);
     opt.dtype = ParseComputeDType(dtype, config.dtype, opt.device);
+    opt.cuda_graphs = cuda_graphs == "on";
     RandomSource src(config);
     ServerModel m(config, LoadServerWeights(config, src, opt), opt);
     std::vector<KvCache> caches;

@@ -4,6 +4,7 @@
 #include <c10/core/InferenceMode.h>
 #include <dlfcn.h>
 #include <sched.h>
+#include <torch/version.h>
 
 #include <algorithm>
 #include <cmath>
@@ -87,7 +88,23 @@ ServerModel::ServerModel(ModelConfig config, ServerWeights weights, LoadOptions 
     inv_freq_ = RopeInverseFrequencies(config_, options_.device);
   }
   FuseProjections();
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+  // cuDNN's fused attention builds an execution plan per key length: ~3 ms
+  // of host time per call in decode (measured on an H100, LibTorch 2.11),
+  // where the flash and memory-efficient kernels need none.
+  if (options_.device.is_cuda()) at::globalContext().setSDPUseCuDNN(false);
+#endif
+  const char* graphs = std::getenv("STIP_CUDA_GRAPHS");
+  // (Not for mixtures of experts: routing picks rows on the host.)
+  if (options_.device.is_cuda() && options_.cuda_graphs && DecodeGraphs::Available() &&
+      config_.ffn != FfnKind::kMoe && !(graphs && std::string(graphs) == "0")) {
+    graphs_ = std::make_unique<DecodeGraphs>(*this);
+  }
 }
+
+ServerModel::~ServerModel() = default;
+
+int64_t ServerModel::decode_graphs() const { return graphs_ ? graphs_->captured() : 0; }
 
 void ServerModel::FuseProjections() {
   const ModelConfig& c = config_;
@@ -134,6 +151,10 @@ std::pair<at::Tensor, at::Tensor> ServerModel::RopeRows(int64_t end) const {
     at::Tensor positions =
         at::arange(0, n, at::TensorOptions().dtype(at::kLong).device(options_.device));
     RopeTables t = MakeRopeTables(inv_freq_, positions, options_.dtype);
+    if (rope_cos_.defined() && graphs_) {
+      rope_retired_.push_back(rope_cos_);
+      rope_retired_.push_back(rope_sin_);
+    }
     rope_cos_ = t.cos;
     rope_sin_ = t.sin_signed;
   }
@@ -195,6 +216,32 @@ std::vector<at::Tensor> ServerModel::Forward(const std::vector<SequenceStep>& ba
   }
   at::Tensor x = inputs.size() == 1 ? inputs[0] : at::cat(inputs, 0);  // [N, d]
   const int64_t n = x.size(0);
+  // Decode steps of pooled sequences on a GPU: a captured CUDA graph.
+  KvPool* pool = batch[0].cache->pool();
+  std::vector<int64_t> slots;
+  if (pool) {
+    std::set<int64_t> seen;
+    for (const SequenceStep& s : batch) {
+      if (s.cache->pool() != pool || !seen.insert(s.cache->slot()).second) break;
+      slots.push_back(s.cache->slot());
+    }
+    if (slots.size() != batch.size()) slots.clear();  // not one pool: per sequence
+  }
+  const bool decode = std::all_of(lengths.begin(), lengths.end(), [](int64_t t) { return t == 1; });
+  if (graphs_ && !slots.empty() && decode &&
+      std::none_of(batch.begin(), batch.end(),
+                   [](const SequenceStep& s) { return s.all_logits; })) {
+    at::Tensor logits = graphs_->Run(*pool, x, slots, pasts);
+    if (logits.defined()) {
+      std::vector<at::Tensor> out;
+      for (size_t i = 0; i < batch.size(); ++i) {
+        out.push_back(logits.narrow(0, static_cast<int64_t>(i), 1));
+        batch[i].cache->Commit(1);
+      }
+      return out;
+    }
+  }
+
   at::Tensor cos, sin;  // [N, 1, d_h]
   if (c.positions == PositionKind::kRope) {
     auto [cos_rows, sin_rows] = RopeRows(max_end);
@@ -214,20 +261,66 @@ std::vector<at::Tensor> ServerModel::Forward(const std::vector<SequenceStep>& ba
   }
   // Sequences whose caches share a pool run attention as one batch.
   std::optional<PooledBatch> pooled;
-  if (KvPool* pool = batch[0].cache->pool(); pool && PooledBatch::Qualifies(lengths, pasts)) {
-    std::vector<int64_t> slots;
-    std::set<int64_t> seen;
-    for (const SequenceStep& s : batch) {
-      if (s.cache->pool() != pool || !seen.insert(s.cache->slot()).second) break;
-      slots.push_back(s.cache->slot());
-    }
-    if (slots.size() == batch.size()) {
-      pooled.emplace(*pool, slots, pasts, lengths[0], options_.device);
-    }
+  if (!slots.empty() && PooledBatch::Qualifies(lengths, pasts)) {
+    pooled.emplace(*pool, slots, pasts, lengths[0], options_.device);
   }
+  x = RunLayers(x, cos, sin,
+                [&](int l, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                    const std::optional<int64_t>& window, double scale) -> at::Tensor {
+                  if (pooled) return pooled->Attend(l, q, k, v, window, scale);
+                  if (batch.size() == 1) {
+                    auto [keys, values] = batch[0].cache->Append(l, k, v);
+                    return CausalAttention(q, keys, values, pasts[0], window, scale);
+                  }
+                  std::vector<at::Tensor> outs;
+                  outs.reserve(batch.size());
+                  int64_t offset = 0;
+                  for (size_t i = 0; i < batch.size(); ++i) {
+                    const int64_t t = lengths[i];
+                    auto [keys, values] =
+                        batch[i].cache->Append(l, k.narrow(0, offset, t), v.narrow(0, offset, t));
+                    outs.push_back(CausalAttention(q.narrow(0, offset, t), keys, values, pasts[i],
+                                                   window, scale));
+                    offset += t;
+                  }
+                  return at::cat(outs, 0);
+                });
+
+  // Only the rows whose logits were asked for go through the head.
+  at::Tensor selected;
+  if (batch.size() == 1) {
+    selected = batch[0].all_logits ? x : x.narrow(0, n - 1, 1);
+  } else {
+    std::vector<at::Tensor> rows;
+    rows.reserve(batch.size());
+    int64_t offset = 0;
+    for (size_t i = 0; i < batch.size(); ++i) {
+      rows.push_back(batch[i].all_logits ? x.narrow(0, offset, lengths[i])
+                                         : x.narrow(0, offset + lengths[i] - 1, 1));
+      offset += lengths[i];
+    }
+    selected = at::cat(rows, 0);
+  }
+  at::Tensor logits = Head(selected);
+
+  std::vector<at::Tensor> out;
+  out.reserve(batch.size());
+  int64_t offset = 0;
+  for (size_t i = 0; i < batch.size(); ++i) {
+    const int64_t r = batch[i].all_logits ? lengths[i] : 1;
+    out.push_back(batch.size() == 1 ? logits : logits.narrow(0, offset, r));
+    offset += r;
+    batch[i].cache->Commit(lengths[i]);
+  }
+  return out;
+}
+
+at::Tensor ServerModel::RunLayers(at::Tensor x, const at::Tensor& cos, const at::Tensor& sin,
+                                  const AttendFn& attend) const {
+  const ModelConfig& c = config_;
+  const int64_t n = x.size(0);
   const double base_scale = 1.0 / std::sqrt(static_cast<double>(c.head_dim));
   const int64_t nh = c.num_heads, nkv = c.num_kv_heads;
-
   for (int64_t l = 0; l < c.num_layers; ++l) {
     const LayerWeights& w = weights_.layers[static_cast<size_t>(l)];
     const FusedLayer& f = fused_[static_cast<size_t>(l)];
@@ -246,26 +339,7 @@ std::vector<at::Tensor> ServerModel::Forward(const std::vector<SequenceStep>& ba
     double scale = base_scale;
     if (c.scale_attn_by_inverse_layer_idx) scale /= static_cast<double>(l + 1);
     const std::optional<int64_t>& window = c.layer_windows[static_cast<size_t>(l)];
-    at::Tensor attn;
-    if (pooled) {
-      attn = pooled->Attend(static_cast<int>(l), q, k, v, window, scale);
-    } else if (batch.size() == 1) {
-      auto [keys, values] = batch[0].cache->Append(static_cast<int>(l), k, v);
-      attn = CausalAttention(q, keys, values, pasts[0], window, scale);
-    } else {
-      std::vector<at::Tensor> outs;
-      outs.reserve(batch.size());
-      int64_t offset = 0;
-      for (size_t i = 0; i < batch.size(); ++i) {
-        const int64_t t = lengths[i];
-        auto [keys, values] = batch[i].cache->Append(static_cast<int>(l), k.narrow(0, offset, t),
-                                                     v.narrow(0, offset, t));
-        outs.push_back(
-            CausalAttention(q.narrow(0, offset, t), keys, values, pasts[i], window, scale));
-        offset += t;
-      }
-      attn = at::cat(outs, 0);
-    }
+    at::Tensor attn = attend(static_cast<int>(l), q, k, v, window, scale);
     x = Linear(attn, w.wo, w.bo).add_(x);  // == x + attn W_o^T
     h = Norm(x, c.norm, w.ffn_norm_w, w.ffn_norm_b, c.norm_eps);
     if (c.ffn == FfnKind::kGated) {
@@ -277,35 +351,33 @@ std::vector<at::Tensor> ServerModel::Forward(const std::vector<SequenceStep>& ba
       x = FeedForward(c, w, h).add_(x);
     }
   }
+  return x;
+}
 
-  // Only the rows whose logits were asked for go through the head.
-  at::Tensor selected;
-  if (batch.size() == 1) {
-    selected = batch[0].all_logits ? x : x.narrow(0, n - 1, 1);
-  } else {
-    std::vector<at::Tensor> rows;
-    rows.reserve(batch.size());
-    int64_t offset = 0;
-    for (size_t i = 0; i < batch.size(); ++i) {
-      rows.push_back(batch[i].all_logits ? x.narrow(0, offset, lengths[i])
-                                         : x.narrow(0, offset + lengths[i] - 1, 1));
-      offset += lengths[i];
-    }
-    selected = at::cat(rows, 0);
-  }
-  selected = Norm(selected, c.norm, weights_.final_norm_w, weights_.final_norm_b, c.norm_eps);
-  at::Tensor logits = Linear(selected, weights_.lm_head_w, weights_.lm_head_b).to(at::kFloat);
+at::Tensor ServerModel::Head(const at::Tensor& rows) const {
+  const ModelConfig& c = config_;
+  at::Tensor h = Norm(rows, c.norm, weights_.final_norm_w, weights_.final_norm_b, c.norm_eps);
+  return Linear(h, weights_.lm_head_w, weights_.lm_head_b).to(at::kFloat);
+}
 
-  std::vector<at::Tensor> out;
-  out.reserve(batch.size());
-  int64_t offset = 0;
-  for (size_t i = 0; i < batch.size(); ++i) {
-    const int64_t r = batch[i].all_logits ? lengths[i] : 1;
-    out.push_back(batch.size() == 1 ? logits : logits.narrow(0, offset, r));
-    offset += r;
-    batch[i].cache->Commit(lengths[i]);
+void ServerModel::PrepareDecodeGraph(int64_t key_span) const {
+  if (config_.positions == PositionKind::kRope) RopeRows(key_span);
+}
+
+at::Tensor ServerModel::DecodeStepCore(const at::Tensor& x, KvPool& pool, const at::Tensor& slots,
+                                       const at::Tensor& pasts, int64_t key_span) const {
+  at::Tensor cos, sin;
+  if (config_.positions == PositionKind::kRope) {
+    auto [cos_rows, sin_rows] = RopeRows(key_span);
+    cos = cos_rows.index_select(0, pasts);
+    sin = sin_rows.index_select(0, pasts);
   }
-  return out;
+  PooledBatch pooled(pool, slots, pasts, key_span);
+  at::Tensor h = RunLayers(x, cos, sin,
+                           [&](int l, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                               const std::optional<int64_t>& window,
+                               double scale) { return pooled.Attend(l, q, k, v, window, scale); });
+  return Head(h);
 }
 
 // ---- both ------------------------------------------------------------------

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "common/arch/model_config.h"
+#include "common/engine/decode_graphs.h"
 #include "common/engine/kv_cache.h"
 #include "common/engine/model_weights.h"
 
@@ -76,7 +77,29 @@ class ServerModel {
   // then).
   std::vector<at::Tensor> Forward(const std::vector<SequenceStep>& batch) const;
 
+  // For DecodeGraphs: one decode step of B pooled sequences from device
+  // tensors alone (x [B, d], slots and pasts [B] int64; keys padded to
+  // `key_span`), no host syncs and fixed shapes; fp32 logits [B, vocab].
+  at::Tensor DecodeStepCore(const at::Tensor& x, KvPool& pool, const at::Tensor& slots,
+                            const at::Tensor& pasts, int64_t key_span) const;
+  // Makes every table a step of `key_span` keys reads exist beforehand (a
+  // graph must not see them reallocated).
+  void PrepareDecodeGraph(int64_t key_span) const;
+  // CUDA graphs captured so far.
+  int64_t decode_graphs() const;
+
+  ~ServerModel();
+
  private:
+  using AttendFn = std::function<at::Tensor(int layer, const at::Tensor& q, const at::Tensor& k,
+                                            const at::Tensor& v,
+                                            const std::optional<int64_t>& window, double scale)>;
+  // The decoder layers over x [N, d] (cos / sin: RoPE rows of its positions).
+  at::Tensor RunLayers(at::Tensor x, const at::Tensor& cos, const at::Tensor& sin,
+                       const AttendFn& attend) const;
+  // Final norm and LM head: fp32 logits of the given rows.
+  at::Tensor Head(const at::Tensor& rows) const;
+
   // Per layer, the projections that read the same input as one matrix:
   // q|k|v and, for SwiGLU, gate|up. The separate weights in weights_ become
   // views of these (no second copy in memory).
@@ -95,6 +118,9 @@ class ServerModel {
   at::Tensor inv_freq_;  // RoPE
   mutable std::mutex rope_mu_;
   mutable at::Tensor rope_cos_, rope_sin_;  // [positions, 1, head_dim]
+  // Tables replaced by larger ones, kept alive: captured graphs read them.
+  mutable std::vector<at::Tensor> rope_retired_;
+  std::unique_ptr<DecodeGraphs> graphs_;  // CUDA only
 };
 
 // Both halves in one process: the plain model (tests, verification, demos).

@@ -1,6 +1,7 @@
 #include "common/engine/kv_cache.h"
 
 #include <algorithm>
+#include <atomic>
 #include <string>
 
 #include "common/error.h"
@@ -15,7 +16,9 @@ std::shared_ptr<KvPool> KvPool::Create(int64_t num_layers, int64_t num_kv_heads,
   if (num_layers < 1 || num_kv_heads < 1 || head_dim < 1 || slots < 1 || capacity < 1) {
     throw InvalidArgument("KV pool: layers, heads, head size, slots and capacity must be >= 1");
   }
+  static std::atomic<uint64_t> next_id{1};
   std::shared_ptr<KvPool> pool(new KvPool());
+  pool->id_ = next_id++;
   pool->slots_ = slots;
   pool->capacity_ = capacity;
   // Zeroed, not just allocated: a batch reads (and masks out) keys past a

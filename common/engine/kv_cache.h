@@ -32,6 +32,8 @@ class KvPool : public std::enable_shared_from_this<KvPool> {
   // A cache in a free slot; throws kResourceExhausted when every slot is taken.
   KvCache Acquire();
 
+  // Unique in the process (pools at one address over time differ).
+  uint64_t id() const { return id_; }
   int64_t slots() const { return slots_; }
   int64_t capacity() const { return capacity_; }
   int64_t free_slots() const;
@@ -45,6 +47,7 @@ class KvPool : public std::enable_shared_from_this<KvPool> {
   KvPool() = default;
   void Release(int64_t slot);
 
+  uint64_t id_ = 0;
   int64_t slots_ = 0, capacity_ = 0;
   std::vector<at::Tensor> k_, v_;
   mutable std::mutex mu_;

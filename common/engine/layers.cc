@@ -37,7 +37,11 @@ at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b)
 at::Tensor Norm(const at::Tensor& x, NormKind kind, const at::Tensor& weight,
                 const at::Tensor& bias, double eps) {
   if (kind == NormKind::kLayerNorm) {
-    if (x.scalar_type() == at::kFloat) return at::layer_norm(x, {x.size(-1)}, weight, bias, eps);
+    // As torch.nn.LayerNorm on the GPU (fp16/bf16 in, fp32 inside); the CPU
+    // kernels of older LibTorch lack half precision, so there it runs in fp32.
+    if (x.scalar_type() == at::kFloat || !x.is_cpu()) {
+      return at::layer_norm(x, {x.size(-1)}, weight, bias, eps);
+    }
     at::Tensor y = at::layer_norm(x.to(at::kFloat), {x.size(-1)}, weight.to(at::kFloat),
                                   bias.defined() ? bias.to(at::kFloat) : bias, eps);
     return y.to(x.scalar_type());

@@ -59,6 +59,9 @@ class MapSource : public TensorSource {
 struct LoadOptions {
   at::ScalarType dtype = at::kFloat;
   at::Device device = at::kCPU;
+  // CUDA: decode steps of pooled sequences replay captured CUDA graphs
+  // (common/engine/decode_graphs.h); also off with STIP_CUDA_GRAPHS=0.
+  bool cuda_graphs = true;
 };
 
 struct ClientWeights {

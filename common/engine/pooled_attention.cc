@@ -33,6 +33,16 @@ PooledBatch::PooledBatch(KvPool& pool, const std::vector<int64_t>& slots,
   pasts_ = dev.narrow(0, b_, b_);
 }
 
+PooledBatch::PooledBatch(KvPool& pool, const at::Tensor& slots, const at::Tensor& pasts,
+                         int64_t key_span)
+    : pool_(pool),
+      b_(slots.size(0)),
+      t_(1),
+      end_(key_span),
+      same_past_(false),
+      slots_(slots),
+      pasts_(pasts) {}
+
 bool PooledBatch::Qualifies(const std::vector<int64_t>& lengths,
                             const std::vector<int64_t>& pasts) {
   if (lengths.size() < 2) return false;

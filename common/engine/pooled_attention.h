@@ -30,6 +30,11 @@ class PooledBatch {
   PooledBatch(KvPool& pool, const std::vector<int64_t>& slots, const std::vector<int64_t>& pasts,
               int64_t t, at::Device device);
 
+  // A decode step (T = 1) from index tensors already on the device, keys
+  // padded to `key_span` positions (>= every past + 1, <= the pool's
+  // capacity): no host work, fixed shapes -- what a CUDA graph captures.
+  PooledBatch(KvPool& pool, const at::Tensor& slots, const at::Tensor& pasts, int64_t key_span);
+
   // Whether a batch of these lengths can run pooled (see the file comment).
   static bool Qualifies(const std::vector<int64_t>& lengths, const std::vector<int64_t>& pasts);
 
