@@ -16,7 +16,8 @@
 # /opt/torch/.venv/bin/python3, else python3), STIP_BUILD_DIR (build-gpu),
 # STIP_BENCH_OUT (where the JSONs go; default $OUT if set, else
 # $STIP_BUILD_DIR/bench), STIP_GPU_DEBS (carried .deb files; default .gpu-debs),
-# STIP_HF_BENCH (path of bench_hf.py), STIP_HF_BUDGET_S (600), STIP_JOBS.
+# STIP_HF_BENCH (path of bench_hf.py), STIP_HF_BUDGET_S (600), STIP_JOBS,
+# STIP_CMAKE_ARGS (more CMake arguments), STIP_TARGETS, STIP_CTEST_REGEX.
 #
 # Dependencies: the build needs (besides LibTorch, CMake, ninja, a C++17
 # compiler) spdlog, GoogleTest, OpenSSL, nlohmann-json, CLI11, PCRE2 and
@@ -183,7 +184,8 @@ fi
 GEN=()
 command -v ninja >/dev/null && GEN=(-G Ninja)
 cmake -S . -B "$BUILD_DIR" "${GEN[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSTIP_WITH_GRPC=OFF \
-  -DCMAKE_PREFIX_PATH="$TORCH_PREFIX${CMAKE_PREFIX_PATH:+;${CMAKE_PREFIX_PATH//:/;}}"
+  -DCMAKE_PREFIX_PATH="$TORCH_PREFIX${CMAKE_PREFIX_PATH:+;${CMAKE_PREFIX_PATH//:/;}}" \
+  ${STIP_CMAKE_ARGS:-}   # e.g. -DSTIP_CUDA_GRAPHS=OFF
 # STIP_TARGETS limits the build (e.g. "stip-bench fast_path_test"), and
 # STIP_CTEST_REGEX the tests run.
 # shellcheck disable=SC2086
