@@ -744,7 +744,8 @@ int main(int argc, char** argv) {
         for (int64_t i = 0; i < b; ++i) {
           pre.push_back(rand_x(context));
           prep.push_back(PermuteHidden(pre.back(), e.keys.p));
-          step.push_back(rand_x(1));
+          // A decode step's input arrives in host memory, as the server gets it.
+          step.push_back(at::randn({1, config.hidden_size}, gen));
           stepp.push_back(PermuteHidden(step.back(), e.keys.p));
         }
         PairTimes t = TimeDecodePair(e, pre, prep, step, stepp, decode_reps, warmup, steps);

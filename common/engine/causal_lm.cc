@@ -209,12 +209,23 @@ std::vector<at::Tensor> ServerModel::Forward(const std::vector<SequenceStep>& ba
                               " positions exceeds the model's " + std::to_string(c.max_positions));
     }
     s.cache->CheckCapacity(past + t);
-    inputs.push_back(s.hidden.to(options_.device, options_.dtype));
+    inputs.push_back(s.hidden);
     lengths.push_back(t);
     pasts.push_back(past);
     max_end = std::max(max_end, past + t);
   }
-  at::Tensor x = inputs.size() == 1 ? inputs[0] : at::cat(inputs, 0);  // [N, d]
+  // [N, d] on the device. Rows that arrive in host memory (as the server
+  // receives them) are joined there and moved in one copy.
+  at::Tensor x;
+  if (inputs.size() == 1) {
+    x = inputs[0].to(options_.device, options_.dtype);
+  } else if (std::all_of(inputs.begin(), inputs.end(),
+                         [](const at::Tensor& t) { return t.is_cpu(); })) {
+    x = at::cat(inputs, 0).to(options_.device, options_.dtype);
+  } else {
+    for (at::Tensor& t : inputs) t = t.to(options_.device, options_.dtype);
+    x = at::cat(inputs, 0);
+  }
   const int64_t n = x.size(0);
   // Decode steps of pooled sequences on a GPU: a captured CUDA graph.
   KvPool* pool = batch[0].cache->pool();
@@ -365,14 +376,15 @@ void ServerModel::PrepareDecodeGraph(int64_t key_span) const {
 }
 
 at::Tensor ServerModel::DecodeStepCore(const at::Tensor& x, KvPool& pool, const at::Tensor& slots,
-                                       const at::Tensor& pasts, int64_t key_span) const {
+                                       const at::Tensor& pasts, int64_t key_span,
+                                       int64_t first_slot) const {
   at::Tensor cos, sin;
   if (config_.positions == PositionKind::kRope) {
     auto [cos_rows, sin_rows] = RopeRows(key_span);
     cos = cos_rows.index_select(0, pasts);
     sin = sin_rows.index_select(0, pasts);
   }
-  PooledBatch pooled(pool, slots, pasts, key_span);
+  PooledBatch pooled(pool, slots, pasts, key_span, first_slot);
   at::Tensor h = RunLayers(x, cos, sin,
                            [&](int l, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                const std::optional<int64_t>& window,

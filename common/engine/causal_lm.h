@@ -80,8 +80,10 @@ class ServerModel {
   // For DecodeGraphs: one decode step of B pooled sequences from device
   // tensors alone (x [B, d], slots and pasts [B] int64; keys padded to
   // `key_span`), no host syncs and fixed shapes; fp32 logits [B, vocab].
+  // first_slot >= 0: the slots are consecutive from there (keys read in place).
   at::Tensor DecodeStepCore(const at::Tensor& x, KvPool& pool, const at::Tensor& slots,
-                            const at::Tensor& pasts, int64_t key_span) const;
+                            const at::Tensor& pasts, int64_t key_span,
+                            int64_t first_slot = -1) const;
   // Makes every table a step of `key_span` keys reads exist beforehand (a
   // graph must not see them reallocated).
   void PrepareDecodeGraph(int64_t key_span) const;

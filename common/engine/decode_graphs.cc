@@ -25,11 +25,12 @@ namespace {
 struct Graph {
   std::weak_ptr<KvPool> pool;  // the graph writes into its memory: dropped when the pool goes
   at::cuda::CUDAGraph graph;
-  at::Tensor x, slots, pasts;  // inputs, copied in before each replay
-  at::Tensor logits;           // output, overwritten by each replay
+  at::Tensor x, index;  // inputs, copied in before each replay (index: slots | pasts)
+  at::Tensor logits;    // output, overwritten by each replay
 };
 
-using Key = std::tuple<uint64_t, int64_t, int64_t>;  // pool id, batch, key span
+// Pool id, batch, key span, first slot of consecutive slots (else -1).
+using Key = std::tuple<uint64_t, int64_t, int64_t, int64_t>;
 
 }  // namespace
 
@@ -43,13 +44,14 @@ struct DecodeGraphs::Impl {
   bool have_mempool = false;
   decltype(at::cuda::graph_pool_handle()) mempool;  // shared: graphs never run at once
 
-  std::unique_ptr<Graph> Capture(KvPool& pool, const at::Tensor& x, const at::Tensor& slots,
-                                 const at::Tensor& pasts, int64_t span) {
+  std::unique_ptr<Graph> Capture(KvPool& pool, const at::Tensor& x, const at::Tensor& index,
+                                 int64_t span, int64_t first_slot) {
     auto g = std::make_unique<Graph>();
     g->pool = pool.weak_from_this();
     g->x = x.clone();
-    g->slots = slots.to(x.device());
-    g->pasts = pasts.to(x.device());
+    g->index = index.to(x.device());
+    const int64_t b = x.size(0);
+    at::Tensor slots = g->index.narrow(0, 0, b), pasts = g->index.narrow(0, b, b);
     model.PrepareDecodeGraph(span);
     if (!have_mempool) {
       mempool = at::cuda::graph_pool_handle();
@@ -64,10 +66,10 @@ struct DecodeGraphs::Impl {
       c10::cuda::CUDAStreamGuard guard(side);
       // Warm-up runs (library handles, lazily loaded kernels) write the same
       // keys and values the step itself writes.
-      for (int i = 0; i < 2; ++i) model.DecodeStepCore(g->x, pool, g->slots, g->pasts, span);
+      for (int i = 0; i < 2; ++i) model.DecodeStepCore(g->x, pool, slots, pasts, span, first_slot);
       g->graph.capture_begin(mempool, cudaStreamCaptureModeThreadLocal);
       try {
-        g->logits = model.DecodeStepCore(g->x, pool, g->slots, g->pasts, span);
+        g->logits = model.DecodeStepCore(g->x, pool, slots, pasts, span, first_slot);
       } catch (...) {
         try {
           g->graph.capture_end();
@@ -100,7 +102,10 @@ at::Tensor DecodeGraphs::Run(KvPool& pool, const at::Tensor& x, const std::vecto
   const int64_t span =
       std::min(pool.capacity(), (end + kKeySpanStep - 1) / kKeySpanStep * kKeySpanStep);
   if (end > span) return at::Tensor();
-  const Key key{pool.id(), b, span};
+  bool consecutive = true;
+  for (size_t i = 1; i < slots.size(); ++i) consecutive &= slots[i] == slots[i - 1] + 1;
+  const int64_t first_slot = consecutive ? slots[0] : -1;
+  const Key key{pool.id(), b, span, first_slot};
   std::lock_guard<std::mutex> lock(impl_->mu);
   for (auto g = impl_->graphs.begin(); g != impl_->graphs.end();) {  // graphs of dead pools
     if (g->second->pool.expired()) {
@@ -111,13 +116,14 @@ at::Tensor DecodeGraphs::Run(KvPool& pool, const at::Tensor& x, const std::vecto
     }
   }
   if (impl_->failed.count(key)) return at::Tensor();
-  at::Tensor host_slots = at::tensor(at::ArrayRef<int64_t>(slots), at::kLong);
-  at::Tensor host_pasts = at::tensor(at::ArrayRef<int64_t>(pasts), at::kLong);
+  std::vector<int64_t> both(slots);  // one host-to-device copy for both
+  both.insert(both.end(), pasts.begin(), pasts.end());
+  at::Tensor host_index = at::tensor(at::ArrayRef<int64_t>(both), at::kLong);
   auto it = impl_->graphs.find(key);
   if (it == impl_->graphs.end()) {
     std::unique_ptr<Graph> g;
     try {
-      g = impl_->Capture(pool, x, host_slots, host_pasts, span);
+      g = impl_->Capture(pool, x, host_index, span, first_slot);
     } catch (const std::exception&) {
       impl_->failed[key] = true;  // this shape runs eagerly from now on
       return at::Tensor();
@@ -134,8 +140,7 @@ at::Tensor DecodeGraphs::Run(KvPool& pool, const at::Tensor& x, const std::vecto
   }
   Graph& g = *it->second;
   g.x.copy_(x);
-  g.slots.copy_(host_slots);
-  g.pasts.copy_(host_pasts);
+  g.index.copy_(host_index);
   g.graph.replay();
   return g.logits.clone();
 }

@@ -34,12 +34,13 @@ PooledBatch::PooledBatch(KvPool& pool, const std::vector<int64_t>& slots,
 }
 
 PooledBatch::PooledBatch(KvPool& pool, const at::Tensor& slots, const at::Tensor& pasts,
-                         int64_t key_span)
+                         int64_t key_span, int64_t first_slot)
     : pool_(pool),
       b_(slots.size(0)),
       t_(1),
       end_(key_span),
       same_past_(false),
+      first_slot_(first_slot),
       slots_(slots),
       pasts_(pasts) {}
 

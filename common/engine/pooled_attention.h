@@ -33,7 +33,10 @@ class PooledBatch {
   // A decode step (T = 1) from index tensors already on the device, keys
   // padded to `key_span` positions (>= every past + 1, <= the pool's
   // capacity): no host work, fixed shapes -- what a CUDA graph captures.
-  PooledBatch(KvPool& pool, const at::Tensor& slots, const at::Tensor& pasts, int64_t key_span);
+  // `first_slot` >= 0 says the slots are first_slot, first_slot + 1, ...: keys
+  // are then read in place instead of gathered.
+  PooledBatch(KvPool& pool, const at::Tensor& slots, const at::Tensor& pasts, int64_t key_span,
+              int64_t first_slot = -1);
 
   // Whether a batch of these lengths can run pooled (see the file comment).
   static bool Qualifies(const std::vector<int64_t>& lengths, const std::vector<int64_t>& pasts);
