@@ -617,7 +617,10 @@ int main(int argc, char** argv) {
   app.add_option("--steps", steps, "decode steps timed per rep");
   app.add_option("--warmup", warmup, "decode steps run before timing");
   app.add_option("--decode-reps", decode_reps, "decode repetitions from fresh caches");
-  std::string kv_cache = "pool", cuda_graphs = "on";
+  std::string kv_cache = "pool", cuda_graphs = "on", decode_input = "device";
+  app.add_option("--decode-input", decode_input,
+                 "engine decode: step inputs start on the device or in host memory")
+      ->check(CLI::IsMember({"device", "host"}));
   app.add_option("--cuda-graphs", cuda_graphs, "engine on CUDA: replay decode steps as CUDA graphs")
       ->check(CLI::IsMember({"on", "off"}));
   app.add_option("--kv-cache", kv_cache,
@@ -641,6 +644,7 @@ int main(int argc, char** argv) {
       ->group("");
   CLI11_PARSE(app, argc, argv);
   g_kv_pool = kv_cache == "pool";
+  const bool decode_input_host = decode_input == "host";
 
   try {
     if (!probe_dir.empty()) return ClientRssProbe(probe_dir);
@@ -744,8 +748,8 @@ int main(int argc, char** argv) {
         for (int64_t i = 0; i < b; ++i) {
           pre.push_back(rand_x(context));
           prep.push_back(PermuteHidden(pre.back(), e.keys.p));
-          // A decode step's input arrives in host memory, as the server gets it.
-          step.push_back(at::randn({1, config.hidden_size}, gen));
+          // --decode-input host: in host memory, as the server receives it.
+          step.push_back(decode_input_host ? at::randn({1, config.hidden_size}, gen) : rand_x(1));
           stepp.push_back(PermuteHidden(step.back(), e.keys.p));
         }
         PairTimes t = TimeDecodePair(e, pre, prep, step, stepp, decode_reps, warmup, steps);
