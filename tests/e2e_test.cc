@@ -132,6 +132,7 @@ class Deployment {
     return client_daemons_.back()->WaitListening(120);
   }
   Daemon& chat_daemon(size_t i = 0) { return *client_daemons_.at(i); }
+  size_t chat_daemons() const { return client_daemons_.size(); }
   void StopDeveloper() { developer_.reset(); }
 
   RunResult TryRegister(const std::string& user, const std::string& token,
@@ -649,6 +650,7 @@ void ExpectSecretsPrivate(Deployment& d, const std::vector<std::string>& data_di
 
   // No core dumps from the daemons that hold keys and tokens.
   std::vector<pid_t> pids = {d.server().pid(), d.developer().pid()};
+  for (size_t i = 0; i < d.chat_daemons(); ++i) pids.push_back(d.chat_daemon(i).pid());
   for (const pid_t pid : pids) {
     const std::string limits = ReadFile("/proc/" + std::to_string(pid) + "/limits");
     std::istringstream in(limits);
