@@ -81,10 +81,15 @@ void CheckKeys(const ClientKeys& keys, const ModelConfig& config, const std::str
 // ---- credentials ----------------------------------------------------------------
 
 std::string Credentials::ToJson() const {
-  nlohmann::json j = {{"format", kCredentialsFormat}, {"user", user},
-                      {"instance_id", instance_id},   {"server_address", server_address},
-                      {"access_token", access_token}, {"server_ca_pem", server_ca_pem},
-                      {"developer", developer}};
+  nlohmann::json j = {{"format", kCredentialsFormat},
+                      {"user", user},
+                      {"instance_id", instance_id},
+                      {"server_address", server_address},
+                      {"access_token", access_token},
+                      {"server_ca_pem", server_ca_pem},
+                      {"developer", developer},
+                      {"developer_ca_pem", developer_ca_pem},
+                      {"developer_insecure", developer_insecure}};
   return j.dump(2) + "\n";
 }
 
@@ -107,6 +112,13 @@ Credentials Credentials::FromJson(const std::string& text, const std::string& so
   c.access_token = Field(j, "access_token", source, true);
   c.server_ca_pem = Field(j, "server_ca_pem", source, false);
   c.developer = Field(j, "developer", source, false);
+  c.developer_ca_pem = Field(j, "developer_ca_pem", source, false);
+  if (auto it = j.find("developer_insecure"); it != j.end() && !it->is_null()) {
+    if (!it->is_boolean()) {
+      throw InvalidArgument(source + ": \"developer_insecure\" must be true or false");
+    }
+    c.developer_insecure = it->get<bool>();
+  }
   if (c.instance_id.empty()) throw InvalidArgument(source + ": empty \"instance_id\"");
   return c;
 }
@@ -115,6 +127,12 @@ Credentials Credentials::FromJson(const std::string& text, const std::string& so
 
 std::string DataDir::bundle_dir() const { return JoinPath(dir_, "bundle"); }
 std::string DataDir::credentials_file() const { return JoinPath(dir_, "credentials.json"); }
+std::string DataDir::refresh_lock_file() const { return JoinPath(dir_, ".refresh.lock"); }
+
+void DataDir::SaveCredentials(const Credentials& credentials) const {
+  WriteFileAtomic(credentials_file(), credentials.ToJson(), 0600);
+  SyncDirectory(dir_);
+}
 
 void DataDir::EnsureExists() const { MakeDirectories(dir_, 0700); }
 

@@ -6,7 +6,11 @@
 //                           tensors), client_keys.safetensors (p, p_c), tokenizer
 //                           files; every file 0600
 //   DIR/credentials.json    0600: user, instance id, stip server address, access
-//                           token, the CA that signs the server's certificate
+//                           token, the CA that signs the server's certificate, and
+//                           how to reach the developer's registry again (address,
+//                           its CA) to renew the token and fetch a rotated bundle
+//   DIR/.refresh.lock       flock: one renewal or bundle fetch at a time
+//                           (bundle_refresh.h)
 //
 // and the loaded bundle (tokenizer, embedding half of the model, p and p_c),
 // checked for consistency. Nothing here logs or prints the access token or
@@ -29,10 +33,12 @@ class Tokenizer;
 struct Credentials {
   std::string user;
   std::string instance_id;
-  std::string server_address;  // host:port of the stip server
-  std::string access_token;    // secret
-  std::string server_ca_pem;   // "" = system roots
-  std::string developer;       // host:port of the developer's registry (for fetch)
+  std::string server_address;       // host:port of the stip server
+  std::string access_token;         // secret
+  std::string server_ca_pem;        // "" = system roots
+  std::string developer;            // host:port of the developer's registry (for fetch)
+  std::string developer_ca_pem;     // CA of the registry's certificate ("" = system roots)
+  bool developer_insecure = false;  // the registry was reached without TLS (testing only)
 
   std::string ToJson() const;
   // Throws kInvalidArgument naming the field (never its value) if malformed.
@@ -45,6 +51,9 @@ class DataDir {
   const std::string& path() const { return dir_; }
   std::string bundle_dir() const;
   std::string credentials_file() const;
+  std::string refresh_lock_file() const;
+  // Replaces the credentials (0600, atomically), e.g. with a renewed token.
+  void SaveCredentials(const Credentials& credentials) const;
 
   // Throws kNotFound ("not registered: run stip-client register ...") if missing.
   Credentials LoadCredentials() const;

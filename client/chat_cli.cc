@@ -85,6 +85,11 @@ void InstallInterruptHandler(std::atomic<bool>* flag) {
 
 int RunChat(Generator& generator, const GenerateOptions& options, int in_fd, std::FILE* out,
             std::FILE* err, std::atomic<bool>* interrupted) {
+  return RunChat(generator, options, in_fd, out, err, interrupted, TurnFunction());
+}
+
+int RunChat(Generator& generator, const GenerateOptions& options, int in_fd, std::FILE* out,
+            std::FILE* err, std::atomic<bool>* interrupted, const TurnFunction& turn_function) {
   LineReader reader(in_fd, interrupted);
   const bool bpe = generator.bundle().tokenizer().kind() == "bpe";
   GenerateOptions turn = options;
@@ -114,11 +119,12 @@ int RunChat(Generator& generator, const GenerateOptions& options, int in_fd, std
     }
     if (interrupted) interrupted->store(false);
     try {
-      GenerateResult r = generator.Generate(
-          prompt, turn, [out](const std::string& piece, const std::vector<int64_t>&) {
-            std::fputs(piece.c_str(), out);
-            std::fflush(out);
-          });
+      PieceCallback print = [out](const std::string& piece, const std::vector<int64_t>&) {
+        std::fputs(piece.c_str(), out);
+        std::fflush(out);
+      };
+      GenerateResult r = turn_function ? turn_function(generator, prompt, turn, print)
+                                       : generator.Generate(prompt, turn, print);
       std::fputs("\n", out);
       if (r.finish_reason == "cancelled") std::fputs("(interrupted)\n", err);
     } catch (const std::exception& e) {

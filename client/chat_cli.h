@@ -8,6 +8,8 @@
 
 #include <atomic>
 #include <cstdio>
+#include <functional>
+#include <string>
 
 #include "client/generator.h"
 
@@ -21,5 +23,13 @@ void InstallInterruptHandler(std::atomic<bool>* flag);
 // `err`. Returns the exit status (0).
 int RunChat(Generator& generator, const GenerateOptions& options, int in_fd, std::FILE* out,
             std::FILE* err, std::atomic<bool>* interrupted);
+
+// The same, with each turn run by `turn` (e.g. GenerateTurn of
+// bundle_refresh.h, which follows key rotations) instead of
+// Generator::Generate.
+using TurnFunction = std::function<GenerateResult(Generator&, const std::string&,
+                                                  const GenerateOptions&, const PieceCallback&)>;
+int RunChat(Generator& generator, const GenerateOptions& options, int in_fd, std::FILE* out,
+            std::FILE* err, std::atomic<bool>* interrupted, const TurnFunction& turn);
 
 }  // namespace stip

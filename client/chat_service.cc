@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "client/bundle_refresh.h"
 #include "client/generator.h"
 #include "client/remote_session.h"
 #include "common/rpc/status.h"
@@ -34,12 +35,21 @@ GenerateOptions ToOptions(const v1::GenerateRequest& req, const ChatServiceOptio
 }  // namespace
 
 ChatService::ChatService(ChatServiceOptions options) : options_(std::move(options)) {
-  if (!options_.bundle || !options_.make_backend) {
+  if (!options_.connection && (!options_.bundle || !options_.make_backend)) {
     throw InvalidArgument("the Chat service needs a bundle and a backend factory");
   }
 }
 
 ChatService::~ChatService() = default;
+
+std::unique_ptr<Generator> ChatService::NewGenerator(uint64_t* generation) const {
+  if (options_.connection) {
+    ClientConnection::View v = options_.connection->Current();
+    *generation = v.generation;
+    return std::make_unique<Generator>(v.bundle, v.make_backend());
+  }
+  return std::make_unique<Generator>(options_.bundle, options_.make_backend());
+}
 
 size_t ChatService::conversations() const {
   std::lock_guard<std::mutex> lock(mu_);
@@ -66,7 +76,7 @@ std::shared_ptr<ChatService::Conversation> ChatService::Acquire(const std::strin
     conversations_.erase(victim);
   }
   auto c = std::make_shared<Conversation>();
-  c->generator = std::make_unique<Generator>(options_.bundle, options_.make_backend());
+  c->generator = NewGenerator(&c->generation);
   c->last_used = std::chrono::steady_clock::now();
   conversations_[id] = c;
   return c;
@@ -100,8 +110,10 @@ grpc::Status ChatService::Generate(grpc::ServerContext* context, const v1::Gener
     std::unique_ptr<Generator> one_off;
     std::unique_lock<std::mutex> held;
     Generator* gen = nullptr;
+    uint64_t one_off_generation = 0;
+    uint64_t* generation = &one_off_generation;
     if (id.empty()) {
-      one_off = std::make_unique<Generator>(options_.bundle, options_.make_backend());
+      one_off = NewGenerator(&one_off_generation);
       gen = one_off.get();
     } else {
       conversation = Acquire(id);
@@ -111,8 +123,11 @@ grpc::Status ChatService::Generate(grpc::ServerContext* context, const v1::Gener
                                                            "\" is busy with another request");
       }
       gen = conversation->generator.get();
+      generation = &conversation->generation;
     }
-    GenerateResult r = gen->Generate(request->prompt(), options, on_piece);
+    GenerateResult r = options_.connection ? GenerateTurn(*options_.connection, *gen, generation,
+                                                          request->prompt(), options, on_piece)
+                                           : gen->Generate(request->prompt(), options, on_piece);
     if (conversation) conversation->last_used = std::chrono::steady_clock::now();
     if (write_failed || context->IsCancelled()) {
       return grpc::Status(grpc::StatusCode::CANCELLED, "the request was cancelled");

@@ -20,6 +20,7 @@
 namespace stip {
 
 class ClientBundle;
+class ClientConnection;
 class Generator;
 class LogitsBackend;
 
@@ -27,6 +28,9 @@ struct ChatServiceOptions {
   std::shared_ptr<const ClientBundle> bundle;
   // A fresh, unopened backend per conversation.
   std::function<std::unique_ptr<LogitsBackend>()> make_backend;
+  // Set: bundle and backends come from it, and turns renew the token and
+  // follow key rotations (bundle_refresh.h); bundle/make_backend are unused.
+  std::shared_ptr<ClientConnection> connection;
   size_t max_conversations = 64;
   int default_max_new_tokens = 128;  // for max_new_tokens = 0
   int max_new_tokens_limit = 8192;
@@ -48,9 +52,12 @@ class ChatService final : public v1::Chat::Service {
   struct Conversation {
     std::mutex mu;  // held while a request uses it
     std::unique_ptr<Generator> generator;
+    uint64_t generation = 0;  // the connection view the generator is bound to
     std::chrono::steady_clock::time_point last_used;
   };
   std::shared_ptr<Conversation> Acquire(const std::string& id);
+  // A generator on the current bundle and backend (and the view it is of).
+  std::unique_ptr<Generator> NewGenerator(uint64_t* generation) const;
 
   ChatServiceOptions options_;
   std::atomic<int> active_{0};

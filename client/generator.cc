@@ -115,6 +115,26 @@ void Generator::Reset() {
 
 void Generator::Connect() { EnsureSession(); }
 
+void Generator::Rebind(std::shared_ptr<const ClientBundle> bundle,
+                       std::unique_ptr<LogitsBackend> backend) {
+  if (!bundle || !backend) throw InvalidArgument("a Generator needs a bundle and a backend");
+  if (bundle->hidden_size() != bundle_->hidden_size() ||
+      bundle->vocab_size() != bundle_->vocab_size()) {
+    throw FailedPrecondition("the new client bundle is of another model (hidden size " +
+                             std::to_string(bundle->hidden_size()) + ", vocabulary " +
+                             std::to_string(bundle->vocab_size()) + ")");
+  }
+  try {
+    backend_->Close();
+  } catch (...) {
+  }
+  bundle_ = std::move(bundle);
+  backend_ = std::move(backend);
+  p_index_ = IndexTensor(bundle_->keys().p);
+  p_c_inverse_ = IndexTensor(InversePermutation(bundle_->keys().p_c));
+  fed_ = 0;
+}
+
 void Generator::EnsureSession() {
   if (backend_->is_open()) return;
   SessionInfo info = backend_->Open();

@@ -87,6 +87,11 @@ class Generator {
   // Opens the session now (otherwise the first turn does): reports an
   // unreachable server before the user types anything.
   void Connect();
+  // Moves the conversation to another bundle and backend of the same model
+  // (after a key rotation: new permutations, new instance): the old session
+  // is closed and the next turn sends the whole conversation again.
+  // kFailedPrecondition if the sizes of the model differ.
+  void Rebind(std::shared_ptr<const ClientBundle> bundle, std::unique_ptr<LogitsBackend> backend);
 
   const std::vector<int64_t>& history() const { return history_; }
   // Positions the server's cache holds for this conversation.

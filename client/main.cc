@@ -5,7 +5,9 @@
 //
 //   register  enrol with the developer's registry; store the bundle and the
 //             server's connection details in --data-dir
-//   fetch     re-fetch the bundle of the current instance (after a rotation)
+//   fetch     re-fetch the bundle of the current instance (after a rotation;
+//             generate, chat and serve do it on their own when the server
+//             says the instance is retired, and renew the access token)
 //   generate  one completion: prints the prompt and the continuation
 //   chat      interactive prompt, the conversation kept between turns
 //   serve     the local Chat gRPC service for other programs
@@ -20,6 +22,7 @@
 #include <cstdio>
 #include <thread>
 
+#include "client/bundle_refresh.h"
 #include "client/bundle_store.h"
 #include "client/chat_cli.h"
 #include "client/chat_service.h"
@@ -32,6 +35,7 @@
 #include "common/rpc/server_setup.h"
 #include "common/rpc/tls.h"
 #include "common/util/files.h"
+#include "common/util/no_core_dumps.h"
 
 namespace stip {
 namespace {
@@ -49,6 +53,7 @@ struct ConnectFlags {
   std::string server_model;  // offline: a transformed server checkpoint, run here
   bool insecure = false;     // plaintext toward the stip server
   int64_t max_context = 0;
+  bool no_refresh = false;  // no token renewal, no bundle fetch after a rotation
 
   void Add(CLI::App* app) {
     app->add_option("--data-dir", data_dir, "the client's data directory (from `register`)");
@@ -61,6 +66,8 @@ struct ConnectFlags {
                     "name expected in the stip server's certificate");
     app->add_flag("--insecure", insecure, "connect to the stip server WITHOUT TLS (testing only)");
     app->add_option("--max-context", max_context, "session context limit (0: the server's)");
+    app->add_flag("--no-refresh", no_refresh,
+                  "never renew the access token or fetch a rotated bundle on our own");
     app->add_option("--server-model", server_model,
                     "TESTING ONLY: run this transformed server checkpoint in-process instead of "
                     "connecting to a stip server (no privacy: it needs both halves here)");
@@ -71,6 +78,8 @@ struct Backend {
   std::shared_ptr<const ClientBundle> bundle;
   std::function<std::unique_ptr<LogitsBackend>()> make;
   std::string description;
+  // Set for a stip server: renews the token, follows key rotations.
+  std::shared_ptr<ClientConnection> connection;
 };
 
 Backend MakeBackend(const ConnectFlags& f) {
@@ -97,29 +106,42 @@ Backend MakeBackend(const ConnectFlags& f) {
     b.description = "in-process model " + f.server_model;
     return b;
   }
-  if (f.data_dir.empty()) throw InvalidArgument("--data-dir is required to reach a stip server");
-  Credentials c = dir.LoadCredentials();
-  b.bundle = ClientBundle::Load(f.bundle.empty() ? dir.bundle_dir() : f.bundle, c.instance_id);
-  TlsOptions tls;
-  tls.insecure = f.insecure;
-  if (!f.server_ca.empty()) {
-    tls.ca_file = f.server_ca;
-  } else {
-    tls.ca_pem = c.server_ca_pem;
-  }
-  tls.server_name_override = f.server_name;
-  const std::string address = f.server.empty() ? c.server_address : f.server;
-  auto channel = MakeChannel(address, tls, "stip-client");
-  RemoteSessionOptions o;
-  o.address = address;
-  o.instance_id = c.instance_id;
-  o.access_token = c.access_token;
-  o.max_context = f.max_context;
-  o.expected_hidden = b.bundle->hidden_size();
-  o.expected_vocab = b.bundle->vocab_size();
-  b.make = [channel, o] { return std::make_unique<RemoteSession>(channel, o); };
-  b.description = "stip server " + address;
+  ConnectSettings cs;
+  cs.data_dir = f.data_dir;
+  cs.bundle_dir = f.bundle;
+  cs.server = f.server;
+  cs.server_ca = f.server_ca;
+  cs.server_name = f.server_name;
+  cs.insecure = f.insecure;
+  cs.max_context = f.max_context;
+  cs.auto_refresh = !f.no_refresh;
+  b.connection = std::make_shared<ClientConnection>(cs);
+  ClientConnection::View v = b.connection->Current();
+  b.bundle = v.bundle;
+  b.make = v.make_backend;
+  b.description = v.description;
   return b;
+}
+
+// A generator on the backend, connected now (an unreachable server, refused
+// credentials or a rotation are dealt with before anything is printed).
+struct Session {
+  std::unique_ptr<Generator> gen;
+  uint64_t generation = 0;
+};
+
+Session Connect(const Backend& b) {
+  Session s;
+  if (b.connection) {
+    ClientConnection::View v = b.connection->Current();
+    s.generation = v.generation;
+    s.gen = std::make_unique<Generator>(v.bundle, v.make_backend());
+    ConnectWithRefresh(*b.connection, *s.gen, &s.generation);
+  } else {
+    s.gen = std::make_unique<Generator>(b.bundle, b.make());
+    s.gen->Connect();
+  }
+  return s;
 }
 
 struct SamplingFlags {
@@ -153,14 +175,16 @@ struct SamplingFlags {
 int RunGenerate(const ConnectFlags& cf, const GenerateOptions& options, const std::string& prompt,
                 bool stats) {
   Backend b = MakeBackend(cf);
-  Generator gen(b.bundle, b.make());
-  gen.Connect();  // an unreachable server is reported before anything is printed
+  Session s = Connect(b);  // an unreachable server is reported before anything is printed
   std::fputs(prompt.c_str(), stdout);
   std::fflush(stdout);
-  GenerateResult r = gen.Generate(prompt, options, [](const std::string& piece, const auto&) {
+  PieceCallback print = [](const std::string& piece, const std::vector<int64_t>&) {
     std::fputs(piece.c_str(), stdout);
     std::fflush(stdout);
-  });
+  };
+  GenerateResult r =
+      b.connection ? GenerateTurn(*b.connection, *s.gen, &s.generation, prompt, options, print)
+                   : s.gen->Generate(prompt, options, print);
   std::fputs("\n", stdout);
   std::fflush(stdout);
   if (stats) {
@@ -176,10 +200,16 @@ int RunGenerate(const ConnectFlags& cf, const GenerateOptions& options, const st
 
 int RunChatCommand(const ConnectFlags& cf, const GenerateOptions& options) {
   Backend b = MakeBackend(cf);
-  Generator gen(b.bundle, b.make());
-  gen.Connect();
+  Session s = Connect(b);
   InstallInterruptHandler(&g_interrupted);
-  return RunChat(gen, options, STDIN_FILENO, stdout, stderr, &g_interrupted);
+  TurnFunction turn;
+  if (b.connection) {
+    turn = [&](Generator& gen, const std::string& prompt, const GenerateOptions& o,
+               const PieceCallback& print) {
+      return GenerateTurn(*b.connection, gen, &s.generation, prompt, o, print);
+    };
+  }
+  return RunChat(*s.gen, options, STDIN_FILENO, stdout, stderr, &g_interrupted, turn);
 }
 
 void OnTerminate(int) { g_interrupted.store(true); }
@@ -190,8 +220,7 @@ int RunServe(const ConnectFlags& cf, const std::string& listen, TlsOptions tls,
   // Refused credentials or a mismatched model fail now; an unreachable
   // server only warns (it may start after us), requests then retry.
   try {
-    Generator probe(b.bundle, b.make());
-    probe.Connect();
+    Connect(b);
   } catch (const RemoteError& e) {
     if (e.status_code() != grpc::StatusCode::UNAVAILABLE) throw;
     spdlog::warn("{} (requests will try again)", e.what());
@@ -199,6 +228,7 @@ int RunServe(const ConnectFlags& cf, const std::string& listen, TlsOptions tls,
   ChatServiceOptions so;
   so.bundle = b.bundle;
   so.make_backend = b.make;
+  so.connection = b.connection;
   so.max_conversations = max_conversations;
   ChatService service(so);
   ServerSetup setup;
@@ -228,7 +258,11 @@ int RunServe(const ConnectFlags& cf, const std::string& listen, TlsOptions tls,
 int RunRegister(const std::string& developer, const std::string& user, const std::string& token,
                 const std::string& data_dir, const TlsOptions& tls) {
   auto channel = MakeChannel(developer, tls, "stip-client");
-  RegistrationResult r = RegisterWithDeveloper(channel, developer, user, token, DataDir(data_dir));
+  RegistryTrust trust;  // kept, for renewals and bundle fetches later
+  trust.insecure = tls.insecure;
+  if (!tls.ca_file.empty()) trust.ca_pem = ReadFile(tls.ca_file);
+  RegistrationResult r =
+      RegisterWithDeveloper(channel, developer, user, token, DataDir(data_dir), trust);
   std::printf("registered as %s for model instance %s: %d files (%.1f MiB) in %s; server %s\n",
               r.credentials.user.c_str(), r.credentials.instance_id.c_str(), r.files,
               r.bytes / 1048576.0, DataDir(data_dir).bundle_dir().c_str(),
@@ -241,6 +275,10 @@ int RunFetch(std::string developer, const std::string& data_dir, TlsOptions tls)
   Credentials c = dir.LoadCredentials();
   if (developer.empty()) developer = c.developer;
   if (developer.empty()) throw InvalidArgument("--developer is required (none was recorded)");
+  if (tls.ca_file.empty() && !tls.insecure) {  // as recorded at registration
+    tls.ca_pem = c.developer_ca_pem;
+    tls.insecure = c.developer_insecure;
+  }
   auto channel = MakeChannel(developer, tls, "stip-client");
   RegistrationResult r = FetchBundleFromDeveloper(channel, developer, dir);
   std::printf("fetched the bundle of model instance %s: %d files (%.1f MiB); server %s\n",
@@ -253,6 +291,7 @@ int RunFetch(std::string developer, const std::string& data_dir, TlsOptions tls)
 }  // namespace stip
 
 int main(int argc, char** argv) {
+  stip::DisableCoreDumps();  // keys and tokens stay out of core files
   // Logs go to stderr: stdout carries the generated text.
   spdlog::set_default_logger(spdlog::stderr_color_mt("stip-client"));
   spdlog::set_pattern("[%H:%M:%S.%e] [%n] [%l] %v");

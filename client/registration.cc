@@ -3,6 +3,8 @@
 #include <grpcpp/channel.h>
 #include <grpcpp/client_context.h>
 
+#include <chrono>
+
 #include "client/remote_session.h"
 #include "common/error.h"
 #include "common/rpc/file_transfer.h"
@@ -52,7 +54,8 @@ RemoteError RegistryError(const grpc::Status& status, const std::string& address
 
 RegistrationResult Receive(grpc::ClientReader<v1::BundleChunk>& reader,
                            grpc::ClientContext& context, const std::string& address,
-                           const std::string& what, const DataDir& dir) {
+                           const std::string& what, const DataDir& dir,
+                           const RegistryTrust& trust) {
   const std::string new_bundle = dir.bundle_dir() + ".new";
   RemoveLeftovers(dir, new_bundle);
   v1::BundleChunk msg;
@@ -81,6 +84,8 @@ RegistrationResult Receive(grpc::ClientReader<v1::BundleChunk>& reader,
           c.access_token = h.access_token();
           c.server_ca_pem = h.server_ca_pem();
           c.developer = address;
+          c.developer_ca_pem = trust.ca_pem;
+          c.developer_insecure = trust.insecure;
           result.files = h.files_size();
           break;
         }
@@ -134,7 +139,7 @@ RegistrationResult RegisterWithDeveloper(std::shared_ptr<grpc::Channel> channel,
                                          const std::string& developer_address,
                                          const std::string& user,
                                          const std::string& enrolment_token,
-                                         const DataDir& data_dir) {
+                                         const DataDir& data_dir, const RegistryTrust& trust) {
   if (user.empty()) throw InvalidArgument("a user name is needed");
   if (enrolment_token.empty()) throw InvalidArgument("an enrolment token is needed");
   data_dir.EnsureExists();
@@ -144,7 +149,7 @@ RegistrationResult RegisterWithDeveloper(std::shared_ptr<grpc::Channel> channel,
   req.set_user(user);
   req.set_enrolment_token(enrolment_token);
   auto reader = stub->Register(&context, req);
-  return Receive(*reader, context, developer_address, "registration", data_dir);
+  return Receive(*reader, context, developer_address, "registration", data_dir, trust);
 }
 
 RegistrationResult FetchBundleFromDeveloper(std::shared_ptr<grpc::Channel> channel,
@@ -158,7 +163,33 @@ RegistrationResult FetchBundleFromDeveloper(std::shared_ptr<grpc::Channel> chann
   req.set_user(current.user);
   req.set_access_token(current.access_token);
   auto reader = stub->FetchBundle(&context, req);
-  return Receive(*reader, context, developer_address, "bundle fetch", data_dir);
+  RegistryTrust trust;
+  trust.ca_pem = current.developer_ca_pem;
+  trust.insecure = current.developer_insecure;
+  return Receive(*reader, context, developer_address, "bundle fetch", data_dir, trust);
+}
+
+Credentials RenewAccessToken(std::shared_ptr<grpc::Channel> channel, const DataDir& data_dir,
+                             std::string* moved_to) {
+  Credentials c = data_dir.LoadCredentials();
+  if (c.user.empty()) throw FailedPrecondition("the stored credentials name no user");
+  auto stub = v1::Registry::NewStub(channel);
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  v1::RenewTokenRequest req;
+  req.set_user(c.user);
+  req.set_access_token(c.access_token);
+  v1::RenewTokenResponse resp;
+  grpc::Status status = stub->RenewToken(&context, req, &resp);
+  if (!status.ok()) throw RegistryError(status, c.developer, "token renewal");
+  if (resp.access_token().empty() || resp.instance_id().empty()) {
+    throw RemoteError(grpc::StatusCode::INTERNAL,
+                      "the developer's registry at " + c.developer + " renewed with no token");
+  }
+  if (moved_to) *moved_to = resp.instance_id() == c.instance_id ? "" : resp.instance_id();
+  c.access_token = resp.access_token();
+  data_dir.SaveCredentials(c);
+  return c;
 }
 
 }  // namespace stip

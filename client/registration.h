@@ -21,6 +21,13 @@ class Channel;
 
 namespace stip {
 
+// How the registry was reached, kept in the credentials so that the client
+// can renew its token and fetch a rotated bundle on its own later.
+struct RegistryTrust {
+  std::string ca_pem;     // "" = system roots
+  bool insecure = false;  // plaintext (testing only)
+};
+
 struct RegistrationResult {
   Credentials credentials;
   int files = 0;
@@ -31,11 +38,21 @@ RegistrationResult RegisterWithDeveloper(std::shared_ptr<grpc::Channel> channel,
                                          const std::string& developer_address,
                                          const std::string& user,
                                          const std::string& enrolment_token,
-                                         const DataDir& data_dir);
+                                         const DataDir& data_dir, const RegistryTrust& trust = {});
 
-// Uses the stored credentials' user and access token.
+// Uses the stored credentials' user and access token (and keeps their
+// registry trust settings).
 RegistrationResult FetchBundleFromDeveloper(std::shared_ptr<grpc::Channel> channel,
                                             const std::string& developer_address,
                                             const DataDir& data_dir);
+
+// Registry.RenewToken with the stored credentials: stores the fresh token
+// (credentials.json, 0600, atomically) and returns the new credentials. The
+// instance may have changed (a rotation): then the stored instance is still
+// the bundle's and `*moved_to` names the new one -- fetch the bundle next.
+// Throws RemoteError with the registry's status (UNAUTHENTICATED "expired":
+// too late to renew).
+Credentials RenewAccessToken(std::shared_ptr<grpc::Channel> channel, const DataDir& data_dir,
+                             std::string* moved_to);
 
 }  // namespace stip

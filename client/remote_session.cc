@@ -15,8 +15,8 @@
 
 namespace stip {
 
-RemoteError::RemoteError(grpc::StatusCode status, const std::string& message)
-    : Error(FromGrpcCode(status), message), status_(status) {}
+RemoteError::RemoteError(grpc::StatusCode status, const std::string& message, std::string reason)
+    : Error(FromGrpcCode(status), message), status_(status), reason_(std::move(reason)) {}
 
 const char* StatusCodeName(grpc::StatusCode code) {
   switch (code) {
@@ -85,6 +85,10 @@ struct RemoteSession::Impl {
   // The status the stream ended with, as an error that names the server.
   RemoteError Ended(const std::string& while_doing) {
     grpc::Status status = stream->Finish();
+    std::string reason;
+    for (const auto& [key, value] : context->GetServerTrailingMetadata()) {
+      if (key == kErrorReasonKey) reason.assign(value.data(), value.size());
+    }
     stream.reset();
     context.reset();
     open = false;
@@ -111,7 +115,8 @@ struct RemoteSession::Impl {
       default:
         return RemoteError(status.error_code(),
                            "the stip server at " + addr + " ended the session " + while_doing +
-                               ": " + StatusCodeName(status.error_code()) + ": " + msg);
+                               ": " + StatusCodeName(status.error_code()) + ": " + msg,
+                           reason);
     }
   }
 

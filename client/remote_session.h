@@ -27,11 +27,15 @@ namespace stip {
 // gRPC status code so that the Chat service can pass it on.
 class RemoteError : public Error {
  public:
-  RemoteError(grpc::StatusCode status, const std::string& message);
+  RemoteError(grpc::StatusCode status, const std::string& message, std::string reason = "");
   grpc::StatusCode status_code() const { return status_; }
+  // The machine-readable reason the server sent with the status ("" = none),
+  // e.g. kReasonInstanceRetired (common/rpc/status.h).
+  const std::string& reason() const { return reason_; }
 
  private:
   grpc::StatusCode status_;
+  std::string reason_;
 };
 
 // "UNAVAILABLE", "NOT_FOUND", ...

@@ -4,8 +4,13 @@
 //              checkpoint and the client bundle, tensor by tensor
 //   verify     prove on this model that the STIP path equals the plain model
 //   keygen     draw fresh keys for a model into a key file (0600)
-//   add-user   create a user in a state directory; prints the one-time
-//              enrolment token (only) on stdout
+//   add-user   create a user in a state directory (in the default group, a
+//              named instance group, or an exclusive instance of its own);
+//              prints the one-time enrolment token (only) on stdout
+//   rotate     fresh keys for one or all instance groups: a new instance that
+//              `serve` deploys, moving the users to it, then retiring,
+//              draining and deleting the old one
+//   list-instances  the instances of a state directory and what they serve
 //   revoke-user  revoke a user's access (the token id goes on the revocation
 //              list that `serve` pushes to the servers)
 //   list-users the users of a state directory (no secrets)
@@ -14,16 +19,21 @@
 //   serve      keep the instance in a state directory (transforming the model
 //              on first start), push it to the servers, serve the Registry
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <cstdio>
 #include <iostream>
 #include <optional>
 
 #include "common/arch/model_config.h"
+#include "common/auth/access_token.h"
 #include "common/error.h"
 #include "common/keys/model_keys.h"
 #include "common/transform/transform_checkpoint.h"
 #include "common/transform/verify.h"
 #include "common/util/files.h"
+#include "common/util/no_core_dumps.h"
+#include "developer/instance_groups.h"
+#include "developer/key_rotation.h"
 #include "developer/state_store.h"
 #include "developer/user_registry.h"
 #ifdef STIP_DEVELOPER_WITH_GRPC
@@ -96,19 +106,172 @@ int Verify(const std::string& model, const VerifyOptions& opt, bool json) {
   return r.passed ? 0 : 1;
 }
 
-int AddUser(const std::string& name, const std::string& state_dir, const std::string& instance,
-            bool reissue) {
-  StateStore state(state_dir);
-  if (!instance.empty() && !state.HasInstance(instance)) {
-    throw NotFound("instance " + instance + " is not in " + state_dir);
+struct AddUserCommand {
+  std::string name, state_dir, instance, group, model;
+  bool reissue = false, exclusive = false, no_wait = false;
+  double wait_timeout_s = 600;
+  double shard_gib = 4;
+};
+
+TransformOptions ShardOptions(double shard_gib) {
+  TransformOptions opt;
+  opt.max_shard_bytes = shard_gib > 0 ? static_cast<uint64_t>(shard_gib * (1ull << 30)) : 0;
+  opt.progress = false;
+  return opt;
+}
+
+// Waits (if a serve owns the state) for the rotations to switch, telling the
+// operator what happens. Returns false on a timeout.
+bool WaitForServe(const StateStore& state, const std::vector<Rotation>& rotations, double timeout_s,
+                  bool no_wait) {
+  if (rotations.empty()) return true;
+  std::vector<std::string> ids;
+  for (const Rotation& r : rotations) ids.push_back(r.id);
+  if (no_wait) {
+    std::fprintf(stderr,
+                 "not waiting: `stip-developer serve` deploys it (list-instances shows "
+                 "the progress)\n");
+    return true;
+  }
+  if (!state.ServeRunning()) {
+    std::fprintf(stderr,
+                 "no `stip-developer serve` runs on %s: it deploys the new instance(s) "
+                 "when it starts, before its Registry answers\n",
+                 state.dir().c_str());
+    return true;
+  }
+  std::fprintf(stderr, "waiting for `stip-developer serve` to deploy it to the servers ...\n");
+  switch (WaitForRotations(state, ids, /*until_done=*/false, timeout_s)) {
+    case WaitOutcome::kSwitched:
+      return true;
+    case WaitOutcome::kNoServe:
+      std::fprintf(stderr, "`stip-developer serve` stopped; it resumes when it starts again\n");
+      return true;
+    case WaitOutcome::kTimeout:
+      std::fprintf(stderr,
+                   "stip-developer: warning: not deployed after %.0f s (are the servers "
+                   "reachable? see serve's log); serve keeps trying\n",
+                   timeout_s);
+      return false;
+  }
+  return false;
+}
+
+int AddUser(const AddUserCommand& c) {
+  StateStore state(c.state_dir);
+  if (!c.instance.empty() && !state.HasInstance(c.instance)) {
+    throw NotFound("instance " + c.instance + " is not in " + c.state_dir);
+  }
+  if (c.exclusive + !c.group.empty() + !c.instance.empty() > 1) {
+    throw InvalidArgument("give at most one of --instance, --instance-group, --exclusive");
+  }
+  if (!IsValidUserName(c.name)) {
+    throw InvalidArgument("user name \"" + c.name.substr(0, 80) +
+                          "\" is not 1-64 characters of A-Z a-z 0-9 . _ @ - "
+                          "(not starting with '.' or '-')");
   }
   UserRegistry users(state);
-  std::string token = users.AddUser(name, instance, reissue);
+  if (!c.reissue && users.Find(c.name)) {
+    throw FailedPrecondition("user \"" + c.name +
+                             "\" already exists (pass --reissue for a new enrolment token)");
+  }
+  InstanceGroups groups(state);
+  const std::string group = c.exclusive ? ExclusiveGroup(c.name) : c.group;
+  std::vector<Rotation> pending;
+  if (!group.empty() && !groups.HasGroup(group)) {
+    pending.push_back(CreateGroup(state, group, c.model, ShardOptions(c.shard_gib)));
+    std::fprintf(stderr, "made group \"%s\" with instance %s\n", group.c_str(),
+                 pending.back().to.c_str());
+  } else if (!group.empty()) {
+    for (const Rotation& r : groups.Rotations()) {
+      if (r.group == group && r.phase == Rotation::Phase::kDeploying && r.from.empty()) {
+        pending.push_back(r);  // its first instance is on its way
+      }
+    }
+  }
+  std::string token = users.AddUser(c.name, c.instance, c.reissue, group);
   std::fprintf(stderr, "%s user \"%s\"%s; the enrolment token (stdout) works once\n",
-               reissue ? "reissued" : "created", name.c_str(),
-               instance.empty() ? "" : (" pinned to instance " + instance).c_str());
+               c.reissue ? "reissued" : "created", c.name.c_str(),
+               !c.instance.empty() ? (" pinned to instance " + c.instance).c_str()
+               : !group.empty()    ? (" in group \"" + group + "\"").c_str()
+                                   : "");
+  WaitForServe(state, pending, c.wait_timeout_s, c.no_wait);
   std::printf("%s\n", token.c_str());
   std::fflush(stdout);
+  return 0;
+}
+
+struct RotateCommand {
+  std::string state_dir;
+  RotateRequest request;
+  double shard_gib = 4;
+  bool no_wait = false, wait_drained = false;
+  double wait_timeout_s = 600;
+};
+
+int Rotate(RotateCommand c) {
+  StateStore state(c.state_dir);
+  c.request.transform = ShardOptions(c.shard_gib);
+  std::vector<Rotation> rotations = StartRotations(state, c.request);
+  bool ok = WaitForServe(state, rotations, c.wait_timeout_s, c.no_wait);
+  if (ok && c.wait_drained && !c.no_wait && state.ServeRunning()) {
+    std::vector<std::string> ids;
+    for (const Rotation& r : rotations) ids.push_back(r.id);
+    std::fprintf(stderr, "waiting for the old instance(s) to drain and be deleted ...\n");
+    ok = WaitForRotations(state, ids, /*until_done=*/true,
+                          c.wait_timeout_s + static_cast<double>(c.request.drain_seconds)) !=
+         WaitOutcome::kTimeout;
+  }
+  InstanceGroups groups(state);
+  for (const Rotation& r : groups.Rotations()) {
+    for (const Rotation& mine : rotations) {
+      if (r.id != mine.id) continue;
+      std::printf("rotation %s: group %s: instance %s -> %s: %s", r.id.c_str(), r.group.c_str(),
+                  r.from.c_str(), r.to.c_str(), PhaseName(r.phase));
+      if (r.phase == Rotation::Phase::kDraining) {
+        std::printf(" (the old instance drains until %s, then is deleted)",
+                    auth::FormatUnixUtc(r.drain_deadline).c_str());
+      }
+      std::printf("\n");
+    }
+  }
+  std::fflush(stdout);
+  return ok ? 0 : 4;
+}
+
+int ListInstances(const std::string& state_dir) {
+  StateStore state(state_dir);
+  InstanceGroups groups(state);
+  UserRegistry users(state);
+  std::optional<std::string> current = state.CurrentInstance();
+  std::vector<GroupRecord> named = groups.Groups();
+  std::vector<Rotation> rotations = groups.Rotations();
+  std::vector<UserRecord> all_users = users.List();
+  for (const InstanceInfo& i : state.ListInstances()) {
+    std::string role;
+    auto add = [&](const std::string& what) { role += (role.empty() ? "" : ",") + what; };
+    if (current && *current == i.instance_id) add("serves:default");
+    for (const GroupRecord& g : named) {
+      if (g.instance == i.instance_id) add("serves:" + g.name);
+    }
+    for (const Rotation& r : rotations) {
+      if (r.phase == Rotation::Phase::kDone) continue;
+      if (r.to == i.instance_id && r.phase == Rotation::Phase::kDeploying) {
+        add("deploying:" + r.group);
+      }
+      if (r.from == i.instance_id) {
+        add(r.phase == Rotation::Phase::kDraining
+                ? "retiring:" + r.group + ":until=" + auth::FormatUnixUtc(r.drain_deadline)
+                : "to-retire:" + r.group);
+      }
+    }
+    const long pinned = std::count_if(all_users.begin(), all_users.end(), [&](const UserRecord& u) {
+      return u.instance == i.instance_id;
+    });
+    if (pinned > 0) add("pinned-users:" + std::to_string(pinned));
+    std::printf("%s\t%s\t%s\tcreated=%s\n", i.instance_id.c_str(), i.model_type.c_str(),
+                role.empty() ? "unused" : role.c_str(), i.created_at.c_str());
+  }
   return 0;
 }
 
@@ -126,12 +289,17 @@ int RevokeUser(const std::string& name, const std::string& state_dir) {
 int ListUsers(const std::string& state_dir) {
   StateStore state(state_dir);
   UserRegistry users(state);
-  std::optional<std::string> current = state.CurrentInstance();
+  InstanceGroups groups(state);
   for (const UserRecord& u : users.List()) {
+    std::string instance;
+    if (!u.instance.empty()) {
+      instance = u.instance;
+    } else {
+      std::optional<std::string> of = groups.InstanceOf(u.group.empty() ? kDefaultGroup : u.group);
+      instance = (u.group.empty() ? "default(" : u.group + "(") + of.value_or("none") + ")";
+    }
     std::printf("%s\t%s\tinstance=%s\tbundle=%s\tcreated=%s\tenrolled=%s\n", u.name.c_str(),
-                u.revoked ? "revoked" : (u.enrolled ? "enrolled" : "pending"),
-                u.instance.empty() ? ("current(" + current.value_or("none") + ")").c_str()
-                                   : u.instance.c_str(),
+                u.revoked ? "revoked" : (u.enrolled ? "enrolled" : "pending"), instance.c_str(),
                 u.bundle_instance.empty() ? "-" : u.bundle_instance.c_str(), u.created_at.c_str(),
                 u.enrolled_at.empty() ? "-" : u.enrolled_at.c_str());
   }
@@ -142,6 +310,7 @@ int ListUsers(const std::string& state_dir) {
 }  // namespace stip
 
 int main(int argc, char** argv) {
+  stip::DisableCoreDumps();  // keys and tokens stay out of core files
   CLI::App app{"stip-developer: transform, verify and deploy a model under STIP"};
   app.require_subcommand(1);
 
@@ -169,16 +338,58 @@ int main(int argc, char** argv) {
   keygen->add_option("--model", model, "Hugging Face model directory")->required();
   keygen->add_option("--keys", keys, "key file to create (0600)")->required();
 
-  std::string user_name, state_dir, instance;
-  bool reissue = false;
+  std::string user_name, state_dir;
+  stip::AddUserCommand au;
   auto* add_user = app.add_subcommand(
       "add-user", "create a user; prints only the one-time enrolment token on stdout");
-  add_user->add_option("name", user_name, "user name ([A-Za-z0-9._@-], at most 64)")->required();
-  add_user->add_option("--state", state_dir, "the developer's state directory")->required();
-  add_user->add_option("--instance", instance, "pin the user to this instance (default: current)");
-  add_user->add_flag("--reissue", reissue,
+  add_user->add_option("name", au.name, "user name ([A-Za-z0-9._@-], at most 64)")->required();
+  add_user->add_option("--state", au.state_dir, "the developer's state directory")->required();
+  add_user->add_option("--instance", au.instance,
+                       "pin the user to this instance (default: the group's)");
+  add_user->add_option("--instance-group", au.group,
+                       "serve the user from this group's instance (a new group gets an instance "
+                       "with keys of its own; default: the default group)");
+  add_user->add_flag("--exclusive", au.exclusive,
+                     "serve the user from an instance of its own (the group user:NAME)");
+  add_user->add_option("--model", au.model,
+                       "plaintext model for a new group's instance (default: the default "
+                       "group's)");
+  add_user->add_flag("--no-wait", au.no_wait,
+                     "do not wait for a running serve to deploy a new group's instance");
+  add_user->add_option("--wait-timeout-s", au.wait_timeout_s, "how long to wait for serve")
+      ->capture_default_str();
+  add_user->add_option("--shard-gib", au.shard_gib, "max shard size in GiB (0: one file)");
+  add_user->add_flag("--reissue", au.reissue,
                      "the user exists: issue a new enrolment token (the old one and the "
                      "user's access token stop working)");
+
+  stip::RotateCommand rot;
+  auto* rotate = app.add_subcommand(
+      "rotate",
+      "fresh keys: a new instance per group, deployed by `serve`, users moved to it, the old one "
+      "retired, drained and deleted");
+  rotate->add_option("--state", rot.state_dir, "the developer's state directory")->required();
+  auto* rot_group = rotate->add_option("--group", rot.request.groups,
+                                       "rotate this group (\"default\", a group name, "
+                                       "user:NAME; repeatable)");
+  rotate->add_flag("--all", rot.request.all, "rotate every group that has an instance")
+      ->excludes(rot_group);
+  rotate
+      ->add_option("--drain-seconds", rot.request.drain_seconds,
+                   "how long sessions already open on an old instance may go on")
+      ->capture_default_str();
+  rotate->add_option("--model", rot.request.model_dir,
+                     "the plaintext model (default: the one recorded in the old instance)");
+  rotate->add_flag("--no-wait", rot.no_wait, "do not wait for serve to deploy the new instances");
+  rotate->add_flag("--wait-drained", rot.wait_drained,
+                   "also wait until the old instances are drained and deleted");
+  rotate->add_option("--wait-timeout-s", rot.wait_timeout_s, "how long to wait for serve")
+      ->capture_default_str();
+  rotate->add_option("--shard-gib", rot.shard_gib, "max shard size in GiB (0: one file)");
+
+  auto* list_instances =
+      app.add_subcommand("list-instances", "list the instances of a state directory");
+  list_instances->add_option("--state", state_dir, "the developer's state directory")->required();
 
   auto* revoke_user = app.add_subcommand(
       "revoke-user", "revoke a user's access (Registry at once, servers via `serve`)");
@@ -244,7 +455,9 @@ int main(int argc, char** argv) {
 
   CLI11_PARSE(app, argc, argv);
   try {
-    if (*add_user) return stip::AddUser(user_name, state_dir, instance, reissue);
+    if (*add_user) return stip::AddUser(au);
+    if (*rotate) return stip::Rotate(rot);
+    if (*list_instances) return stip::ListInstances(state_dir);
     if (*revoke_user) return stip::RevokeUser(user_name, state_dir);
     if (*list_users) return stip::ListUsers(state_dir);
 #ifdef STIP_DEVELOPER_WITH_GRPC

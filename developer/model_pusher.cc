@@ -167,6 +167,36 @@ v1::AccessInfo PushAccess(const std::shared_ptr<grpc::Channel>& channel,
   return info;
 }
 
+std::optional<v1::ModelInfo> RetireOnServer(const std::shared_ptr<grpc::Channel>& channel,
+                                            const std::string& instance_id, int64_t drain_seconds,
+                                            int timeout_ms) {
+  auto stub = v1::ModelStore::NewStub(channel);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(timeout_ms));
+  v1::RetireRequest req;
+  req.set_instance_id(instance_id);
+  req.set_drain_seconds(drain_seconds);
+  v1::ModelInfo info;
+  grpc::Status status = stub->Retire(&ctx, req, &info);
+  if (status.error_code() == grpc::StatusCode::NOT_FOUND) return std::nullopt;
+  if (!status.ok()) ThrowStatus(status, "retiring " + instance_id);
+  return info;
+}
+
+bool DeleteFromServer(const std::shared_ptr<grpc::Channel>& channel, const std::string& instance_id,
+                      int timeout_ms) {
+  auto stub = v1::ModelStore::NewStub(channel);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(timeout_ms));
+  v1::ModelRef ref;
+  ref.set_instance_id(instance_id);
+  v1::DeleteModelResponse resp;
+  grpc::Status status = stub->Delete(&ctx, ref, &resp);
+  if (status.ok() || status.error_code() == grpc::StatusCode::NOT_FOUND) return true;
+  if (status.error_code() == grpc::StatusCode::FAILED_PRECONDITION) return false;
+  ThrowStatus(status, "deleting " + instance_id);
+}
+
 PushResult EnsureModelOnServer(const std::string& address, const TlsOptions& tls,
                                const std::string& instance_id, const std::string& server_dir,
                                const PushOptions& options, const RetryOptions& retry) {

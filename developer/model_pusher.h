@@ -9,6 +9,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -57,6 +58,19 @@ std::vector<v1::ModelInfo> ListServerModels(const std::shared_ptr<grpc::Channel>
 v1::AccessInfo PushAccess(const std::shared_ptr<grpc::Channel>& channel,
                           const std::string& instance_id, const std::string& key_pem,
                           const std::vector<auth::RevokedToken>& revoked, int timeout_ms = 30000);
+
+// ModelStore.Retire: no new sessions on the instance; open ones may run
+// `drain_seconds` more. Returns the server's ModelInfo; nullopt if the server
+// does not store the instance (NOT_FOUND). Throws like PushModel otherwise.
+std::optional<v1::ModelInfo> RetireOnServer(const std::shared_ptr<grpc::Channel>& channel,
+                                            const std::string& instance_id, int64_t drain_seconds,
+                                            int timeout_ms = 30000);
+
+// ModelStore.Delete. True if deleted or not stored (NOT_FOUND); false while the
+// instance has open sessions (FAILED_PRECONDITION). Throws like PushModel
+// otherwise.
+bool DeleteFromServer(const std::shared_ptr<grpc::Channel>& channel, const std::string& instance_id,
+                      int timeout_ms = 60000);
 
 struct RetryOptions {
   double max_seconds = 60;  // give up after this long without reaching the server

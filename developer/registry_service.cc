@@ -7,6 +7,7 @@
 #include "common/error.h"
 #include "common/rpc/file_transfer.h"
 #include "common/rpc/status.h"
+#include "developer/instance_groups.h"
 #include "developer/state_store.h"
 #include "developer/user_registry.h"
 
@@ -28,15 +29,9 @@ RegistryService::RegistryService(StateStore* state, UserRegistry* users, Registr
   if (!key_) key_ = std::make_shared<const auth::SigningKey>(state_->TokenSigningKey());
 }
 
-RegistryService::Bundle RegistryService::BundleFor(const std::string& pinned_instance) const {
+RegistryService::Bundle RegistryService::BundleFor(const UserRecord& user) const {
   Bundle b;
-  if (!pinned_instance.empty()) {
-    b.instance = pinned_instance;
-  } else {
-    std::optional<std::string> current = state_->CurrentInstance();
-    if (!current) throw FailedPrecondition("the developer has no model instance yet");
-    b.instance = *current;
-  }
+  b.instance = InstanceGroups(*state_).InstanceFor(user.instance, user.group);
   if (!state_->HasInstance(b.instance)) {
     throw NotFound("instance " + b.instance + " is not in the developer's state");
   }
@@ -55,7 +50,7 @@ grpc::Status RegistryService::Register(grpc::ServerContext* context,
     grpc::Status unavailable;
     if (known) {
       try {
-        bundle = BundleFor(known->instance);
+        bundle = BundleFor(*known);
       } catch (...) {
         unavailable = CurrentExceptionToStatus();
       }
@@ -79,7 +74,7 @@ grpc::Status RegistryService::Register(grpc::ServerContext* context,
       return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, kBadEnrolmentMessage);
     }
     spdlog::info("user {} enrolled from {}", ForLog(e->user.name), Peer(context));
-    if (e->instance != bundle->instance) bundle = BundleFor(e->user.instance);  // re-pinned
+    if (e->instance != bundle->instance) bundle = BundleFor(e->user);  // moved meanwhile
     return SendBundle(context, e->user.name, *bundle, e->access_token, writer);
   } catch (...) {
     grpc::Status s = CurrentExceptionToStatus();
@@ -92,25 +87,11 @@ grpc::Status RegistryService::FetchBundle(grpc::ServerContext* context,
                                           const v1::FetchBundleRequest* request,
                                           grpc::ServerWriter<v1::BundleChunk>* writer) {
   try {
-    UserRegistry::AccessCheck check =
-        users_->Authenticate(request->user(), request->access_token(), key_->public_key());
-    switch (check.outcome) {
-      case UserRegistry::AccessCheck::kOk:
-        break;
-      case UserRegistry::AccessCheck::kRevoked:
-        spdlog::warn("bundle refused for user {} from {}: access revoked", ForLog(request->user()),
-                     Peer(context));
-        return grpc::Status(grpc::StatusCode::PERMISSION_DENIED, kRevokedAccessMessage);
-      case UserRegistry::AccessCheck::kExpired:
-        spdlog::warn("bundle refused for user {} from {}: access token expired",
-                     ForLog(request->user()), Peer(context));
-        return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, check.message);
-      case UserRegistry::AccessCheck::kInvalid:
-        spdlog::warn("bundle refused for user {} from {}: bad access token",
-                     ForLog(request->user()), Peer(context));
-        return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, kBadAccessMessage);
-    }
-    Bundle bundle = BundleFor(check.user.instance);
+    UserRegistry::AccessCheck check;
+    grpc::Status refused =
+        CheckAccess(context, request->user(), request->access_token(), "bundle", &check);
+    if (!refused.ok()) return refused;
+    Bundle bundle = BundleFor(check.user);
     std::string token = request->access_token();
     if (bundle.instance != check.claims.instance) {
       // The user moved to another instance: a token for that one.
@@ -118,7 +99,7 @@ grpc::Status RegistryService::FetchBundle(grpc::ServerContext* context,
       std::optional<UserRegistry::Enrolment> renewed =
           users_->RenewAccessToken(check.user.name, check.claims.token_id, issue);
       if (!renewed) return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, kBadAccessMessage);
-      if (renewed->instance != bundle.instance) bundle = BundleFor(renewed->user.instance);
+      if (renewed->instance != bundle.instance) bundle = BundleFor(renewed->user);
       token = renewed->access_token;
       spdlog::info("user {} moved to instance {}: new access token issued", ForLog(check.user.name),
                    bundle.instance);
@@ -127,6 +108,58 @@ grpc::Status RegistryService::FetchBundle(grpc::ServerContext* context,
   } catch (...) {
     grpc::Status s = CurrentExceptionToStatus();
     spdlog::error("FetchBundle for user {}: {}", ForLog(request->user()), s.error_message());
+    return s;
+  }
+}
+
+grpc::Status RegistryService::CheckAccess(grpc::ServerContext* context, const std::string& user,
+                                          const std::string& access_token, const char* what,
+                                          UserRegistry::AccessCheck* check) const {
+  *check = users_->Authenticate(user, access_token, key_->public_key());
+  switch (check->outcome) {
+    case UserRegistry::AccessCheck::kOk:
+      return grpc::Status::OK;
+    case UserRegistry::AccessCheck::kRevoked:
+      spdlog::warn("{} refused for user {} from {}: access revoked", what, ForLog(user),
+                   Peer(context));
+      return grpc::Status(grpc::StatusCode::PERMISSION_DENIED, kRevokedAccessMessage);
+    case UserRegistry::AccessCheck::kExpired:
+      spdlog::warn("{} refused for user {} from {}: access token expired", what, ForLog(user),
+                   Peer(context));
+      return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                          check->message + " (an expired token cannot be renewed)");
+    case UserRegistry::AccessCheck::kInvalid:
+      break;
+  }
+  spdlog::warn("{} refused for user {} from {}: bad access token", what, ForLog(user),
+               Peer(context));
+  return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, kBadAccessMessage);
+}
+
+grpc::Status RegistryService::RenewToken(grpc::ServerContext* context,
+                                         const v1::RenewTokenRequest* request,
+                                         v1::RenewTokenResponse* response) {
+  try {
+    UserRegistry::AccessCheck check;
+    grpc::Status refused =
+        CheckAccess(context, request->user(), request->access_token(), "token renewal", &check);
+    if (!refused.ok()) return refused;
+    // The user's instance must be servable before the old token is replaced.
+    (void)BundleFor(check.user);
+    TokenIssue issue{key_.get(), config_.token_ttl_s};
+    std::optional<UserRegistry::Enrolment> renewed =
+        users_->RenewAccessToken(check.user.name, check.claims.token_id, issue);
+    if (!renewed) return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, kBadAccessMessage);
+    response->set_access_token(renewed->access_token);
+    response->set_instance_id(renewed->instance);
+    response->set_expires_at(renewed->expires_at);
+    spdlog::info("user {}: access token renewed for instance {} (expires {})",
+                 ForLog(check.user.name), renewed->instance,
+                 auth::FormatUnixUtc(renewed->expires_at));
+    return grpc::Status::OK;
+  } catch (...) {
+    grpc::Status s = CurrentExceptionToStatus();
+    spdlog::error("RenewToken for user {}: {}", ForLog(request->user()), s.error_message());
     return s;
   }
 }

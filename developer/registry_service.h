@@ -9,6 +9,14 @@
 //     user's latest, not expired, not revoked) and streams the bundle of the
 //     user's current instance, with the same token -- or a fresh one if the
 //     user's instance has changed since it was issued.
+//   RenewToken{user, access_token}  checks the access token likewise and
+//     issues a fresh one for the user's current instance (the presented one
+//     is revoked): clients renew at half their token's lifetime. An expired
+//     token is not renewed.
+//
+// The user's instance: the pinned one, else the group's (instance_groups.h);
+// while a new group's first instance is being deployed, FAILED_PRECONDITION
+// (and an enrolment token is not consumed).
 //
 // The bundle stream: header {user, instance_id, server_address, access_token,
 // files (the instance's client/ directory, modes kept), server_ca_pem},
@@ -26,12 +34,12 @@
 
 #include "common/auth/ed25519.h"
 #include "common/rpc/file_transfer.h"
+#include "developer/user_registry.h"
 #include "stip/v1/stip.grpc.pb.h"
 
 namespace stip {
 
 class StateStore;
-class UserRegistry;
 
 struct RegistryConfig {
   std::string server_address;  // host:port of the stip-server clients use
@@ -54,16 +62,23 @@ class RegistryService final : public v1::Registry::Service {
                         grpc::ServerWriter<v1::BundleChunk>* writer) override;
   grpc::Status FetchBundle(grpc::ServerContext* context, const v1::FetchBundleRequest* request,
                            grpc::ServerWriter<v1::BundleChunk>* writer) override;
+  grpc::Status RenewToken(grpc::ServerContext* context, const v1::RenewTokenRequest* request,
+                          v1::RenewTokenResponse* response) override;
 
  private:
   struct Bundle {
     std::string instance;
     std::vector<OutgoingFile> files;
   };
-  // What a user is served: the client directory of the pinned instance, else
-  // of the current one. Throws (kFailedPrecondition, kNotFound, kDataLoss)
-  // when there is nothing to send.
-  Bundle BundleFor(const std::string& pinned_instance) const;
+  // What a user is served: the client directory of the user's instance.
+  // Throws (kFailedPrecondition, kNotFound, kDataLoss) when there is nothing
+  // to send.
+  Bundle BundleFor(const UserRecord& user) const;
+  // Checks an access token (UserRegistry::Authenticate); a refusal is
+  // returned as the status to send, and logged.
+  grpc::Status CheckAccess(grpc::ServerContext* context, const std::string& user,
+                           const std::string& access_token, const char* what,
+                           UserRegistry::AccessCheck* check) const;
   grpc::Status SendBundle(grpc::ServerContext* context, const std::string& user,
                           const Bundle& bundle, const std::string& access_token,
                           grpc::ServerWriter<v1::BundleChunk>* writer);

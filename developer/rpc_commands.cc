@@ -9,12 +9,19 @@
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <condition_variable>
 #include <cstdio>
+#include <functional>
+#include <mutex>
+#include <set>
+#include <thread>
 
 #include "common/error.h"
 #include "common/rpc/server_setup.h"
 #include "common/util/files.h"
 #include "developer/access_sync.h"
+#include "developer/instance_groups.h"
+#include "developer/instance_rollout.h"
 #include "developer/model_pusher.h"
 #include "developer/registry_service.h"
 #include "developer/state_store.h"
@@ -64,6 +71,45 @@ void WaitForSignal() {
     if (n <= 0) break;
   }
 }
+
+// Runs `task` every `interval_s` seconds on a thread until Stop (or destruction).
+class PeriodicTask {
+ public:
+  PeriodicTask(double interval_s, std::function<void()> task)
+      : period_(static_cast<int64_t>(interval_s * 1000)), task_(std::move(task)) {
+    thread_ = std::thread([this] {
+      std::unique_lock<std::mutex> lock(mu_);
+      while (!stop_) {
+        cv_.wait_for(lock, period_, [this] { return stop_; });
+        if (stop_) break;
+        lock.unlock();
+        try {
+          task_();
+        } catch (const std::exception& e) {
+          spdlog::error("state sync: {}", e.what());
+        }
+        lock.lock();
+      }
+    });
+  }
+  ~PeriodicTask() { Stop(); }
+  void Stop() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    if (thread_.joinable()) thread_.join();
+  }
+
+ private:
+  std::chrono::milliseconds period_;
+  std::function<void()> task_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_ = false;
+  std::thread thread_;
+};
 
 }  // namespace
 
@@ -129,9 +175,17 @@ int RunServe(const ServeCommand& cmd) {
   rc.token_ttl_s = static_cast<int64_t>(cmd.token_ttl_hours * 3600);
   if (!cmd.tls_ca.empty()) rc.server_ca_pem = ReadFile(cmd.tls_ca);
 
-  // 1. The instance for this model: found in the state, or made now.
+  // One serve per state: the rotations and pushes below assume it.
   StateStore state(cmd.state_dir);
+  std::unique_ptr<FileLock> serve_lock = FileLock::TryLock(state.serve_lock_path());
+  if (!serve_lock) {
+    throw FailedPrecondition("another `stip-developer serve` is running on the state " +
+                             state.dir() + " (it holds " + state.serve_lock_path() + ")");
+  }
+
+  // 1. The default group's instance for this model: found in the state, or made now.
   UserRegistry users(state);
+  InstanceGroups groups(state);
   bool key_created = false;
   auto signing_key = std::make_shared<const auth::SigningKey>(
       auth::SigningKey::LoadOrCreate(state.token_key_path(), &key_created));
@@ -141,7 +195,8 @@ int RunServe(const ServeCommand& cmd) {
   TransformOptions topt;
   topt.max_shard_bytes =
       cmd.shard_gib > 0 ? static_cast<uint64_t>(cmd.shard_gib * (1ull << 30)) : 0;
-  StateStore::Ensured inst = state.EnsureInstanceForModel(cmd.model_dir, topt);
+  StateStore::Ensured inst =
+      state.EnsureInstanceForModel(cmd.model_dir, topt, groups.ReservedInstances());
   const std::string id = inst.info.instance_id;
   if (inst.created) {
     spdlog::info("made instance {} ({}) of {}: {} tensors, {:.1f} MiB written in {:.2f} s", id,
@@ -154,7 +209,9 @@ int RunServe(const ServeCommand& cmd) {
 
   InstallSignalHandlers();
 
-  // 2. Every server gets the instance's transformed checkpoint.
+  // 2. Every server gets every instance users are served by: the default
+  // group's, the other groups' and pinned ones (rotations in progress are
+  // the rollout's, below).
   TlsOptions push_tls;
   push_tls.insecure = cmd.insecure;
   push_tls.ca_file = cmd.tls_ca;
@@ -164,26 +221,48 @@ int RunServe(const ServeCommand& cmd) {
   RetryOptions retry;
   retry.max_seconds = cmd.push_timeout_s;
   retry.stop = &g_stop;
+  std::vector<std::string> serving = {id};
+  {
+    const std::set<std::string> retiring = groups.RetiringInstances();
+    std::set<std::string> others;
+    for (const GroupRecord& g : groups.Groups()) others.insert(g.instance);
+    for (const UserRecord& u : users.List()) others.insert(u.instance);
+    for (const std::string& other : others) {
+      if (other.empty() || other == id || retiring.count(other)) continue;
+      if (!state.HasInstance(other)) {
+        spdlog::error("instance {} (of a group or a pinned user) is not in the state", other);
+        continue;
+      }
+      serving.push_back(other);
+    }
+  }
   for (const std::string& server : cmd.servers) {
-    PushResult r;
-    try {
-      r = EnsureModelOnServer(server, push_tls, id, state.ServerDir(id), {}, retry);
-    } catch (const Error&) {
-      if (!g_stop.load()) throw;
-      spdlog::info("interrupted while pushing to {}", server);
-      return 0;
+    for (const std::string& instance : serving) {
+      PushResult r;
+      try {
+        r = EnsureModelOnServer(server, push_tls, instance, state.ServerDir(instance), {}, retry);
+      } catch (const Error&) {
+        if (!g_stop.load()) throw;
+        spdlog::info("interrupted while pushing to {}", server);
+        return 0;
+      }
+      if (r.already_stored) {
+        spdlog::info("server {} already has instance {}", server, instance);
+      } else {
+        spdlog::info("pushed instance {} to {}: {} files, {:.1f} MiB in {:.2f} s", instance, server,
+                     r.files, r.bytes / 1048576.0, r.seconds);
+      }
+      if (g_stop.load()) return 0;
     }
-    if (r.already_stored) {
-      spdlog::info("server {} already has instance {}", server, id);
-    } else {
-      spdlog::info("pushed instance {} to {}: {} files, {:.1f} MiB in {:.2f} s", id, server,
-                   r.files, r.bytes / 1048576.0, r.seconds);
-    }
-    if (g_stop.load()) return 0;
   }
   // Every server learns the key that signs our tokens, and what is revoked.
   AccessSync access_sync(state, users, signing_key->public_key().pem(), cmd.servers, push_tls);
   access_sync.SyncOnce(/*strict=*/true);
+  // Rotations and new groups in progress move on (and go on in the background).
+  InstanceRollout rollout(state, users, signing_key->public_key().pem(), cmd.servers, push_tls);
+  if (int pending = rollout.RunOnce(); pending > 0) {
+    spdlog::info("{} rotation(s) in progress", pending);
+  }
 
   // 3. The Registry.
   RegistryService registry(&state, &users, rc);
@@ -201,10 +280,15 @@ int RunServe(const ServeCommand& cmd) {
                bound);
   std::printf("stip-developer listening on %s\n", bound.c_str());
   std::fflush(stdout);
-  access_sync.Start(cmd.access_sync_s);
+  // Rotations move on, then the servers' access records, every --access-sync-s.
+  PeriodicTask sync(cmd.access_sync_s, [&] {
+    rollout.RunOnce();
+    access_sync.SyncOnce();
+  });
 
   WaitForSignal();
   spdlog::info("shutting down");
+  sync.Stop();
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   server->Wait();
   return 0;

@@ -2,10 +2,13 @@
 
 #include <fcntl.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <climits>
+#include <cstdlib>
 #include <cstring>
 #include <ctime>
 #include <nlohmann/json.hpp>
@@ -14,12 +17,14 @@
 #include "common/error.h"
 #include "common/keys/model_keys.h"
 #include "common/util/files.h"
+#include "common/util/random.h"
 
 namespace stip {
 
 namespace {
 
 constexpr char kTempMarker[] = ".tmp-";
+constexpr char kDeletingMarker[] = ".deleting-";
 
 std::string Trim(const std::string& s) {
   size_t b = s.find_first_not_of(" \t\r\n");
@@ -28,23 +33,14 @@ std::string Trim(const std::string& s) {
   return s.substr(b, e - b + 1);
 }
 
+// `path` made absolute (recorded so that `rotate` finds the model from anywhere).
+std::string AbsolutePath(const std::string& path) {
+  char buf[PATH_MAX];
+  if (realpath(path.c_str(), buf)) return buf;
+  return path;
+}
+
 }  // namespace
-
-FileLock::FileLock(const std::string& path) {
-  fd_ = open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-  if (fd_ < 0) throw Internal(path + ": cannot open lock file (" + std::strerror(errno) + ")");
-  while (flock(fd_, LOCK_EX) != 0) {
-    if (errno == EINTR) continue;
-    int err = errno;
-    close(fd_);
-    fd_ = -1;
-    throw Internal(path + ": cannot lock (" + std::strerror(err) + ")");
-  }
-}
-
-FileLock::~FileLock() {
-  if (fd_ >= 0) close(fd_);  // releases the lock
-}
 
 std::string NowRfc3339() {
   std::time_t now = std::time(nullptr);
@@ -72,6 +68,9 @@ std::string StateStore::users_path() const { return JoinPath(dir_, "users.json")
 std::string StateStore::users_lock_path() const { return JoinPath(dir_, ".users.lock"); }
 std::string StateStore::revoked_path() const { return JoinPath(dir_, "revoked.json"); }
 std::string StateStore::token_key_path() const { return JoinPath(dir_, "token_signing_key.pem"); }
+std::string StateStore::serve_lock_path() const { return JoinPath(dir_, ".serve.lock"); }
+
+bool StateStore::ServeRunning() const { return FileLock::TryLock(serve_lock_path()) == nullptr; }
 
 auth::SigningKey StateStore::TokenSigningKey() const {
   return auth::SigningKey::LoadOrCreate(token_key_path());
@@ -151,7 +150,7 @@ std::optional<std::string> StateStore::CurrentInstance() const {
   return id;
 }
 
-void StateStore::SetCurrentInstance(const std::string& instance_id) {
+void StateStore::SetCurrentInstance(const std::string& instance_id) const {
   if (!HasInstance(instance_id)) {
     throw NotFound("instance " + instance_id.substr(0, 80) + " is not in " + dir_);
   }
@@ -160,7 +159,8 @@ void StateStore::SetCurrentInstance(const std::string& instance_id) {
 }
 
 StateStore::Ensured StateStore::EnsureInstanceForModel(const std::string& model_dir,
-                                                       const TransformOptions& options) {
+                                                       const TransformOptions& options,
+                                                       const std::set<std::string>& reserved) {
   FileLock lock(JoinPath(dir_, ".instances.lock"));
   ModelConfig config = LoadModelConfig(model_dir);
   std::string fingerprint = FingerprintModel(model_dir);
@@ -176,16 +176,37 @@ StateStore::Ensured StateStore::EnsureInstanceForModel(const std::string& model_
   }
   std::vector<InstanceInfo> all = ListInstances();
   for (auto it = all.rbegin(); it != all.rend(); ++it) {
-    if (it->model_fingerprint == fingerprint) {
+    if (it->model_fingerprint == fingerprint && !reserved.count(it->instance_id)) {
       SetCurrentInstance(it->instance_id);
       result.info = *it;
       return result;
     }
   }
 
+  result = MakeInstanceLocked(model_dir, config, fingerprint, options);
+  SetCurrentInstance(result.info.instance_id);
+  return result;
+}
+
+StateStore::Ensured StateStore::MakeInstance(const std::string& model_dir,
+                                             const TransformOptions& options) {
+  FileLock lock(JoinPath(dir_, ".instances.lock"));
+  ModelConfig config = LoadModelConfig(model_dir);
+  std::string fingerprint = FingerprintModel(model_dir);
+  return MakeInstanceLocked(model_dir, config, fingerprint, options);
+}
+
+StateStore::Ensured StateStore::MakeInstanceLocked(const std::string& model_dir,
+                                                   const ModelConfig& config,
+                                                   const std::string& fingerprint,
+                                                   const TransformOptions& options) {
+  Ensured result;
   // Leftovers of an interrupted build are never used: remove them.
   for (const std::string& name : ListDirectory(instances_dir())) {
-    if (name.find(kTempMarker) != std::string::npos) RemoveAll(JoinPath(instances_dir(), name));
+    if (name.find(kTempMarker) != std::string::npos ||
+        name.find(kDeletingMarker) != std::string::npos) {
+      RemoveAll(JoinPath(instances_dir(), name));
+    }
   }
 
   ModelKeys keys = GenerateKeys(config, fingerprint);
@@ -196,11 +217,18 @@ StateStore::Ensured StateStore::EnsureInstanceForModel(const std::string& model_
   try {
     SaveKeys(JoinPath(tmp, "keys.safetensors"), keys);
     result.stats = TransformCheckpoint(model_dir, tmp, keys, options);
+    // Everything in the state is the developer's alone.
+    for (const char* sub : {"server", "client"}) {
+      const std::string path = JoinPath(tmp, sub);
+      if (IsDirectory(path) && chmod(path.c_str(), 0700) != 0) {
+        throw Internal(path + ": cannot make it private (" + std::strerror(errno) + ")");
+      }
+    }
     InstanceInfo info;
     info.instance_id = keys.instance_id;
     info.model_fingerprint = fingerprint;
     info.model_type = keys.model_type;
-    info.model_dir = model_dir;
+    info.model_dir = AbsolutePath(model_dir);
     info.created_at = NowRfc3339();
     nlohmann::json j = {{"version", 1},
                         {"instance_id", info.instance_id},
@@ -217,9 +245,18 @@ StateStore::Ensured StateStore::EnsureInstanceForModel(const std::string& model_
     RemoveAll(tmp);
     throw;
   }
-  SetCurrentInstance(result.info.instance_id);
   result.created = true;
   return result;
+}
+
+void StateStore::RemoveInstance(const std::string& instance_id) {
+  FileLock lock(JoinPath(dir_, ".instances.lock"));
+  const std::string dir = InstanceDir(instance_id);
+  if (!IsDirectory(dir)) throw NotFound("instance " + instance_id + " is not in " + dir_);
+  const std::string doomed = dir + kDeletingMarker + RandomHex(6);
+  RenamePath(dir, doomed);
+  SyncDirectory(instances_dir());
+  RemoveAll(doomed);
 }
 
 }  // namespace stip

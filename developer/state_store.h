@@ -6,7 +6,10 @@
 //       instance.json            0600  {instance_id, model_fingerprint, model_type, ...}
 //       server/                        the transformed checkpoint pushed to servers
 //       client/                  0700  the client bundle streamed to users
-//     current_instance           0600  the instance id new users get (text)
+//     current_instance           0600  the instance of the default group (text): users
+//                                      without a group or pinned instance
+//     groups.json                0600  named and exclusive instance groups, rotations
+//                                      (instance_groups.h)
 //     users.json                 0600  the user records (user_registry.h)
 //     revoked.json               0600  revoked access token ids (user_registry.h)
 //     token_signing_key.pem      0600  Ed25519 key that signs access tokens (made on
@@ -15,16 +18,22 @@
 // An instance is built in "instances/<id>.tmp-XXXXXX" and renamed into place,
 // so a crash never leaves a half-made instance under its final name; leftover
 // temporary directories are removed the next time an instance is made.
-// Concurrent processes (serve and add-user) coordinate with flock(2) on lock
-// files in DIR. Torch-free apart from the transform it calls.
+// An instance that a rotation retired is removed the same way (renamed to
+// "<id>.deleting-XXXXXX", then removed): its keys are deleted, not archived.
+// Concurrent processes (serve, add-user, rotate) coordinate with flock(2) on
+// lock files in DIR; `serve` holds DIR/.serve.lock while it runs (one serve
+// per state). Torch-free apart from the transform it calls.
 #pragma once
 
+#include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
 #include "common/auth/ed25519.h"
 #include "common/transform/transform_checkpoint.h"
+#include "common/util/file_lock.h"
 
 namespace stip {
 
@@ -34,18 +43,6 @@ struct InstanceInfo {
   std::string model_type;
   std::string model_dir;   // where the plaintext model was read from (informational)
   std::string created_at;  // RFC 3339, UTC
-};
-
-// An exclusive flock(2) on a lock file, released on destruction.
-class FileLock {
- public:
-  explicit FileLock(const std::string& path);
-  ~FileLock();
-  FileLock(const FileLock&) = delete;
-  FileLock& operator=(const FileLock&) = delete;
-
- private:
-  int fd_ = -1;
 };
 
 // The current UTC time as RFC 3339 ("2024-05-01T12:00:00Z").
@@ -61,6 +58,9 @@ class StateStore {
   std::string users_lock_path() const;
   std::string revoked_path() const;
   std::string token_key_path() const;
+  std::string serve_lock_path() const;  // held by a running `serve`
+  // True iff a `stip-developer serve` holds this state now.
+  bool ServeRunning() const;
 
   // The key that signs access tokens: loaded, or made (0600) on first use.
   auth::SigningKey TokenSigningKey() const;
@@ -79,7 +79,7 @@ class StateStore {
 
   std::optional<std::string> CurrentInstance() const;
   // kNotFound unless the instance exists.
-  void SetCurrentInstance(const std::string& instance_id);
+  void SetCurrentInstance(const std::string& instance_id) const;
 
   struct Ensured {
     InstanceInfo info;
@@ -87,13 +87,25 @@ class StateStore {
     TransformStats stats;  // of the transform, when created
   };
   // The instance for the plaintext model in `model_dir` (matched by
-  // fingerprint; the current instance is preferred, then the newest match),
-  // made (fresh keys, transform) if there is none; it becomes the current one.
-  Ensured EnsureInstanceForModel(const std::string& model_dir,
-                                 const TransformOptions& options = {});
+  // fingerprint; the current instance is preferred, then the newest match
+  // not in `reserved` -- instances of other groups and rotations), made
+  // (fresh keys, transform) if there is none; it becomes the current one.
+  Ensured EnsureInstanceForModel(const std::string& model_dir, const TransformOptions& options = {},
+                                 const std::set<std::string>& reserved = {});
+
+  // A new instance of the model in `model_dir`: fresh keys, the transformed
+  // checkpoint and the client bundle, made atomically. It is not current.
+  Ensured MakeInstance(const std::string& model_dir, const TransformOptions& options = {});
+
+  // Removes an instance (keys, checkpoint, bundle): renamed out of sight,
+  // then deleted. kNotFound if it does not exist.
+  void RemoveInstance(const std::string& instance_id);
 
  private:
   std::string instances_dir() const;
+  // MakeInstance with .instances.lock held.
+  Ensured MakeInstanceLocked(const std::string& model_dir, const ModelConfig& config,
+                             const std::string& fingerprint, const TransformOptions& options);
   std::optional<InstanceInfo> ReadInstance(const std::string& instance_id) const;
 
   std::string dir_;

@@ -10,6 +10,7 @@
 #include "common/error.h"
 #include "common/util/files.h"
 #include "common/util/random.h"
+#include "developer/instance_groups.h"
 #include "developer/state_store.h"
 
 namespace stip {
@@ -37,6 +38,7 @@ UserRecord FromJson(const nlohmann::json& j) {
   u.revoked = j.value("revoked", false);
   u.revoked_at = j.value("revoked_at", "");
   u.instance = j.value("instance", "");
+  u.group = j.value("group", "");
   u.bundle_instance = j.value("bundle_instance", "");
   u.created_at = j.value("created_at", "");
   u.enrolled_at = j.value("enrolled_at", "");
@@ -52,6 +54,7 @@ nlohmann::json ToJson(const UserRecord& u) {
           {"revoked", u.revoked},
           {"revoked_at", u.revoked_at},
           {"instance", u.instance},
+          {"group", u.group},
           {"bundle_instance", u.bundle_instance},
           {"created_at", u.created_at},
           {"enrolled_at", u.enrolled_at}};
@@ -124,7 +127,7 @@ void UserRegistry::Save(const std::vector<UserRecord>& users) const {
 }
 
 std::string UserRegistry::AddUser(const std::string& name, const std::string& instance,
-                                  bool reissue) {
+                                  bool reissue, const std::string& group) {
   if (!IsValidUserName(name)) {
     throw InvalidArgument("user name \"" + name.substr(0, 80) +
                           "\" is not 1-64 characters of A-Z a-z 0-9 . _ @ - "
@@ -132,6 +135,9 @@ std::string UserRegistry::AddUser(const std::string& name, const std::string& in
   }
   if (!instance.empty() && !IsValidInstanceId(instance)) {
     throw InvalidArgument("\"" + instance.substr(0, 80) + "\" is not an instance id");
+  }
+  if (!group.empty() && !IsValidGroupName(group)) {
+    throw InvalidArgument("\"" + group.substr(0, 80) + "\" is not a group name");
   }
   FileLock lock(lock_path_);
   std::vector<UserRecord> users = Load();
@@ -159,8 +165,24 @@ std::string UserRegistry::AddUser(const std::string& name, const std::string& in
   it->revoked_at.clear();
   it->enrolled_at.clear();
   it->instance = instance;
+  it->group = group == kDefaultGroup ? "" : group;
   Save(users);
   return token;
+}
+
+int UserRegistry::MoveInstance(const std::string& from, const std::string& to) {
+  if (from.empty() || to.empty()) return 0;
+  FileLock lock(lock_path_);
+  std::vector<UserRecord> users = Load();
+  int moved = 0;
+  for (UserRecord& u : users) {
+    if (u.instance == from) {
+      u.instance = to;
+      ++moved;
+    }
+  }
+  if (moved > 0) Save(users);
+  return moved;
 }
 
 std::optional<UserRecord> UserRegistry::Find(const std::string& name) const {
@@ -180,13 +202,7 @@ UserRegistry::Enrolment UserRegistry::Issue(UserRecord& user, const TokenIssue& 
   if (!issue.key) throw Internal("no token signing key");
   if (issue.ttl_s <= 0) throw InvalidArgument("the access token lifetime must be positive");
   Enrolment e;
-  if (!user.instance.empty()) {
-    e.instance = user.instance;
-  } else {
-    std::optional<std::string> current = state_.CurrentInstance();
-    if (!current) throw FailedPrecondition("the developer has no model instance yet");
-    e.instance = *current;
-  }
+  e.instance = InstanceGroups(state_).InstanceFor(user.instance, user.group);
   auth::TokenClaims claims;
   claims.user = user.name;
   claims.instance = e.instance;

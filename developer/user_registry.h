@@ -16,7 +16,8 @@
 //      "access_token_id": "<32 hex>|",      // of the access token issued last
 //      "access_token_expires_at": 0,        // its expiry (unix seconds)
 //      "revoked": false, "revoked_at": "...Z|",
-//      "instance": "<id>|",                 // pinned instance ("" = the current one)
+//      "instance": "<id>|",                 // pinned instance ("" = the group's)
+//      "group": "<name>|",                  // instance group ("" = default; instance_groups.h)
 //      "bundle_instance": "<id>|",          // the instance of the last bundle sent
 //      "created_at": "...Z", "enrolled_at": "...Z|"}]}
 //
@@ -50,7 +51,8 @@ struct UserRecord {
   int64_t access_token_expires_at = 0;
   bool revoked = false;
   std::string revoked_at;
-  std::string instance;         // pinned instance id, "" = follow the current instance
+  std::string instance;         // pinned instance id, "" = the group's instance
+  std::string group;            // instance group, "" = the default group
   std::string bundle_instance;  // instance of the last bundle sent, "" = none yet
   std::string created_at;
   std::string enrolled_at;
@@ -80,8 +82,15 @@ class UserRegistry {
   // unless `reissue`: then the user gets a new enrolment token, the old one
   // stops working, the access token issued before is revoked (revoked.json),
   // a revocation is lifted, and the user must register again. `instance`
-  // pins the user to an instance ("" = current).
-  std::string AddUser(const std::string& name, const std::string& instance, bool reissue);
+  // pins the user to an instance ("" = the group's); `group` puts the user
+  // in an instance group ("" = default; the group must exist or be created
+  // by the caller).
+  std::string AddUser(const std::string& name, const std::string& instance, bool reissue,
+                      const std::string& group = "");
+
+  // Re-pins the users pinned to instance `from` to `to` (after a rotation).
+  // Returns how many were moved.
+  int MoveInstance(const std::string& from, const std::string& to);
 
   std::optional<UserRecord> Find(const std::string& name) const;
   std::vector<UserRecord> List() const;
@@ -93,7 +102,7 @@ class UserRegistry {
     int64_t expires_at = 0;
   };
   // Consumes the enrolment token and issues an access token for the user's
-  // instance (pinned, else the current one: kFailedPrecondition if none),
+  // instance (pinned, else the group's: kFailedPrecondition if none),
   // persisted before returning. nullopt for an unknown user, a wrong token,
   // one already used or a revoked user (indistinguishable on purpose).
   std::optional<Enrolment> Enrol(const std::string& name, const std::string& enrolment_token,

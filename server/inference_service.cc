@@ -11,6 +11,7 @@
 #include <thread>
 #include <vector>
 
+#include "common/auth/access_token.h"
 #include "common/engine/causal_lm.h"
 #include "common/error.h"
 #include "common/rpc/status.h"
@@ -55,7 +56,7 @@ struct InferenceService::Impl {
           "(test-only; never use in production)",
           options.record_inputs_dir);
     }
-    if (options.idle_timeout_s > 0) reaper = std::thread([this] { Reap(); });
+    reaper = std::thread([this] { Reap(); });
   }
   ~Impl() {
     {
@@ -94,7 +95,7 @@ class SessionReactor final
     : public grpc::ServerBidiReactor<v1::SessionRequest, v1::SessionResponse> {
  public:
   SessionReactor(InferenceService::Impl* svc, grpc::CallbackServerContext* context)
-      : svc_(svc), peer_(context->peer()) {
+      : svc_(svc), context_(context), peer_(context->peer()) {
     svc_->Register(this);
     PostRead();
   }
@@ -157,6 +158,25 @@ class SessionReactor final
     finished_ = true;
     return true;
   }
+  // Called by the reaper with the registry locked: claims the session's end if
+  // it waits for the client on a retired model whose drain deadline is over.
+  // (A session in the middle of a step is ended by its next step.)
+  bool ClaimIfDrained(int64_t now_unix) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (finished_ || !awaiting_read_ || !drain_model_ || !drain_model_->DrainOver(now_unix)) {
+      return false;
+    }
+    finished_ = true;
+    return true;
+  }
+  // After ClaimIfDrained (registry unlocked).
+  void FinishDrained() {
+    spdlog::info("session {}: its model instance is retired and the drain is over, ending it",
+                 SessionName());
+    ReleaseSession();
+    FinishRetired(RetiredStatus());
+  }
+
   // After ClaimIfIdle (registry unlocked; the reactor lives until Finish).
   void FinishIdle(int timeout_s) {
     spdlog::info("session {}: idle for {} s, ending it", SessionName(), timeout_s);
@@ -185,8 +205,9 @@ class SessionReactor final
     StartRead(&request_);
   }
 
-  // Ends the stream once: frees the session's resources, sends the status.
-  void End(const grpc::Status& status) {
+  // Ends the stream once: frees the session's resources, sends the status
+  // (with the INSTANCE_RETIRED reason if `retired`).
+  void End(const grpc::Status& status, bool retired = false) {
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (finished_) return;
@@ -199,10 +220,32 @@ class SessionReactor final
       spdlog::info("session {}: closed after {} step(s)", session_id_, steps_);
     }
     ReleaseSession();
+    if (retired) {
+      FinishRetired(status);
+    } else {
+      Finish(status);
+    }
+  }
+
+  grpc::Status RetiredStatus() const {
+    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                        "model instance " + instance_id_ +
+                            " is retired (instance retired: the developer rotated its keys) and "
+                            "its drain time is over; fetch the new client bundle from the "
+                            "developer");
+  }
+
+  // Ends the stream with a retirement status and its machine-readable reason.
+  void FinishRetired(const grpc::Status& status) {
+    context_->AddTrailingMetadata(kErrorReasonKey, kReasonInstanceRetired);
     Finish(status);
   }
 
   void ReleaseSession() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      drain_model_ = nullptr;
+    }
     cache_.reset();
     svc_->kv.Release(kv_reserved_);
     kv_reserved_ = 0;
@@ -233,6 +276,10 @@ class SessionReactor final
     }
     try {
       lease_ = svc_->store.OpenSession(open.instance_id());
+    } catch (const InstanceRetiredError& e) {
+      End(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, std::string("open: ") + e.what()),
+          /*retired=*/true);
+      return;
     } catch (...) {
       End(CurrentExceptionToStatus());
       return;
@@ -262,6 +309,10 @@ class SessionReactor final
     }
     opened_ = true;
     instance_id_ = open.instance_id();
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      drain_model_ = lease_.get();
+    }
     spdlog::info("session {}: opened on model {} by user {} (token {}) from {} (max context {})",
                  session_id_, instance_id_, grant.user, grant.token_id, peer_, max_context_);
     response_.Clear();
@@ -279,6 +330,10 @@ class SessionReactor final
     if (!opened_) {
       End(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
                        "step before open: the first message of a session must be `open`"));
+      return;
+    }
+    if (lease_->DrainOver(auth::NowUnix())) {
+      End(RetiredStatus(), /*retired=*/true);
       return;
     }
     const uint64_t step_id = step.step_id();
@@ -368,6 +423,7 @@ class SessionReactor final
   }
 
   InferenceService::Impl* const svc_;
+  grpc::CallbackServerContext* const context_;
   const std::string peer_;
   v1::SessionRequest request_;
   v1::SessionResponse response_;
@@ -377,6 +433,7 @@ class SessionReactor final
   bool cancelled_ = false;
   bool awaiting_read_ = false;
   Clock::time_point read_posted_at_;
+  const LoadedModel* drain_model_ = nullptr;  // the open session's model (the lease keeps it)
 
   // Touched only by the one handler running at a time (reads, writes and the
   // step's completion are strictly sequential).
@@ -392,20 +449,30 @@ class SessionReactor final
 };
 
 void InferenceService::Impl::Reap() {
+  // Also ends the sessions of retired models whose drain is over, so it runs
+  // without an idle timeout too.
   const auto limit = std::chrono::seconds(options.idle_timeout_s);
   const auto period = std::chrono::milliseconds(
-      std::max<int64_t>(50, std::min<int64_t>(1000, options.idle_timeout_s * 250)));
+      options.idle_timeout_s > 0
+          ? std::max<int64_t>(50, std::min<int64_t>(1000, options.idle_timeout_s * 250))
+          : 1000);
   std::unique_lock<std::mutex> lock(mu);
   while (!stop) {
     cv.wait_for(lock, period, [&] { return stop; });
     if (stop) break;
-    std::vector<SessionReactor*> idle;
+    std::vector<SessionReactor*> idle, drained;
     const auto now = Clock::now();
+    const int64_t now_unix = auth::NowUnix();
     for (SessionReactor* r : reactors) {
-      if (r->ClaimIfIdle(now, limit)) idle.push_back(r);
+      if (r->ClaimIfDrained(now_unix)) {
+        drained.push_back(r);
+      } else if (options.idle_timeout_s > 0 && r->ClaimIfIdle(now, limit)) {
+        idle.push_back(r);
+      }
     }
     lock.unlock();
     for (SessionReactor* r : idle) r->FinishIdle(options.idle_timeout_s);
+    for (SessionReactor* r : drained) r->FinishDrained();
     lock.lock();
   }
 }

@@ -4,7 +4,12 @@
 //   open   -> opened (sizes, limits, compute datatype), or the stream ends with
 //             UNAUTHENTICATED / PERMISSION_DENIED (access token; see
 //             access_policy.h, checked first) / NOT_FOUND /
-//             FAILED_PRECONDITION / RESOURCE_EXHAUSTED (session limit)
+//             FAILED_PRECONDITION / RESOURCE_EXHAUSTED (session limit); a
+//             retired instance (key rotation): FAILED_PRECONDITION with the
+//             trailing metadata stip-error-reason: INSTANCE_RETIRED
+//   (drain)   once a retired instance's drain deadline passes, its open
+//             sessions end with that same status (an idle one within a
+//             second, a busy one at its next step)
 //   step   -> result (o' fp32, step_id, context_length) or an in-band error
 //             for that step_id; a refused step changes nothing and the
 //             session stays usable

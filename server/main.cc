@@ -18,9 +18,11 @@
 #include <iostream>
 
 #include "common/error.h"
+#include "common/util/no_core_dumps.h"
 #include "server/stip_server.h"
 
 int main(int argc, char** argv) {
+  stip::DisableCoreDumps();  // keys and tokens stay out of core files
   CLI::App app{"stip-server: serve STIP-transformed models to stip clients"};
   stip::server::ServerOptions opt;
   double max_kv_gib = 4;

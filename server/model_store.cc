@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <chrono>
 #include <nlohmann/json.hpp>
+#include <optional>
 
 #include "common/arch/architecture.h"
 #include "common/engine/causal_lm.h"
@@ -27,6 +28,7 @@ constexpr const char* kConfigFile = "config.json";
 constexpr const char* kIndexFile = "model.safetensors.index.json";
 constexpr const char* kGenerationConfigFile = "generation_config.json";
 constexpr const char* kAccessFile = "access.json";
+constexpr const char* kRetiredFile = "retired.json";
 
 std::string BaseName(const std::string& path) {
   size_t slash = path.find_last_of('/');
@@ -101,6 +103,28 @@ std::shared_ptr<const InstanceAccess> ReadAccess(const std::string& model_dir) {
   }
 }
 
+struct Retirement {
+  int64_t retired_at = 0, drain_deadline = 0;
+};
+
+// The retirement record stored with a model; nullopt if it is not retired.
+// An unreadable record counts as retired now, with no drain (fail closed).
+std::optional<Retirement> ReadRetirement(const std::string& model_dir) {
+  const std::string path = JoinPath(model_dir, kRetiredFile);
+  if (!PathExists(path)) return std::nullopt;
+  Retirement r;
+  try {
+    nlohmann::json j = nlohmann::json::parse(ReadFile(path));
+    r.retired_at = j.at("retired_at").get<int64_t>();
+    r.drain_deadline = j.at("drain_deadline").get<int64_t>();
+  } catch (const std::exception& e) {
+    spdlog::error("{}: unreadable ({}); the instance is treated as retired, without drain", path,
+                  e.what());
+    r.retired_at = r.drain_deadline = auth::NowUnix();
+  }
+  return r;
+}
+
 }  // namespace
 
 bool IsValidInstanceId(const std::string& id) {
@@ -148,12 +172,15 @@ void ValidateServerCheckpoint(const std::string& dir, const std::string& instanc
   ValidateTensors(config, source, /*server_only=*/true);
   std::set<std::string> allowed = {kConfigFile, kIndexFile, kGenerationConfigFile};
   for (const auto& shard : ckpt.shards()) allowed.insert(BaseName(shard->path()));
-  if (stored) allowed.insert(kAccessFile);
+  if (stored) {
+    allowed.insert(kAccessFile);
+    allowed.insert(kRetiredFile);
+  }
   for (const std::string& name : ListDirectory(dir)) {
-    if (name == kAccessFile && !stored) {
-      throw InvalidArgument(
-          "unexpected file \"access.json\": access is registered with ModelStore.SetAccess, not "
-          "uploaded");
+    if ((name == kAccessFile || name == kRetiredFile) && !stored) {
+      throw InvalidArgument("unexpected file \"" + name +
+                            "\": access and retirement are set with ModelStore.SetAccess and "
+                            "Retire, not uploaded");
     }
     if (!allowed.count(name)) {
       throw InvalidArgument("unexpected file \"" + name.substr(0, 128) +
@@ -264,6 +291,12 @@ void ModelStore::Scan() {
         spdlog::error("model {}: {}; no sessions until the developer registers access again", name,
                       ex.what());
       }
+      if (std::optional<Retirement> r = ReadRetirement(path)) {
+        e.retired = true;
+        e.retired_at = r->retired_at;
+        e.drain_deadline = r->drain_deadline;
+        spdlog::info("model {}: retired (no new sessions; the developer deletes it)", name);
+      }
       std::lock_guard<std::mutex> lock(mu_);
       models_[name] = std::move(e);
     } catch (const std::exception& ex) {
@@ -282,6 +315,8 @@ v1::ModelInfo ModelStore::InfoLocked(const Entry& e) const {
   info.set_hidden_size(e.config.hidden_size);
   info.set_vocab_size(e.config.vocab_size);
   if (e.access) info.set_token_key_id(e.access->key->key_id());
+  info.set_retired(e.retired);
+  if (e.retired) info.set_drain_deadline(e.drain_deadline);
   if (e.loaded) {
     info.set_max_context(e.loaded->max_context());
     info.set_datatype(e.loaded->datatype());
@@ -329,6 +364,8 @@ std::shared_ptr<LoadedModel> ModelStore::LoadEntry(const Entry& e) const {
   so.batch_wait_us = options_.batch_wait_us;
   m->scheduler_ = std::make_unique<BatchScheduler>(*m->model_, so, options_.counters,
                                                    "model " + e.id.substr(0, 12));
+  m->drain_deadline_ = e.drain_deadline;
+  m->retired_ = e.retired;
   spdlog::info("model {} ({}) loaded on {} as {} in {:.2f} s", e.id, e.config.model_type,
                lo.device.str(), m->datatype_,
                std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
@@ -486,11 +523,57 @@ SessionLease ModelStore::OpenSession(const std::string& id) {
   if (it == models_.end()) {
     throw NotFound("model instance \"" + id.substr(0, 64) + "\" is not on this server");
   }
+  if (it->second.retired) {
+    throw InstanceRetiredError("model instance " + id +
+                               " is retired (instance retired: the developer rotated its keys); "
+                               "fetch the new client bundle from the developer");
+  }
   if (!it->second.loaded) {
     throw FailedPrecondition("model instance " + id +
                              " is stored but not loaded (ModelStore.Load it first)");
   }
   return SessionLease(it->second.loaded);
+}
+
+v1::ModelInfo ModelStore::Retire(const std::string& id, int64_t drain_seconds) {
+  if (drain_seconds < 0) throw InvalidArgument("retire: drain_seconds is negative");
+  drain_seconds = std::min<int64_t>(drain_seconds, int64_t{366} * 24 * 3600);
+  std::lock_guard<std::mutex> serial(access_mu_);  // one writer of the model's records
+  const int64_t now = auth::NowUnix();
+  std::string dir;
+  Retirement r;
+  r.retired_at = now;
+  r.drain_deadline = now + drain_seconds;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = models_.find(id);
+    if (it == models_.end()) {
+      throw NotFound("model instance " + id.substr(0, 64) + " is not stored");
+    }
+    if (it->second.retired) {
+      r.retired_at = it->second.retired_at;
+      r.drain_deadline = std::min(r.drain_deadline, it->second.drain_deadline);
+    }
+    dir = it->second.dir;
+  }
+  nlohmann::json j = {
+      {"version", 1}, {"retired_at", r.retired_at}, {"drain_deadline", r.drain_deadline}};
+  WriteFileAtomic(JoinPath(dir, kRetiredFile), j.dump() + "\n", 0600);
+  SyncDirectory(dir);
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = models_.find(id);
+  if (it == models_.end()) throw NotFound("model instance " + id.substr(0, 64) + " is not stored");
+  Entry& e = it->second;
+  e.retired = true;
+  e.retired_at = r.retired_at;
+  e.drain_deadline = r.drain_deadline;
+  if (e.loaded) {
+    e.loaded->drain_deadline_ = r.drain_deadline;
+    e.loaded->retired_ = true;
+  }
+  spdlog::info("model {} retired: no new sessions; {} open session(s) end by {}", id,
+               e.loaded ? e.loaded->active_sessions() : 0, auth::FormatUnixUtc(r.drain_deadline));
+  return InfoLocked(e);
 }
 
 v1::AccessInfo ModelStore::SetAccess(const std::string& id, const std::string& key_pem,

@@ -12,6 +12,10 @@
 // for the instance; it is not part of an upload. A model without it is stored
 // and loadable but serves no sessions.
 //
+// Retirement: STORE/models/<instance_id>/retired.json (0600, written by
+// Retire) marks an instance the developer has replaced (key rotation): no new
+// sessions (InstanceRetiredError), open ones run until its drain deadline.
+//
 // Memory: a loaded model has its ServerModel and one BatchScheduler thread.
 // Sessions hold a SessionLease on it; Unload and Delete refuse while a model
 // has open sessions (FAILED_PRECONDITION); Delete of a loaded model without
@@ -51,12 +55,20 @@ class AlreadyExistsError : public Error {
   explicit AlreadyExistsError(const std::string& m) : Error(ErrorCode::kFailedPrecondition, m) {}
 };
 
+// A session refused because the instance is retired (FAILED_PRECONDITION with
+// the reason INSTANCE_RETIRED on the wire).
+class InstanceRetiredError : public Error {
+ public:
+  explicit InstanceRetiredError(const std::string& m) : Error(ErrorCode::kFailedPrecondition, m) {}
+};
+
 // Checks that `dir` holds a STIP-transformed server checkpoint of instance
 // `instance_id`: config.json parses and names the instance with an untied
 // head; the safetensors open and hold exactly the server tensors the config
 // implies, with the right shapes -- no embedding table, nothing else; no
 // other files than config.json, generation_config.json, the index and the
-// shards (and, for a stored model, `stored`, its access.json). Throws
+// shards (and, for a stored model, `stored`, its access.json and
+// retired.json). Throws
 // kInvalidArgument / kDataLoss / kNotFound naming the problem.
 void ValidateServerCheckpoint(const std::string& dir, const std::string& instance_id,
                               bool stored = false);
@@ -95,6 +107,11 @@ class LoadedModel {
   const std::string& datatype() const { return datatype_; }  // wire name of the compute dtype
   int64_t max_context() const { return max_context_; }       // positions a session may hold
   int active_sessions() const { return sessions_.load(); }
+  // Retired (ModelStore::Retire): sessions end at drain_deadline() (unix s).
+  bool retired() const { return retired_.load(); }
+  int64_t drain_deadline() const { return drain_deadline_.load(); }
+  // Retired and the drain deadline has passed at `now` (unix seconds).
+  bool DrainOver(int64_t now) const { return retired() && now >= drain_deadline(); }
 
  private:
   friend class ModelStore;
@@ -106,6 +123,8 @@ class LoadedModel {
   std::unique_ptr<ServerModel> model_;
   std::unique_ptr<BatchScheduler> scheduler_;  // destroyed before the model
   std::atomic<int> sessions_{0};
+  std::atomic<bool> retired_{false};
+  std::atomic<int64_t> drain_deadline_{0};
 };
 
 // Keeps a loaded model for one session.
@@ -184,9 +203,16 @@ class ModelStore {
   // the header asked (a load failure is logged; the info says loaded=false).
   v1::ModelInfo FinishUpload(std::unique_ptr<PendingUpload> upload, const std::string& sha256_hex);
 
-  // For a new session: kNotFound (unknown instance) or kFailedPrecondition
-  // (stored but not loaded).
+  // For a new session: kNotFound (unknown instance), InstanceRetiredError, or
+  // kFailedPrecondition (stored but not loaded).
   SessionLease OpenSession(const std::string& id);
+
+  // Retires the instance: no new sessions; open ones may run `drain_seconds`
+  // more (then the Inference service ends them). Persisted (retired.json)
+  // before it takes effect. Again on a retired instance: the deadline only
+  // moves forward in time if the new one is earlier. kNotFound;
+  // kInvalidArgument for a negative drain.
+  v1::ModelInfo Retire(const std::string& id, int64_t drain_seconds);
 
   // Registers the instance's token key (Ed25519 SPKI PEM) and revocation list
   // (entries of expired tokens are dropped), persisted before it takes
@@ -207,6 +233,8 @@ class ModelStore {
     uint64_t stored_bytes = 0;
     std::shared_ptr<LoadedModel> loaded;
     std::shared_ptr<const InstanceAccess> access;  // null: no key registered
+    bool retired = false;
+    int64_t retired_at = 0, drain_deadline = 0;  // unix seconds
   };
 
   void Scan();

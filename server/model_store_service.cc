@@ -170,4 +170,15 @@ grpc::Status ModelStoreService::SetAccess(grpc::ServerContext* context,
   }
 }
 
+grpc::Status ModelStoreService::Retire(grpc::ServerContext* context,
+                                       const v1::RetireRequest* request, v1::ModelInfo* response) {
+  if (grpc::Status peer = CheckPeer(context, "Retire"); !peer.ok()) return peer;
+  try {
+    *response = store_.Retire(request->instance_id(), request->drain_seconds());
+    return grpc::Status::OK;
+  } catch (...) {
+    return HandledStatus("retire " + Printable(request->instance_id()));
+  }
+}
+
 }  // namespace stip::server

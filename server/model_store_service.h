@@ -1,7 +1,7 @@
 // ModelStore, for the developer: chunked client-streaming upload of a
 // transformed model (header, chunks in order, trailer with the SHA-256),
 // verified and validated before it becomes visible; list, load, unload,
-// delete. Synchronous gRPC handlers (administrative, rare).
+// delete; set access; retire (key rotation). Synchronous gRPC handlers (administrative, rare).
 //
 // Status codes: INVALID_ARGUMENT (bad header, file names, chunk order, a
 // checkpoint that is not a transformed server checkpoint -- including one
@@ -50,6 +50,8 @@ class ModelStoreService final : public v1::ModelStore::Service {
                       v1::DeleteModelResponse* response) override;
   grpc::Status SetAccess(grpc::ServerContext* context, const v1::SetAccessRequest* request,
                          v1::AccessInfo* response) override;
+  grpc::Status Retire(grpc::ServerContext* context, const v1::RetireRequest* request,
+                      v1::ModelInfo* response) override;
 
  private:
   // OK iff the peer may use the model store (see above); logs refusals.

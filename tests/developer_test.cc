@@ -28,6 +28,8 @@
 #include "common/rpc/status.h"
 #include "common/rpc/tls.h"
 #include "common/util/files.h"
+#include "developer/instance_groups.h"
+#include "developer/key_rotation.h"
 #include "developer/model_pusher.h"
 #include "developer/registry_service.h"
 #include "developer/rpc_commands.h"
@@ -424,6 +426,118 @@ TEST(Registry, StreamsTheBundleOnceForAnEnrolmentTokenThenForTheAccessToken) {
   users.Revoke("reg-bob");
   Received bob = Register(stub.get(), "reg-bob", bob_token, tmp / "bob");
   EXPECT_EQ(bob.status.error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  server->Shutdown();
+}
+
+grpc::Status Renew(v1::Registry::Stub* stub, const std::string& user, const std::string& token,
+                   v1::RenewTokenResponse* resp) {
+  grpc::ClientContext ctx;
+  v1::RenewTokenRequest req;
+  req.set_user(user);
+  req.set_access_token(token);
+  return stub->RenewToken(&ctx, req, resp);
+}
+
+// Instance groups in the state and what the Registry hands out: a new
+// exclusive group waits for its instance to be deployed (the enrolment token
+// is kept), a rotation switches the group's users only when serve switches
+// it, FetchBundle then issues a token for the new instance, RenewToken
+// renews (the old token is revoked), and a rotated-out instance is removed
+// from the state.
+TEST(InstanceGroups, GroupsAndRotationsDecideWhatTheRegistryHandsOut) {
+  TempDir tmp;
+  StateStore state(tmp / "state");
+  const std::string d0 = state.EnsureInstanceForModel(kModel).info.instance_id;
+  UserRegistry users(state);
+  InstanceGroups groups(state);
+  EXPECT_TRUE(IsValidGroupName("lab"));
+  EXPECT_TRUE(IsValidGroupName(ExclusiveGroup("bob@example.org")));
+  EXPECT_FALSE(IsValidGroupName("user:"));
+  EXPECT_FALSE(IsValidGroupName("../x"));
+  EXPECT_EQ(groups.InstanceFor("", ""), d0);
+
+  const Rotation made = CreateGroup(state, ExclusiveGroup("bob"), "");
+  EXPECT_EQ(made.from, "");
+  EXPECT_NE(made.to, d0);
+  EXPECT_EQ(Mode(JoinPath(state.dir(), "groups.json")), 0600u);
+  EXPECT_EQ(Mode(state.ServerDir(made.to)), 0700u);
+  EXPECT_THROW(CreateGroup(state, ExclusiveGroup("bob"), ""), Error);
+  EXPECT_FALSE(groups.InstanceOf("user:bob").has_value());
+  const std::string t_alice = users.AddUser("alice", "", false);
+  const std::string t_bob = users.AddUser("bob", "", false, "user:bob");
+
+  RegistryService service(&state, &users, RegistryConfig());
+  ServerSetup setup;
+  setup.address = "127.0.0.1:0";
+  setup.tls.insecure = true;
+  int port = 0;
+  auto server = StartServer(setup, {&service}, &port);
+  auto stub =
+      v1::Registry::NewStub(MakeChannel("127.0.0.1:" + std::to_string(port), Insecure(), "t"));
+
+  Received early = Register(stub.get(), "bob", t_bob, tmp / "early");
+  EXPECT_EQ(early.status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_NE(early.status.error_message().find("being deployed"), std::string::npos)
+      << early.status.error_message();
+  groups.Switch(made.id);  // what serve does once every server has it
+  EXPECT_EQ(groups.Rotations().back().phase, Rotation::Phase::kDone);
+  Received bob = Register(stub.get(), "bob", t_bob, tmp / "bob");
+  ASSERT_TRUE(bob.status.ok()) << bob.status.error_message();
+  EXPECT_EQ(bob.header.instance_id(), made.to);
+  Received alice = Register(stub.get(), "alice", t_alice, tmp / "alice");
+  ASSERT_TRUE(alice.status.ok()) << alice.status.error_message();
+  EXPECT_EQ(alice.header.instance_id(), d0);
+
+  // Renewal: a new token for the same instance; the old one is revoked.
+  v1::RenewTokenResponse renewed;
+  grpc::Status st = Renew(stub.get(), "alice", alice.header.access_token(), &renewed);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(renewed.instance_id(), d0);
+  EXPECT_NE(renewed.access_token(), alice.header.access_token());
+  EXPECT_GT(renewed.expires_at(), auth::NowUnix());
+  v1::RenewTokenResponse again;
+  EXPECT_EQ(Renew(stub.get(), "alice", alice.header.access_token(), &again).error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(Renew(stub.get(), "bob", renewed.access_token(), &again).error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+
+  // Rotate everything: nothing changes for users until the switch.
+  RotateRequest request;
+  request.all = true;
+  request.drain_seconds = 60;
+  std::vector<Rotation> rotations = StartRotations(state, request);
+  ASSERT_EQ(rotations.size(), 2u);
+  EXPECT_THROW(StartRotations(state, request), Error);  // still deploying
+  const Rotation& def = rotations[0].group == kDefaultGroup ? rotations[0] : rotations[1];
+  EXPECT_EQ(def.from, d0);
+  EXPECT_EQ(groups.ReservedInstances().count(def.to), 1u);
+  Received still = Fetch(stub.get(), "alice", renewed.access_token(), tmp / "still");
+  ASSERT_TRUE(still.status.ok()) << still.status.error_message();
+  EXPECT_EQ(still.header.instance_id(), d0);
+
+  const int64_t before = auth::NowUnix();
+  Rotation switched = groups.Switch(def.id);
+  EXPECT_EQ(switched.phase, Rotation::Phase::kDraining);
+  EXPECT_GE(switched.drain_deadline, before + 60);
+  EXPECT_EQ(state.CurrentInstance().value_or(""), def.to);
+  Received moved = Fetch(stub.get(), "alice", renewed.access_token(), tmp / "moved");
+  ASSERT_TRUE(moved.status.ok()) << moved.status.error_message();
+  EXPECT_EQ(moved.header.instance_id(), def.to);
+  EXPECT_NE(moved.header.access_token(), renewed.access_token());
+  EXPECT_EQ(Fetch(stub.get(), "alice", renewed.access_token(), tmp / "old").status.error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+
+  // Users pinned to the old instance follow it; the old one goes.
+  users.AddUser("carol", d0, false);
+  EXPECT_EQ(users.MoveInstance(d0, def.to), 1);
+  EXPECT_EQ(users.Find("carol")->instance, def.to);
+  state.RemoveInstance(d0);
+  groups.MarkDone(def.id);
+  EXPECT_FALSE(state.HasInstance(d0));
+  EXPECT_EQ(groups.RetiringInstances().count(d0), 0u);
+  for (const std::string& name : ListDirectory(JoinPath(state.dir(), "instances"))) {
+    EXPECT_EQ(name.find(d0), std::string::npos) << name;
+  }
   server->Shutdown();
 }
 

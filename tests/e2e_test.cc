@@ -7,7 +7,10 @@
 #include <sys/stat.h>
 
 #include <fstream>
+#include <functional>
+#include <map>
 #include <nlohmann/json.hpp>
+#include <sstream>
 #include <thread>
 
 #include "common/arch/architecture.h"
@@ -89,31 +92,47 @@ class Deployment {
     return token;
   }
 
-  std::string StartDeveloper(const std::string& model) {
-    developer_ = std::make_unique<Daemon>(std::vector<std::string>{kDeveloper,
-                                                                   "serve",
-                                                                   "--model",
-                                                                   model,
-                                                                   "--state",
-                                                                   dir_ + "/developer",
-                                                                   "--listen",
-                                                                   "127.0.0.1:0",
-                                                                   "--server",
-                                                                   admin_address_,
-                                                                   "--public-server-address",
-                                                                   server_address_,
-                                                                   "--tls-cert",
-                                                                   Pki("developer.pem"),
-                                                                   "--tls-key",
-                                                                   Pki("developer.key"),
-                                                                   "--tls-ca",
-                                                                   Pki("ca.pem"),
-                                                                   "--access-sync-s",
-                                                                   "0.5"},
-                                          dir_ + "/developer.log");
+  // Listens on a free port, or on `listen` (the previous address after a restart).
+  std::string StartDeveloper(const std::string& model, const std::vector<std::string>& extra = {},
+                             const std::string& listen = "127.0.0.1:0") {
+    std::vector<std::string> argv = {kDeveloper,
+                                     "serve",
+                                     "--model",
+                                     model,
+                                     "--state",
+                                     dir_ + "/developer",
+                                     "--listen",
+                                     listen,
+                                     "--server",
+                                     admin_address_,
+                                     "--public-server-address",
+                                     server_address_,
+                                     "--tls-cert",
+                                     Pki("developer.pem"),
+                                     "--tls-key",
+                                     Pki("developer.key"),
+                                     "--tls-ca",
+                                     Pki("ca.pem"),
+                                     "--access-sync-s",
+                                     "0.5"};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    developer_ = std::make_unique<Daemon>(argv, dir_ + "/developer.log");
     developer_address_ = developer_->WaitListening(180);
     return developer_address_;
   }
+  Daemon& developer() { return *developer_; }
+  const std::string& developer_address() const { return developer_address_; }
+  std::string state_dir() const { return dir_ + "/developer"; }
+  // `stip-client serve` on the user's data dir (plaintext Chat on loopback).
+  std::string StartChatDaemon(const std::string& data_dir) {
+    client_daemons_.push_back(std::make_unique<Daemon>(
+        std::vector<std::string>{kClient, "serve", "--data-dir", data_dir, "--listen",
+                                 "127.0.0.1:0", "--listen-insecure"},
+        dir_ + "/chat-daemon-" + std::to_string(client_daemons_.size()) + ".log"));
+    return client_daemons_.back()->WaitListening(120);
+  }
+  Daemon& chat_daemon(size_t i = 0) { return *client_daemons_.at(i); }
+  size_t chat_daemons() const { return client_daemons_.size(); }
   void StopDeveloper() { developer_.reset(); }
 
   RunResult TryRegister(const std::string& user, const std::string& token,
@@ -472,6 +491,356 @@ TEST(Deploy, DockerComposeFileIsValid) {
   RunResult r = test::Run(
       {"/usr/bin/docker-compose", "-f", kSrc + "/docker-compose.yml", "config", "-q"}, 60);
   EXPECT_EQ(r.exit_code, 0) << r.err;
+}
+
+// ---- key rotation, instance groups, token renewal, restarts, secrets on disk ----------
+
+nlohmann::json Credentials(const std::string& data_dir) {
+  return nlohmann::json::parse(ReadFile(data_dir + "/credentials.json"));
+}
+
+std::string InstanceOf(const std::string& data_dir) {
+  return Credentials(data_dir)["instance_id"].get<std::string>();
+}
+
+TlsOptions DeveloperTls(const Deployment& d) {
+  TlsOptions tls;
+  tls.ca_file = d.Pki("ca.pem");
+  tls.cert_file = d.Pki("developer.pem");
+  tls.key_file = d.Pki("developer.key");
+  return tls;
+}
+
+// The server's store as the developer sees it (ModelStore.List on the admin port).
+std::map<std::string, v1::ModelInfo> StoredModels(const Deployment& d) {
+  auto stub = v1::ModelStore::NewStub(MakeChannel(d.admin_address(), DeveloperTls(d), "test"));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  v1::ListModelsResponse resp;
+  grpc::Status s = stub->List(&ctx, v1::ListModelsRequest(), &resp);
+  EXPECT_TRUE(s.ok()) << s.error_message();
+  std::map<std::string, v1::ModelInfo> out;
+  for (const v1::ModelInfo& m : resp.models()) out[m.instance_id()] = m;
+  return out;
+}
+
+// Polls `done` every 100 ms for up to `seconds`.
+bool Eventually(const std::function<bool()>& done, double seconds) {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (done()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return done();
+}
+
+// One turn of a conversation through a client daemon's Chat service.
+std::string ChatTurn(const std::string& address, const std::string& conversation,
+                     const std::string& prompt, int n) {
+  TlsOptions plain;
+  plain.insecure = true;
+  auto stub = v1::Chat::NewStub(MakeChannel(address, plain, "test"));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
+  v1::GenerateRequest req;
+  req.set_prompt(prompt);
+  req.set_max_new_tokens(n);
+  req.set_conversation_id(conversation);
+  req.mutable_sampling()->set_greedy(true);
+  auto reader = stub->Generate(&ctx, req);
+  v1::GenerateResponse resp;
+  std::string text;
+  while (reader->Read(&resp)) text += resp.text();
+  grpc::Status s = reader->Finish();
+  EXPECT_TRUE(s.ok()) << conversation << ": " << s.error_message();
+  return text;
+}
+
+void SleepUntilUnix(int64_t t) {
+  while (auth::NowUnix() < t) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+}
+
+bool Contains(const std::string& haystack, const std::string& needle) {
+  return !needle.empty() && haystack.find(needle) != std::string::npos;
+}
+
+// Secrets on disk after an end-to-end run: key files, token keys, credentials
+// and client bundles are 0600 in 0700 directories (the developer's state,
+// the clients' data directories; the server's store is 0700 too), and the
+// server's store holds no key material -- no key file, no private key, no
+// access token, not the bytes of any permutation p or p_c of the developer's
+// instances (those of `extra_keys` too, e.g. of rotated-out instances) -- and
+// the daemons run without core dumps.
+void ExpectSecretsPrivate(Deployment& d, const std::vector<std::string>& data_dirs,
+                          const std::vector<std::string>& extra_keys = {}) {
+  SCOPED_TRACE("secrets on disk");
+  auto walk = [](const std::string& root, bool all_files_private) {
+    std::vector<std::string> dirs = {root};
+    int files = 0;
+    while (!dirs.empty()) {
+      const std::string dir = dirs.back();
+      dirs.pop_back();
+      struct stat st;
+      ASSERT_EQ(lstat(dir.c_str(), &st), 0) << dir;
+      EXPECT_EQ(st.st_mode & 0777, 0700u) << dir;
+      for (const std::string& name : ListDirectory(dir)) {
+        const std::string path = dir + "/" + name;
+        ASSERT_EQ(lstat(path.c_str(), &st), 0) << path;
+        if (S_ISDIR(st.st_mode)) {
+          dirs.push_back(path);
+          continue;
+        }
+        EXPECT_TRUE(S_ISREG(st.st_mode)) << path << " is not a plain file";
+        ++files;
+        const bool secret = all_files_private || name.find("key") != std::string::npos ||
+                            name == "access.json" || name == "retired.json";
+        if (secret) {
+          EXPECT_EQ(st.st_mode & 0777, 0600u) << path;
+        }
+        EXPECT_EQ(st.st_mode & 0022, 0u) << path << " is writable by others";
+      }
+    }
+    EXPECT_GT(files, 0) << root;
+  };
+  walk(d.state_dir(), /*all_files_private=*/false);
+  // In the state, every instance's keys and client bundle are secret.
+  for (const std::string& id : ListDirectory(d.state_dir() + "/instances")) {
+    walk(d.state_dir() + "/instances/" + id + "/client", /*all_files_private=*/true);
+  }
+  for (const std::string& data : data_dirs) walk(data, /*all_files_private=*/true);
+  walk(d.dir() + "/store", /*all_files_private=*/false);
+
+  // Key material of every instance the developer has (and had).
+  std::vector<std::string> needles = extra_keys;
+  for (const std::string& id : ListDirectory(d.state_dir() + "/instances")) {
+    ModelKeys keys = LoadKeys(d.state_dir() + "/instances/" + id + "/keys.safetensors");
+    for (const Permutation* p : {&keys.p, &keys.p_c}) {
+      const size_t n = std::min<size_t>(p->size(), 64);
+      needles.push_back(std::string(reinterpret_cast<const char*>(p->data()), n * sizeof(int64_t)));
+      std::vector<int32_t> narrow(p->begin(), p->begin() + n);
+      needles.push_back(
+          std::string(reinterpret_cast<const char*>(narrow.data()), n * sizeof(int32_t)));
+    }
+  }
+  for (const std::string& data : data_dirs) needles.push_back(AccessToken(data));
+  needles.push_back(ReadFile(d.state_dir() + "/token_signing_key.pem"));
+  ASSERT_GE(needles.size(), 5u);
+  std::vector<std::string> dirs = {d.dir() + "/store"};
+  int scanned = 0;
+  while (!dirs.empty()) {
+    const std::string dir = dirs.back();
+    dirs.pop_back();
+    for (const std::string& name : ListDirectory(dir)) {
+      const std::string path = dir + "/" + name;
+      if (IsDirectory(path)) {
+        dirs.push_back(path);
+        continue;
+      }
+      EXPECT_EQ(name.find("key"), std::string::npos)
+          << "a key file in the server's store: " << path;
+      const std::string content = ReadFile(path);
+      EXPECT_FALSE(Contains(content, "PRIVATE KEY")) << path;
+      for (size_t i = 0; i < needles.size(); ++i) {
+        EXPECT_FALSE(Contains(content, needles[i])) << path << " holds secret #" << i;
+      }
+      ++scanned;
+    }
+  }
+  EXPECT_GT(scanned, 0);
+
+  // No core dumps from the daemons that hold keys and tokens.
+  std::vector<pid_t> pids = {d.server().pid(), d.developer().pid()};
+  for (size_t i = 0; i < d.chat_daemons(); ++i) pids.push_back(d.chat_daemon(i).pid());
+  for (const pid_t pid : pids) {
+    const std::string limits = ReadFile("/proc/" + std::to_string(pid) + "/limits");
+    std::istringstream in(limits);
+    std::string line;
+    bool seen = false;
+    while (std::getline(in, line)) {
+      if (line.rfind("Max core file size", 0) != 0) continue;
+      seen = true;
+      std::istringstream fields(line.substr(18));
+      std::string soft, hard;
+      fields >> soft >> hard;
+      EXPECT_EQ(soft, "0") << "pid " << pid << ": " << line;
+    }
+    EXPECT_TRUE(seen) << limits;
+  }
+}
+
+// `stip-developer rotate`: fresh keys for the default group and for bob's
+// exclusive instance while users are registered and a conversation is open.
+// The open session drains on the old instance; new sessions are refused as
+// retired, and the clients fetch their new bundles on their own; outputs
+// still equal the plain model's; the old instances disappear from the
+// server's store and the developer's state; old tokens are refused.
+TEST(RotationTest, RotateMovesUsersToFreshKeysAndRetiresTheOldInstances) {
+  const std::string model = test::ModelDir("kjv-gpt2");
+  Deployment d;
+  d.StartServer();
+  const std::string t_alice = d.AddUser("alice");
+  RunResult bob_add = test::Run(
+      {kDeveloper, "add-user", "bob", "--exclusive", "--state", d.state_dir(), "--model", model},
+      120);
+  ASSERT_EQ(bob_add.exit_code, 0) << bob_add.err;
+  const std::string t_bob = bob_add.out.substr(0, bob_add.out.find('\n'));
+  d.StartDeveloper(model);
+  const std::string alice = d.Register("alice", t_alice), bob = d.Register("bob", t_bob);
+  const std::string a0 = InstanceOf(alice), b0 = InstanceOf(bob);
+  EXPECT_NE(a0, b0) << "bob's instance is not his own";
+  const std::string reference = ReferenceText("kjv-gpt2") + "\n";
+  RunResult r = Deployment::Generate(bob, "And God said,");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, reference);
+  const std::string old_token = AccessToken(alice);
+  std::string old_keys = ReadFile(d.state_dir() + "/instances/" + a0 + "/keys.safetensors");
+
+  // A conversation open on the old instance.
+  const std::string chat = d.StartChatDaemon(alice);
+  const std::vector<std::string> prompts = {"And God said,", " And Moses", " And the LORD"};
+  std::vector<std::string> before(3);
+  before[0] = ChatTurn(chat, "c1", prompts[0], 12);
+
+  RunResult rot = test::Run(
+      {kDeveloper, "rotate", "--state", d.state_dir(), "--all", "--drain-seconds", "4"}, 300);
+  ASSERT_EQ(rot.exit_code, 0) << rot.err;
+  EXPECT_NE(rot.out.find("group default: instance " + a0 + " -> "), std::string::npos) << rot.out;
+  EXPECT_NE(rot.out.find("group user:bob: instance " + b0 + " -> "), std::string::npos) << rot.out;
+  EXPECT_NE(rot.out.find("draining"), std::string::npos) << rot.out;
+  // The open session goes on on the old instance while it drains.
+  before[1] = ChatTurn(chat, "c1", prompts[1], 10);
+  std::map<std::string, v1::ModelInfo> stored = StoredModels(d);
+  ASSERT_TRUE(stored.count(a0));
+  EXPECT_TRUE(stored[a0].retired());
+
+  // New sessions: refused as retired, the clients fetch their new bundles.
+  r = Deployment::Generate(alice, "And God said,");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, reference);
+  const std::string a1 = InstanceOf(alice);
+  EXPECT_NE(a1, a0);
+  EXPECT_NE(AccessToken(alice), old_token);
+  r = Deployment::Generate(bob, "And God said,");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, reference);
+  const std::string b1 = InstanceOf(bob);
+  EXPECT_NE(b1, b0);
+  EXPECT_NE(b1, a1);
+
+  // The old instances go: from the server once drained, then from the state.
+  EXPECT_TRUE(Eventually(
+      [&] {
+        std::map<std::string, v1::ModelInfo> now = StoredModels(d);
+        return !now.count(a0) && !now.count(b0) && now.count(a1) && now.count(b1);
+      },
+      30))
+      << "the retired instances are still stored";
+  EXPECT_TRUE(Eventually(
+      [&] {
+        return !IsDirectory(d.state_dir() + "/instances/" + a0) &&
+               !IsDirectory(d.state_dir() + "/instances/" + b0);
+      },
+      10))
+      << "the retired instances' keys are still in the state";
+  RunResult li = test::Run({kDeveloper, "list-instances", "--state", d.state_dir()}, 60);
+  EXPECT_NE(li.out.find(a1 + "\tgpt2\tserves:default"), std::string::npos) << li.out;
+  EXPECT_NE(li.out.find(b1 + "\tgpt2\tserves:user:bob"), std::string::npos) << li.out;
+
+  // The conversation goes on, transparently, on the new instance: the same
+  // text as a conversation held entirely after the rotation.
+  before[2] = ChatTurn(chat, "c1", prompts[2], 10);
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    EXPECT_EQ(ChatTurn(chat, "c2", prompts[i], i == 0 ? 12 : 10), before[i]) << "turn " << i;
+  }
+
+  // The old token: refused by the server and by the registry.
+  const std::string new_token = AccessToken(alice);
+  SetAccessToken(alice, old_token);
+  r = Deployment::Generate(alice, "And God said,", 2);
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("PERMISSION_DENIED"), std::string::npos) << r.err;
+  RunResult f = test::Run({kClient, "fetch", "--data-dir", alice}, 60);
+  EXPECT_NE(f.exit_code, 0);
+  EXPECT_NE(f.err.find("PERMISSION_DENIED"), std::string::npos) << f.err;
+  SetAccessToken(alice, new_token);
+
+  ExpectSecretsPrivate(d, {alice, bob}, {old_keys.substr(old_keys.size() - 256)});
+  for (const char* log : {"server.log", "developer.log", "chat-daemon-0.log"}) {
+    const std::string text = ReadFile(d.dir() + "/" + std::string(log));
+    for (const std::string& t : {old_token, new_token, AccessToken(bob), t_alice, t_bob}) {
+      EXPECT_FALSE(Contains(text, t)) << log << " holds a token";
+    }
+  }
+}
+
+// The developer restarts: its users, keys and instances are still there (no
+// new transform, no new upload; tokens issued before still work, users added
+// while it was down register). Tokens renew before they expire; an expired
+// one is refused with a message that says what to do.
+TEST(RotationTest, DeveloperRestartKeepsUsersKeysAndInstancesAndTokensRenew) {
+  const std::string model = test::ModelDir("kjv-gpt2");
+  const std::string reference = ReferenceText("kjv-gpt2") + "\n";
+  Deployment d;
+  d.StartServer();
+  const std::string t_alice = d.AddUser("alice");
+  d.StartDeveloper(model);
+  const std::string alice = d.Register("alice", t_alice);
+  ASSERT_EQ(Deployment::Generate(alice, "And God said,", 4).exit_code, 0);
+  const std::vector<std::string> instances = ListDirectory(d.state_dir() + "/instances");
+  const std::string key = ReadFile(d.state_dir() + "/token_signing_key.pem");
+  const std::string key_id = StoredModels(d).begin()->second.token_key_id();
+
+  const std::string registry = d.developer_address();
+  d.StopDeveloper();
+  const std::string t_carol = d.AddUser("carol"), t_dave = d.AddUser("dave");
+  d.StartDeveloper(model, {"--token-ttl-hours", std::to_string(10.0 / 3600)}, registry);
+  const std::string log = ReadFile(d.developer().log_path());
+  EXPECT_NE(log.find("using instance " + instances.at(0)), std::string::npos) << log;
+  EXPECT_EQ(log.find("made instance"), std::string::npos) << log;
+  EXPECT_NE(log.find("already has instance"), std::string::npos) << log;
+  EXPECT_EQ(ListDirectory(d.state_dir() + "/instances"), instances);
+  EXPECT_EQ(ReadFile(d.state_dir() + "/token_signing_key.pem"), key);
+  EXPECT_EQ(StoredModels(d).begin()->second.token_key_id(), key_id);
+  RunResult users = test::Run({kDeveloper, "list-users", "--state", d.state_dir()}, 60);
+  EXPECT_NE(users.out.find("alice\tenrolled"), std::string::npos) << users.out;
+  EXPECT_NE(users.out.find("carol\tpending"), std::string::npos) << users.out;
+
+  // alice's token from before the restart: the server and the registry take it.
+  RunResult r = Deployment::Generate(alice, "And God said,");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, reference);
+  RunResult f = test::Run({kClient, "fetch", "--data-dir", alice}, 60);
+  EXPECT_EQ(f.exit_code, 0) << f.err;
+
+  // 10 s tokens: dave renews his after half its lifetime; carol's has expired.
+  const std::string carol = d.Register("carol", t_carol), dave = d.Register("dave", t_dave);
+  std::optional<auth::TokenClaims> dave0 = auth::ReadClaimsUnverified(AccessToken(dave));
+  std::optional<auth::TokenClaims> carol0 = auth::ReadClaimsUnverified(AccessToken(carol));
+  ASSERT_TRUE(dave0 && carol0);
+  ASSERT_EQ(dave0->expires_at - dave0->issued_at, 10);
+  // carol's token as it will be once expired (the same token id, signed by
+  // the developer's key, which only a test can read), instead of waiting.
+  auth::TokenClaims expired = *carol0;
+  expired.issued_at -= 100;
+  expired.expires_at = auth::NowUnix() - 1;
+  SetAccessToken(carol, auth::IssueToken(auth::SigningKey::FromPem(key), expired));
+  r = Deployment::Generate(carol, "And God said,", 2);
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("expired"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("stip-developer add-user carol --reissue"), std::string::npos) << r.err;
+  EXPECT_EQ(r.out, "") << "nothing is printed for a refused session";
+
+  SleepUntilUnix(dave0->issued_at + 5);
+  r = Deployment::Generate(dave, "And God said,");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, reference);
+  std::optional<auth::TokenClaims> dave1 = auth::ReadClaimsUnverified(AccessToken(dave));
+  ASSERT_TRUE(dave1);
+  EXPECT_NE(dave1->token_id, dave0->token_id);
+  EXPECT_GT(dave1->expires_at, dave0->expires_at);
+  EXPECT_NE(r.err.find("access token renewed"), std::string::npos) << r.err;
+
+  ExpectSecretsPrivate(d, {alice, carol, dave});
 }
 
 }  // namespace

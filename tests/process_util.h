@@ -120,6 +120,7 @@ class Daemon {
     pid_ = -1;
   }
   const std::string& log_path() const { return log_path_; }
+  pid_t pid() const { return pid_; }
 
  private:
   std::vector<std::string> argv_;

@@ -24,6 +24,7 @@
 #include "common/format/safetensors.h"
 #include "common/keys/model_keys.h"
 #include "common/rpc/file_transfer.h"
+#include "common/rpc/status.h"
 #include "common/rpc/tensor_wire.h"
 #include "common/rpc/tls.h"
 #include "common/transform/transform_checkpoint.h"
@@ -911,6 +912,102 @@ TEST_F(ServerTest, IdleSessionsAreEnded) {
   grpc::Status st = s.Finish();
   EXPECT_EQ(st.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED) << st.error_message();
   EXPECT_EQ(server_->inference().active_sessions(), 0);
+}
+
+// ---- retirement (key rotation) ---------------------------------------------------
+
+grpc::Status Retire(const std::shared_ptr<grpc::Channel>& admin, const std::string& id,
+                    int64_t drain_seconds, v1::ModelInfo* info) {
+  auto stub = v1::ModelStore::NewStub(admin);
+  grpc::ClientContext ctx;
+  v1::RetireRequest req;
+  req.set_instance_id(id);
+  req.set_drain_seconds(drain_seconds);
+  return stub->Retire(&ctx, req, info);
+}
+
+std::string Reason(grpc::ClientContext& ctx) {
+  for (const auto& [key, value] : ctx.GetServerTrailingMetadata()) {
+    if (key == kErrorReasonKey) return std::string(value.data(), value.size());
+  }
+  return "";
+}
+
+// Retire: new sessions get FAILED_PRECONDITION with the INSTANCE_RETIRED
+// reason; sessions already open go on until the drain deadline, then the
+// server ends them (busy or idle) with the same status; the retirement
+// survives a restart; afterwards the instance can be deleted.
+TEST_F(ServerTest, RetiredInstancesRefuseNewSessionsAndDrainOpenOnes) {
+  Start();
+  UploadOk(*llama_);
+  UploadOk(*gpt2_);
+  Session busy(channel_), idle(channel_);
+  ASSERT_TRUE(busy.Open(llama_->instance_id).ok());
+  ASSERT_TRUE(idle.Open(llama_->instance_id).ok());
+  v1::ModelInfo info;
+  const int64_t before = auth::NowUnix();
+  ASSERT_TRUE(Retire(admin_, llama_->instance_id, 2, &info).ok());
+  EXPECT_TRUE(info.retired());
+  EXPECT_GE(info.drain_deadline(), before + 2);
+  EXPECT_LE(info.drain_deadline(), auth::NowUnix() + 2);
+  EXPECT_EQ(info.active_sessions(), 2);
+  // Again, later: the deadline stays.
+  v1::ModelInfo again;
+  ASSERT_TRUE(Retire(admin_, llama_->instance_id, 3600, &again).ok());
+  EXPECT_EQ(again.drain_deadline(), info.drain_deadline());
+  EXPECT_EQ(Retire(admin_, "nope", 1, &again).error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(Retire(admin_, gpt2_->instance_id, -1, &again).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+
+  {
+    Session s(channel_);
+    grpc::Status st = s.Open(llama_->instance_id);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << st.error_message();
+    EXPECT_NE(st.error_message().find("retired"), std::string::npos) << st.error_message();
+    EXPECT_EQ(Reason(s.context()), kReasonInstanceRetired);
+  }
+  {
+    Session s(channel_);  // another instance: unaffected
+    EXPECT_TRUE(s.Open(gpt2_->instance_id).ok());
+  }
+  RunAndCheck(busy, *llama_, kPromptB, {1});  // draining: still served
+
+  // Past the deadline: the idle session is ended by the server, the busy one
+  // at its next step.
+  while (auth::NowUnix() < info.drain_deadline() + 2) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_FALSE(busy.Step(9, llama_->Input({5}, 5)).has_value());
+  grpc::Status st = busy.Finish();
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << st.error_message();
+  EXPECT_EQ(Reason(busy.context()), kReasonInstanceRetired);
+  st = idle.Finish();
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << st.error_message();
+  EXPECT_EQ(Reason(idle.context()), kReasonInstanceRetired);
+  EXPECT_EQ(server_->inference().active_sessions(), 0);
+
+  // Stored with the model: still retired after a restart.
+  Start();
+  bool seen = false;
+  for (const v1::ModelInfo& m : List(admin_)) {
+    if (m.instance_id() != llama_->instance_id) continue;
+    seen = true;
+    EXPECT_TRUE(m.retired());
+    EXPECT_EQ(m.drain_deadline(), info.drain_deadline());
+  }
+  EXPECT_TRUE(seen);
+  {
+    Session s(channel_);
+    EXPECT_EQ(s.Open(llama_->instance_id).error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+    EXPECT_EQ(Reason(s.context()), kReasonInstanceRetired);
+  }
+  auto stub = v1::ModelStore::NewStub(admin_);
+  grpc::ClientContext ctx;
+  v1::ModelRef ref;
+  ref.set_instance_id(llama_->instance_id);
+  v1::DeleteModelResponse resp;
+  ASSERT_TRUE(stub->Delete(&ctx, ref, &resp).ok());
+  EXPECT_EQ(List(admin_).size(), 1u);
 }
 
 // ---- access tokens ---------------------------------------------------------------

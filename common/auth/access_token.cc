@@ -36,6 +36,23 @@ bool IsPrintableName(const std::string& s, size_t max) {
          std::all_of(s.begin(), s.end(), [](char c) { return c > 0x20 && c < 0x7f; });
 }
 
+std::optional<TokenClaims> ParsePayload(const std::string& payload) {
+  TokenClaims c;
+  try {
+    nlohmann::json j = nlohmann::json::parse(payload);
+    if (!j.is_object() || j.value("v", 0) != 1) return std::nullopt;
+    c.user = j.at("sub").get<std::string>();
+    c.instance = j.at("ins").get<std::string>();
+    c.token_id = j.at("jti").get<std::string>();
+    c.key_id = j.at("kid").get<std::string>();
+    c.issued_at = j.at("iat").get<int64_t>();
+    c.expires_at = j.at("exp").get<int64_t>();
+  } catch (const std::exception&) {
+    return std::nullopt;
+  }
+  return c;
+}
+
 }  // namespace
 
 std::string Base64UrlEncode(std::string_view bytes) {
@@ -146,19 +163,9 @@ TokenCheck VerifyToken(const PublicKey& key, std::string_view token, std::string
                   "the access token's signature does not verify (not issued by this model's "
                   "developer, or altered)");
   }
-  TokenClaims c;
-  try {
-    nlohmann::json j = nlohmann::json::parse(*payload);
-    if (!j.is_object() || j.value("v", 0) != 1) throw InvalidArgument("version");
-    c.user = j.at("sub").get<std::string>();
-    c.instance = j.at("ins").get<std::string>();
-    c.token_id = j.at("jti").get<std::string>();
-    c.key_id = j.at("kid").get<std::string>();
-    c.issued_at = j.at("iat").get<int64_t>();
-    c.expires_at = j.at("exp").get<int64_t>();
-  } catch (const std::exception&) {
-    return Refuse(TokenVerdict::kMalformed, "the access token's payload is not valid");
-  }
+  std::optional<TokenClaims> parsed = ParsePayload(*payload);
+  if (!parsed) return Refuse(TokenVerdict::kMalformed, "the access token's payload is not valid");
+  TokenClaims c = *parsed;
   if (c.key_id != key.key_id() || !IsValidTokenId(c.token_id) || c.user.empty() ||
       c.instance.empty()) {
     return Refuse(TokenVerdict::kMalformed, "the access token's payload is not valid");
@@ -183,6 +190,19 @@ TokenCheck VerifyToken(const PublicKey& key, std::string_view token, std::string
   }
   check.verdict = TokenVerdict::kOk;
   return check;
+}
+
+std::optional<TokenClaims> ReadClaimsUnverified(std::string_view token) {
+  if (token.size() > kMaxTokenBytes) return std::nullopt;
+  const size_t first = token.find('.');
+  const size_t last = token.rfind('.');
+  if (first == std::string_view::npos || first == last ||
+      token.substr(0, first) != std::string_view(kTokenPrefix)) {
+    return std::nullopt;
+  }
+  std::optional<std::string> payload = Base64UrlDecode(token.substr(first + 1, last - first - 1));
+  if (!payload) return std::nullopt;
+  return ParsePayload(*payload);
 }
 
 }  // namespace stip::auth

@@ -82,4 +82,10 @@ struct RevokedToken {
 
 bool IsValidTokenId(std::string_view id);
 
+// The claims of a token as its holder reads them, WITHOUT checking the
+// signature (a client knows when its own token expires and renews it in
+// time); nullopt if it is not a well-formed stip1 token. Never use it to
+// decide access.
+std::optional<TokenClaims> ReadClaimsUnverified(std::string_view token);
+
 }  // namespace stip::auth

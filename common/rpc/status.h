@@ -7,6 +7,13 @@
 
 namespace stip {
 
+// Machine-readable error reasons (proto/stip/v1/stip.proto): a status that
+// has one carries it in the trailing metadata under kErrorReasonKey.
+inline constexpr char kErrorReasonKey[] = "stip-error-reason";
+// FAILED_PRECONDITION: the model instance was retired (key rotation); fetch
+// the bundle of the user's current instance and open the session there.
+inline constexpr char kReasonInstanceRetired[] = "INSTANCE_RETIRED";
+
 grpc::StatusCode ToGrpcCode(ErrorCode code);
 ErrorCode FromGrpcCode(grpc::StatusCode code);
 grpc::Status ToStatus(const Error& error);
