@@ -67,6 +67,7 @@ std::shared_ptr<ChatService::Conversation> ChatService::Acquire(const std::strin
   }
   auto c = std::make_shared<Conversation>();
   c->generator = std::make_unique<Generator>(options_.bundle, options_.make_backend());
+  c->generator->SetReconnectPolicy(options_.reconnect);
   c->last_used = std::chrono::steady_clock::now();
   conversations_[id] = c;
   return c;
@@ -80,6 +81,13 @@ grpc::Status ChatService::Generate(grpc::ServerContext* context, const v1::Gener
     ~Active() { --n; }
   } active(active_);
   try {
+    if (request->prompt().size() > options_.max_prompt_bytes) {
+      return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                          "prompt of " + std::to_string(request->prompt().size()) +
+                              " bytes exceeds the prompt size limit of " +
+                              std::to_string(options_.max_prompt_bytes) +
+                              " bytes (stip-client serve --max-prompt-bytes)");
+    }
     GenerateOptions options = ToOptions(*request, options_);
     bool write_failed = false;
     options.cancelled = [&] { return write_failed || context->IsCancelled(); };
@@ -102,6 +110,7 @@ grpc::Status ChatService::Generate(grpc::ServerContext* context, const v1::Gener
     Generator* gen = nullptr;
     if (id.empty()) {
       one_off = std::make_unique<Generator>(options_.bundle, options_.make_backend());
+      one_off->SetReconnectPolicy(options_.reconnect);
       gen = one_off.get();
     } else {
       conversation = Acquire(id);

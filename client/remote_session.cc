@@ -15,8 +15,9 @@
 
 namespace stip {
 
-RemoteError::RemoteError(grpc::StatusCode status, const std::string& message)
-    : Error(FromGrpcCode(status), message), status_(status) {}
+RemoteError::RemoteError(grpc::StatusCode status, const std::string& message,
+                         bool local_deadline)
+    : Error(FromGrpcCode(status), message), status_(status), local_deadline_(local_deadline) {}
 
 const char* StatusCodeName(grpc::StatusCode code) {
   switch (code) {
@@ -90,6 +91,14 @@ struct RemoteSession::Impl {
     open = false;
     const std::string& addr = options.address;
     std::string msg = status.error_message();
+    const bool has_deadline = options.deadline != std::chrono::system_clock::time_point{};
+    if (status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED && has_deadline &&
+        std::chrono::system_clock::now() >= options.deadline) {
+      return RemoteError(status.error_code(),
+                         "the deadline of the request passed " + while_doing +
+                             " (the stip server at " + addr + " ended the session)",
+                         /*local_deadline=*/true);
+    }
     switch (status.error_code()) {
       case grpc::StatusCode::OK:
         return RemoteError(grpc::StatusCode::UNAVAILABLE,
@@ -168,6 +177,9 @@ SessionInfo RemoteSession::Open() {
   Impl& m = *impl_;
   Close();
   m.context = std::make_unique<grpc::ClientContext>();
+  if (m.options.deadline != std::chrono::system_clock::time_point{}) {
+    m.context->set_deadline(m.options.deadline);
+  }
   m.stream = m.stub->Session(m.context.get());
   m.context_length = 0;
   m.pending_truncate = -1;

@@ -11,6 +11,7 @@
 
 #include <grpcpp/support/status.h>
 
+#include <chrono>
 #include <memory>
 #include <string>
 
@@ -27,11 +28,15 @@ namespace stip {
 // gRPC status code so that the Chat service can pass it on.
 class RemoteError : public Error {
  public:
-  RemoteError(grpc::StatusCode status, const std::string& message);
+  RemoteError(grpc::StatusCode status, const std::string& message, bool local_deadline = false);
   grpc::StatusCode status_code() const { return status_; }
+  // DEADLINE_EXCEEDED because the client's own deadline passed (not the
+  // server's idle timeout).
+  bool local_deadline() const { return local_deadline_; }
 
  private:
   grpc::StatusCode status_;
+  bool local_deadline_;
 };
 
 // "UNAVAILABLE", "NOT_FOUND", ...
@@ -45,6 +50,9 @@ struct RemoteSessionOptions {
   int64_t expected_hidden = 0;  // the bundle's sizes, checked against `opened`
   int64_t expected_vocab = 0;
   int close_timeout_ms = 5000;  // how long Close waits for the server to end the stream
+  // Every session stream ends by then (DEADLINE_EXCEEDED); the server ends the
+  // session and frees its KV cache. The epoch (default): no deadline.
+  std::chrono::system_clock::time_point deadline{};
 };
 
 class RemoteSession : public LogitsBackend {
