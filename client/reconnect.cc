@@ -32,7 +32,9 @@ double BackoffDelaySeconds(const ReconnectPolicy& policy, int attempt, double un
 }
 
 bool SleepUnlessCancelled(double seconds, const std::function<bool()>& cancelled) {
-  const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+  const auto end = std::chrono::steady_clock::now() +
+                   std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                       std::chrono::duration<double>(std::max(0.0, seconds)));
   while (true) {
     if (cancelled && cancelled()) return false;
     const auto now = std::chrono::steady_clock::now();

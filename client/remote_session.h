@@ -50,6 +50,10 @@ struct RemoteSessionOptions {
   int64_t expected_hidden = 0;  // the bundle's sizes, checked against `opened`
   int64_t expected_vocab = 0;
   int close_timeout_ms = 5000;  // how long Close waits for the server to end the stream
+  // After a lost session, how long Open waits for the connection to the
+  // server to come back (then UNAVAILABLE; the Generator's ReconnectPolicy
+  // decides whether to try again).
+  int reconnect_wait_ms = 2000;
   // Every session stream ends by then (DEADLINE_EXCEEDED); the server ends the
   // session and frees its KV cache. The epoch (default): no deadline.
   std::chrono::system_clock::time_point deadline{};

@@ -183,8 +183,12 @@ class Interactive {
  public:
   explicit Interactive(const std::vector<std::string>& argv) {
     signal(SIGPIPE, SIG_IGN);  // a write to a child that exited fails instead
+    // Close-on-exec: processes started later (a restarted server) must not
+    // hold this child's stdin open.
     int in[2], o[2], e[2];
-    if (pipe(in) != 0 || pipe(o) != 0 || pipe(e) != 0) throw std::runtime_error("pipe failed");
+    if (pipe2(in, O_CLOEXEC) != 0 || pipe2(o, O_CLOEXEC) != 0 || pipe2(e, O_CLOEXEC) != 0) {
+      throw std::runtime_error("pipe failed");
+    }
     pid_ = fork();
     if (pid_ < 0) throw std::runtime_error("fork failed");
     if (pid_ == 0) {
