@@ -153,9 +153,9 @@ void Generator::WithReconnect(const GenerateOptions& options, const std::functio
       ++attempt;
       const auto* remote = dynamic_cast<const RemoteError*>(&e);
       if (attempt > reconnect_.max_attempts) {
-        throw RemoteError(remote->status_code(),
-                          std::string(e.what()) + " (gave up after " +
-                              std::to_string(reconnect_.max_attempts) + " reconnect attempts)");
+        throw RemoteError(remote->status_code(), std::string(e.what()) + " (gave up after " +
+                                                     std::to_string(reconnect_.max_attempts) +
+                                                     " reconnect attempts)");
       }
       // The server ended an idle session: open a new one at once.
       const double delay = loss == SessionLoss::kExpired && attempt == 1
@@ -164,11 +164,10 @@ void Generator::WithReconnect(const GenerateOptions& options, const std::functio
       if (reconnect_.notify) {
         char when[32];
         std::snprintf(when, sizeof when, "%.1f s", delay);
-        reconnect_.notify((loss == SessionLoss::kExpired ? "session expired: "
-                                                         : "server unavailable: ") +
-                          std::string(e.what()) + "; reconnecting in " + when + " (attempt " +
-                          std::to_string(attempt) + " of " +
-                          std::to_string(reconnect_.max_attempts) + ")");
+        reconnect_.notify(
+            (loss == SessionLoss::kExpired ? "session expired: " : "server unavailable: ") +
+            std::string(e.what()) + "; reconnecting in " + when + " (attempt " +
+            std::to_string(attempt) + " of " + std::to_string(reconnect_.max_attempts) + ")");
       }
       if (!SleepUnlessCancelled(delay, options.cancelled)) throw;
     }

@@ -50,7 +50,7 @@ struct ConnectFlags {
   std::string server_model;  // offline: a transformed server checkpoint, run here
   bool insecure = false;     // plaintext toward the stip server
   int64_t max_context = 0;
-  double timeout_s = 0;      // generate: deadline of the whole request (0: none)
+  double timeout_s = 0;  // generate: deadline of the whole request (0: none)
   ReconnectPolicy reconnect{8, 0.5, 10, {}};
 
   void Add(CLI::App* app) {
@@ -361,9 +361,10 @@ int main(int argc, char** argv) {
   serve->add_flag("--server-insecure", server_insecure, "connect to the stip server WITHOUT TLS");
   serve->add_option("--max-conversations", max_conversations, "conversations kept at once")
       ->check(CLI::Range(1, 1 << 16));
-  serve->add_option("--max-prompt-bytes", max_prompt_bytes,
-                    "largest prompt a request may carry (RESOURCE_EXHAUSTED beyond; accepts "
-                    "KiB/MiB suffixes)")
+  serve
+      ->add_option("--max-prompt-bytes", max_prompt_bytes,
+                   "largest prompt a request may carry (RESOURCE_EXHAUSTED beyond; accepts "
+                   "KiB/MiB suffixes)")
       ->capture_default_str()
       ->transform(CLI::AsSizeValue(false))
       ->check(CLI::Range(size_t{1}, size_t{64} << 20));

@@ -35,7 +35,7 @@ enum class SessionLoss { kNone, kUnavailable, kExpired };
 SessionLoss ClassifySessionLoss(const std::exception& e, bool session_open);
 
 struct ReconnectPolicy {
-  int max_attempts = 0;         // reconnect attempts per lost session (0: never reconnect)
+  int max_attempts = 0;          // reconnect attempts per lost session (0: never reconnect)
   double initial_delay_s = 0.5;  // the first delay; doubles with every attempt ...
   double max_delay_s = 10;       // ... up to this
   // Says what happens ("server unavailable: ...; reconnecting in 0.6 s (attempt

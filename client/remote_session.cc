@@ -16,8 +16,7 @@
 
 namespace stip {
 
-RemoteError::RemoteError(grpc::StatusCode status, const std::string& message,
-                         bool local_deadline)
+RemoteError::RemoteError(grpc::StatusCode status, const std::string& message, bool local_deadline)
     : Error(FromGrpcCode(status), message), status_(status), local_deadline_(local_deadline) {}
 
 const char* StatusCodeName(grpc::StatusCode code) {

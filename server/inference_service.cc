@@ -50,7 +50,7 @@ struct InferenceService::Impl {
         user_slots(options.max_sessions_per_user),
         kv(options.max_kv_bytes),
         max_message_bytes(options.max_message_bytes > 0 ? options.max_message_bytes
-                                                         : kMaxMessageBytes) {
+                                                        : kMaxMessageBytes) {
     if (!options.record_inputs_dir.empty()) {
       recorder = std::make_unique<InputRecorder>(options.record_inputs_dir);
       spdlog::warn(
@@ -116,10 +116,9 @@ class SessionReactor final
     }
     const size_t bytes = request_.ByteSizeLong();
     if (static_cast<int64_t>(bytes) > svc_->max_message_bytes) {
-      const std::string what = "message of " + std::to_string(bytes) +
-                               " bytes exceeds the message size limit of " +
-                               std::to_string(svc_->max_message_bytes) +
-                               " bytes (server's --max-message-bytes)";
+      const std::string what =
+          "message of " + std::to_string(bytes) + " bytes exceeds the message size limit of " +
+          std::to_string(svc_->max_message_bytes) + " bytes (server's --max-message-bytes)";
       if (opened_ && request_.has_step()) {
         SendStepError(request_.step().step_id(),
                       grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
@@ -333,9 +332,8 @@ class SessionReactor final
       }
       if (base + t > max_context_) {
         throw ResourceExhausted("context limit of " + std::to_string(max_context_) +
-                                " positions (" + context_limit_source_ +
-                                "): the session holds " + std::to_string(base) +
-                                " and the step adds " + std::to_string(t));
+                                " positions (" + context_limit_source_ + "): the session holds " +
+                                std::to_string(base) + " and the step adds " + std::to_string(t));
       }
       const int64_t rows = step.all_logits() ? t : 1;
       if (rows * vocab_size_ * 4 > kMaxMessageBytes - (1 << 20)) {

@@ -52,10 +52,10 @@ class InferenceService final : public v1::Inference::CallbackService {
   grpc::ServerBidiReactor<v1::SessionRequest, v1::SessionResponse>* Session(
       grpc::CallbackServerContext* context) override;
 
-  int active_sessions() const;        // holding a session slot
+  int active_sessions() const;                         // holding a session slot
   int active_sessions(const std::string& user) const;  // ... opened with `user`'s tokens
-  int64_t kv_reserved_bytes() const;  // KV cache memory reserved by open sessions
-  int open_streams() const;           // reactors alive (including not yet opened)
+  int64_t kv_reserved_bytes() const;                   // KV cache memory reserved by open sessions
+  int open_streams() const;                            // reactors alive (including not yet opened)
 
   struct Impl;
 

@@ -655,9 +655,8 @@ TEST(RemoteSession, ReconnectsWithinTheTurnAndTheAnswerIsUnchanged) {
   gen->Connect();
   service.end_after_steps = 12;  // in the middle of the answer
   std::string streamed;
-  GenerateResult r = gen->Generate(kPrompt, Greedy(40), [&](const std::string& piece, const auto&) {
-    streamed += piece;
-  });
+  GenerateResult r = gen->Generate(
+      kPrompt, Greedy(40), [&](const std::string& piece, const auto&) { streamed += piece; });
   EXPECT_EQ(Concat(r.prompt_ids, r.token_ids), in.greedy_ids);
   EXPECT_EQ(std::string(kPrompt) + r.text, in.greedy_text);
   EXPECT_EQ(streamed, r.text);  // nothing shown twice
@@ -683,9 +682,8 @@ TEST(Reconnect, ClassifiesBacksOffWithJitterAndGivesUp) {
             SessionLoss::kNone);  // an in-band error: the session goes on
   EXPECT_EQ(ClassifySessionLoss(RemoteError(grpc::StatusCode::DEADLINE_EXCEEDED, "idle"), false),
             SessionLoss::kExpired);
-  EXPECT_EQ(
-      ClassifySessionLoss(RemoteError(grpc::StatusCode::DEADLINE_EXCEEDED, "x", true), false),
-      SessionLoss::kNone);  // the client's own deadline
+  EXPECT_EQ(ClassifySessionLoss(RemoteError(grpc::StatusCode::DEADLINE_EXCEEDED, "x", true), false),
+            SessionLoss::kNone);  // the client's own deadline
   EXPECT_EQ(ClassifySessionLoss(RemoteError(grpc::StatusCode::PERMISSION_DENIED, "x"), false),
             SessionLoss::kNone);
   EXPECT_EQ(ClassifySessionLoss(InvalidArgument("x"), false), SessionLoss::kNone);
@@ -703,7 +701,10 @@ TEST(Reconnect, ClassifiesBacksOffWithJitterAndGivesUp) {
   const Instance& in = Instances::Get()["kjv-gpt2"];
   auto service = std::make_unique<TestInference>(in.server, in.instance_id);
   auto srv = std::make_unique<RunningServer>(std::vector<grpc::Service*>{service.get()});
-  auto gen = RemoteGenerator(in, srv->address);
+  RemoteSessionOptions o = SessionOptions(in, srv->address);
+  o.reconnect_wait_ms = 100;
+  auto gen = std::make_unique<Generator>(
+      in.bundle, std::make_unique<RemoteSession>(MakeChannel(srv->address, Insecure(), "test"), o));
   p.max_attempts = 2;
   p.initial_delay_s = 0.01;
   p.max_delay_s = 0.01;

@@ -85,7 +85,8 @@ class Deployment {
         "--tls-cert",  Pki("server.pem"), "--tls-key",   Pki("server.key"),  "--admin-listen",
         "127.0.0.1:0", "--admin-ca",      Pki("ca.pem"), "--admin-allow-cn", "stip-developer"};
     argv.insert(argv.end(), extra.begin(), extra.end());
-    server_ = std::make_unique<Daemon>(argv, dir_ + "/server-" + std::to_string(++starts_) + ".log");
+    server_ =
+        std::make_unique<Daemon>(argv, dir_ + "/server-" + std::to_string(++starts_) + ".log");
     server_address_ = server_->WaitListening();
     admin_address_ = server_->Value("admin on ");
     EXPECT_FALSE(admin_address_.empty());
@@ -130,14 +131,27 @@ class Deployment {
   }
 
   std::string StartDeveloper(const std::string& model) {
-    developer_ = std::make_unique<Daemon>(
-        std::vector<std::string>{kDeveloperBin, "serve", "--model", model, "--state",
-                                 dir_ + "/developer", "--listen", "127.0.0.1:0", "--server",
-                                 admin_address_, "--public-server-address", server_address_,
-                                 "--tls-cert", Pki("developer.pem"), "--tls-key",
-                                 Pki("developer.key"), "--tls-ca", Pki("ca.pem"),
-                                 "--access-sync-s", "0.5"},
-        dir_ + "/developer.log");
+    developer_ = std::make_unique<Daemon>(std::vector<std::string>{kDeveloperBin,
+                                                                   "serve",
+                                                                   "--model",
+                                                                   model,
+                                                                   "--state",
+                                                                   dir_ + "/developer",
+                                                                   "--listen",
+                                                                   "127.0.0.1:0",
+                                                                   "--server",
+                                                                   admin_address_,
+                                                                   "--public-server-address",
+                                                                   server_address_,
+                                                                   "--tls-cert",
+                                                                   Pki("developer.pem"),
+                                                                   "--tls-key",
+                                                                   Pki("developer.key"),
+                                                                   "--tls-ca",
+                                                                   Pki("ca.pem"),
+                                                                   "--access-sync-s",
+                                                                   "0.5"},
+                                          dir_ + "/developer.log");
     developer_address_ = developer_->WaitListening(180);
     return developer_address_;
   }
@@ -170,8 +184,8 @@ class Deployment {
   static std::vector<std::string> GenerateArgs(const std::string& data_dir,
                                                const std::string& prompt, int n,
                                                const std::vector<std::string>& extra = {}) {
-    std::vector<std::string> argv = {kClientBin,         "generate", "--data-dir",
-                                     data_dir,           "--prompt", prompt,
+    std::vector<std::string> argv = {kClientBin,         "generate",        "--data-dir",
+                                     data_dir,           "--prompt",        prompt,
                                      "--max-new-tokens", std::to_string(n), "--greedy"};
     argv.insert(argv.end(), extra.begin(), extra.end());
     return argv;

@@ -45,9 +45,8 @@ TEST(FaultTest, ServerKilledDuringUploadShowsNoPartialModelAndTheUploadCanBeRepe
   Deployment d;
   d.StartServer();
   const std::string out = d.dir() + "/transformed";
-  RunResult t = test::Run({test::kDeveloperBin, "transform", "--model",
-                           test::ModelDir("kjv-gpt2"), "--out", out, "--keys",
-                           d.dir() + "/gpt2.keys", "--quiet"},
+  RunResult t = test::Run({test::kDeveloperBin, "transform", "--model", test::ModelDir("kjv-gpt2"),
+                           "--out", out, "--keys", d.dir() + "/gpt2.keys", "--quiet"},
                           300);
   ASSERT_EQ(t.exit_code, 0) << t.err;
   const std::string server_dir = out + "/server";
@@ -117,8 +116,8 @@ TEST(FaultTest, ServerKilledDuringUploadShowsNoPartialModelAndTheUploadCanBeRepe
 }
 
 const std::vector<std::string> kFastReconnect = {"--reconnect-initial-delay-s", "0.2",
-                                                 "--reconnect-max-delay-s", "1",
-                                                 "--reconnect-attempts", "40"};
+                                                 "--reconnect-max-delay-s",     "1",
+                                                 "--reconnect-attempts",        "40"};
 
 // The server is frozen in the middle of an answer and killed, then started
 // again: the client reports it, reconnects, sends prompt + the tokens it has
@@ -171,7 +170,7 @@ TEST(FaultTest, ServerKilledDuringChatTheConversationContinues) {
   const std::string model = test::ModelDir("kjv-gpt2");
   Deployment d;
   const std::string alice = d.Setup(model, {"alice"})[0];
-  std::vector<std::string> argv = {test::kClientBin, "chat",  "--data-dir", alice, "--greedy",
+  std::vector<std::string> argv = {test::kClientBin,   "chat", "--data-dir", alice, "--greedy",
                                    "--max-new-tokens", "16"};
   argv.insert(argv.end(), kFastReconnect.begin(), kFastReconnect.end());
   const std::vector<std::string> turns = {"And God said,", "And Moses said unto the LORD",
@@ -188,7 +187,8 @@ TEST(FaultTest, ServerKilledDuringChatTheConversationContinues) {
       EXPECT_TRUE(c.ReadUntil(
           [&](const std::string& out, const std::string&) { return AnsweredTurns(out, i + 1); },
           120))
-          << "turn " << i << ": " << c.out << "\n" << c.err;
+          << "turn " << i << ": " << c.out << "\n"
+          << c.err;
     }
     c.CloseStdin();
     ChatRun r;
@@ -219,10 +219,10 @@ TEST(FaultTest, ClientGivesUpWhenTheServerStaysAway) {
   const std::string model = test::ModelDir("kjv-llama");
   Deployment d;
   const std::string alice = d.Setup(model, {"alice"})[0];
-  Interactive client(Deployment::GenerateArgs(
-      alice, "And God said,", 200,
-      {"--reconnect-initial-delay-s", "0.05", "--reconnect-max-delay-s", "0.1",
-       "--reconnect-attempts", "3"}));
+  Interactive client(
+      Deployment::GenerateArgs(alice, "And God said,", 200,
+                               {"--reconnect-initial-delay-s", "0.05", "--reconnect-max-delay-s",
+                                "0.1", "--reconnect-attempts", "3"}));
   ASSERT_TRUE(client.ReadUntil(
       [&](const std::string& out, const std::string&) { return out.size() >= 20; }, 120));
   d.server().Signal(SIGSTOP);
@@ -230,8 +230,7 @@ TEST(FaultTest, ClientGivesUpWhenTheServerStaysAway) {
   EXPECT_EQ(client.Wait(60), 2) << client.err;
   EXPECT_NE(client.err.find("reconnecting in"), std::string::npos) << client.err;
   EXPECT_NE(client.err.find("attempt 3 of 3"), std::string::npos) << client.err;
-  EXPECT_NE(client.err.find("gave up after 3 reconnect attempts"), std::string::npos)
-      << client.err;
+  EXPECT_NE(client.err.find("gave up after 3 reconnect attempts"), std::string::npos) << client.err;
 }
 
 }  // namespace

@@ -173,8 +173,7 @@ TEST_F(LimitsTest, MessageSize) {
 
 // Bytes of KV cache per position of the demo llama (K and V, fp32).
 int64_t LlamaCacheBytesPerPosition() {
-  nlohmann::json c =
-      nlohmann::json::parse(ReadFile(test::ModelDir("kjv-llama") + "/config.json"));
+  nlohmann::json c = nlohmann::json::parse(ReadFile(test::ModelDir("kjv-llama") + "/config.json"));
   return int64_t{2} * c["num_hidden_layers"].get<int64_t>() *
          c["num_key_value_heads"].get<int64_t>() * c["head_dim"].get<int64_t>() * 4;
 }
@@ -214,10 +213,11 @@ TEST_F(LimitsTest, ContextKvMemoryAndSessions) {
 // slot back (--max-sessions 1: the next client gets it).
 TEST_F(LimitsTest, ClientDeadlineEndsTheSessionOnTheServer) {
   d_->RestartServer({"--max-sessions", "1"});
-  RunResult r = Deployment::Generate(*alice_, "And God said,", 500,
-                                     {"--ignore-eos", "--timeout-s", "0.3"});
+  RunResult r =
+      Deployment::Generate(*alice_, "And God said,", 500, {"--ignore-eos", "--timeout-s", "0.5"});
   EXPECT_EQ(r.exit_code, 2) << r.out;
-  EXPECT_TRUE(Contains(r.err, "DEADLINE_EXCEEDED") || Contains(r.err, "deadline")) << r.err;
+  EXPECT_GT(r.out.size(), std::string("And God said,").size()) << "not in the middle: " << r.err;
+  EXPECT_TRUE(Contains(r.err, "deadline of the request passed during step")) << r.err;
   EXPECT_FALSE(Contains(r.err, "reconnect")) << r.err;
   RunResult next = GenerateSoon(*bob_);
   EXPECT_EQ(next.exit_code, 0) << next.err;
@@ -236,17 +236,17 @@ bool AnsweredTurns(const std::string& out, int turns) {
 TEST_F(LimitsTest, IdleSessionTimesOutAndTheChatContinues) {
   d_->RestartServer({"--idle-timeout-s", "1"});
   auto chat = [&](double pause_s) {
-    Interactive c({test::kClientBin, "chat", "--data-dir", *alice_, "--greedy", "--max-new-tokens",
-                   "12"});
+    Interactive c(
+        {test::kClientBin, "chat", "--data-dir", *alice_, "--greedy", "--max-new-tokens", "12"});
     c.Write("And God said,\n");
-    EXPECT_TRUE(c.ReadUntil([](const std::string& o, const std::string&) {
-      return AnsweredTurns(o, 1);
-    }, 60)) << c.err;
+    EXPECT_TRUE(c.ReadUntil(
+        [](const std::string& o, const std::string&) { return AnsweredTurns(o, 1); }, 60))
+        << c.err;
     std::this_thread::sleep_for(std::chrono::duration<double>(pause_s));
     c.Write("And Moses said\n");
-    EXPECT_TRUE(c.ReadUntil([](const std::string& o, const std::string&) {
-      return AnsweredTurns(o, 2);
-    }, 60)) << c.err;
+    EXPECT_TRUE(c.ReadUntil(
+        [](const std::string& o, const std::string&) { return AnsweredTurns(o, 2); }, 60))
+        << c.err;
     c.CloseStdin();
     EXPECT_EQ(c.Wait(30), 0) << c.err;
     return std::make_pair(c.out, c.err);

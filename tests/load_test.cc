@@ -145,8 +145,8 @@ TEST(LoadTest, ConcurrentSessionsAllGetThePlainEnginesGreedyOutput) {
       it = expected.emplace(prompt, std::vector<int64_t>(full.begin() + prompt.size(), full.end()))
                .first;
     }
-    EXPECT_EQ(results[i].token_ids, it->second) << "session " << i << " (" << kPrompts[i % 8]
-                                                << ")";
+    EXPECT_EQ(results[i].token_ids, it->second)
+        << "session " << i << " (" << kPrompts[i % 8] << ")";
     generated += static_cast<int64_t>(results[i].token_ids.size());
   }
   EXPECT_EQ(generated, int64_t{sessions} * tokens);
@@ -156,8 +156,7 @@ TEST(LoadTest, ConcurrentSessionsAllGetThePlainEnginesGreedyOutput) {
       "in %.2f s = %.1f tokens/s aggregate; stip-server peak RSS %.1f MiB (%.1f MiB after "
       "loading the model)\n",
       sessions, tokens, model.substr(model.rfind('/') + 1).c_str(),
-      static_cast<long long>(generated), wall, tps, rss_peak / 1048576.0,
-      rss_loaded / 1048576.0);
+      static_cast<long long>(generated), wall, tps, rss_peak / 1048576.0, rss_loaded / 1048576.0);
   RecordProperty("sessions", sessions);
   RecordProperty("tokens_per_session", tokens);
   RecordProperty("aggregate_tokens_per_s", std::to_string(tps));

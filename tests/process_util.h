@@ -256,8 +256,9 @@ class Interactive {
     while ((out_ >= 0 || err_ >= 0) && std::chrono::steady_clock::now() < deadline) Pump(50);
     int status = WaitExit(
         pid_,
-        std::max(0.1, std::chrono::duration<double>(deadline - std::chrono::steady_clock::now())
-                          .count()));
+        std::max(
+            0.1,
+            std::chrono::duration<double>(deadline - std::chrono::steady_clock::now()).count()));
     if (status == -1) return -1;
     pid_ = -1;
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
