@@ -61,6 +61,7 @@ ClientConnection::View ClientConnection::MakeViewLocked() const {
   o.max_context = settings_.max_context;
   o.expected_hidden = bundle_->hidden_size();
   o.expected_vocab = bundle_->vocab_size();
+  o.deadline = settings_.deadline;
   View v;
   v.bundle = bundle_;
   v.make_backend = [channel, o] { return std::make_unique<RemoteSession>(channel, o); };

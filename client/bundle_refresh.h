@@ -19,6 +19,7 @@
 //    another process renewed (and so revoked) it is picked up the same way.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -42,6 +43,8 @@ struct ConnectSettings {
   bool insecure = false;    // plaintext toward the stip server
   int64_t max_context = 0;
   bool auto_refresh = true;  // renew tokens and fetch rotated bundles on its own
+  // Deadline of every session made (the epoch: none).
+  std::chrono::system_clock::time_point deadline{};
 };
 
 class ClientConnection {

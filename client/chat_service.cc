@@ -43,12 +43,16 @@ ChatService::ChatService(ChatServiceOptions options) : options_(std::move(option
 ChatService::~ChatService() = default;
 
 std::unique_ptr<Generator> ChatService::NewGenerator(uint64_t* generation) const {
+  std::unique_ptr<Generator> g;
   if (options_.connection) {
     ClientConnection::View v = options_.connection->Current();
     *generation = v.generation;
-    return std::make_unique<Generator>(v.bundle, v.make_backend());
+    g = std::make_unique<Generator>(v.bundle, v.make_backend());
+  } else {
+    g = std::make_unique<Generator>(options_.bundle, options_.make_backend());
   }
-  return std::make_unique<Generator>(options_.bundle, options_.make_backend());
+  g->SetReconnectPolicy(options_.reconnect);
+  return g;
 }
 
 size_t ChatService::conversations() const {
@@ -90,6 +94,13 @@ grpc::Status ChatService::Generate(grpc::ServerContext* context, const v1::Gener
     ~Active() { --n; }
   } active(active_);
   try {
+    if (request->prompt().size() > options_.max_prompt_bytes) {
+      return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                          "prompt of " + std::to_string(request->prompt().size()) +
+                              " bytes exceeds the prompt size limit of " +
+                              std::to_string(options_.max_prompt_bytes) +
+                              " bytes (stip-client serve --max-prompt-bytes)");
+    }
     GenerateOptions options = ToOptions(*request, options_);
     bool write_failed = false;
     options.cancelled = [&] { return write_failed || context->IsCancelled(); };

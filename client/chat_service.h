@@ -15,6 +15,7 @@
 #include <mutex>
 #include <string>
 
+#include "client/reconnect.h"
 #include "stip/v1/stip.grpc.pb.h"
 
 namespace stip {
@@ -34,6 +35,8 @@ struct ChatServiceOptions {
   size_t max_conversations = 64;
   int default_max_new_tokens = 128;  // for max_new_tokens = 0
   int max_new_tokens_limit = 8192;
+  size_t max_prompt_bytes = 1 << 20;  // larger prompts: RESOURCE_EXHAUSTED
+  ReconnectPolicy reconnect;          // for every conversation's Generator
 };
 
 class ChatService final : public v1::Chat::Service {

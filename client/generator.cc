@@ -3,7 +3,9 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 
+#include "client/remote_session.h"
 #include "common/engine/causal_lm.h"
 #include "common/error.h"
 #include "common/tokenizer/tokenizer.h"
@@ -137,8 +139,9 @@ void Generator::Rebind(std::shared_ptr<const ClientBundle> bundle,
 
 void Generator::EnsureSession() {
   if (backend_->is_open()) return;
-  SessionInfo info = backend_->Open();
   fed_ = 0;  // a new session's cache is empty: the conversation is sent again
+  SessionInfo info = backend_->Open();
+  had_session_ = true;
   if (info.hidden_size != bundle_->hidden_size() || info.vocab_size != bundle_->vocab_size()) {
     backend_->Close();
     throw FailedPrecondition(
@@ -146,6 +149,63 @@ void Generator::EnsureSession() {
         " and vocabulary size " + std::to_string(info.vocab_size) + ", the bundle's " +
         std::to_string(bundle_->hidden_size()) + " and " + std::to_string(bundle_->vocab_size()));
   }
+}
+
+void Generator::WithReconnect(const GenerateOptions& options, const std::function<void()>& fn) {
+  const bool may_reconnect = had_session_ && reconnect_.max_attempts > 0;
+  int attempt = 0;
+  while (true) {
+    try {
+      fn();
+      if (attempt > 0) {
+        ++reconnects_;
+        if (reconnect_.notify) {
+          reconnect_.notify("reconnected: new session " + backend_->info().session_id +
+                            ", the conversation so far (" + std::to_string(fed_) +
+                            " tokens) sent again");
+        }
+      }
+      return;
+    } catch (const std::exception& e) {
+      const SessionLoss loss = ClassifySessionLoss(e, backend_->is_open());
+      if (loss == SessionLoss::kNone || !may_reconnect) throw;
+      fed_ = 0;
+      ++attempt;
+      const auto* remote = dynamic_cast<const RemoteError*>(&e);
+      if (attempt > reconnect_.max_attempts) {
+        throw RemoteError(remote->status_code(), std::string(e.what()) + " (gave up after " +
+                                                     std::to_string(reconnect_.max_attempts) +
+                                                     " reconnect attempts)");
+      }
+      // The server ended an idle session: open a new one at once.
+      const double delay = loss == SessionLoss::kExpired && attempt == 1
+                               ? 0.0
+                               : BackoffDelaySeconds(reconnect_, attempt, JitterDraw());
+      if (reconnect_.notify) {
+        char when[32];
+        std::snprintf(when, sizeof when, "%.1f s", delay);
+        reconnect_.notify(
+            (loss == SessionLoss::kExpired ? "session expired: " : "server unavailable: ") +
+            std::string(e.what()) + "; reconnecting in " + when + " (attempt " +
+            std::to_string(attempt) + " of " + std::to_string(reconnect_.max_attempts) + ")");
+      }
+      if (!SleepUnlessCancelled(delay, options.cancelled)) throw;
+    }
+  }
+}
+
+at::Tensor Generator::StepPending(const GenerateOptions& options) {
+  at::Tensor o_prime;
+  WithReconnect(options, [&] {
+    EnsureSession();
+    const int64_t n = static_cast<int64_t>(history_.size()) - fed_;
+    std::vector<int64_t> pending(history_.begin() + fed_, history_.end());
+    at::Tensor x = bundle_->model().Embed(pending, fed_);
+    at::Tensor x_prime = x.index_select(-1, p_index_);
+    o_prime = backend_->Step(x_prime, /*all_logits=*/false);
+    fed_ += n;
+  });
+  return o_prime;
 }
 
 int64_t Generator::ContextLimit() const {
@@ -203,7 +263,7 @@ GenerateResult Generator::GenerateIds(const std::vector<int64_t>& prompt_ids,
   bool stopped = false;
   bool prefill_done = false;
   try {
-    EnsureSession();
+    WithReconnect(options, [this] { EnsureSession(); });
     if (prompt_ids.empty() && static_cast<int64_t>(history_.size()) == fed_) {
       throw InvalidArgument("the prompt is empty and the conversation has nothing new to continue");
     }
@@ -226,11 +286,7 @@ GenerateResult Generator::GenerateIds(const std::vector<int64_t>& prompt_ids,
         break;
       }
       const auto t0 = std::chrono::steady_clock::now();
-      std::vector<int64_t> pending(history_.begin() + fed_, history_.end());
-      at::Tensor x = bundle_->model().Embed(pending, fed_);
-      at::Tensor x_prime = x.index_select(-1, p_index_);
-      at::Tensor o_prime = backend_->Step(x_prime, /*all_logits=*/false);
-      fed_ += n;
+      at::Tensor o_prime = StepPending(options);
       at::Tensor logits = o_prime[o_prime.size(0) - 1].index_select(-1, p_c_inverse_);
       const int64_t next = sampler.Next(logits, history_);
       history_.push_back(next);

@@ -18,7 +18,10 @@
 //    conversation as it was before the turn, except for tokens the server has
 //    already processed (and that the user has seen).
 // If the session ends (the server restarted, the network broke), the next turn
-// opens a new one and sends the whole conversation again as its prefill.
+// opens a new one and sends the whole conversation again as its prefill. With
+// a ReconnectPolicy (client/reconnect.h) that happens within the turn too:
+// the lost step is retried on a new session after a backoff delay, the answer
+// goes on where it stopped.
 //
 // Not thread-safe: one turn at a time.
 #pragma once
@@ -32,6 +35,7 @@
 
 #include "client/bundle_store.h"
 #include "client/logits_backend.h"
+#include "client/reconnect.h"
 #include "common/engine/sampler.h"
 
 namespace stip {
@@ -93,6 +97,13 @@ class Generator {
   // kFailedPrecondition if the sizes of the model differ.
   void Rebind(std::shared_ptr<const ClientBundle> bundle, std::unique_ptr<LogitsBackend> backend);
 
+  // Reconnect within a turn when the session is lost (default: never). Only
+  // once a session was opened: an unreachable server at the start is
+  // reported at once.
+  void SetReconnectPolicy(ReconnectPolicy policy) { reconnect_ = std::move(policy); }
+  // Sessions opened again after a loss (for tests and logs).
+  int reconnects() const { return reconnects_; }
+
   const std::vector<int64_t>& history() const { return history_; }
   // Positions the server's cache holds for this conversation.
   int64_t cached_positions() const { return fed_; }
@@ -102,6 +113,12 @@ class Generator {
  private:
   void EnsureSession();
   int64_t ContextLimit() const;
+  // Runs `fn` (which opens the session if needed); when it fails because the
+  // session was lost, reconnects per reconnect_ and runs it again.
+  void WithReconnect(const GenerateOptions& options, const std::function<void()>& fn);
+  // Steps everything of history_ the server's cache does not hold yet;
+  // returns o' of the last position.
+  at::Tensor StepPending(const GenerateOptions& options);
 
   std::shared_ptr<const ClientBundle> bundle_;
   std::unique_ptr<LogitsBackend> backend_;
@@ -109,6 +126,9 @@ class Generator {
   at::Tensor p_c_inverse_;        // o = o'.index_select(-1, argsort(p_c))
   std::vector<int64_t> history_;  // every id of the conversation
   int64_t fed_ = 0;               // history_[0, fed_) is in the server's cache
+  ReconnectPolicy reconnect_;
+  bool had_session_ = false;  // a session was opened once
+  int reconnects_ = 0;
 };
 
 }  // namespace stip

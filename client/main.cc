@@ -28,6 +28,7 @@
 #include "client/chat_service.h"
 #include "client/generator.h"
 #include "client/local_backend.h"
+#include "client/reconnect.h"
 #include "client/registration.h"
 #include "client/remote_session.h"
 #include "common/engine/causal_lm.h"
@@ -54,6 +55,8 @@ struct ConnectFlags {
   bool insecure = false;     // plaintext toward the stip server
   int64_t max_context = 0;
   bool no_refresh = false;  // no token renewal, no bundle fetch after a rotation
+  double timeout_s = 0;     // generate: deadline of the whole request (0: none)
+  ReconnectPolicy reconnect{8, 0.5, 10, {}};
 
   void Add(CLI::App* app) {
     app->add_option("--data-dir", data_dir, "the client's data directory (from `register`)");
@@ -71,6 +74,19 @@ struct ConnectFlags {
     app->add_option("--server-model", server_model,
                     "TESTING ONLY: run this transformed server checkpoint in-process instead of "
                     "connecting to a stip server (no privacy: it needs both halves here)");
+    app->add_option("--reconnect-attempts", reconnect.max_attempts,
+                    "when the server is lost mid-conversation: reconnect attempts before giving "
+                    "up (0: never reconnect)")
+        ->capture_default_str()
+        ->check(CLI::Range(0, 1000));
+    app->add_option("--reconnect-initial-delay-s", reconnect.initial_delay_s,
+                    "first reconnect delay; doubles per attempt, with jitter")
+        ->capture_default_str()
+        ->check(CLI::Range(0.0, 3600.0));
+    app->add_option("--reconnect-max-delay-s", reconnect.max_delay_s,
+                    "longest delay between reconnect attempts")
+        ->capture_default_str()
+        ->check(CLI::Range(0.0, 3600.0));
   }
 };
 
@@ -80,10 +96,22 @@ struct Backend {
   std::string description;
   // Set for a stip server: renews the token, follows key rotations.
   std::shared_ptr<ClientConnection> connection;
+  ReconnectPolicy reconnect;  // notify: unset
 };
+
+// Reconnect messages on stderr, between the streamed pieces of the answer.
+ReconnectPolicy PrintingPolicy(ReconnectPolicy p) {
+  p.notify = [](const std::string& message) {
+    std::fflush(stdout);
+    std::fprintf(stderr, "\nstip-client: %s\n", message.c_str());
+    std::fflush(stderr);
+  };
+  return p;
+}
 
 Backend MakeBackend(const ConnectFlags& f) {
   Backend b;
+  b.reconnect = f.reconnect;
   if (f.data_dir.empty() && f.bundle.empty()) {
     throw InvalidArgument("--data-dir is required (or --bundle with --server-model)");
   }
@@ -115,6 +143,11 @@ Backend MakeBackend(const ConnectFlags& f) {
   cs.insecure = f.insecure;
   cs.max_context = f.max_context;
   cs.auto_refresh = !f.no_refresh;
+  if (f.timeout_s > 0) {
+    cs.deadline = std::chrono::system_clock::now() +
+                  std::chrono::duration_cast<std::chrono::system_clock::duration>(
+                      std::chrono::duration<double>(f.timeout_s));
+  }
   b.connection = std::make_shared<ClientConnection>(cs);
   ClientConnection::View v = b.connection->Current();
   b.bundle = v.bundle;
@@ -130,15 +163,18 @@ struct Session {
   uint64_t generation = 0;
 };
 
+// A generator that reconnects after a lost server (messages on stderr).
 Session Connect(const Backend& b) {
   Session s;
   if (b.connection) {
     ClientConnection::View v = b.connection->Current();
     s.generation = v.generation;
     s.gen = std::make_unique<Generator>(v.bundle, v.make_backend());
+    s.gen->SetReconnectPolicy(PrintingPolicy(b.reconnect));
     ConnectWithRefresh(*b.connection, *s.gen, &s.generation);
   } else {
     s.gen = std::make_unique<Generator>(b.bundle, b.make());
+    s.gen->SetReconnectPolicy(PrintingPolicy(b.reconnect));
     s.gen->Connect();
   }
   return s;
@@ -215,7 +251,7 @@ int RunChatCommand(const ConnectFlags& cf, const GenerateOptions& options) {
 void OnTerminate(int) { g_interrupted.store(true); }
 
 int RunServe(const ConnectFlags& cf, const std::string& listen, TlsOptions tls,
-             bool listen_insecure, size_t max_conversations) {
+             bool listen_insecure, size_t max_conversations, size_t max_prompt_bytes) {
   Backend b = MakeBackend(cf);
   // Refused credentials or a mismatched model fail now; an unreachable
   // server only warns (it may start after us), requests then retry.
@@ -230,6 +266,9 @@ int RunServe(const ConnectFlags& cf, const std::string& listen, TlsOptions tls,
   so.make_backend = b.make;
   so.connection = b.connection;
   so.max_conversations = max_conversations;
+  so.max_prompt_bytes = max_prompt_bytes;
+  so.reconnect = b.reconnect;
+  so.reconnect.notify = [](const std::string& message) { spdlog::warn("chat: {}", message); };
   ChatService service(so);
   ServerSetup setup;
   setup.address = listen;
@@ -331,6 +370,10 @@ int main(int argc, char** argv) {
   gen_sampling.Add(gen);
   gen->add_option("--prompt", prompt, "the prompt")->required();
   gen->add_flag("--stats", stats, "timings on stderr");
+  gen->add_option("--timeout-s", gen_conn.timeout_s,
+                  "give up after this long (DEADLINE_EXCEEDED; the server ends the session and "
+                  "frees its memory); 0: no deadline")
+      ->check(CLI::NonNegativeNumber);
 
   // chat
   stip::ConnectFlags chat_conn;
@@ -345,6 +388,7 @@ int main(int argc, char** argv) {
   stip::TlsOptions listen_tls;
   bool listen_insecure = false, server_insecure = false;
   size_t max_conversations = 64;
+  size_t max_prompt_bytes = 1 << 20;
   auto* serve = app.add_subcommand("serve", "serve the Chat gRPC service for local programs");
   serve_conn.Add(serve);  // --insecure: plaintext toward the server AND on the listener
   serve->add_option("--listen", listen, "HOST:PORT to listen on (port 0: any)")->required();
@@ -357,6 +401,13 @@ int main(int argc, char** argv) {
   serve->add_flag("--server-insecure", server_insecure, "connect to the stip server WITHOUT TLS");
   serve->add_option("--max-conversations", max_conversations, "conversations kept at once")
       ->check(CLI::Range(1, 1 << 16));
+  serve
+      ->add_option("--max-prompt-bytes", max_prompt_bytes,
+                   "largest prompt a request may carry (RESOURCE_EXHAUSTED beyond; accepts "
+                   "KiB/MiB suffixes)")
+      ->capture_default_str()
+      ->transform(CLI::AsSizeValue(false))
+      ->check(CLI::Range(size_t{1}, size_t{64} << 20));
 
   try {
     app.parse(argc, argv);
@@ -374,7 +425,8 @@ int main(int argc, char** argv) {
       listen_tls.require_client_cert = !listen_tls.ca_file.empty();
       listen_insecure = listen_insecure || serve_conn.insecure;
       serve_conn.insecure = serve_conn.insecure || server_insecure;
-      return stip::RunServe(serve_conn, listen, listen_tls, listen_insecure, max_conversations);
+      return stip::RunServe(serve_conn, listen, listen_tls, listen_insecure, max_conversations,
+                            max_prompt_bytes);
     }
   } catch (const stip::Error& e) {
     std::fflush(stdout);

@@ -3,6 +3,7 @@
 #include <grpcpp/channel.h>
 #include <grpcpp/client_context.h>
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <mutex>
@@ -15,8 +16,12 @@
 
 namespace stip {
 
-RemoteError::RemoteError(grpc::StatusCode status, const std::string& message, std::string reason)
-    : Error(FromGrpcCode(status), message), status_(status), reason_(std::move(reason)) {}
+RemoteError::RemoteError(grpc::StatusCode status, const std::string& message, std::string reason,
+                         bool local_deadline)
+    : Error(FromGrpcCode(status), message),
+      status_(status),
+      reason_(std::move(reason)),
+      local_deadline_(local_deadline) {}
 
 const char* StatusCodeName(grpc::StatusCode code) {
   switch (code) {
@@ -72,7 +77,9 @@ at::ScalarType WireInputType(const std::string& server_datatype) {
 }  // namespace
 
 struct RemoteSession::Impl {
+  std::shared_ptr<grpc::Channel> channel;
   std::unique_ptr<v1::Inference::Stub> stub;
+  bool lost = false;  // the last stream ended with an error
   RemoteSessionOptions options;
   std::unique_ptr<grpc::ClientContext> context;
   std::unique_ptr<Stream> stream;
@@ -92,8 +99,17 @@ struct RemoteSession::Impl {
     stream.reset();
     context.reset();
     open = false;
+    lost = true;
     const std::string& addr = options.address;
     std::string msg = status.error_message();
+    const bool has_deadline = options.deadline != std::chrono::system_clock::time_point{};
+    if (status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED && has_deadline &&
+        std::chrono::system_clock::now() >= options.deadline) {
+      return RemoteError(status.error_code(),
+                         "the deadline of the request passed " + while_doing +
+                             " (the stip server at " + addr + " ended the session)",
+                         /*reason=*/"", /*local_deadline=*/true);
+    }
     switch (status.error_code()) {
       case grpc::StatusCode::OK:
         return RemoteError(grpc::StatusCode::UNAVAILABLE,
@@ -158,6 +174,7 @@ struct RemoteSession::Impl {
 
 RemoteSession::RemoteSession(std::shared_ptr<grpc::Channel> channel, RemoteSessionOptions options)
     : impl_(std::make_unique<Impl>()) {
+  impl_->channel = channel;
   impl_->stub = v1::Inference::NewStub(channel);
   impl_->options = std::move(options);
 }
@@ -172,7 +189,25 @@ RemoteSession::~RemoteSession() {
 SessionInfo RemoteSession::Open() {
   Impl& m = *impl_;
   Close();
+  if (m.lost) {
+    // After a broken connection: dial again now (not after gRPC's own
+    // backoff), and wait for the connection here. A sync call that fails fast
+    // polls nothing, so without this wait a connection attempt made between
+    // the caller's retries might never complete.
+    m.lost = false;
+    grpc::experimental::ChannelResetConnectionBackoff(m.channel.get());
+    const auto wait = std::chrono::milliseconds(std::max(100, m.options.reconnect_wait_ms));
+    if (!m.channel->WaitForConnected(std::chrono::system_clock::now() + wait)) {
+      m.lost = true;
+      throw RemoteError(grpc::StatusCode::UNAVAILABLE,
+                        "cannot reach the stip server at " + m.options.address +
+                            ": not connected within " + std::to_string(wait.count()) + " ms");
+    }
+  }
   m.context = std::make_unique<grpc::ClientContext>();
+  if (m.options.deadline != std::chrono::system_clock::time_point{}) {
+    m.context->set_deadline(m.options.deadline);
+  }
   m.stream = m.stub->Session(m.context.get());
   m.context_length = 0;
   m.pending_truncate = -1;

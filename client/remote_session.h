@@ -11,6 +11,7 @@
 
 #include <grpcpp/support/status.h>
 
+#include <chrono>
 #include <memory>
 #include <string>
 
@@ -27,15 +28,20 @@ namespace stip {
 // gRPC status code so that the Chat service can pass it on.
 class RemoteError : public Error {
  public:
-  RemoteError(grpc::StatusCode status, const std::string& message, std::string reason = "");
+  RemoteError(grpc::StatusCode status, const std::string& message, std::string reason = "",
+              bool local_deadline = false);
   grpc::StatusCode status_code() const { return status_; }
   // The machine-readable reason the server sent with the status ("" = none),
   // e.g. kReasonInstanceRetired (common/rpc/status.h).
   const std::string& reason() const { return reason_; }
+  // DEADLINE_EXCEEDED because the client's own deadline passed (not the
+  // server's idle timeout).
+  bool local_deadline() const { return local_deadline_; }
 
  private:
   grpc::StatusCode status_;
   std::string reason_;
+  bool local_deadline_;
 };
 
 // "UNAVAILABLE", "NOT_FOUND", ...
@@ -49,6 +55,13 @@ struct RemoteSessionOptions {
   int64_t expected_hidden = 0;  // the bundle's sizes, checked against `opened`
   int64_t expected_vocab = 0;
   int close_timeout_ms = 5000;  // how long Close waits for the server to end the stream
+  // After a lost session, how long Open waits for the connection to the
+  // server to come back (then UNAVAILABLE; the Generator's ReconnectPolicy
+  // decides whether to try again).
+  int reconnect_wait_ms = 2000;
+  // Every session stream ends by then (DEADLINE_EXCEEDED); the server ends the
+  // session and frees its KV cache. The epoch (default): no deadline.
+  std::chrono::system_clock::time_point deadline{};
 };
 
 class RemoteSession : public LogitsBackend {

@@ -48,7 +48,10 @@ struct InferenceService::Impl {
         options(std::move(o)),
         policy(options.policy ? options.policy : std::make_shared<SignedTokenPolicy>(s)),
         slots(options.max_sessions),
-        kv(options.max_kv_bytes) {
+        user_slots(options.max_sessions_per_user),
+        kv(options.max_kv_bytes),
+        max_message_bytes(options.max_message_bytes > 0 ? options.max_message_bytes
+                                                        : kMaxMessageBytes) {
     if (!options.record_inputs_dir.empty()) {
       recorder = std::make_unique<InputRecorder>(options.record_inputs_dir);
       spdlog::warn(
@@ -81,7 +84,9 @@ struct InferenceService::Impl {
   const InferenceOptions options;
   std::shared_ptr<const AccessPolicy> policy;
   SessionSlots slots;
+  UserSessionSlots user_slots;
   KvBudget kv;
+  const int64_t max_message_bytes;
   std::unique_ptr<InputRecorder> recorder;
 
   mutable std::mutex mu;  // guards reactors, stop
@@ -108,6 +113,20 @@ class SessionReactor final
     }
     if (!ok) {  // the client ended its side of the stream (or went away)
       End(IsCancelled() ? grpc::Status::CANCELLED : grpc::Status::OK);
+      return;
+    }
+    const size_t bytes = request_.ByteSizeLong();
+    if (static_cast<int64_t>(bytes) > svc_->max_message_bytes) {
+      const std::string what =
+          "message of " + std::to_string(bytes) + " bytes exceeds the message size limit of " +
+          std::to_string(svc_->max_message_bytes) + " bytes (server's --max-message-bytes)";
+      if (opened_ && request_.has_step()) {
+        SendStepError(request_.step().step_id(),
+                      grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                                   "step " + what + "; send the prompt in shorter steps"));
+      } else {
+        End(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "session " + what));
+      }
       return;
     }
     switch (request_.kind_case()) {
@@ -251,6 +270,8 @@ class SessionReactor final
     kv_reserved_ = 0;
     if (holds_slot_) svc_->slots.Release();
     holds_slot_ = false;
+    if (holds_user_slot_) svc_->user_slots.Release(user_);
+    holds_user_slot_ = false;
     lease_.Reset();
   }
 
@@ -284,8 +305,18 @@ class SessionReactor final
       End(CurrentExceptionToStatus());
       return;
     }
-    if (!svc_->slots.TryAcquire()) {
+    if (!svc_->user_slots.TryAcquire(grant.user)) {
       lease_.Reset();
+      End(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                       "per-user session limit of " + std::to_string(svc_->user_slots.limit()) +
+                           " open sessions reached for user " + QuoteForMessage(grant.user, 64) +
+                           " (server's --max-sessions-per-user); close one or try again later"));
+      return;
+    }
+    user_ = grant.user;
+    holds_user_slot_ = true;
+    if (!svc_->slots.TryAcquire()) {
+      ReleaseSession();
       End(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
                        "session limit of " + std::to_string(svc_->slots.limit()) +
                            " open sessions reached (server's --max-sessions); try again later"));
@@ -294,8 +325,12 @@ class SessionReactor final
     holds_slot_ = true;
     const ServerModel& model = lease_->model();
     max_context_ = lease_->max_context();
+    context_limit_source_ = max_context_ < model.config().max_positions
+                                ? "server's --max-context"
+                                : "the model's maximum positions";
     if (open.max_context() > 0 && (max_context_ <= 0 || open.max_context() < max_context_)) {
       max_context_ = open.max_context();
+      context_limit_source_ = "the session's max_context";
     }
     hidden_size_ = model.config().hidden_size;
     vocab_size_ = model.config().vocab_size;
@@ -352,8 +387,8 @@ class SessionReactor final
       }
       if (base + t > max_context_) {
         throw ResourceExhausted("context limit of " + std::to_string(max_context_) +
-                                " positions: the session holds " + std::to_string(base) +
-                                " and the step adds " + std::to_string(t));
+                                " positions (" + context_limit_source_ + "): the session holds " +
+                                std::to_string(base) + " and the step adds " + std::to_string(t));
       }
       const int64_t rows = step.all_logits() ? t : 1;
       if (rows * vocab_size_ * 4 > kMaxMessageBytes - (1 << 20)) {
@@ -439,8 +474,10 @@ class SessionReactor final
   // step's completion are strictly sequential).
   bool opened_ = false;
   bool holds_slot_ = false;
+  bool holds_user_slot_ = false;
   bool recorded_ = false;
-  std::string session_id_, instance_id_;
+  std::string session_id_, instance_id_, user_;
+  std::string context_limit_source_;
   SessionLease lease_;
   std::shared_ptr<KvCache> cache_;
   int64_t max_context_ = 0, hidden_size_ = 0, vocab_size_ = 0, bytes_per_position_ = 0;
@@ -488,6 +525,9 @@ grpc::ServerBidiReactor<v1::SessionRequest, v1::SessionResponse>* InferenceServi
 }
 
 int InferenceService::active_sessions() const { return impl_->slots.active(); }
+int InferenceService::active_sessions(const std::string& user) const {
+  return impl_->user_slots.active(user);
+}
 int64_t InferenceService::kv_reserved_bytes() const { return impl_->kv.reserved(); }
 int InferenceService::open_streams() const {
   std::lock_guard<std::mutex> lock(impl_->mu);

@@ -4,9 +4,10 @@
 //   open   -> opened (sizes, limits, compute datatype), or the stream ends with
 //             UNAUTHENTICATED / PERMISSION_DENIED (access token; see
 //             access_policy.h, checked first) / NOT_FOUND /
-//             FAILED_PRECONDITION / RESOURCE_EXHAUSTED (session limit); a
-//             retired instance (key rotation): FAILED_PRECONDITION with the
-//             trailing metadata stip-error-reason: INSTANCE_RETIRED
+//             FAILED_PRECONDITION / RESOURCE_EXHAUSTED (per-user or total
+//             session limit, message size); a retired instance (key
+//             rotation): FAILED_PRECONDITION with the trailing metadata
+//             stip-error-reason: INSTANCE_RETIRED
 //   (drain)   once a retired instance's drain deadline passes, its open
 //             sessions end with that same status (an idle one within a
 //             second, a busy one at its next step)
@@ -14,6 +15,11 @@
 //             for that step_id; a refused step changes nothing and the
 //             session stays usable
 //   close  -> the stream ends with OK; ending the stream does the same
+//
+// A step refused for a limit (context, KV cache memory, message size) is an
+// in-band RESOURCE_EXHAUSTED naming the limit and its flag. A client deadline
+// or cancellation ends the session as soon as its step (if any) is done, and
+// frees its KV cache and session slots.
 //
 // Messages are handled one at a time per session: the next message is read
 // once the previous one's answer is written. Steps go to the model's batch
@@ -35,6 +41,8 @@ class ModelStore;
 
 struct InferenceOptions {
   int max_sessions = 64;                    // open sessions at once (0: unlimited)
+  int max_sessions_per_user = 0;            // ... of them per token user (0: unlimited)
+  int64_t max_message_bytes = 0;            // one session message (0: the gRPC limit, 256 MiB)
   int64_t max_kv_bytes = int64_t{4} << 30;  // KV cache of all sessions together (0: unlimited)
   int idle_timeout_s = 600;       // end a session that sends nothing for this long (0: never)
   std::string record_inputs_dir;  // test-only: record each session's first x' here ("" = off)
@@ -49,9 +57,10 @@ class InferenceService final : public v1::Inference::CallbackService {
   grpc::ServerBidiReactor<v1::SessionRequest, v1::SessionResponse>* Session(
       grpc::CallbackServerContext* context) override;
 
-  int active_sessions() const;        // holding a session slot
-  int64_t kv_reserved_bytes() const;  // KV cache memory reserved by open sessions
-  int open_streams() const;           // reactors alive (including not yet opened)
+  int active_sessions() const;                         // holding a session slot
+  int active_sessions(const std::string& user) const;  // ... opened with `user`'s tokens
+  int64_t kv_reserved_bytes() const;                   // KV cache memory reserved by open sessions
+  int open_streams() const;                            // reactors alive (including not yet opened)
 
   struct Impl;
 

@@ -18,6 +18,7 @@
 #include <iostream>
 
 #include "common/error.h"
+#include "common/rpc/tls.h"
 #include "common/util/no_core_dumps.h"
 #include "server/stip_server.h"
 
@@ -27,6 +28,7 @@ int main(int argc, char** argv) {
   stip::server::ServerOptions opt;
   double max_kv_gib = 4;
   double shutdown_grace_s = 10;
+  uint64_t max_message_bytes = stip::kMaxMessageBytes;
   std::string log_level = "info";
 
   app.add_option("--listen", opt.listen, "host:port to listen on (port 0: pick a free one)")
@@ -43,6 +45,17 @@ int main(int argc, char** argv) {
   app.add_option("--max-sessions", opt.inference.max_sessions,
                  "open sessions at once (0: no limit)")
       ->capture_default_str();
+  app.add_option("--max-sessions-per-user", opt.inference.max_sessions_per_user,
+                 "open sessions at once per user (the user named by the access token; 0: no "
+                 "limit)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--max-message-bytes", max_message_bytes,
+                 "largest session message (a step's hidden states) accepted; larger steps are "
+                 "refused with RESOURCE_EXHAUSTED (KiB/MiB suffixes; at most 256MiB)")
+      ->capture_default_str()
+      ->transform(CLI::AsSizeValue(false))
+      ->check(CLI::Range(uint64_t{1024}, uint64_t{stip::kMaxMessageBytes}));
   app.add_option("--max-context", opt.store.max_context,
                  "positions per session (0: the model's maximum)")
       ->capture_default_str();
@@ -111,6 +124,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   opt.inference.max_kv_bytes = static_cast<int64_t>(max_kv_gib * double(int64_t{1} << 30));
+  opt.inference.max_message_bytes = static_cast<int64_t>(max_message_bytes);
 
   // Every thread started from here on inherits the blocked signals; main
   // waits for them below.

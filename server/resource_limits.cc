@@ -21,6 +21,27 @@ int SessionSlots::active() const {
   return active_;
 }
 
+bool UserSessionSlots::TryAcquire(const std::string& user) {
+  std::lock_guard<std::mutex> lock(mu_);
+  int& n = active_[user];
+  if (limit_ > 0 && n >= limit_) return false;
+  ++n;
+  return true;
+}
+
+void UserSessionSlots::Release(const std::string& user) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = active_.find(user);
+  if (it == active_.end()) return;
+  if (--it->second <= 0) active_.erase(it);
+}
+
+int UserSessionSlots::active(const std::string& user) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = active_.find(user);
+  return it == active_.end() ? 0 : it->second;
+}
+
 bool KvBudget::TryReserve(int64_t bytes) {
   if (bytes <= 0) return true;
   std::lock_guard<std::mutex> lock(mu_);

@@ -28,6 +28,7 @@
 #include "client/chat_service.h"
 #include "client/generator.h"
 #include "client/local_backend.h"
+#include "client/reconnect.h"
 #include "client/registration.h"
 #include "client/remote_session.h"
 #include "common/arch/model_config.h"
@@ -635,6 +636,93 @@ TEST(RemoteSession, StepErrorsInBandAndSessionLossAreRecovered) {
   (void)t2;
 }
 
+// With a ReconnectPolicy the turn survives the loss: the client says so,
+// waits, opens a new session, sends prompt + the tokens it has so far, and
+// the answer equals the uninterrupted reference. A session the server ended
+// for idleness (DEADLINE_EXCEEDED) is reopened at once.
+TEST(RemoteSession, ReconnectsWithinTheTurnAndTheAnswerIsUnchanged) {
+  const Instance& in = Instances::Get()["kjv-llama"];
+  TestInference service(in.server, in.instance_id);
+  RunningServer srv({&service});
+  auto gen = RemoteGenerator(in, srv.address);
+  std::vector<std::string> messages;
+  ReconnectPolicy policy;
+  policy.max_attempts = 3;
+  policy.initial_delay_s = 0.01;
+  policy.max_delay_s = 0.02;
+  policy.notify = [&](const std::string& m) { messages.push_back(m); };
+  gen->SetReconnectPolicy(policy);
+  gen->Connect();
+  service.end_after_steps = 12;  // in the middle of the answer
+  std::string streamed;
+  GenerateResult r = gen->Generate(
+      kPrompt, Greedy(40), [&](const std::string& piece, const auto&) { streamed += piece; });
+  EXPECT_EQ(Concat(r.prompt_ids, r.token_ids), in.greedy_ids);
+  EXPECT_EQ(std::string(kPrompt) + r.text, in.greedy_text);
+  EXPECT_EQ(streamed, r.text);  // nothing shown twice
+  EXPECT_EQ(service.opens.load(), 2);
+  EXPECT_EQ(gen->reconnects(), 1);
+  ASSERT_EQ(messages.size(), 2u);
+  EXPECT_EQ(messages[0].rfind("server unavailable: ", 0), 0u) << messages[0];
+  EXPECT_NE(messages[0].find("reconnecting in "), std::string::npos) << messages[0];
+  EXPECT_NE(messages[0].find("(attempt 1 of 3)"), std::string::npos) << messages[0];
+  EXPECT_EQ(messages[1].rfind("reconnected: new session s2", 0), 0u) << messages[1];
+  // The new session holds the whole conversation.
+  EXPECT_EQ(gen->cached_positions(), static_cast<int64_t>(in.greedy_ids.size()) - 1);
+  GenerateResult t2 = gen->Generate(" And Moses said", Greedy(5));
+  auto local = LocalGenerator(in);
+  local->Generate(kPrompt, Greedy(40));
+  EXPECT_EQ(local->Generate(" And Moses said", Greedy(5)).token_ids, t2.token_ids);
+}
+
+TEST(Reconnect, ClassifiesBacksOffWithJitterAndGivesUp) {
+  EXPECT_EQ(ClassifySessionLoss(RemoteError(grpc::StatusCode::UNAVAILABLE, "x"), false),
+            SessionLoss::kUnavailable);
+  EXPECT_EQ(ClassifySessionLoss(RemoteError(grpc::StatusCode::UNAVAILABLE, "x"), true),
+            SessionLoss::kNone);  // an in-band error: the session goes on
+  EXPECT_EQ(ClassifySessionLoss(RemoteError(grpc::StatusCode::DEADLINE_EXCEEDED, "idle"), false),
+            SessionLoss::kExpired);
+  EXPECT_EQ(
+      ClassifySessionLoss(RemoteError(grpc::StatusCode::DEADLINE_EXCEEDED, "x", "", true), false),
+      SessionLoss::kNone);  // the client's own deadline
+  EXPECT_EQ(ClassifySessionLoss(RemoteError(grpc::StatusCode::PERMISSION_DENIED, "x"), false),
+            SessionLoss::kNone);
+  EXPECT_EQ(ClassifySessionLoss(InvalidArgument("x"), false), SessionLoss::kNone);
+  ReconnectPolicy p;
+  p.initial_delay_s = 0.5;
+  p.max_delay_s = 4;
+  EXPECT_DOUBLE_EQ(BackoffDelaySeconds(p, 1, 0.0), 0.25);
+  EXPECT_DOUBLE_EQ(BackoffDelaySeconds(p, 1, 1.0), 0.5);
+  EXPECT_DOUBLE_EQ(BackoffDelaySeconds(p, 3, 1.0), 2.0);
+  EXPECT_DOUBLE_EQ(BackoffDelaySeconds(p, 10, 0.5), 3.0);  // capped at 4, then jittered
+  EXPECT_FALSE(SleepUnlessCancelled(10, [] { return true; }));
+
+  // A server that goes away for good: the turn fails after the attempts,
+  // saying so; the conversation is kept for a later turn.
+  const Instance& in = Instances::Get()["kjv-gpt2"];
+  auto service = std::make_unique<TestInference>(in.server, in.instance_id);
+  auto srv = std::make_unique<RunningServer>(std::vector<grpc::Service*>{service.get()});
+  RemoteSessionOptions o = SessionOptions(in, srv->address);
+  o.reconnect_wait_ms = 100;
+  auto gen = std::make_unique<Generator>(
+      in.bundle, std::make_unique<RemoteSession>(MakeChannel(srv->address, Insecure(), "test"), o));
+  p.max_attempts = 2;
+  p.initial_delay_s = 0.01;
+  p.max_delay_s = 0.01;
+  gen->SetReconnectPolicy(p);
+  gen->Generate(kPrompt, Greedy(3));
+  srv.reset();
+  try {
+    gen->Generate(" And Moses said", Greedy(3));
+    ADD_FAILURE() << "no error";
+  } catch (const RemoteError& e) {
+    EXPECT_EQ(e.status_code(), grpc::StatusCode::UNAVAILABLE);
+    EXPECT_NE(std::string(e.what()).find("gave up after 2 reconnect attempts"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_EQ(gen->reconnects(), 0);
+}
+
 // ---- registration against an in-test Registry ------------------------------------
 
 class TestRegistry final : public v1::Registry::Service {
@@ -924,6 +1012,49 @@ ProcessResult RunProcess(const std::vector<std::string>& argv, const std::string
 }
 
 int ExitCode(int status) { return WIFEXITED(status) ? WEXITSTATUS(status) : -1; }
+
+// The daemon's conversations reconnect like the CLI (the server goes away in
+// the middle of an answer, the request still succeeds with the same text),
+// and an oversized prompt is refused naming the limit.
+TEST(ChatService, ReconnectsAndLimitsThePromptSize) {
+  const Instance& in = Instances::Get()["kjv-llama"];
+  TestInference inference(in.server, in.instance_id);
+  RunningServer upstream({&inference});
+  ChatServiceOptions so;
+  so.bundle = in.bundle;
+  auto channel = MakeChannel(upstream.address, Insecure(), "test");
+  RemoteSessionOptions ro = SessionOptions(in, upstream.address);
+  so.make_backend = [channel, ro] { return std::make_unique<RemoteSession>(channel, ro); };
+  so.max_prompt_bytes = 64;
+  so.reconnect.max_attempts = 3;
+  so.reconnect.initial_delay_s = 0.01;
+  so.reconnect.max_delay_s = 0.02;
+  ChatService service(so);
+  RunningServer srv({&service});
+  auto stub = v1::Chat::NewStub(MakeChannel(srv.address, Insecure(), "test"));
+
+  v1::GenerateRequest req;
+  req.set_prompt(kPrompt);
+  req.set_max_new_tokens(40);
+  req.mutable_sampling()->set_greedy(true);
+  req.set_conversation_id("c");
+  ChatCall warm = CallChat(*stub, req);  // the conversation's session is open
+  ASSERT_TRUE(warm.status.ok()) << warm.status.error_message();
+  EXPECT_EQ(std::string(kPrompt) + warm.text, in.greedy_text);
+  req.set_conversation_id("");
+  inference.end_after_steps = inference.steps.load() + 10;
+  ChatCall one = CallChat(*stub, req);
+  ASSERT_TRUE(one.status.ok()) << one.status.error_message();
+  EXPECT_EQ(std::string(kPrompt) + one.text, in.greedy_text);
+  EXPECT_EQ(inference.opens.load(), 3);  // the conversation, the one-off, its reconnect
+
+  req.set_prompt(std::string(65, 'a'));
+  ChatCall big = CallChat(*stub, req);
+  EXPECT_EQ(big.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_NE(big.status.error_message().find("prompt size limit of 64 bytes"), std::string::npos)
+      << big.status.error_message();
+  EXPECT_NE(big.status.error_message().find("--max-prompt-bytes"), std::string::npos);
+}
 
 TEST(Binary, GenerateAndChatPrintExactly) {
   const Instance& in = Instances::Get()["kjv-gpt2"];

@@ -176,4 +176,119 @@ inline RunResult Run(const std::vector<std::string>& argv, double seconds = 300)
   return r;
 }
 
+// A child process with its stdin, stdout and stderr on pipes, read while it
+// runs (for a chat, or to act in the middle of a generation). Killed (SIGKILL)
+// when destroyed if it has not exited.
+class Interactive {
+ public:
+  explicit Interactive(const std::vector<std::string>& argv) {
+    signal(SIGPIPE, SIG_IGN);  // a write to a child that exited fails instead
+    // Close-on-exec: processes started later (a restarted server) must not
+    // hold this child's stdin open.
+    int in[2], o[2], e[2];
+    if (pipe2(in, O_CLOEXEC) != 0 || pipe2(o, O_CLOEXEC) != 0 || pipe2(e, O_CLOEXEC) != 0) {
+      throw std::runtime_error("pipe failed");
+    }
+    pid_ = fork();
+    if (pid_ < 0) throw std::runtime_error("fork failed");
+    if (pid_ == 0) {
+      setpgid(0, 0);
+      dup2(in[0], 0);
+      dup2(o[1], 1);
+      dup2(e[1], 2);
+      for (int fd : {in[0], in[1], o[0], o[1], e[0], e[1]}) close(fd);
+      std::vector<char*> args;
+      for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+      args.push_back(nullptr);
+      execv(args[0], args.data());
+      _exit(127);
+    }
+    close(in[0]);
+    close(o[1]);
+    close(e[1]);
+    in_ = in[1];
+    out_ = o[0];
+    err_ = e[0];
+  }
+  ~Interactive() {
+    CloseStdin();
+    if (pid_ > 0) {
+      kill(pid_, SIGKILL);
+      int status;
+      waitpid(pid_, &status, 0);
+    }
+    if (out_ >= 0) close(out_);
+    if (err_ >= 0) close(err_);
+  }
+  Interactive(const Interactive&) = delete;
+  Interactive& operator=(const Interactive&) = delete;
+
+  void Write(const std::string& text) {
+    size_t done = 0;
+    while (done < text.size()) {
+      ssize_t n = ::write(in_, text.data() + done, text.size() - done);
+      if (n <= 0) throw std::runtime_error("write to the child's stdin failed");
+      done += static_cast<size_t>(n);
+    }
+  }
+  void CloseStdin() {
+    if (in_ >= 0) close(in_);
+    in_ = -1;
+  }
+  // Reads what is available for up to `seconds`, until `done(out, err)`
+  // holds; returns whether it did.
+  template <class Pred>
+  bool ReadUntil(Pred done, double seconds) {
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+    while (!done(out, err)) {
+      if (std::chrono::steady_clock::now() >= deadline) return false;
+      if (!Pump(50)) {
+        if (done(out, err)) return true;
+        if (out_ < 0 && err_ < 0) return false;
+      }
+    }
+    return true;
+  }
+  // Reads to the end of both streams and waits for the exit; returns the exit
+  // code (-1: killed, timed out or by a signal).
+  int Wait(double seconds) {
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+    while ((out_ >= 0 || err_ >= 0) && std::chrono::steady_clock::now() < deadline) Pump(50);
+    int status = WaitExit(
+        pid_,
+        std::max(
+            0.1,
+            std::chrono::duration<double>(deadline - std::chrono::steady_clock::now()).count()));
+    if (status == -1) return -1;
+    pid_ = -1;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  }
+
+  std::string out, err;
+
+ private:
+  // One poll of both streams; false if nothing was read.
+  bool Pump(int timeout_ms) {
+    pollfd p[2] = {{out_, POLLIN, 0}, {err_, POLLIN, 0}};
+    if (poll(p, 2, timeout_ms) <= 0) return false;
+    bool got = false;
+    char buf[4096];
+    for (int i = 0; i < 2; ++i) {
+      if (p[i].fd < 0 || !(p[i].revents & (POLLIN | POLLHUP))) continue;
+      ssize_t n = read(p[i].fd, buf, sizeof buf);
+      if (n > 0) {
+        (i == 0 ? out : err).append(buf, static_cast<size_t>(n));
+        got = true;
+      } else {
+        close(p[i].fd);
+        (i == 0 ? out_ : err_) = -1;
+      }
+    }
+    return got;
+  }
+
+  pid_t pid_ = -1;
+  int in_ = -1, out_ = -1, err_ = -1;
+};
+
 }  // namespace stip::test

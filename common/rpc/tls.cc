@@ -66,6 +66,13 @@ std::shared_ptr<grpc::Channel> MakeChannel(const std::string& address, const Tls
   args.SetMaxSendMessageSize(kMaxMessageBytes);
   args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
   args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
+  // After a lost connection gRPC dials again with its own backoff (1 s
+  // growing to 120 s by default), failing calls at once in between: a
+  // restarted server would stay unreachable for long after it is back.
+  // Callers retry with their own policy (client/reconnect.h); keep gRPC's
+  // short.
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 250);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
   if (!tls.server_name_override.empty()) {
     args.SetSslTargetNameOverride(tls.server_name_override);
   }
