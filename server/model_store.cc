@@ -144,6 +144,17 @@ void ValidateServerCheckpoint(const std::string& dir, const std::string& instanc
                             ": not part of a transformed " + config.model_type + " checkpoint");
     }
   }
+  // Weights are floating point: integer or boolean bytes of the right shape
+  // would load as garbage weights and silently wrong logits for every user.
+  for (const std::string& name : ckpt.Names()) {
+    const DType dtype = ckpt.Get(name).info->dtype;
+    if (dtype != DType::kF32 && dtype != DType::kF16 && dtype != DType::kBF16 &&
+        dtype != DType::kF64) {
+      throw InvalidArgument("tensor " + QuoteForMessage(name, 128) + " has dtype " +
+                            DTypeName(dtype) +
+                            "; model weights must be floating point (F32, F16, BF16 or F64)");
+    }
+  }
   CheckpointSource source(ckpt);
   ValidateTensors(config, source, /*server_only=*/true);
   std::set<std::string> allowed = {kConfigFile, kIndexFile, kGenerationConfigFile};
@@ -445,7 +456,11 @@ v1::ModelInfo ModelStore::FinishUpload(std::unique_ptr<PendingUpload> upload,
   try {
     ValidateServerCheckpoint(tmp, id);
   } catch (const Error& e) {
-    throw Error(e.code(), "upload of " + id + " refused: " + e.what() + "; nothing was stored");
+    // A tensor or file the config implies but the upload lacks is a bad
+    // upload (INVALID_ARGUMENT), not a missing resource of the server.
+    const ErrorCode code =
+        e.code() == ErrorCode::kNotFound ? ErrorCode::kInvalidArgument : e.code();
+    throw Error(code, "upload of " + id + " refused: " + e.what() + "; nothing was stored");
   }
   Entry e;
   e.id = id;
