@@ -6,6 +6,7 @@
 // problem, or a finite tensor of shape [T >= 1, 64] built from exactly the
 // bytes sent.
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
 #include <cstddef>
 #include <cstdint>
