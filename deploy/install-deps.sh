@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs stip's build and runtime dependencies from Debian 12's packages.
 # Used by the README's commands, .ci/run and the Dockerfiles alike.
-# Usage: deploy/install-deps.sh [--runtime-only]
+# Usage: deploy/install-deps.sh [--runtime-only | --fuzz]
 set -euo pipefail
 
 BUILD_PKGS=(
@@ -17,9 +17,13 @@ BUILD_PKGS=(
 )
 # Validating docker-compose.yml offline in the test suite.
 TEST_PKGS=(docker-compose)
+# deploy/fuzz.sh only (libFuzzer and clang's sanitizer runtimes); not for CI.
+FUZZ_PKGS=(clang-14 libclang-rt-14-dev)
 
 pkgs=("${BUILD_PKGS[@]}" "${TEST_PKGS[@]}")
-if [[ "${1:-}" == "--runtime-only" ]]; then
+if [[ "${1:-}" == "--fuzz" ]]; then
+  pkgs=("${FUZZ_PKGS[@]}")
+elif [[ "${1:-}" == "--runtime-only" ]]; then
   pkgs=(libtorch1.13 libgrpc++1.51 libprotobuf32 libspdlog1.10 libsentencepiece0 libpcre2-8-0 openssl
         libopenblas0-pthread)
 fi

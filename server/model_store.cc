@@ -67,8 +67,8 @@ std::shared_ptr<const InstanceAccess> MakeAccess(const std::string& key_pem,
   }
   for (const auth::RevokedToken& r : revoked) {
     if (!auth::IsValidTokenId(r.token_id)) {
-      throw InvalidArgument("revocation list: \"" + r.token_id.substr(0, 40) +
-                            "\" is not a token id (32 lowercase hex digits)");
+      throw InvalidArgument("revocation list: " + QuoteForMessage(r.token_id, 40) +
+                            " is not a token id (32 lowercase hex digits)");
     }
     if (r.expires_at <= now || access->revoked_ids.count(r.token_id)) continue;
     access->revoked.push_back(r);
@@ -164,8 +164,19 @@ void ValidateServerCheckpoint(const std::string& dir, const std::string& instanc
                             "the transformed server checkpoint only");
     }
     if (!server_names.count(name)) {
-      throw InvalidArgument("unexpected tensor \"" + name.substr(0, 128) +
-                            "\": not part of a transformed " + config.model_type + " checkpoint");
+      throw InvalidArgument("unexpected tensor " + QuoteForMessage(name, 128) +
+                            ": not part of a transformed " + config.model_type + " checkpoint");
+    }
+  }
+  // Weights are floating point: integer or boolean bytes of the right shape
+  // would load as garbage weights and silently wrong logits for every user.
+  for (const std::string& name : ckpt.Names()) {
+    const DType dtype = ckpt.Get(name).info->dtype;
+    if (dtype != DType::kF32 && dtype != DType::kF16 && dtype != DType::kBF16 &&
+        dtype != DType::kF64) {
+      throw InvalidArgument("tensor " + QuoteForMessage(name, 128) + " has dtype " +
+                            DTypeName(dtype) +
+                            "; model weights must be floating point (F32, F16, BF16 or F64)");
     }
   }
   CheckpointSource source(ckpt);
@@ -183,8 +194,8 @@ void ValidateServerCheckpoint(const std::string& dir, const std::string& instanc
                             "Retire, not uploaded");
     }
     if (!allowed.count(name)) {
-      throw InvalidArgument("unexpected file \"" + name.substr(0, 128) +
-                            "\": a server checkpoint holds config.json and its safetensors only");
+      throw InvalidArgument("unexpected file " + QuoteForMessage(name, 128) +
+                            ": a server checkpoint holds config.json and its safetensors only");
     }
   }
 }
@@ -341,7 +352,8 @@ std::vector<v1::ModelInfo> ModelStore::List() const {
 v1::ModelInfo ModelStore::Info(const std::string& id) const {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = models_.find(id);
-  if (it == models_.end()) throw NotFound("model instance " + id.substr(0, 64) + " is not stored");
+  if (it == models_.end())
+    throw NotFound("model instance " + QuoteForMessage(id) + " is not stored");
   return InfoLocked(it->second);
 }
 
@@ -379,14 +391,15 @@ v1::ModelInfo ModelStore::Load(const std::string& id) {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = models_.find(id);
     if (it == models_.end())
-      throw NotFound("model instance " + id.substr(0, 64) + " is not stored");
+      throw NotFound("model instance " + QuoteForMessage(id) + " is not stored");
     if (it->second.loaded) return InfoLocked(it->second);
     copy = it->second;
   }
   std::shared_ptr<LoadedModel> loaded = LoadEntry(copy);
   std::lock_guard<std::mutex> lock(mu_);
   auto it = models_.find(id);
-  if (it == models_.end()) throw NotFound("model instance " + id.substr(0, 64) + " is not stored");
+  if (it == models_.end())
+    throw NotFound("model instance " + QuoteForMessage(id) + " is not stored");
   it->second.loaded = std::move(loaded);
   return InfoLocked(it->second);
 }
@@ -399,7 +412,7 @@ v1::ModelInfo ModelStore::Unload(const std::string& id) {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = models_.find(id);
     if (it == models_.end())
-      throw NotFound("model instance " + id.substr(0, 64) + " is not stored");
+      throw NotFound("model instance " + QuoteForMessage(id) + " is not stored");
     if (it->second.loaded) {
       const int sessions = it->second.loaded->active_sessions();
       if (sessions > 0) {
@@ -425,7 +438,7 @@ void ModelStore::Delete(const std::string& id) {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = models_.find(id);
     if (it == models_.end())
-      throw NotFound("model instance " + id.substr(0, 64) + " is not stored");
+      throw NotFound("model instance " + QuoteForMessage(id) + " is not stored");
     if (it->second.loaded && it->second.loaded->active_sessions() > 0) {
       throw FailedPrecondition("model " + id + " has " +
                                std::to_string(it->second.loaded->active_sessions()) +
@@ -447,8 +460,8 @@ void ModelStore::Delete(const std::string& id) {
 std::unique_ptr<PendingUpload> ModelStore::BeginUpload(const v1::UploadHeader& header) {
   const std::string& id = header.instance_id();
   if (!IsValidInstanceId(id)) {
-    throw InvalidArgument("upload: instance id \"" + id.substr(0, 64) +
-                          "\" is not valid (1 to 64 of [A-Za-z0-9_-])");
+    throw InvalidArgument("upload: instance id " + QuoteForMessage(id) +
+                          " is not valid (1 to 64 of [A-Za-z0-9_-])");
   }
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -480,7 +493,11 @@ v1::ModelInfo ModelStore::FinishUpload(std::unique_ptr<PendingUpload> upload,
   try {
     ValidateServerCheckpoint(tmp, id);
   } catch (const Error& e) {
-    throw Error(e.code(), "upload of " + id + " refused: " + e.what() + "; nothing was stored");
+    // A tensor or file the config implies but the upload lacks is a bad
+    // upload (INVALID_ARGUMENT), not a missing resource of the server.
+    const ErrorCode code =
+        e.code() == ErrorCode::kNotFound ? ErrorCode::kInvalidArgument : e.code();
+    throw Error(code, "upload of " + id + " refused: " + e.what() + "; nothing was stored");
   }
   Entry e;
   e.id = id;
@@ -521,7 +538,7 @@ SessionLease ModelStore::OpenSession(const std::string& id) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = models_.find(id);
   if (it == models_.end()) {
-    throw NotFound("model instance \"" + id.substr(0, 64) + "\" is not on this server");
+    throw NotFound("model instance " + QuoteForMessage(id) + " is not on this server");
   }
   if (it->second.retired) {
     throw InstanceRetiredError("model instance " + id +
@@ -587,7 +604,7 @@ v1::AccessInfo ModelStore::SetAccess(const std::string& id, const std::string& k
     std::lock_guard<std::mutex> lock(mu_);
     auto it = models_.find(id);
     if (it == models_.end()) {
-      throw NotFound("model instance " + id.substr(0, 64) + " is not stored");
+      throw NotFound("model instance " + QuoteForMessage(id) + " is not stored");
     }
     dir = it->second.dir;
   }
@@ -611,7 +628,7 @@ std::shared_ptr<const InstanceAccess> ModelStore::Access(const std::string& id) 
   std::lock_guard<std::mutex> lock(mu_);
   auto it = models_.find(id);
   if (it == models_.end()) {
-    throw NotFound("model instance \"" + id.substr(0, 64) + "\" is not on this server");
+    throw NotFound("model instance " + QuoteForMessage(id) + " is not on this server");
   }
   return it->second.access;
 }

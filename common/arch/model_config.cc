@@ -2,7 +2,10 @@
 
 #include <sys/stat.h>
 
+#include <cmath>
 #include <fstream>
+#include <limits>
+#include <optional>
 #include <sstream>
 
 #include "common/arch/architecture.h"
@@ -28,25 +31,54 @@ void JsonConfig::Fail(const std::string& key, const std::string& problem) const 
   throw InvalidArgument(source_ + ": key \"" + key + "\": " + problem);
 }
 
-int64_t JsonConfig::Int(const std::string& key) const {
-  const nlohmann::json& v = Get(key);
+namespace {
+
+// The JSON value as an int64, if it is one exactly: an integer within int64's
+// range, or a float with an integral value within it (2.0e3). Converting a
+// float outside that range is undefined behaviour, so the range comes first
+// (found by fuzz/model_config_fuzzer.cc: "1.84467e+22").
+std::optional<int64_t> AsInt64(const nlohmann::json& v) {
+  if (v.is_number_unsigned()) {
+    const uint64_t u = v.get<uint64_t>();
+    if (u > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) return std::nullopt;
+    return static_cast<int64_t>(u);
+  }
   if (v.is_number_integer()) return v.get<int64_t>();
   if (v.is_number_float()) {
-    double d = v.get<double>();
-    if (d == static_cast<double>(static_cast<int64_t>(d))) return static_cast<int64_t>(d);
+    const double d = v.get<double>();
+    // [-2^63, 2^63): both bounds are exact doubles; NaN fails both tests.
+    if (d >= -9223372036854775808.0 && d < 9223372036854775808.0 && d == std::trunc(d)) {
+      return static_cast<int64_t>(d);
+    }
   }
-  Fail(key, "expected an integer, got " + v.dump());
+  return std::nullopt;
+}
+
+// A value for an error message: scalars as JSON (bounded), containers by type
+// only (dump() recurses: a deeply nested value would overflow the stack).
+std::string Shown(const nlohmann::json& v) {
+  if (v.is_structured()) return std::string("a JSON ") + v.type_name();
+  if (v.is_string()) return QuoteForMessage(v.get_ref<const std::string&>());
+  return v.dump();  // a number, true, false or null
+}
+
+}  // namespace
+
+int64_t JsonConfig::Int(const std::string& key) const {
+  const nlohmann::json& v = Get(key);
+  if (std::optional<int64_t> i = AsInt64(v)) return *i;
+  Fail(key, "expected an integer (within int64), got " + Shown(v));
 }
 
 double JsonConfig::Number(const std::string& key) const {
   const nlohmann::json& v = Get(key);
-  if (!v.is_number()) Fail(key, "expected a number, got " + v.dump());
+  if (!v.is_number()) Fail(key, "expected a number, got " + Shown(v));
   return v.get<double>();
 }
 
 std::string JsonConfig::String(const std::string& key) const {
   const nlohmann::json& v = Get(key);
-  if (!v.is_string()) Fail(key, "expected a string, got " + v.dump());
+  if (!v.is_string()) Fail(key, "expected a string, got " + Shown(v));
   return v.get<std::string>();
 }
 
@@ -59,7 +91,7 @@ double JsonConfig::Number(const std::string& key, double fallback) const {
 bool JsonConfig::Bool(const std::string& key, bool fallback) const {
   if (!Has(key)) return fallback;
   const nlohmann::json& v = Get(key);
-  if (!v.is_boolean()) Fail(key, "expected true or false, got " + v.dump());
+  if (!v.is_boolean()) Fail(key, "expected true or false, got " + Shown(v));
   return v.get<bool>();
 }
 std::string JsonConfig::String(const std::string& key, const std::string& fallback) const {
@@ -72,19 +104,22 @@ std::optional<int64_t> JsonConfig::OptionalInt(const std::string& key) const {
 std::vector<int64_t> JsonConfig::IntList(const std::string& key) const {
   if (!Has(key)) return {};
   const nlohmann::json& v = Get(key);
-  if (v.is_number_integer()) return {v.get<int64_t>()};
-  if (!v.is_array()) Fail(key, "expected an integer or a list of integers, got " + v.dump());
+  if (v.is_number_integer()) {
+    if (std::optional<int64_t> i = AsInt64(v)) return {*i};
+  }
+  if (!v.is_array()) Fail(key, "expected an integer or a list of integers, got " + Shown(v));
   std::vector<int64_t> out;
   for (const auto& e : v) {
-    if (!e.is_number_integer()) Fail(key, "expected a list of integers, got " + v.dump());
-    out.push_back(e.get<int64_t>());
+    std::optional<int64_t> i = e.is_number_integer() ? AsInt64(e) : std::nullopt;
+    if (!i) Fail(key, "expected a list of integers (within int64), got " + Shown(v));
+    out.push_back(*i);
   }
   return out;
 }
 std::optional<JsonConfig> JsonConfig::Object(const std::string& key) const {
   if (!Has(key)) return std::nullopt;
   const nlohmann::json& v = Get(key);
-  if (!v.is_object()) Fail(key, "expected an object, got " + v.dump());
+  if (!v.is_object()) Fail(key, "expected an object, got " + Shown(v));
   return JsonConfig(v, source_ + ":" + key);
 }
 

@@ -178,10 +178,11 @@ DirectoryReceiver::DirectoryReceiver(std::string final_dir,
   uint64_t total = 0;
   for (const auto& f : files) {
     if (!IsSafeFileName(f.name())) {
-      throw InvalidArgument("file name \"" + f.name().substr(0, 64) +
-                            "\" is not a plain file name (no '/', no \"..\")");
+      throw InvalidArgument("file name " + QuoteForMessage(f.name()) +
+                            " is not a plain file name (no '/', no \"..\")");
     }
-    if (!names.insert(f.name()).second) throw InvalidArgument("file \"" + f.name() + "\" listed twice");
+    if (!names.insert(f.name()).second)
+      throw InvalidArgument("file " + QuoteForMessage(f.name()) + " listed twice");
     if (f.size() > limits.max_total_bytes || total + f.size() > limits.max_total_bytes) {
       throw ResourceExhausted("transfer of more than " + std::to_string(limits.max_total_bytes) +
                               " bytes refused (size limit)");
@@ -242,8 +243,8 @@ void DirectoryReceiver::VerifyDigest(const std::string& sha256_hex) {
   }
   std::string got = m.digest.Hex();
   if (got != sha256_hex) {
-    throw DataLoss("SHA-256 mismatch: the content received hashes to " + got + ", the sender said " +
-                   sha256_hex.substr(0, 64) + "; nothing was stored");
+    throw DataLoss("SHA-256 mismatch: the content received hashes to " + got +
+                   ", the sender said " + QuoteForMessage(sha256_hex) + "; nothing was stored");
   }
   SyncDirectory(m.tmp);
   m.verified = true;

@@ -23,8 +23,8 @@ at::ScalarType ParseWireDataType(const std::string& d) {
   if (d == "FP16") return at::kHalf;
   if (d == "BF16") return at::kBFloat16;
   if (d == "INT64") return at::kLong;
-  std::string shown = d.size() > 32 ? d.substr(0, 32) + "..." : d;
-  throw InvalidArgument("unknown tensor datatype \"" + shown + "\" (FP32, FP16, BF16 or INT64)");
+  throw InvalidArgument("unknown tensor datatype " + QuoteForMessage(d, 32) +
+                        " (FP32, FP16, BF16 or INT64)");
 }
 
 void ToWire(const at::Tensor& t, v1::Tensor* out) {

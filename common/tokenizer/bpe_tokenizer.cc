@@ -507,7 +507,10 @@ void BpeTokenizer::Finish(const std::vector<std::pair<std::string, std::string>>
   // Merge table.
   merges_.reserve(merges.size());
   for (size_t rank = 0; rank < merges.size(); ++rank) {
-    const auto& [a, b] = merges[rank];
+    // (Plain references, not a structured binding: lambdas may capture
+    // those only from C++20 on, and clang enforces it.)
+    const std::string& a = merges[rank].first;
+    const std::string& b = merges[rank].second;
     auto where = [&] {
       return source +
              (merge_lines.empty() ? ": merge #" + std::to_string(rank + 1)

@@ -23,6 +23,31 @@ std::string ExecutableDir() {
   return path.substr(0, path.rfind('/'));
 }
 
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define STIP_SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define STIP_SANITIZED 1
+#endif
+#endif
+
+void* OpenDeepBound(const std::string& path) {
+  constexpr int kFlags = RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND;
+#ifdef STIP_SANITIZED
+  // ASan's and TSan's dlopen interceptors abort on RTLD_DEEPBIND, because a
+  // deep-bound library would find libc's malloc before the sanitizer's. Our
+  // module is built with the same -fsanitize flags, so the sanitizer runtime
+  // is its first dependency and comes first in its deep-bound scope: malloc
+  // and operator new still bind to the runtime. Dropping DEEPBIND instead
+  // would let sentencepiece's embedded protobuf bind to LibTorch's
+  // libprotobuf (a different version). dlmopen(LM_ID_BASE) is the same load
+  // in the same namespace, and is not intercepted (deploy/sanitize.sh).
+  return dlmopen(LM_ID_BASE, path.c_str(), kFlags);
+#else
+  return dlopen(path.c_str(), kFlags);
+#endif
+}
+
 OpenFn Module() {
   static std::once_flag once;
   static OpenFn fn = nullptr;
@@ -44,7 +69,7 @@ OpenFn Module() {
       if (access(path.c_str(), R_OK) != 0) continue;
       // RTLD_DEEPBIND: sentencepiece binds to its own protobuf, not to the
       // process's (LibTorch's / gRPC's); RTLD_LOCAL: nor does anyone else see its copy.
-      void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
+      void* handle = OpenDeepBound(path);
       if (!handle) {
         error = path + ": " + dlerror();
         continue;
