@@ -17,8 +17,10 @@ BUILD_PKGS=(
 )
 # Validating docker-compose.yml offline in the test suite.
 TEST_PKGS=(docker-compose)
+# Plots in `stip-developer audit --report` (without it the report says so).
+TOOL_PKGS=(gnuplot-nox)
 
-pkgs=("${BUILD_PKGS[@]}" "${TEST_PKGS[@]}")
+pkgs=("${BUILD_PKGS[@]}" "${TEST_PKGS[@]}" "${TOOL_PKGS[@]}")
 if [[ "${1:-}" == "--runtime-only" ]]; then
   pkgs=(libtorch1.13 libgrpc++1.51 libprotobuf32 libspdlog1.10 libsentencepiece0 libpcre2-8-0 openssl
         libopenblas0-pthread)

@@ -28,6 +28,7 @@
 #include "common/keys/model_keys.h"
 #include "common/tokenizer/tokenizer.h"
 #include "common/util/files.h"
+#include "tests/process_util.h"
 #include "tests/temp_dir.h"
 #include "tests/test_util.h"
 
@@ -273,6 +274,12 @@ TEST_P(DemoModel, DecodingCodebookLearnsPc) {
   EXPECT_EQ(book.correct, book.entries);
   EXPECT_EQ(book.entries, static_cast<int64_t>(distinct.size()));
   EXPECT_GT(book.entries, 10);
+  // Identity keys: the index of the largest logit is the token itself.
+  const Deployment& id = Demo(GetParam(), true);
+  DecodingCodebook ib =
+      BuildDecodingCodebook(ObserveDecoding(id.view, id.decoded), id.subject.keys.p_c);
+  EXPECT_GT(ib.entries, 10);
+  EXPECT_EQ(ib.correct, ib.entries);
   // The same observations decoded wrongly (next token shifted): no entry right.
   std::vector<CodebookObservation> obs = ObserveDecoding(d.view, d.decoded);
   for (auto& o : obs) o.next_token = (o.next_token + 1) % d.subject.config.vocab_size;
@@ -336,6 +343,27 @@ TEST(Audit, RunsAndWritesItsReport) {
     return n;
   };
   EXPECT_LT(longest(r), static_cast<size_t>(c.hidden_size));
+}
+
+// The command refuses bad input before any work, naming the problem.
+TEST(AuditCommand, RefusesBadInput) {
+  test::TempDir dir("stip-audit-cli");
+  const std::string bin = STIP_DEVELOPER_BIN;
+  const std::string llama = test::ModelDir("kjv-llama"), gpt2 = test::ModelDir("kjv-gpt2");
+  auto r = test::Run({bin, "audit", "--model", llama, "--base", gpt2, "--quiet"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("does not have the audited model's shape"), std::string::npos) << r.err;
+  ASSERT_EQ(test::Run({bin, "keygen", "--model", gpt2, "--keys", dir / "gpt2.keys"}).exit_code, 0);
+  r = test::Run({bin, "audit", "--model", llama, "--keys", dir / "gpt2.keys", "--quiet"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("different model"), std::string::npos) << r.err;
+  r = test::Run({bin, "audit", "--model", llama, "--keys", dir / "missing.keys", "--quiet"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("no such key file"), std::string::npos) << r.err;
+  dir.Write("empty.txt", "\n  \n");
+  r = test::Run({bin, "audit", "--model", llama, "--prompts", dir / "empty.txt", "--quiet"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("no prompts"), std::string::npos) << r.err;
 }
 
 }  // namespace

@@ -13,6 +13,7 @@
 #include "common/audit/known_plaintext.h"
 #include "common/audit/server_view.h"
 #include "common/audit/vocabulary_matching.h"
+#include "common/engine/causal_lm.h"
 #include "common/error.h"
 #include "common/tokenizer/tokenizer.h"
 #include "common/util/files.h"
@@ -92,12 +93,16 @@ std::vector<std::string> LoadAuditPrompts(const std::string& path) {
 
 nlohmann::ordered_json RunAudit(const AuditOptions& options, ModelKeys keys) {
   using json = nlohmann::ordered_json;
+  ConfigureCpuRuntime();  // threads and OpenBLAS kernels, as the server and stip-bench
   c10::InferenceMode inference_mode;
   const auto start = Clock::now();
   AuditProgress progress(9, options.progress);
 
   progress.Step("loading the model");
   AuditSubject subject = LoadAuditSubject(options.model_dir, std::move(keys));
+  if (!options.base_weights.base_dir.empty()) {
+    CheckBaseModel(subject.config, options.base_weights.base_dir);
+  }
   std::unique_ptr<Tokenizer> tokenizer = Tokenizer::FromDirectory(options.model_dir);
   const std::vector<std::string> texts =
       options.prompts.empty() ? DefaultAuditPrompts() : options.prompts;

@@ -107,6 +107,21 @@ TensorMap WithDrift(const TensorMap& plain, double drift, uint64_t seed) {
   return out;
 }
 
+void CheckBaseModel(const ModelConfig& c, const std::string& base_dir) {
+  ModelConfig bc = LoadModelConfig(base_dir);
+  if (bc.hidden_size != c.hidden_size || bc.vocab_size != c.vocab_size ||
+      bc.num_layers != c.num_layers || bc.model_type != c.model_type ||
+      bc.intermediate_size != c.intermediate_size || bc.num_heads != c.num_heads ||
+      bc.num_kv_heads != c.num_kv_heads) {
+    throw InvalidArgument(
+        base_dir + ": the base model (" + bc.model_type + ", d " + std::to_string(bc.hidden_size) +
+        ", vocabulary " + std::to_string(bc.vocab_size) + ", " + std::to_string(bc.num_layers) +
+        " layers) does not have the audited model's shape (" + c.model_type + ", d " +
+        std::to_string(c.hidden_size) + ", vocabulary " + std::to_string(c.vocab_size) + ", " +
+        std::to_string(c.num_layers) + " layers)");
+  }
+}
+
 nlohmann::ordered_json AuditBaseWeightMatching(const AuditSubject& subject, const ServerView& view,
                                                const BaseWeightOptions& options) {
   using json = nlohmann::ordered_json;
@@ -125,12 +140,8 @@ nlohmann::ordered_json AuditBaseWeightMatching(const AuditSubject& subject, cons
   }
   json given = nullptr;
   if (!options.base_dir.empty()) {
+    CheckBaseModel(c, options.base_dir);
     ModelConfig bc = LoadModelConfig(options.base_dir);
-    if (bc.hidden_size != c.hidden_size || bc.vocab_size != c.vocab_size ||
-        bc.num_layers != c.num_layers || bc.model_type != c.model_type) {
-      throw InvalidArgument(options.base_dir + ": the base model's shape differs from " +
-                            subject.model_dir + " (model_type, layers, hidden or vocabulary size)");
-    }
     Checkpoint ckpt = Checkpoint::Open(options.base_dir);
     CheckpointSource source(ckpt);
     TensorMap base;

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <nlohmann/json.hpp>
+#include <string>
 #include <vector>
 
 #include "common/audit/server_view.h"
@@ -32,10 +33,14 @@ BaseMatch MatchBaseWeights(const ModelConfig& config, const TensorMap& base,
 TensorMap WithDrift(const TensorMap& plain, double drift, uint64_t seed);
 
 struct BaseWeightOptions {
-  std::vector<double> drift_levels = {0, 0.001, 0.01, 0.03, 0.1, 0.3, 1.0};
+  std::vector<double> drift_levels = {0, 0.001, 0.01, 0.03, 0.1, 0.2, 0.3, 0.5, 1.0};
   std::string base_dir;  // public base weights of the audited model, if given
   uint64_t seed = 2;
 };
+
+// Throws kInvalidArgument unless `base_dir` holds a model of the same family
+// and sizes as `config` (checked before the audit starts).
+void CheckBaseModel(const ModelConfig& config, const std::string& base_dir);
 
 // Recovery of p and p_c against drift (the audited model as the base, drifted
 // copies transformed with the audit's keys), and against `base_dir` if given

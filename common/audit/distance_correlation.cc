@@ -28,17 +28,6 @@ at::Tensor DistanceBlock(const at::Tensor& s, int64_t begin, int64_t n) {
   return at::cdist(part, s);
 }
 
-// Row means of the distance matrix (= column means: it is symmetric).
-at::Tensor DistanceRowMeans(const at::Tensor& s) {
-  const int64_t n = s.size(0);
-  std::vector<at::Tensor> parts;
-  const int64_t block = BlockRows(n);
-  for (int64_t b = 0; b < n; b += block) {
-    parts.push_back(DistanceBlock(s, b, std::min(block, n - b)).mean(1, false, at::kDouble));
-  }
-  return at::cat(parts, 0);
-}
-
 at::Tensor LinearLayout(const at::Tensor& w, Layout layout) {
   return layout == Layout::kConv1D ? w.t().contiguous() : w;
 }
@@ -78,27 +67,35 @@ double DistanceCorrelation(const at::Tensor& x, const at::Tensor& y) {
                           std::to_string(y.size(0)) + " samples");
   }
   if (x.size(0) < 2) throw InvalidArgument("distance correlation: needs at least 2 samples");
-  // V-statistic of Székely et al.: double-centred distance matrices A and B,
-  // dCov^2 = mean(A B); computed a block of rows at a time (n^2 stays out of memory).
+  // V-statistic of Szekely et al. with distance matrices a, b, their row
+  // means r and grand means g: for the double-centred A, B
+  //   n^2 dCov^2 = sum A.B = sum a.b - 2n sum_i ra_i rb_i + n^2 ga gb
+  // (likewise for dVar^2), so one pass over blocks of rows gives everything
+  // and no n x n matrix is ever held.
   const at::Tensor sx = AsSamples(x), sy = AsSamples(y);
   const int64_t n = sx.size(0);
-  const at::Tensor rx = DistanceRowMeans(sx), ry = DistanceRowMeans(sy);
-  const double gx = rx.mean().item<double>(), gy = ry.mean().item<double>();
-  double ab = 0, aa = 0, bb = 0;
-  const at::Tensor rxf = rx.to(at::kFloat), ryf = ry.to(at::kFloat);
   const int64_t block = BlockRows(n);
+  double ab = 0, aa = 0, bb = 0;
+  std::vector<at::Tensor> rxs, rys;
   for (int64_t b = 0; b < n; b += block) {
     const int64_t m = std::min(block, n - b);
-    at::Tensor a =
-        DistanceBlock(sx, b, m).sub_(rxf.narrow(0, b, m).unsqueeze(1)).sub_(rxf).add_(gx);
-    at::Tensor c =
-        DistanceBlock(sy, b, m).sub_(ryf.narrow(0, b, m).unsqueeze(1)).sub_(ryf).add_(gy);
+    at::Tensor a = DistanceBlock(sx, b, m), c = DistanceBlock(sy, b, m);
+    rxs.push_back(a.sum(1, false, at::kDouble));
+    rys.push_back(c.sum(1, false, at::kDouble));
     ab += (a * c).sum(at::kDouble).item<double>();
     aa += a.square().sum(at::kDouble).item<double>();
     bb += c.square().sum(at::kDouble).item<double>();
   }
-  if (aa <= 0 || bb <= 0) return 0;  // a constant sample: no dependence to measure
-  return std::sqrt(std::max(0.0, ab) / std::sqrt(aa * bb));
+  const double dn = static_cast<double>(n);
+  const at::Tensor rx = at::cat(rxs, 0) / dn, ry = at::cat(rys, 0) / dn;
+  const double gx = rx.mean().item<double>(), gy = ry.mean().item<double>();
+  auto centred = [&](double s, const at::Tensor& r1, const at::Tensor& r2, double g1, double g2) {
+    return s - 2 * dn * (r1 * r2).sum().item<double>() + dn * dn * g1 * g2;
+  };
+  const double cov = centred(ab, rx, ry, gx, gy);
+  const double vx = centred(aa, rx, rx, gx, gx), vy = centred(bb, ry, ry, gy, gy);
+  if (vx <= 1e-12 * aa || vy <= 1e-12 * bb) return 0;  // a constant sample: nothing to measure
+  return std::sqrt(std::max(0.0, cov) / std::sqrt(vx * vy));
 }
 
 nlohmann::ordered_json AuditDistanceCorrelation(const AuditSubject& subject, const ServerView& view,

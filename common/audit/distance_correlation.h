@@ -38,7 +38,7 @@ double DistanceCorrelation(const at::Tensor& x, const at::Tensor& y);
 struct DistanceCorrelationOptions {
   std::vector<int64_t> hidden_sizes = {128, 256, 512, 1024, 2048, 4096, 8192};
   int vectors_per_size = 8;   // per-vector figures: mean over this many vectors
-  int tokens_per_size = 256;  // across-tokens figures: rows of X
+  int tokens_per_size = 128;  // across-tokens figures: rows of X
   int rows_per_tensor = 16;   // parameters: rows compared per tensor
   uint64_t seed = 1;          // synthetic data and projections (not keys)
 };
