@@ -80,7 +80,7 @@ const Deployment& Demo(const std::string& name, bool identity) {
     ModelKeys keys = identity ? IdentityKeys(c) : GenerateKeys(c, FingerprintModel(dir));
     slot = std::make_unique<Deployment>();
     slot->subject = LoadAuditSubject(dir, std::move(keys));
-    slot->view = MakeServerView(slot->subject, Prompts(dir, 8), 24);
+    slot->view = MakeServerView(slot->subject, Prompts(dir, 4), 16);
     slot->decoded = MatchVocabulary(slot->subject, slot->view);
   }
   return *slot;
@@ -115,6 +115,8 @@ TEST_P(DemoModel, DistanceCorrelationAsInThePaper) {
   const Deployment& d = Demo(GetParam(), false);
   DistanceCorrelationOptions o;
   o.hidden_sizes = {128, 512};
+  o.vectors_per_size = 4;
+  o.rows_per_tensor = 2;
   json r = AuditDistanceCorrelation(d.subject, d.view, o);
   // Per row / per vector: STIP is at the level of unrelated data (the paper's
   // figures); across tokens it is exactly 1.
@@ -290,11 +292,11 @@ TEST_P(DemoModel, DecodingCodebookLearnsPc) {
 
 TEST_P(DemoModel, KeylessGenerationIsAtChance) {
   const Deployment& d = Demo(GetParam(), false);
-  KeylessResult r = GenerateWithoutKeys(d.subject, d.view, 24);
-  ASSERT_GT(r.positions, 50);
+  KeylessResult r = GenerateWithoutKeys(d.subject, d.view, 16);
+  ASSERT_GE(r.positions, 40);
   EXPECT_LE(static_cast<double>(r.agreeing) / static_cast<double>(r.positions), 0.05);
   const Deployment& id = Demo(GetParam(), true);
-  KeylessResult ri = GenerateWithoutKeys(id.subject, id.view, 24);
+  KeylessResult ri = GenerateWithoutKeys(id.subject, id.view, 16);
   EXPECT_EQ(ri.agreeing, ri.positions);
 }
 

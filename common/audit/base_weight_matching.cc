@@ -82,11 +82,8 @@ BaseMatch MatchBaseWeights(const ModelConfig& config, const TensorMap& base,
     auto b = base.find(head->source_name);
     auto w = transformed.find(head->name);
     if (b != base.end() && w != transformed.end()) {
-      // W' = W[p_c][:, p]: undo p with the guess (first occurrence wins where it repeats).
-      Permutation inv(static_cast<size_t>(d), 0);
-      for (int64_t j = d - 1; j >= 0; --j)
-        inv[static_cast<size_t>(out.p[static_cast<size_t>(j)])] = j;
-      at::Tensor aligned = PermuteHidden(w->second.to(at::kFloat), inv);
+      // W' = W[p_c][:, p]: undo p with the guess.
+      at::Tensor aligned = PermuteHidden(w->second.to(at::kFloat), InverseOfGuess(out.p));
       out.p_c = ArgminRows(at::cdist(aligned, b->second.to(at::kFloat)));
     }
   }

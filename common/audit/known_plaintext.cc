@@ -24,6 +24,16 @@ ColumnMatch RecoverPermutationByColumnMatching(const at::Tensor& x, const at::Te
   return m;
 }
 
+Permutation InverseOfGuess(const Permutation& guess) {
+  Permutation inv(guess.size(), 0);
+  for (size_t j = guess.size(); j-- > 0;) {
+    const int64_t i = guess[j];
+    if (i >= 0 && static_cast<size_t>(i) < guess.size())
+      inv[static_cast<size_t>(i)] = static_cast<int64_t>(j);
+  }
+  return inv;
+}
+
 double RecoveryRate(const Permutation& guess, const Permutation& truth) {
   if (truth.empty() || guess.size() != truth.size()) return 0;
   int64_t ok = 0;
@@ -56,7 +66,7 @@ nlohmann::ordered_json AuditKnownPlaintext(const AuditSubject& subject, const Se
   const double p_rate = RecoveryRate(m.p, subject.keys.p);
 
   // Every other x' of the instance, un-permuted with the recovered p.
-  const Permutation p_inv = IsPermutation(m.p, c.hidden_size) ? InversePermutation(m.p) : m.p;
+  const Permutation p_inv = InverseOfGuess(m.p);
   at::Tensor table = subject.plain.at(TensorName(c, Role::kTokenEmbedding));
   at::Tensor positions;
   if (HasRole(c, Role::kPositionEmbedding)) {

@@ -24,6 +24,10 @@ struct ColumnMatch {
 // x [T, d] and x' [T, d] (x' = x[..., p] if they belong together).
 ColumnMatch RecoverPermutationByColumnMatching(const at::Tensor& x, const at::Tensor& x_prime);
 
+// inv[guess[j]] = j, where `guess` may repeat an index (the first j wins) and
+// miss others (they map to 0): undoes a recovered permutation.
+Permutation InverseOfGuess(const Permutation& guess);
+
 // Fraction of entries where `guess` equals `truth`.
 double RecoveryRate(const Permutation& guess, const Permutation& truth);
 
