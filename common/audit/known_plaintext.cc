@@ -107,7 +107,11 @@ nlohmann::ordered_json AuditKnownPlaintext(const AuditSubject& subject, const Se
   // p_c through decoding: the codebook with x' decoded by the recovered p.
   DecodingCodebook book = BuildDecodingCodebook(ObserveDecoding(view, decoded), subject.keys.p_c);
 
-  auto rate = [](int64_t a, int64_t b) { return b ? static_cast<double>(a) / b : 0.0; };
+  // Null where there is no other request to read.
+  auto rate = [](int64_t a, int64_t b) -> json {
+    if (b == 0) return nullptr;
+    return static_cast<double>(a) / static_cast<double>(b);
+  };
   return {
       {"attacker_knowledge",
        "the server's x' plus the plaintext x of one request (generation 0's prompt: " +
