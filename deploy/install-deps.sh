@@ -19,8 +19,10 @@ BUILD_PKGS=(
 TEST_PKGS=(docker-compose)
 # deploy/fuzz.sh only (libFuzzer and clang's sanitizer runtimes); not for CI.
 FUZZ_PKGS=(clang-14 libclang-rt-14-dev)
+# Plots in `stip-developer audit --report` (without it the report says so).
+TOOL_PKGS=(gnuplot-nox)
 
-pkgs=("${BUILD_PKGS[@]}" "${TEST_PKGS[@]}")
+pkgs=("${BUILD_PKGS[@]}" "${TEST_PKGS[@]}" "${TOOL_PKGS[@]}")
 if [[ "${1:-}" == "--fuzz" ]]; then
   pkgs=("${FUZZ_PKGS[@]}")
 elif [[ "${1:-}" == "--runtime-only" ]]; then

@@ -3,6 +3,8 @@
 //   transform  draw (or load) the instance keys and write the server
 //              checkpoint and the client bundle, tensor by tensor
 //   verify     prove on this model that the STIP path equals the plain model
+//   audit      measure what the cloud could learn from a deployment (attacks
+//              on the server's view; JSON and a Markdown report with plots)
 //   keygen     draw fresh keys for a model into a key file (0600)
 //   add-user   create a user in a state directory (in the default group, a
 //              named instance group, or an exclusive instance of its own);
@@ -26,6 +28,8 @@
 
 #include "common/arch/model_config.h"
 #include "common/auth/access_token.h"
+#include "common/audit/audit.h"
+#include "common/audit/audit_report.h"
 #include "common/error.h"
 #include "common/keys/model_keys.h"
 #include "common/transform/transform_checkpoint.h"
@@ -45,20 +49,26 @@ namespace {
 
 // Loads the key file if it exists (checking it belongs to this model), else
 // draws fresh keys and saves them (0600).
+// Loads a key file, checking that it belongs to this model.
+ModelKeys LoadKeysFor(const std::string& model_dir, const ModelConfig& config,
+                      const std::string& fingerprint, const std::string& key_file) {
+  ModelKeys keys = LoadKeys(key_file);
+  if (keys.model_fingerprint != fingerprint) {
+    throw FailedPrecondition(key_file +
+                             ": these keys were made for a different model (fingerprint "
+                             "mismatch); refusing to apply them to " +
+                             model_dir);
+  }
+  ValidateKeys(keys, config);
+  return keys;
+}
+
 ModelKeys KeysFor(const std::string& model_dir, const std::string& key_file, bool* created) {
   ModelConfig config = LoadModelConfig(model_dir);
   std::string fingerprint = FingerprintModel(model_dir);
   if (PathExists(key_file)) {
-    ModelKeys keys = LoadKeys(key_file);
-    if (keys.model_fingerprint != fingerprint) {
-      throw FailedPrecondition(key_file +
-                               ": these keys were made for a different model (fingerprint "
-                               "mismatch); refusing to apply them to " +
-                               model_dir);
-    }
-    ValidateKeys(keys, config);
     *created = false;
-    return keys;
+    return LoadKeysFor(model_dir, config, fingerprint, key_file);
   }
   ModelKeys keys = GenerateKeys(config, fingerprint);
   SaveKeys(key_file, keys);
@@ -104,6 +114,47 @@ int Verify(const std::string& model, const VerifyOptions& opt, bool json) {
         r.passed ? "PASS" : ("FAIL: " + r.failure).c_str());
   }
   return r.passed ? 0 : 1;
+}
+
+struct AuditCommand {
+  AuditOptions options;
+  std::string keys;     // key file to audit ("" : fresh keys)
+  std::string prompts;  // prompts file ("" : built-in prompts)
+  std::string report;   // Markdown report path
+  bool json = false;
+  bool quiet = false;
+};
+
+int Audit(AuditCommand cmd) {
+  ModelConfig config = LoadModelConfig(cmd.options.model_dir);
+  std::string fingerprint = FingerprintModel(cmd.options.model_dir);
+  ModelKeys keys;
+  if (cmd.keys.empty()) {
+    keys = GenerateKeys(config, fingerprint);
+  } else {
+    if (!PathExists(cmd.keys)) throw NotFound(cmd.keys + ": no such key file");
+    keys = LoadKeysFor(cmd.options.model_dir, config, fingerprint, cmd.keys);
+    cmd.options.keys_origin = "the instance keys in " + cmd.keys;
+  }
+  if (!cmd.prompts.empty()) cmd.options.prompts = LoadAuditPrompts(cmd.prompts);
+  if (!cmd.options.base_weights.base_dir.empty() &&
+      !IsDirectory(cmd.options.base_weights.base_dir)) {
+    throw NotFound(cmd.options.base_weights.base_dir + ": no such base model directory");
+  }
+  cmd.options.progress = !cmd.quiet;
+  nlohmann::ordered_json result = RunAudit(cmd.options, std::move(keys));
+  if (!cmd.report.empty()) {
+    AuditReportFiles files = WriteAuditReport(result, cmd.report);
+    std::fprintf(stderr, "wrote %s%s%s\n", files.markdown.c_str(),
+                 files.plots.empty() ? "" : " with plots",
+                 files.plot_note.empty() ? "" : (" (" + files.plot_note + ")").c_str());
+  }
+  if (cmd.json) {
+    std::cout << AuditJson(result) << std::endl;
+  } else {
+    std::cout << AuditSummaryText(result);
+  }
+  return 0;
 }
 
 struct AddUserCommand {
@@ -334,6 +385,27 @@ int main(int argc, char** argv) {
   verify->add_option("--tolerance", vopt.tolerance, "max |STIP - plain| (fp32)");
   verify->add_flag("--json", json, "print one JSON object");
 
+  stip::AuditCommand audit_cmd;
+  auto* audit = app.add_subcommand(
+      "audit", "measure what the cloud could learn from a deployment of this model");
+  audit->add_option("--model", audit_cmd.options.model_dir, "Hugging Face model directory")
+      ->required();
+  audit->add_option("--keys", audit_cmd.keys,
+                    "instance key file to audit (default: fresh keys, not saved)");
+  audit->add_option("--base", audit_cmd.options.base_weights.base_dir,
+                    "public base weights the model was fine-tuned from (attack 5)");
+  audit->add_option("--prompts", audit_cmd.prompts,
+                    "prompts, one per line (default: a few built-in sentences)");
+  audit
+      ->add_option("--max-new-tokens", audit_cmd.options.max_new_tokens,
+                   "greedy tokens generated per prompt")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 4096));
+  audit->add_flag("--json", audit_cmd.json, "print every figure as one JSON object");
+  audit->add_option("--report", audit_cmd.report,
+                    "write a Markdown report here, with PNG plots beside it (gnuplot)");
+  audit->add_flag("--quiet", audit_cmd.quiet, "no progress on stderr");
+
   auto* keygen = app.add_subcommand("keygen", "draw fresh instance keys for a model");
   keygen->add_option("--model", model, "Hugging Face model directory")->required();
   keygen->add_option("--keys", keys, "key file to create (0600)")->required();
@@ -466,6 +538,7 @@ int main(int argc, char** argv) {
 #endif
     if (*transform) return stip::Transform(model, out, keys, shard_gib, quiet);
     if (*verify) return stip::Verify(model, vopt, json);
+    if (*audit) return stip::Audit(audit_cmd);
     if (*keygen) {
       if (stip::PathExists(keys)) {
         throw stip::FailedPrecondition(keys + ": already exists; refusing to overwrite keys");
