@@ -337,7 +337,15 @@ class SessionReactor final
     bytes_per_position_ = model.CacheBytesPerPosition();
     try {
       session_id_ = NewSessionId();
-      cache_ = std::make_shared<KvCache>(model.NewCache());
+      if (KvPool* pool = lease_->kv_pool()) {
+        try {
+          cache_ = std::make_shared<KvCache>(pool->Acquire());
+        } catch (const Error& e) {
+          throw ResourceExhausted(std::string(e.what()) + " (server's --kv-pool-sequences)");
+        }
+      } else {
+        cache_ = std::make_shared<KvCache>(model.NewCache());
+      }
     } catch (...) {
       End(CurrentExceptionToStatus());
       return;
@@ -398,7 +406,8 @@ class SessionReactor final
                                 "shorter steps");
       }
       const int64_t predicted = PredictCacheBytes(cache_->bytes(), bytes_per_position_, base + t);
-      if (predicted > kv_reserved_) {
+      // A pooled cache's memory was set aside when the model was loaded.
+      if (!cache_->pool() && predicted > kv_reserved_) {
         if (!svc_->kv.TryReserve(predicted - kv_reserved_)) {
           throw ResourceExhausted("KV cache memory limit of " + GiB(svc_->kv.limit()) +
                                   " reached (server's --max-kv-gib; " + GiB(svc_->kv.reserved()) +

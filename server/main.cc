@@ -62,6 +62,12 @@ int main(int argc, char** argv) {
   app.add_option("--max-kv-gib", max_kv_gib,
                  "KV cache memory of all sessions together (0: no limit)")
       ->capture_default_str();
+  app.add_option("--kv-pool-sequences", opt.store.kv_pool_sequences,
+                 "preallocate per model a KV pool of N sequences x --max-context positions: "
+                 "sessions take a slot, decode steps run batched attention (CUDA graphs on a "
+                 "GPU); 0: a growing cache per session under --max-kv-gib")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--max-batch", opt.store.max_batch, "sequences per batched forward pass")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);

@@ -371,6 +371,13 @@ std::shared_ptr<LoadedModel> ModelStore::LoadEntry(const Entry& e) const {
       (m->max_context_ <= 0 || options_.max_context < m->max_context_)) {
     m->max_context_ = options_.max_context;
   }
+  if (options_.kv_pool_sequences > 0) {
+    if (m->max_context_ <= 0) {
+      throw InvalidArgument(
+          "a KV pool needs a context limit: the model has none, give --max-context");
+    }
+    m->kv_pool_ = m->model_->NewPool(options_.kv_pool_sequences, m->max_context_);
+  }
   SchedulerOptions so;
   so.max_batch = options_.max_batch;
   so.batch_wait_us = options_.batch_wait_us;

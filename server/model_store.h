@@ -38,6 +38,7 @@
 
 namespace stip {
 class DirectoryReceiver;
+class KvPool;
 class ServerModel;
 }  // namespace stip
 
@@ -93,6 +94,11 @@ struct ModelStoreOptions {
   int64_t max_context = 0;      // positions per session (0: the model's maximum)
   int max_batch = 16;
   int batch_wait_us = 0;
+  // > 0: every loaded model preallocates a KV pool of this many sequences of
+  // max_context positions; sessions take a slot (RESOURCE_EXHAUSTED when none
+  // is free) and decode batches run one attention per layer (CUDA graphs on a
+  // GPU). 0: a growing cache per session under --max-kv-gib.
+  int64_t kv_pool_sequences = 0;
   uint64_t max_upload_bytes = uint64_t{1} << 40;
   std::shared_ptr<SchedulerCounters> counters;  // shared by all schedulers (may be null)
 };
@@ -104,6 +110,8 @@ class LoadedModel {
   const std::string& instance_id() const { return id_; }
   const ServerModel& model() const { return *model_; }
   BatchScheduler& scheduler() { return *scheduler_; }
+  // The model's KV pool (ModelStoreOptions::kv_pool_sequences), or null.
+  KvPool* kv_pool() const { return kv_pool_.get(); }
   const std::string& datatype() const { return datatype_; }  // wire name of the compute dtype
   int64_t max_context() const { return max_context_; }       // positions a session may hold
   int active_sessions() const { return sessions_.load(); }
@@ -121,6 +129,7 @@ class LoadedModel {
   std::string id_, datatype_;
   int64_t max_context_ = 0;
   std::unique_ptr<ServerModel> model_;
+  std::shared_ptr<KvPool> kv_pool_;            // outlives its sessions' caches
   std::unique_ptr<BatchScheduler> scheduler_;  // destroyed before the model
   std::atomic<int> sessions_{0};
   std::atomic<bool> retired_{false};

@@ -21,25 +21,8 @@ namespace {
 using test::FixtureDir;
 using test::MaxAbsDiff;
 using test::Reference;
+using test::ReferenceAttention;
 using test::ToIds;
-
-// The attention as first written (and as transformers' eager path): expand
-// the key/value heads, build the full causal (and window) mask, soft-max.
-at::Tensor ReferenceAttention(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& values,
-                              int64_t past, std::optional<int64_t> window, double scale) {
-  const int64_t t = q.size(0), n_heads = q.size(1), d_h = q.size(2);
-  const int64_t n_kv = keys.size(0), s = keys.size(1);
-  const int64_t group = n_heads / n_kv;
-  at::Tensor qg = q.reshape({t, n_kv, group, d_h}).permute({1, 2, 0, 3});
-  at::Tensor scores = at::matmul(qg, keys.unsqueeze(1).transpose(-1, -2)).to(at::kFloat) * scale;
-  at::Tensor qpos = at::arange(past, past + t, at::kLong).unsqueeze(1);
-  at::Tensor kpos = at::arange(0, s, at::kLong).unsqueeze(0);
-  at::Tensor masked = kpos > qpos;
-  if (window) masked = masked.logical_or(kpos <= qpos - *window);
-  scores = scores.masked_fill(masked, -std::numeric_limits<float>::infinity());
-  at::Tensor out = at::matmul(at::softmax(scores, -1).to(q.scalar_type()), values.unsqueeze(1));
-  return out.permute({2, 0, 1, 3}).reshape({t, n_heads * d_h});
-}
 
 TEST(FastPathTest, AttentionEqualsMaskedReference) {
   at::manual_seed(3);

@@ -473,77 +473,108 @@ TEST_F(ServerTest, Gpt2LearnedPositionsThroughTheServer) {
 // Two sessions on two threads, stepping in lock-step, so that the scheduler
 // gets both steps together: at least one forward pass must be batched, and
 // both sessions must still get exactly the plain model's logits.
+// Twice: sessions with a growing cache each, then (server restarted on the
+// same store) with a preallocated KV pool of two slots, where the decode
+// steps of both sessions run as one pooled attention and a third session
+// finds no slot.
 TEST_F(ServerTest, ConcurrentSessionsAreBatchedAndCorrect) {
-  ServerOptions o = Options();
-  o.store.batch_wait_us = 500000;  // the window closes as soon as both steps are in
-  Start(o);
-  UploadOk(*llama_);
-
-  struct Plan {
-    Ids prompt, decode;
-    std::vector<at::Tensor> inputs, want;
-  };
-  std::vector<Plan> plans = {{kPromptA, {3, 77, 120, 5}, {}, {}},
-                             {kPromptB, {400, 2, 9, 31}, {}, {}}};
-  for (Plan& plan : plans) {  // references computed up front, on this thread
-    KvCache cache = llama_->plain.server->NewCache();
-    plan.inputs.push_back(llama_->Input(plan.prompt, 0));
-    plan.want.push_back(llama_->Plain(cache, plan.prompt, false));
-    for (int64_t id : plan.decode) {
-      plan.inputs.push_back(llama_->Input({id}, cache.length()));
-      plan.want.push_back(llama_->Plain(cache, {id}, false));
-    }
-  }
-
-  std::mutex mu;
-  std::condition_variable cv;
-  int arrived = 0, generation = 0;
-  auto barrier = [&] {
-    std::unique_lock<std::mutex> lock(mu);
-    const int gen = generation;
-    if (++arrived == 2) {
-      arrived = 0;
-      ++generation;
-      cv.notify_all();
+  for (int64_t pool : {0, 2}) {
+    SCOPED_TRACE(pool ? "KV pool of 2 sequences" : "a cache per session");
+    ServerOptions o = Options();
+    o.store.batch_wait_us = 500000;  // the window closes as soon as both steps are in
+    o.store.kv_pool_sequences = pool;
+    o.store.max_context = 64;
+    Start(o);
+    if (pool == 0) {
+      UploadOk(*llama_);
     } else {
-      cv.wait(lock, [&] { return generation != gen; });
+      RegisterKey(llama_->instance_id);
     }
-  };
-  std::vector<double> worst(plans.size(), -1);
-  std::vector<std::string> failures(plans.size());
-  auto run = [&](size_t k) {
-    Session s(channel_);
-    grpc::Status st = s.Open(llama_->instance_id);
-    barrier();
-    if (!st.ok()) {
-      failures[k] = "open: " + st.error_message();
-      for (size_t i = 0; i < plans[k].inputs.size(); ++i) barrier();
-      return;
-    }
-    double w = 0;
-    for (size_t i = 0; i < plans[k].inputs.size(); ++i) {
-      barrier();
-      auto r = s.Step(i, plans[k].inputs[i]);
-      if (!r || !r->has_result()) {
-        failures[k] = "step " + std::to_string(i) + ": " + (r ? r->ShortDebugString() : "ended");
-        continue;
+
+    struct Plan {
+      Ids prompt, decode;
+      std::vector<at::Tensor> inputs, want;
+    };
+    std::vector<Plan> plans = {{kPromptA, {3, 77, 120, 5}, {}, {}},
+                               {kPromptB, {400, 2, 9, 31}, {}, {}}};
+    for (Plan& plan : plans) {  // references computed up front, on this thread
+      KvCache cache = llama_->plain.server->NewCache();
+      plan.inputs.push_back(llama_->Input(plan.prompt, 0));
+      plan.want.push_back(llama_->Plain(cache, plan.prompt, false));
+      for (int64_t id : plan.decode) {
+        plan.inputs.push_back(llama_->Input({id}, cache.length()));
+        plan.want.push_back(llama_->Plain(cache, {id}, false));
       }
-      at::Tensor got = UnpermuteLogits(FromWire(r->result().logits()), llama_->keys.p_c);
-      w = std::max(w, MaxAbsDiff(got, plans[k].want[i]));
     }
-    worst[k] = w;
-    s.Close();
-  };
-  std::thread a(run, 0), b(run, 1);
-  a.join();
-  b.join();
-  for (size_t k = 0; k < plans.size(); ++k) {
-    EXPECT_TRUE(failures[k].empty()) << "session " << k << ": " << failures[k];
-    EXPECT_GE(worst[k], 0.0);
-    EXPECT_LE(worst[k], kTolerance) << "session " << k;
+
+    std::mutex mu;
+    std::condition_variable cv;
+    int arrived = 0, generation = 0;
+    bool third_done = false;
+    auto barrier = [&] {
+      std::unique_lock<std::mutex> lock(mu);
+      const int gen = generation;
+      if (++arrived == 2) {
+        arrived = 0;
+        ++generation;
+        cv.notify_all();
+      } else {
+        cv.wait(lock, [&] { return generation != gen; });
+      }
+    };
+    std::vector<double> worst(plans.size(), -1);
+    std::vector<std::string> failures(plans.size());
+    auto run = [&](size_t k) {
+      Session s(channel_);
+      grpc::Status st = s.Open(llama_->instance_id);
+      barrier();
+      if (pool) {  // both hold their slot until the third session was refused
+        std::unique_lock<std::mutex> lock(mu);
+        cv.wait(lock, [&] { return third_done; });
+      }
+      if (!st.ok()) {
+        failures[k] = "open: " + st.error_message();
+        for (size_t i = 0; i < plans[k].inputs.size(); ++i) barrier();
+        return;
+      }
+      double w = 0;
+      for (size_t i = 0; i < plans[k].inputs.size(); ++i) {
+        barrier();
+        auto r = s.Step(i, plans[k].inputs[i]);
+        if (!r || !r->has_result()) {
+          failures[k] = "step " + std::to_string(i) + ": " + (r ? r->ShortDebugString() : "ended");
+          continue;
+        }
+        at::Tensor got = UnpermuteLogits(FromWire(r->result().logits()), llama_->keys.p_c);
+        w = std::max(w, MaxAbsDiff(got, plans[k].want[i]));
+      }
+      worst[k] = w;
+      s.Close();
+    };
+    std::thread a(run, 0), b(run, 1);
+    if (pool) {  // both slots are taken once both sessions opened
+      std::unique_lock<std::mutex> lock(mu);
+      cv.wait(lock, [&] { return generation >= 1; });
+      lock.unlock();
+      Session third(channel_);
+      grpc::Status st = third.Open(llama_->instance_id);
+      EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << st.error_message();
+      EXPECT_NE(st.error_message().find("--kv-pool-sequences"), std::string::npos)
+          << st.error_message();
+      lock.lock();
+      third_done = true;
+      cv.notify_all();
+    }
+    a.join();
+    b.join();
+    for (size_t k = 0; k < plans.size(); ++k) {
+      EXPECT_TRUE(failures[k].empty()) << "session " << k << ": " << failures[k];
+      EXPECT_GE(worst[k], 0.0);
+      EXPECT_LE(worst[k], kTolerance) << "session " << k;
+    }
+    EXPECT_GE(server_->counters().batched_forwards.load(), 1u);
+    EXPECT_EQ(server_->counters().fallbacks.load(), 0u);
   }
-  EXPECT_GE(server_->counters().batched_forwards.load(), 1u);
-  EXPECT_EQ(server_->counters().fallbacks.load(), 0u);
 }
 
 TEST_F(ServerTest, DigestMismatchIsDataLossAndStoresNothing) {
