@@ -1,8 +1,8 @@
-// A three-party deployment of real processes on loopback for the fault, limit
-// and load tests: a demo PKI (deploy/make-demo-ca.sh), stip-server with TLS
+// A three-party deployment of real processes on loopback for the end-to-end,
+// fault, limit and load tests: a demo PKI (deploy/make-demo-ca.sh), stip-server with TLS
 // on a store in a temporary directory, stip-developer serving a demo model,
 // users registered with stip-client. Everything is removed at the end (kept
-// when the test failed, for the logs: DIR/server.log, DIR/developer.log).
+// when the test failed, for the logs: DIR/server-N.log, DIR/developer-N.log).
 #pragma once
 
 #include <gtest/gtest.h>
@@ -65,6 +65,7 @@ class Deployment {
     if (r.exit_code != 0) throw std::runtime_error("make-demo-ca.sh failed: " + r.err);
   }
   ~Deployment() {
+    client_daemons_.clear();
     developer_.reset();
     server_.reset();
     if (!::testing::Test::HasFailure()) RemoveAll(dir_);
@@ -130,43 +131,73 @@ class Deployment {
     return token;
   }
 
-  std::string StartDeveloper(const std::string& model) {
-    developer_ = std::make_unique<Daemon>(std::vector<std::string>{kDeveloperBin,
-                                                                   "serve",
-                                                                   "--model",
-                                                                   model,
-                                                                   "--state",
-                                                                   dir_ + "/developer",
-                                                                   "--listen",
-                                                                   "127.0.0.1:0",
-                                                                   "--server",
-                                                                   admin_address_,
-                                                                   "--public-server-address",
-                                                                   server_address_,
-                                                                   "--tls-cert",
-                                                                   Pki("developer.pem"),
-                                                                   "--tls-key",
-                                                                   Pki("developer.key"),
-                                                                   "--tls-ca",
-                                                                   Pki("ca.pem"),
-                                                                   "--access-sync-s",
-                                                                   "0.5"},
-                                          dir_ + "/developer.log");
+  // Listens on a free port, or on `listen` (the previous address after a restart).
+  std::string StartDeveloper(const std::string& model, const std::vector<std::string>& extra = {},
+                             const std::string& listen = "127.0.0.1:0") {
+    std::vector<std::string> argv = {kDeveloperBin,
+                                     "serve",
+                                     "--model",
+                                     model,
+                                     "--state",
+                                     state_dir(),
+                                     "--listen",
+                                     listen,
+                                     "--server",
+                                     admin_address_,
+                                     "--public-server-address",
+                                     server_address_,
+                                     "--tls-cert",
+                                     Pki("developer.pem"),
+                                     "--tls-key",
+                                     Pki("developer.key"),
+                                     "--tls-ca",
+                                     Pki("ca.pem"),
+                                     "--access-sync-s",
+                                     "0.5"};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    developer_ = std::make_unique<Daemon>(
+        argv, dir_ + "/developer-" + std::to_string(++developer_starts_) + ".log");
     developer_address_ = developer_->WaitListening(180);
     return developer_address_;
   }
+  Daemon& developer() { return *developer_; }
+  const std::string& developer_address() const { return developer_address_; }
+  std::string state_dir() const { return dir_ + "/developer"; }
+  // `stip-client serve` on the user's data dir (plaintext Chat on loopback).
+  std::string StartChatDaemon(const std::string& data_dir) {
+    client_daemons_.push_back(std::make_unique<Daemon>(
+        std::vector<std::string>{kClientBin, "serve", "--data-dir", data_dir, "--listen",
+                                 "127.0.0.1:0", "--listen-insecure"},
+        dir_ + "/chat-daemon-" + std::to_string(client_daemons_.size()) + ".log"));
+    return client_daemons_.back()->WaitListening(120);
+  }
+  Daemon& chat_daemon(size_t i = 0) { return *client_daemons_.at(i); }
+  size_t chat_daemons() const { return client_daemons_.size(); }
+  // Every daemon's log so far (server-N, developer-N, chat-daemon-N).
+  std::vector<std::string> Logs() const {
+    std::vector<std::string> logs;
+    for (const std::string& n : ListDirectory(dir_)) {
+      if (n.size() > 4 && n.compare(n.size() - 4, 4, ".log") == 0) logs.push_back(dir_ + "/" + n);
+    }
+    return logs;
+  }
   void StopDeveloper() { developer_.reset(); }
 
-  // Registers `user` (a fresh enrolment token); returns the data directory.
-  std::string Register(const std::string& user) {
-    const std::string token = AddUser(user);
+  RunResult TryRegister(const std::string& user, const std::string& token,
+                        const std::string& data) {
+    return Run({kClientBin, "register", "--developer", developer_address_, "--user", user,
+                "--token", token, "--data-dir", data, "--ca", Pki("ca.pem")},
+               120);
+  }
+  // Registers `user` with `token`; returns the data directory.
+  std::string Register(const std::string& user, const std::string& token) {
     const std::string data = dir_ + "/client-" + user;
-    RunResult r = Run({kClientBin, "register", "--developer", developer_address_, "--user", user,
-                       "--token", token, "--data-dir", data, "--ca", Pki("ca.pem")},
-                      120);
+    RunResult r = TryRegister(user, token, data);
     EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
     return data;
   }
+  // Registers `user` with a fresh enrolment token.
+  std::string Register(const std::string& user) { return Register(user, AddUser(user)); }
 
   // A server with `model` stored and loaded, users registered, the developer
   // stopped again (the server keeps the model and its access record).
@@ -190,7 +221,7 @@ class Deployment {
     argv.insert(argv.end(), extra.begin(), extra.end());
     return argv;
   }
-  static RunResult Generate(const std::string& data_dir, const std::string& prompt, int n,
+  static RunResult Generate(const std::string& data_dir, const std::string& prompt, int n = 40,
                             const std::vector<std::string>& extra = {}) {
     return Run(GenerateArgs(data_dir, prompt, n, extra), 300);
   }
@@ -199,7 +230,8 @@ class Deployment {
   std::string dir_;
   std::string server_address_, admin_address_, developer_address_;
   std::unique_ptr<Daemon> server_, developer_;
-  int starts_ = 0;
+  std::vector<std::unique_ptr<Daemon>> client_daemons_;
+  int starts_ = 0, developer_starts_ = 0;
 };
 
 // A user's credentials (credentials.json in the data directory).

@@ -24,6 +24,7 @@
 #include "common/transform/transform_rules.h"
 #include "common/util/files.h"
 #include "stip/v1/stip.grpc.pb.h"
+#include "tests/deployment.h"
 #include "tests/process_util.h"
 #include "tests/test_util.h"
 
@@ -34,132 +35,12 @@ using test::Daemon;
 
 using test::RunResult;
 
-const std::string kBin = STIP_BIN_DIR;
-const std::string kSrc = STIP_SOURCE_DIR;
-const std::string kServer = kBin + "/server/stip-server";
-const std::string kDeveloper = kBin + "/developer/stip-developer";
-const std::string kClient = kBin + "/client/stip-client";
-
-std::string ReferenceText(const std::string& model) {
-  std::ifstream in(test::ModelDir(model) + "/reference.json");
-  return nlohmann::json::parse(in)["greedy_text"].get<std::string>();
-}
-
-// A temporary directory with a demo PKI, removed at the end.
-class Deployment {
- public:
-  Deployment() {
-    std::string tmpl = ::testing::TempDir() + "stip-e2e-XXXXXX";
-    std::vector<char> buf(tmpl.begin(), tmpl.end());
-    buf.push_back('\0');
-    dir_ = mkdtemp(buf.data());
-    RunResult r = test::Run({"/bin/bash", kSrc + "/deploy/make-demo-ca.sh", dir_ + "/pki"}, 60);
-    if (r.exit_code != 0) throw std::runtime_error("make-demo-ca.sh failed: " + r.err);
-  }
-  ~Deployment() {
-    client_daemons_.clear();
-    developer_.reset();
-    server_.reset();
-    if (!::testing::Test::HasFailure()) RemoveAll(dir_);
-  }
-  const std::string& dir() const { return dir_; }
-  std::string Pki(const std::string& f) const { return dir_ + "/pki/" + f; }
-
-  // Listens on a free port, or on `listen` (e.g. the previous address after a restart).
-  std::string StartServer(const std::vector<std::string>& extra = {},
-                          const std::string& listen = "127.0.0.1:0") {
-    std::vector<std::string> argv = {
-        kServer,       "--listen",        listen,        "--store",          dir_ + "/store",
-        "--tls-cert",  Pki("server.pem"), "--tls-key",   Pki("server.key"),  "--admin-listen",
-        "127.0.0.1:0", "--admin-ca",      Pki("ca.pem"), "--admin-allow-cn", "stip-developer"};
-    argv.insert(argv.end(), extra.begin(), extra.end());
-    server_ = std::make_unique<Daemon>(argv, dir_ + "/server.log");
-    server_address_ = server_->WaitListening();
-    admin_address_ = server_->Value("admin on ");
-    EXPECT_FALSE(admin_address_.empty());
-    return server_address_;
-  }
-  void StopServer() { server_.reset(); }
-  const std::string& server_address() const { return server_address_; }
-  const std::string& admin_address() const { return admin_address_; }
-  Daemon& server() { return *server_; }
-
-  std::string AddUser(const std::string& name) {
-    RunResult r = test::Run({kDeveloper, "add-user", name, "--state", dir_ + "/developer"}, 60);
-    EXPECT_EQ(r.exit_code, 0) << r.err;
-    std::string token = r.out;
-    while (!token.empty() && (token.back() == '\n' || token.back() == ' ')) token.pop_back();
-    return token;
-  }
-
-  // Listens on a free port, or on `listen` (the previous address after a restart).
-  std::string StartDeveloper(const std::string& model, const std::vector<std::string>& extra = {},
-                             const std::string& listen = "127.0.0.1:0") {
-    std::vector<std::string> argv = {kDeveloper,
-                                     "serve",
-                                     "--model",
-                                     model,
-                                     "--state",
-                                     dir_ + "/developer",
-                                     "--listen",
-                                     listen,
-                                     "--server",
-                                     admin_address_,
-                                     "--public-server-address",
-                                     server_address_,
-                                     "--tls-cert",
-                                     Pki("developer.pem"),
-                                     "--tls-key",
-                                     Pki("developer.key"),
-                                     "--tls-ca",
-                                     Pki("ca.pem"),
-                                     "--access-sync-s",
-                                     "0.5"};
-    argv.insert(argv.end(), extra.begin(), extra.end());
-    developer_ = std::make_unique<Daemon>(argv, dir_ + "/developer.log");
-    developer_address_ = developer_->WaitListening(180);
-    return developer_address_;
-  }
-  Daemon& developer() { return *developer_; }
-  const std::string& developer_address() const { return developer_address_; }
-  std::string state_dir() const { return dir_ + "/developer"; }
-  // `stip-client serve` on the user's data dir (plaintext Chat on loopback).
-  std::string StartChatDaemon(const std::string& data_dir) {
-    client_daemons_.push_back(std::make_unique<Daemon>(
-        std::vector<std::string>{kClient, "serve", "--data-dir", data_dir, "--listen",
-                                 "127.0.0.1:0", "--listen-insecure"},
-        dir_ + "/chat-daemon-" + std::to_string(client_daemons_.size()) + ".log"));
-    return client_daemons_.back()->WaitListening(120);
-  }
-  Daemon& chat_daemon(size_t i = 0) { return *client_daemons_.at(i); }
-  size_t chat_daemons() const { return client_daemons_.size(); }
-  void StopDeveloper() { developer_.reset(); }
-
-  RunResult TryRegister(const std::string& user, const std::string& token,
-                        const std::string& data) {
-    return test::Run({kClient, "register", "--developer", developer_address_, "--user", user,
-                      "--token", token, "--data-dir", data, "--ca", Pki("ca.pem")},
-                     120);
-  }
-  std::string Register(const std::string& user, const std::string& token) {
-    std::string data = dir_ + "/client-" + user;
-    RunResult r = TryRegister(user, token, data);
-    EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
-    return data;
-  }
-
-  static RunResult Generate(const std::string& data_dir, const std::string& prompt, int n = 40) {
-    return test::Run({kClient, "generate", "--data-dir", data_dir, "--prompt", prompt,
-                      "--max-new-tokens", std::to_string(n), "--greedy"},
-                     300);
-  }
-
- private:
-  std::string dir_;
-  std::string server_address_, admin_address_, developer_address_;
-  std::unique_ptr<Daemon> server_, developer_;
-  std::vector<std::unique_ptr<Daemon>> client_daemons_;
-};
+using test::Deployment;
+using test::ReferenceText;
+const std::string& kBin = test::kBin;
+const std::string& kSrc = test::kSrc;
+const std::string& kDeveloper = test::kDeveloperBin;
+const std::string& kClient = test::kClientBin;
 
 class ThreeParties : public ::testing::TestWithParam<std::string> {};
 
@@ -384,8 +265,8 @@ TEST(ThreePartiesTest, AccessTokensAreEnforcedByTheServer) {
   d.StopServer();
 
   // No token in any log.
-  for (const char* log : {"server.log", "developer.log"}) {
-    const std::string text = ReadFile(d.dir() + "/" + std::string(log));
+  for (const std::string& log : d.Logs()) {
+    const std::string text = ReadFile(log);
     for (const std::string& t : {good, AccessToken(bob), t_alice, t_bob}) {
       EXPECT_EQ(text.find(t), std::string::npos) << log << " holds a token";
     }
@@ -765,8 +646,8 @@ TEST(RotationTest, RotateMovesUsersToFreshKeysAndRetiresTheOldInstances) {
   SetAccessToken(alice, new_token);
 
   ExpectSecretsPrivate(d, {alice, bob}, {old_keys.substr(old_keys.size() - 256)});
-  for (const char* log : {"server.log", "developer.log", "chat-daemon-0.log"}) {
-    const std::string text = ReadFile(d.dir() + "/" + std::string(log));
+  for (const std::string& log : d.Logs()) {
+    const std::string text = ReadFile(log);
     for (const std::string& t : {old_token, new_token, AccessToken(bob), t_alice, t_bob}) {
       EXPECT_FALSE(Contains(text, t)) << log << " holds a token";
     }
