@@ -44,6 +44,7 @@
 #include "common/transform/transform_rules.h"
 #include "common/util/files.h"
 #include "stip/v1/stip.grpc.pb.h"
+#include "tests/process_util.h"
 #include "tests/temp_dir.h"
 #include "tests/test_util.h"
 
@@ -959,59 +960,10 @@ TEST(ChatService, StreamsCompletionsAndKeepsConversations) {
 
 // ---- the stip-client binary -----------------------------------------------------------
 
-struct ProcessResult {
-  int status = -1;
-  std::string out, err;
-};
-
-// Runs argv with `input` on stdin; returns the exit status and the output.
-ProcessResult RunProcess(const std::vector<std::string>& argv, const std::string& input = "",
-                         double seconds = 120) {
-  int in[2], out[2], err[2];
-  if (pipe(in) || pipe(out) || pipe(err)) throw std::runtime_error("pipe");
-  pid_t pid = fork();
-  if (pid == 0) {
-    dup2(in[0], 0);
-    dup2(out[1], 1);
-    dup2(err[1], 2);
-    for (int fd : {in[0], in[1], out[0], out[1], err[0], err[1]}) close(fd);
-    std::vector<char*> args;
-    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
-    execv(args[0], args.data());
-    _exit(127);
-  }
-  close(in[0]);
-  close(out[1]);
-  close(err[1]);
-  if (!input.empty() && write(in[1], input.data(), input.size()) < 0) {
-  }
-  close(in[1]);
-  ProcessResult r;
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
-  bool out_open = true, err_open = true;
-  while ((out_open || err_open) && std::chrono::steady_clock::now() < deadline) {
-    pollfd p[2] = {{out_open ? out[0] : -1, POLLIN, 0}, {err_open ? err[0] : -1, POLLIN, 0}};
-    if (poll(p, 2, 100) <= 0) continue;
-    char buf[4096];
-    for (int i = 0; i < 2; ++i) {
-      if (!(p[i].revents & (POLLIN | POLLHUP))) continue;
-      ssize_t n = read(p[i].fd, buf, sizeof buf);
-      if (n > 0) {
-        (i == 0 ? r.out : r.err).append(buf, static_cast<size_t>(n));
-      } else {
-        (i == 0 ? out_open : err_open) = false;
-      }
-    }
-  }
-  if (out_open || err_open) kill(pid, SIGKILL);
-  close(out[0]);
-  close(err[0]);
-  waitpid(pid, &r.status, 0);
-  return r;
+// The binary with `input` on stdin (tests/process_util.h).
+test::RunResult RunProcess(const std::vector<std::string>& argv, const std::string& input = "") {
+  return test::Run(argv, 120, input);
 }
-
-int ExitCode(int status) { return WIFEXITED(status) ? WEXITSTATUS(status) : -1; }
 
 // The daemon's conversations reconnect like the CLI (the server goes away in
 // the middle of an answer, the request still succeeds with the same text),
@@ -1064,34 +1016,34 @@ TEST(Binary, GenerateAndChatPrintExactly) {
   for (const char* a : {"--prompt", kPrompt, "--max-new-tokens", "40", "--greedy"}) {
     argv.push_back(a);
   }
-  ProcessResult r = RunProcess(argv);
-  EXPECT_EQ(ExitCode(r.status), 0) << r.err;
+  test::RunResult r = RunProcess(argv);
+  EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(r.out, in.greedy_text + "\n");
 
   // chat: "> " prompts, the continuation of each line, /exit.
-  ProcessResult c =
+  test::RunResult c =
       RunProcess({STIP_CLIENT_BIN, "chat", "--bundle", in.client_dir, "--server-model",
                   in.server_dir, "--greedy", "--max-new-tokens", "40"},
                  std::string(kPrompt) + "\n/exit\n");
-  EXPECT_EQ(ExitCode(c.status), 0) << c.err;
+  EXPECT_EQ(c.exit_code, 0) << c.err;
   EXPECT_EQ(c.out, "> " + in.greedy_text.substr(std::string(kPrompt).size()) + "\n> ");
   // End of input ends it too, after a newline.
   c = RunProcess({STIP_CLIENT_BIN, "chat", "--bundle", in.client_dir, "--server-model",
                   in.server_dir, "--greedy", "--max-new-tokens", "3"},
                  "/reset\n");
-  EXPECT_EQ(ExitCode(c.status), 0) << c.err;
+  EXPECT_EQ(c.exit_code, 0) << c.err;
   EXPECT_EQ(c.out, "> (new conversation)\n> \n");
 
   // Errors: one line on stderr, a nonzero status.
   argv = base;
   for (const char* a : {"--prompt", kPrompt, "--top-p", "2"}) argv.push_back(a);
   r = RunProcess(argv);
-  EXPECT_NE(ExitCode(r.status), 0);
+  EXPECT_NE(r.exit_code, 0);
   EXPECT_EQ(r.err.rfind("stip-client: error: ", 0), 0u) << r.err;
   EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
   EXPECT_EQ(r.out, "");
   r = RunProcess({STIP_CLIENT_BIN, "generate", "--prompt", "x"});
-  EXPECT_NE(ExitCode(r.status), 0);
+  EXPECT_NE(r.exit_code, 0);
   EXPECT_EQ(r.err.rfind("stip-client: error: ", 0), 0u) << r.err;
 }
 
@@ -1108,18 +1060,18 @@ TEST(Binary, RegisterThenGenerateThroughAServer) {
   TempDir tmp;
   const std::string data = tmp / "data";
 
-  ProcessResult reg =
+  test::RunResult reg =
       RunProcess({STIP_CLIENT_BIN, "register", "--developer", registry_srv.address, "--user",
                   "carol", "--token", kEnrolment, "--data-dir", data, "--insecure"});
-  ASSERT_EQ(ExitCode(reg.status), 0) << reg.err;
+  ASSERT_EQ(reg.exit_code, 0) << reg.err;
   EXPECT_EQ(Mode(data), 0700u);
   EXPECT_EQ(Mode(JoinPath(data, "credentials.json")), 0600u);
   EXPECT_EQ(reg.out.find(kToken), std::string::npos);
   EXPECT_EQ(reg.err.find(kToken), std::string::npos);
 
-  ProcessResult r = RunProcess({STIP_CLIENT_BIN, "generate", "--data-dir", data, "--prompt",
-                                kPrompt, "--max-new-tokens", "40", "--greedy", "--insecure"});
-  EXPECT_EQ(ExitCode(r.status), 0) << r.err;
+  test::RunResult r = RunProcess({STIP_CLIENT_BIN, "generate", "--data-dir", data, "--prompt",
+                                  kPrompt, "--max-new-tokens", "40", "--greedy", "--insecure"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(r.out, in.greedy_text + "\n");
   EXPECT_EQ(r.err.find(kToken), std::string::npos);
   {
@@ -1129,7 +1081,7 @@ TEST(Binary, RegisterThenGenerateThroughAServer) {
 
   // TLS is the default: the plaintext test server is not reachable that way.
   r = RunProcess({STIP_CLIENT_BIN, "generate", "--data-dir", data, "--prompt", kPrompt});
-  EXPECT_NE(ExitCode(r.status), 0);
+  EXPECT_NE(r.exit_code, 0);
   EXPECT_EQ(r.out, "");
   EXPECT_NE(
       r.err.find("stip-client: error: cannot reach the stip server at " + inference_srv.address),
@@ -1178,7 +1130,7 @@ TEST(Binary, ServeAnswersChatRequests) {
   kill(pid, SIGTERM);  // with the channel still open
   int status = 0;
   waitpid(pid, &status, 0);
-  EXPECT_EQ(ExitCode(status), 0);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "status " << status;
   close(out[0]);
 }
 

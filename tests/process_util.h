@@ -17,15 +17,15 @@
 
 namespace stip::test {
 
-inline pid_t Spawn(const std::vector<std::string>& argv, int stdout_fd, int stderr_fd) {
+inline pid_t Spawn(const std::vector<std::string>& argv, int stdout_fd, int stderr_fd,
+                   int stdin_fd = -1) {
   pid_t pid = fork();
   if (pid < 0) throw std::runtime_error("fork failed");
   if (pid == 0) {
     setpgid(0, 0);
     if (stdout_fd >= 0) dup2(stdout_fd, 1);
     if (stderr_fd >= 0) dup2(stderr_fd, 2);
-    int devnull = open("/dev/null", O_RDONLY);
-    dup2(devnull, 0);
+    dup2(stdin_fd >= 0 ? stdin_fd : open("/dev/null", O_RDONLY), 0);
     std::vector<char*> args;
     for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
     args.push_back(nullptr);
@@ -137,13 +137,23 @@ struct RunResult {
   std::string err;
 };
 
-// Runs a command to completion (killed after `seconds`).
-inline RunResult Run(const std::vector<std::string>& argv, double seconds = 300) {
-  int o[2], e[2];
-  if (pipe(o) != 0 || pipe(e) != 0) throw std::runtime_error("pipe failed");
-  pid_t pid = Spawn(argv, o[1], e[1]);
+// Runs a command to completion (killed after `seconds`), `input` on its stdin
+// (written before its output is read: keep it under a pipe's 64 KiB).
+inline RunResult Run(const std::vector<std::string>& argv, double seconds = 300,
+                     const std::string& input = "") {
+  int o[2], e[2], i[2];
+  if (pipe2(o, O_CLOEXEC) != 0 || pipe2(e, O_CLOEXEC) != 0 || pipe2(i, O_CLOEXEC) != 0) {
+    throw std::runtime_error("pipe failed");
+  }
+  pid_t pid = Spawn(argv, o[1], e[1], i[0]);
   close(o[1]);
   close(e[1]);
+  close(i[0]);
+  signal(SIGPIPE, SIG_IGN);  // a child that exits without reading fails the write instead
+  if (!input.empty() && write(i[1], input.data(), input.size()) < 0) {
+    // the child exited before reading: its exit status tells
+  }
+  close(i[1]);
   RunResult r;
   auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
   bool open_o = true, open_e = true;
