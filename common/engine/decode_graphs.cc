@@ -8,6 +8,7 @@
 
 #include "common/engine/causal_lm.h"
 #include "common/engine/kv_cache.h"
+#include "common/engine/pooled_attention.h"
 
 #if STIP_WITH_CUDA_GRAPHS
 #include <ATen/cuda/CUDAEvent.h>
@@ -102,9 +103,7 @@ at::Tensor DecodeGraphs::Run(KvPool& pool, const at::Tensor& x, const std::vecto
   const int64_t span =
       std::min(pool.capacity(), (end + kKeySpanStep - 1) / kKeySpanStep * kKeySpanStep);
   if (end > span) return at::Tensor();
-  bool consecutive = true;
-  for (size_t i = 1; i < slots.size(); ++i) consecutive &= slots[i] == slots[i - 1] + 1;
-  const int64_t first_slot = consecutive ? slots[0] : -1;
+  const int64_t first_slot = PooledBatch::FirstSlotIfConsecutive(slots);
   const Key key{pool.id(), b, span, first_slot};
   std::lock_guard<std::mutex> lock(impl_->mu);
   for (auto g = impl_->graphs.begin(); g != impl_->graphs.end();) {  // graphs of dead pools

@@ -22,9 +22,7 @@ PooledBatch::PooledBatch(KvPool& pool, const std::vector<int64_t>& slots,
       pasts_host_(pasts),
       same_past_(
           std::all_of(pasts.begin(), pasts.end(), [&](int64_t p) { return p == pasts[0]; })) {
-  bool consecutive = true;
-  for (size_t i = 1; i < slots.size(); ++i) consecutive &= slots[i] == slots[i - 1] + 1;
-  if (consecutive) first_slot_ = slots[0];
+  first_slot_ = FirstSlotIfConsecutive(slots);
   // One host-to-device copy for both index vectors.
   std::vector<int64_t> both(slots);
   both.insert(both.end(), pasts.begin(), pasts.end());
@@ -43,6 +41,13 @@ PooledBatch::PooledBatch(KvPool& pool, const at::Tensor& slots, const at::Tensor
       first_slot_(first_slot),
       slots_(slots),
       pasts_(pasts) {}
+
+int64_t PooledBatch::FirstSlotIfConsecutive(const std::vector<int64_t>& slots) {
+  for (size_t i = 1; i < slots.size(); ++i) {
+    if (slots[i] != slots[i - 1] + 1) return -1;
+  }
+  return slots.empty() ? -1 : slots[0];
+}
 
 bool PooledBatch::Qualifies(const std::vector<int64_t>& lengths,
                             const std::vector<int64_t>& pasts) {

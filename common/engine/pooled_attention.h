@@ -38,6 +38,10 @@ class PooledBatch {
   PooledBatch(KvPool& pool, const at::Tensor& slots, const at::Tensor& pasts, int64_t key_span,
               int64_t first_slot = -1);
 
+  // slots[0] if the slots are slots[0], slots[0] + 1, ... (keys can be read
+  // in place), else -1.
+  static int64_t FirstSlotIfConsecutive(const std::vector<int64_t>& slots);
+
   // Whether a batch of these lengths can run pooled (see the file comment).
   static bool Qualifies(const std::vector<int64_t>& lengths, const std::vector<int64_t>& pasts);
 
