@@ -59,6 +59,7 @@ ClientConnection::View ClientConnection::MakeViewLocked() const {
   o.instance_id = c.instance_id;
   o.access_token = c.access_token;
   o.max_context = settings_.max_context;
+  o.logits_format = settings_.logits_format;
   o.expected_hidden = bundle_->hidden_size();
   o.expected_vocab = bundle_->vocab_size();
   o.deadline = settings_.deadline;

@@ -231,6 +231,7 @@ GenerateResult Generator::GenerateIds(const std::vector<int64_t>& prompt_ids,
                                       const GenerateOptions& options,
                                       const PieceCallback& on_piece) {
   ValidateGenerateOptions(options);
+  CheckSamplingExact(backend_->logits_format(), options.sampling);
   const int64_t vocab = bundle_->vocab_size();
   for (int64_t id : prompt_ids) {
     if (id < 0 || id >= vocab) {

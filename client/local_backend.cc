@@ -6,8 +6,8 @@
 namespace stip {
 
 LocalServerBackend::LocalServerBackend(std::shared_ptr<const ServerModel> model,
-                                       int64_t max_context)
-    : model_(std::move(model)), max_context_(max_context) {
+                                       int64_t max_context, LogitsFormat logits_format)
+    : model_(std::move(model)), max_context_(max_context), logits_format_(logits_format) {
   if (!model_) throw InvalidArgument("LocalServerBackend needs a model");
   const ModelConfig& c = model_->config();
   if (max_context_ <= 0 || (c.max_positions > 0 && max_context_ > c.max_positions)) {
@@ -18,6 +18,10 @@ LocalServerBackend::LocalServerBackend(std::shared_ptr<const ServerModel> model,
 SessionInfo LocalServerBackend::Open() {
   Close();
   const ModelConfig& c = model_->config();
+  if (logits_format_.kind == LogitsFormat::Kind::kTopK && logits_format_.top_k > c.vocab_size) {
+    throw InvalidArgument("logits format " + logits_format_.ToString() + ": K exceeds the " +
+                          std::to_string(c.vocab_size) + " entries of the vocabulary");
+  }
   info_ = SessionInfo{};
   info_.session_id = "local-" + std::to_string(++sessions_);
   info_.instance_id = c.stip_instance;
@@ -44,7 +48,10 @@ at::Tensor LocalServerBackend::Step(const at::Tensor& x_prime, bool all_logits) 
   }
   at::Tensor x = x_prime.to(model_->options().device, model_->options().dtype);
   at::Tensor o = model_->Forward({{x, &cache_, all_logits}})[0];
-  return o.to(at::kCPU, at::kFloat);
+  if (logits_format_.kind == LogitsFormat::Kind::kFp32) return o.to(at::kCPU, at::kFloat);
+  v1::StepResult wire;  // the server's encoding and the client's decoding
+  ToWire(EncodeLogits(o, logits_format_), &wire);
+  return DecodeLogits(wire, logits_format_, o.size(0), info_.vocab_size);
 }
 
 void LocalServerBackend::Truncate(int64_t length) {

@@ -11,6 +11,8 @@
 #include <cstdint>
 #include <string>
 
+#include "common/rpc/logits_transport.h"
+
 namespace stip {
 
 struct SessionInfo {
@@ -50,6 +52,11 @@ class LogitsBackend {
 
   // Ends the session (no error if none is open).
   virtual void Close() = 0;
+
+  // How the backend's logits come back (Step returns them dense either way;
+  // a top-k format fills -inf where nothing was sent, and the Generator
+  // refuses sampling settings that would not be exact with it).
+  virtual LogitsFormat logits_format() const { return LogitsFormat(); }
 };
 
 }  // namespace stip

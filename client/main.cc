@@ -54,6 +54,7 @@ struct ConnectFlags {
   std::string server_model;  // offline: a transformed server checkpoint, run here
   bool insecure = false;     // plaintext toward the stip server
   int64_t max_context = 0;
+  std::string logits = "fp32";  // logits format (common/rpc/logits_transport.h)
   bool no_refresh = false;  // no token renewal, no bundle fetch after a rotation
   double timeout_s = 0;     // generate: deadline of the whole request (0: none)
   ReconnectPolicy reconnect{8, 0.5, 10, {}};
@@ -69,6 +70,11 @@ struct ConnectFlags {
                     "name expected in the stip server's certificate");
     app->add_flag("--insecure", insecure, "connect to the stip server WITHOUT TLS (testing only)");
     app->add_option("--max-context", max_context, "session context limit (0: the server's)");
+    app->add_option("--logits", logits,
+                    "how the server sends logits back: fp32 (exact), fp16 (half the bytes; exact "
+                    "for a server computing in FP16) or top-k:K (the K largest; exact for greedy "
+                    "decoding and top-k sampling with --top-k <= K)")
+        ->capture_default_str();
     app->add_flag("--no-refresh", no_refresh,
                   "never renew the access token or fetch a rotated bundle on our own");
     app->add_option("--server-model", server_model,
@@ -128,8 +134,9 @@ Backend MakeBackend(const ConnectFlags& f) {
     spdlog::warn("running the server half in-process from {} (--server-model: testing only)",
                  f.server_model);
     const int64_t max_context = f.max_context;
-    b.make = [model, max_context] {
-      return std::make_unique<LocalServerBackend>(model, max_context);
+    const LogitsFormat logits = LogitsFormat::Parse(f.logits);
+    b.make = [model, max_context, logits] {
+      return std::make_unique<LocalServerBackend>(model, max_context, logits);
     };
     b.description = "in-process model " + f.server_model;
     return b;
@@ -142,6 +149,7 @@ Backend MakeBackend(const ConnectFlags& f) {
   cs.server_name = f.server_name;
   cs.insecure = f.insecure;
   cs.max_context = f.max_context;
+  cs.logits_format = LogitsFormat::Parse(f.logits);
   cs.auto_refresh = !f.no_refresh;
   if (f.timeout_s > 0) {
     cs.deadline = std::chrono::system_clock::now() +
@@ -210,6 +218,7 @@ struct SamplingFlags {
 
 int RunGenerate(const ConnectFlags& cf, const GenerateOptions& options, const std::string& prompt,
                 bool stats) {
+  CheckSamplingExact(LogitsFormat::Parse(cf.logits), options.sampling);  // before connecting
   Backend b = MakeBackend(cf);
   Session s = Connect(b);  // an unreachable server is reported before anything is printed
   std::fputs(prompt.c_str(), stdout);
@@ -235,6 +244,7 @@ int RunGenerate(const ConnectFlags& cf, const GenerateOptions& options, const st
 }
 
 int RunChatCommand(const ConnectFlags& cf, const GenerateOptions& options) {
+  CheckSamplingExact(LogitsFormat::Parse(cf.logits), options.sampling);  // before connecting
   Backend b = MakeBackend(cf);
   Session s = Connect(b);
   InstallInterruptHandler(&g_interrupted);

@@ -217,6 +217,7 @@ SessionInfo RemoteSession::Open() {
   open->set_instance_id(m.options.instance_id);
   open->set_access_token(m.options.access_token);
   open->set_max_context(m.options.max_context);
+  LogitsFormatToProto(m.options.logits_format, open->mutable_logits());
   v1::SessionResponse resp;
   if (!m.stream->Write(req) || !m.stream->Read(&resp)) throw m.Ended("while opening it");
   if (resp.kind_case() == v1::SessionResponse::kError) {
@@ -242,6 +243,7 @@ SessionInfo RemoteSession::Open() {
   info.max_context = o.max_context();
   info.datatype = o.datatype();
   std::string mismatch;
+  bool logits_mismatch = false;
   if (info.instance_id != m.options.instance_id) {
     mismatch = "instance " + info.instance_id + " instead of " + m.options.instance_id;
   } else if (m.options.expected_hidden && info.hidden_size != m.options.expected_hidden) {
@@ -250,12 +252,26 @@ SessionInfo RemoteSession::Open() {
   } else if (m.options.expected_vocab && info.vocab_size != m.options.expected_vocab) {
     mismatch = "vocabulary size " + std::to_string(info.vocab_size) + ", the bundle's is " +
                std::to_string(m.options.expected_vocab);
+  } else {
+    LogitsFormat granted;
+    try {
+      granted = LogitsFormatFromProto(o.logits(), info.vocab_size);
+    } catch (const Error& e) {
+      mismatch = std::string("an invalid logits format (") + e.what() + ")";
+      logits_mismatch = true;
+    }
+    if (mismatch.empty() && granted != m.options.logits_format) {
+      mismatch = "logits format " + granted.ToString() + " instead of " +
+                 m.options.logits_format.ToString() + " (does the server predate logits formats?)";
+      logits_mismatch = true;
+    }
   }
   if (!mismatch.empty()) {
     m.Shutdown(true);
     throw RemoteError(grpc::StatusCode::FAILED_PRECONDITION,
                       "the stip server at " + m.options.address + " opened a session with " +
-                          mismatch + " (is the bundle out of date? register again)");
+                          mismatch +
+                          (logits_mismatch ? "" : " (is the bundle out of date? register again)"));
   }
   m.info = info;
   m.open = true;
@@ -323,17 +339,11 @@ at::Tensor RemoteSession::Step(const at::Tensor& x_prime, bool all_logits) {
     problem = "the result of step " + std::to_string(resp.result().step_id());
   } else {
     try {
-      logits = FromWire(resp.result().logits());
+      logits = DecodeLogits(resp.result(), m.options.logits_format, rows, m.info.vocab_size);
     } catch (const Error& e) {
       problem = std::string("malformed logits: ") + e.what();
     }
-    if (problem.empty() &&
-        (logits.dim() != 2 || logits.size(0) != rows || logits.size(1) != m.info.vocab_size ||
-         !at::isFloatingType(logits.scalar_type()))) {
-      problem = "logits of shape " + ShapeString(logits.sizes().vec()) + " (" +
-                resp.result().logits().datatype() + "), expected [" + std::to_string(rows) + ", " +
-                std::to_string(m.info.vocab_size) + "] FP32";
-    } else if (problem.empty() && resp.result().context_length() != m.context_length + t) {
+    if (problem.empty() && resp.result().context_length() != m.context_length + t) {
       problem = "a context length of " + std::to_string(resp.result().context_length()) +
                 " positions, expected " + std::to_string(m.context_length + t);
     }
@@ -347,8 +357,10 @@ at::Tensor RemoteSession::Step(const at::Tensor& x_prime, bool all_logits) {
   }
   m.pending_truncate = -1;
   m.context_length += t;
-  return logits.to(at::kFloat);
+  return logits;
 }
+
+LogitsFormat RemoteSession::logits_format() const { return impl_->options.logits_format; }
 
 void RemoteSession::Close() {
   Impl& m = *impl_;

@@ -1,6 +1,7 @@
 // A session on a stip server: the Inference.Session bidirectional stream.
 //
-//   open{instance_id, access_token, max_context} -> opened{sizes, datatype}
+//   open{instance_id, access_token, max_context, logits format}
+//                                                   -> opened{sizes, datatype, logits format}
 //   step{step_id, x' [T, d], all_logits, truncate_to} -> result{o', context_length}
 //                                                      | error{step_id, status} (in-band)
 //   close (or the end of the stream)
@@ -52,6 +53,7 @@ struct RemoteSessionOptions {
   std::string instance_id;
   std::string access_token;
   int64_t max_context = 0;      // 0: the server's limit
+  LogitsFormat logits_format;   // how o' comes back (common/rpc/logits_transport.h)
   int64_t expected_hidden = 0;  // the bundle's sizes, checked against `opened`
   int64_t expected_vocab = 0;
   int close_timeout_ms = 5000;  // how long Close waits for the server to end the stream
@@ -78,6 +80,7 @@ class RemoteSession : public LogitsBackend {
   void Truncate(int64_t length) override;
   int64_t context_length() const override;
   void Close() override;
+  LogitsFormat logits_format() const override;
 
  private:
   struct Impl;

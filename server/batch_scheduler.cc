@@ -156,20 +156,27 @@ void BatchScheduler::RunBatch(std::vector<StepWork>& batch) {
   std::vector<SequenceStep> steps;
   steps.reserve(batch.size());
   for (const StepWork& w : batch) steps.push_back({w.hidden, w.cache.get(), w.all_logits});
-  std::vector<at::Tensor> logits;
-  // Forward, timed into counters_->forward_ns (failed runs too).
-  auto timed_forward = [&](const std::vector<SequenceStep>& s) {
-    ForwardTimer timer(counters_->forward_ns);
-    std::vector<at::Tensor> out = model_.Forward(s);
-    // On an accelerator the time counts once the logits are on the host (the
-    // answer needs them there; this also waits for the kernels to finish).
-    for (at::Tensor& t : out) {
-      if (!t.device().is_cpu()) t = t.to(at::kCPU);
+  // Forward, then each step's logits in its session's format: encoded on the
+  // model's device, so that only the bytes the format keeps cross to the
+  // host. Both are timed into counters_->forward_ns (failed runs too): on an
+  // accelerator the time counts once the logits are on the host (the answer
+  // needs them there; this also waits for the kernels to finish).
+  // A failed encoding fails only its step (the client rolls the step back).
+  auto encode = [&](size_t i, const at::Tensor& logits) {
+    StepOutcome outcome;
+    try {
+      outcome.logits = EncodeLogits(logits, batch[i].logits_format);
+      outcome.ok = true;
+    } catch (...) {
+      outcome = CurrentFailure();
     }
-    return out;
+    return outcome;
   };
+  std::vector<StepOutcome> outcomes;
   try {
-    logits = timed_forward(steps);
+    ForwardTimer timer(counters_->forward_ns);
+    std::vector<at::Tensor> logits = model_.Forward(steps);
+    for (size_t i = 0; i < batch.size(); ++i) outcomes.push_back(encode(i, logits[i]));
   } catch (...) {
     StepOutcome failure = CurrentFailure();
     if (batch.size() == 1) {
@@ -177,16 +184,18 @@ void BatchScheduler::RunBatch(std::vector<StepWork>& batch) {
       Deliver(batch[0], std::move(failure));
       return;
     }
-    // One bad input must not fail the others: run them one by one.
+    // One bad input must not fail the others: run them one by one. (Forward
+    // commits nothing when it throws.)
     spdlog::warn("{}: batched forward of {} sequences failed ({}); running them one by one", name_,
                  batch.size(), failure.message);
     counters_->fallbacks++;
     for (size_t i = 0; i < batch.size(); ++i) {
       StepOutcome outcome;
       try {
-        outcome.logits = timed_forward({steps[i]}).at(0);
-        outcome.ok = true;
+        ForwardTimer timer(counters_->forward_ns);
+        std::vector<at::Tensor> logits = model_.Forward({steps[i]});
         counters_->forwards++;
+        outcome = encode(i, logits.at(0));
       } catch (...) {
         outcome = CurrentFailure();
       }
@@ -202,11 +211,8 @@ void BatchScheduler::RunBatch(std::vector<StepWork>& batch) {
          !counters_->largest_batch.compare_exchange_weak(largest, batch.size())) {
   }
   for (size_t i = 0; i < batch.size(); ++i) {
-    StepOutcome outcome;
-    outcome.ok = true;
-    outcome.logits = logits[i];
     counters_->steps++;
-    Deliver(batch[i], std::move(outcome));
+    Deliver(batch[i], std::move(outcomes[i]));
   }
 }
 

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "common/error.h"
+#include "common/rpc/logits_transport.h"
 
 namespace stip {
 class KvCache;
@@ -41,7 +42,7 @@ struct SchedulerCounters {
 
 struct StepOutcome {
   bool ok = false;
-  at::Tensor logits;  // fp32 [1 or T, vocab] (any device) when ok
+  EncodedLogits logits;  // o' of the step in its format, on the host, when ok
   ErrorCode code = ErrorCode::kInternal;
   std::string message;  // when !ok
 };
@@ -50,6 +51,7 @@ struct StepWork {
   at::Tensor hidden;  // validated x' [T >= 1, hidden_size]
   std::shared_ptr<KvCache> cache;
   bool all_logits = false;
+  LogitsFormat logits_format;  // encoded on the model's device, before the copy to the host
   // Called once, on the scheduler thread, after the step ran (or failed).
   // Must not throw and must not block on the scheduler.
   std::function<void(StepOutcome)> done;

@@ -14,6 +14,7 @@
 #include "common/auth/access_token.h"
 #include "common/engine/causal_lm.h"
 #include "common/error.h"
+#include "common/rpc/logits_transport.h"
 #include "common/rpc/status.h"
 #include "common/rpc/tensor_wire.h"
 #include "common/rpc/tls.h"
@@ -336,6 +337,13 @@ class SessionReactor final
     vocab_size_ = model.config().vocab_size;
     bytes_per_position_ = model.CacheBytesPerPosition();
     try {
+      logits_format_ = LogitsFormatFromProto(open.logits(), vocab_size_);
+    } catch (const Error& e) {
+      ReleaseSession();
+      End(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, std::string("open: ") + e.what()));
+      return;
+    }
+    try {
       session_id_ = NewSessionId();
       if (KvPool* pool = lease_->kv_pool()) {
         try {
@@ -356,8 +364,10 @@ class SessionReactor final
       std::lock_guard<std::mutex> lock(mu_);
       drain_model_ = lease_.get();
     }
-    spdlog::info("session {}: opened on model {} by user {} (token {}) from {} (max context {})",
-                 session_id_, instance_id_, grant.user, grant.token_id, peer_, max_context_);
+    spdlog::info(
+        "session {}: opened on model {} by user {} (token {}) from {} (max context {}, logits {})",
+        session_id_, instance_id_, grant.user, grant.token_id, peer_, max_context_,
+        logits_format_.ToString());
     response_.Clear();
     v1::SessionOpened* o = response_.mutable_opened();
     o->set_session_id(session_id_);
@@ -366,6 +376,7 @@ class SessionReactor final
     o->set_vocab_size(model.config().vocab_size);
     o->set_max_context(max_context_);
     o->set_datatype(lease_->datatype());
+    LogitsFormatToProto(logits_format_, o->mutable_logits());
     StartWrite(&response_);
   }
 
@@ -399,7 +410,7 @@ class SessionReactor final
                                 std::to_string(base) + " and the step adds " + std::to_string(t));
       }
       const int64_t rows = step.all_logits() ? t : 1;
-      if (rows * vocab_size_ * 4 > kMaxMessageBytes - (1 << 20)) {
+      if (LogitsWireBytes(logits_format_, rows, vocab_size_) > kMaxMessageBytes - (1 << 20)) {
         throw ResourceExhausted("logits of " + std::to_string(rows) + " positions x " +
                                 std::to_string(vocab_size_) +
                                 " would exceed the message size limit; ask for all_logits on "
@@ -427,6 +438,7 @@ class SessionReactor final
     }
     work.cache = cache_;
     work.all_logits = step.all_logits();
+    work.logits_format = logits_format_;
     work.done = [this, step_id](StepOutcome outcome) { StepDone(step_id, std::move(outcome)); };
     ++steps_;
     lease_->scheduler().Submit(std::move(work));
@@ -457,7 +469,7 @@ class SessionReactor final
       response_.Clear();
       v1::StepResult* r = response_.mutable_result();
       r->set_step_id(step_id);
-      ToWire(outcome.logits, r->mutable_logits());
+      ToWire(outcome.logits, r);
       r->set_context_length(cache_->length());
     } catch (...) {
       SendStepError(step_id, CurrentExceptionToStatus());
@@ -492,6 +504,7 @@ class SessionReactor final
   int64_t max_context_ = 0, hidden_size_ = 0, vocab_size_ = 0, bytes_per_position_ = 0;
   int64_t kv_reserved_ = 0;
   uint64_t steps_ = 0;
+  LogitsFormat logits_format_;
 };
 
 void InferenceService::Impl::Reap() {

@@ -36,6 +36,7 @@
 #include "common/error.h"
 #include "common/keys/model_keys.h"
 #include "common/rpc/file_transfer.h"
+#include "common/rpc/logits_transport.h"
 #include "common/rpc/server_setup.h"
 #include "common/rpc/tensor_wire.h"
 #include "common/rpc/tls.h"
@@ -337,6 +338,136 @@ TEST(Generator, OptionsAreValidated) {
   // Out-of-vocabulary ids and empty prompts are refused.
   EXPECT_THROW(gen->GenerateIds({1, in.bundle->vocab_size()}, Greedy(2)), Error);
   EXPECT_THROW(gen->GenerateIds({}, Greedy(2)), Error);
+}
+
+// ---- logits formats (common/rpc/logits_transport.h) ------------------------------
+
+TEST(LogitsTransport, FormatsParseAndMalformedResultsAreRefused) {
+  EXPECT_EQ(LogitsFormat::Parse("fp32"), LogitsFormat());
+  EXPECT_EQ(LogitsFormat::Parse("fp16").kind, LogitsFormat::Kind::kFp16);
+  EXPECT_EQ(LogitsFormat::Parse("top-k:64"), (LogitsFormat{LogitsFormat::Kind::kTopK, 64}));
+  EXPECT_EQ(LogitsFormat::Parse("top-k:64").ToString(), "top-k:64");
+  for (const char* bad : {"", "FP32", "top-k", "top-k:", "top-k:0", "top-k:-3", "top-k:5x",
+                          "top-k:99999999999999999999", "bf16"}) {
+    SCOPED_TRACE(bad);
+    EXPECT_THROW(LogitsFormat::Parse(bad), Error);
+  }
+
+  // Results that do not match the format: refused with a reason, never
+  // scattered into wrong places.
+  const LogitsFormat top3{LogitsFormat::Kind::kTopK, 3};
+  auto result = [](const at::Tensor& values, const at::Tensor& indices) {
+    v1::StepResult r;
+    ToWire(values, r.mutable_logits());
+    if (indices.defined()) ToWire(indices, r.mutable_logits_indices());
+    return r;
+  };
+  const at::Tensor v = at::tensor({3.0f, 2.0f, 1.0f}).view({1, 3});
+  at::Tensor dense = DecodeLogits(result(v, at::tensor({7, 0, 9}, at::kInt).view({1, 3})), top3,
+                                  1, 10);
+  EXPECT_EQ(dense[0][7].item<float>(), 3.0f);
+  EXPECT_EQ(dense[0][0].item<float>(), 2.0f);
+  EXPECT_EQ(dense[0][9].item<float>(), 1.0f);
+  EXPECT_EQ(dense.isinf().sum().item<int64_t>(), 7);
+  struct Bad {
+    v1::StepResult r;
+    std::string needle;
+  };
+  const std::vector<Bad> bad = {
+      {result(v, at::tensor({7, 0, 10}, at::kInt).view({1, 3})), "outside the vocabulary of 10"},
+      {result(v, at::tensor({7, -1, 1}, at::kInt).view({1, 3})), "index -1 is outside"},
+      {result(v, at::tensor({7, 7, 1}, at::kInt).view({1, 3})), "repeat an index"},
+      {result(v, at::tensor({7, 0}, at::kInt).view({1, 2})), "INT32"},
+      {result(v, at::tensor({7, 0, 9}, at::kLong).view({1, 3})), "INT32"},
+      {result(v, at::Tensor()), "datatype"},
+      {result(v.view({3, 1}), at::tensor({7, 0, 9}, at::kInt).view({3, 1})), "[1, 3] FP32"},
+  };
+  for (const Bad& b : bad) {
+    try {
+      DecodeLogits(b.r, top3, 1, 10);
+      ADD_FAILURE() << "accepted: " << b.needle;
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument);
+      EXPECT_NE(std::string(e.what()).find(b.needle), std::string::npos) << e.what();
+    }
+  }
+  // FP32 / FP16 formats: the full row; indices are not expected.
+  const LogitsFormat fp16 = LogitsFormat::Parse("fp16");
+  at::Tensor row = at::randn({2, 10});
+  EXPECT_EQ(DecodeLogits(result(row.to(at::kHalf), at::Tensor()), fp16, 2, 10).scalar_type(),
+            at::kFloat);
+  EXPECT_THROW(DecodeLogits(result(row.to(at::kHalf), at::Tensor()), LogitsFormat(), 2, 10),
+               Error);
+  EXPECT_THROW(DecodeLogits(result(row, at::tensor({1}, at::kInt)), fp16, 2, 10), Error);
+  EXPECT_THROW(DecodeLogits(result(row, at::Tensor()), fp16, 2, 11), Error);
+  // Logits beyond FP16's range come back in FP32 rather than as infinities.
+  at::Tensor big = row.clone();
+  big[1][3] = 70000.0f;
+  EncodedLogits e = EncodeLogits(big, fp16);
+  EXPECT_EQ(e.values.scalar_type(), at::kFloat);
+  EXPECT_TRUE(e.values.equal(big));
+  EXPECT_EQ(EncodeLogits(row, fp16).values.scalar_type(), at::kHalf);
+}
+
+// Greedy decoding and top-k sampling with top_k <= K are exact with a top-k
+// format: the same tokens as with full logits (and as transformers); other
+// sampling settings are refused before any work, naming what to change.
+TEST(LogitsTransport, TopKIsExactWhereItSaysAndRefusesTheRest) {
+  const Instance& in = Instances::Get()["kjv-llama"];
+  auto with = [&](const std::string& format) {
+    return std::make_unique<Generator>(
+        in.bundle, std::make_unique<LocalServerBackend>(in.server, 0, LogitsFormat::Parse(format)));
+  };
+  GenerateResult r = with("top-k:4")->Generate(kPrompt, Greedy(40));
+  EXPECT_EQ(Concat(r.prompt_ids, r.token_ids), in.greedy_ids);
+  EXPECT_EQ(std::string(kPrompt) + r.text, in.greedy_text);
+
+  GenerateOptions o;
+  o.max_new_tokens = 30;
+  o.sampling.temperature = 0.8;
+  o.sampling.top_k = 4;
+  o.sampling.top_p = 0.9;
+  o.sampling.seed = 77;
+  GenerateResult full = LocalGenerator(in)->Generate(kPrompt, o);
+  EXPECT_EQ(with("top-k:4")->Generate(kPrompt, o).token_ids, full.token_ids);
+  EXPECT_EQ(with("top-k:64")->Generate(kPrompt, o).token_ids, full.token_ids);
+  EXPECT_EQ(with("fp16")->Generate(kPrompt, Greedy(40)).token_ids, r.token_ids);
+
+  struct Refused {
+    std::function<void(SamplingOptions&)> change;
+    std::string needle;
+  };
+  const std::vector<Refused> refused = {
+      {[](SamplingOptions& s) { s.top_k = 0; }, "top_k in 1..4, got top_k 0 (off)"},
+      {[](SamplingOptions& s) { s.top_k = 5; }, "top_k in 1..4, got top_k 5"},
+      {[](SamplingOptions& s) { s.repetition_penalty = 1.1; }, "repetition penalty"},
+      {[](SamplingOptions& s) {
+         s.greedy = true;
+         s.repetition_penalty = 1.1;
+       },
+       "repetition penalty"},
+  };
+  auto gen = with("top-k:4");
+  for (const Refused& x : refused) {
+    GenerateOptions bad = o;
+    x.change(bad.sampling);
+    try {
+      gen->Generate(kPrompt, bad);
+      ADD_FAILURE() << "accepted: " << x.needle;
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument);
+      EXPECT_NE(std::string(e.what()).find(x.needle), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("top-k:4"), std::string::npos) << e.what();
+    }
+    EXPECT_TRUE(gen->history().empty());
+  }
+  // The same settings are fine with full logits.
+  GenerateOptions penalized = o;
+  penalized.sampling.repetition_penalty = 1.1;
+  penalized.max_new_tokens = 3;
+  EXPECT_NO_THROW(with("fp16")->Generate(kPrompt, penalized));
+  // K beyond the vocabulary: refused when the session opens.
+  EXPECT_THROW(with("top-k:100000")->Generate(kPrompt, Greedy(2)), Error);
 }
 
 TEST(Generator, CancelledAnswerStaysAndTheNextTurnContinues) {

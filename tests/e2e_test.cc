@@ -56,6 +56,16 @@ TEST_P(ThreeParties, GreedyCompletionEqualsReference) {
   RunResult r = Deployment::Generate(data, "And God said,");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(r.out, ReferenceText(GetParam()) + "\n");
+  // Only the 8 largest logits per token on the wire: still exactly the reference.
+  r = Deployment::Generate(data, "And God said,", 40, {"--logits", "top-k:8"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, ReferenceText(GetParam()) + "\n");
+  // Sampling that a top-k format cannot keep exact is refused before connecting.
+  r = test::Run({kClient, "generate", "--data-dir", data, "--prompt", "And", "--temperature", "0.7",
+                 "--logits", "top-k:8"},
+                60);
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("sampling is exact only with top_k in 1..8"), std::string::npos) << r.err;
   // The enrolment token works once only.
   RunResult again = d.TryRegister("alice", token, d.dir() + "/again");
   EXPECT_NE(again.exit_code, 0);

@@ -25,6 +25,7 @@
 #include "common/keys/model_keys.h"
 #include "common/rpc/file_transfer.h"
 #include "common/rpc/status.h"
+#include "common/rpc/logits_transport.h"
 #include "common/rpc/tensor_wire.h"
 #include "common/rpc/tls.h"
 #include "common/transform/transform_checkpoint.h"
@@ -43,6 +44,8 @@ using test::MaxAbsDiff;
 using Ids = std::vector<int64_t>;
 
 constexpr double kTolerance = 1e-5;
+// Against Hugging Face's own logits (another implementation, fp32 on CPU).
+constexpr double kHfTolerance = 1e-4;
 
 std::string MakeTempDir() {
   char tmpl[] = "/tmp/stip-server-test-XXXXXX";
@@ -226,11 +229,13 @@ class Session {
       : stub_(v1::Inference::NewStub(channel)), stream_(stub_->Session(&ctx_)) {}
 
   grpc::Status Open(const std::string& id, v1::SessionOpened* opened = nullptr,
-                    const std::string& token = kValidToken, int64_t max_context = 0) {
+                    const std::string& token = kValidToken, int64_t max_context = 0,
+                    const v1::LogitsFormat& logits = {}) {
     v1::SessionRequest r;
     r.mutable_open()->set_instance_id(id);
     r.mutable_open()->set_access_token(token == kValidToken ? TokenFor(id) : token);
     r.mutable_open()->set_max_context(max_context);
+    *r.mutable_open()->mutable_logits() = logits;
     v1::SessionResponse resp;
     if (!stream_->Write(r) || !stream_->Read(&resp)) return Finish();
     if (!resp.has_opened()) return grpc::Status(grpc::StatusCode::UNKNOWN, "no `opened`");
@@ -459,6 +464,103 @@ TEST_F(ServerTest, UploadThenSessionEqualsPlainModel) {
   }
   EXPECT_EQ(server_->inference().active_sessions(), 0);
   EXPECT_EQ(server_->inference().kv_reserved_bytes(), 0);
+}
+
+// The logits formats against the Hugging Face reference: FP16 rounds each
+// value to FP16, TOP_K carries exactly the K largest entries of each row (and
+// which they are, in o''s permuted order) in 8 bytes each. Bad formats are
+// refused at open, and the server goes on serving.
+TEST_F(ServerTest, LogitsFormatsAgainstTransformers) {
+  Start();
+  UploadOk(*llama_);
+  const std::string ref_dir = FixtureDir("llama");
+  const at::Tensor ids = test::Reference(ref_dir, "input_ids")[0];  // [T]
+  const at::Tensor want = test::Reference(ref_dir, "logits")[0];    // [T, vocab] (HF, fp32)
+  const Ids prompt(ids.data_ptr<int64_t>(), ids.data_ptr<int64_t>() + ids.size(0));
+  const int64_t t = ids.size(0), vocab = want.size(1);
+  auto format = [](v1::LogitsFormat::Kind kind, int64_t k = 0) {
+    v1::LogitsFormat f;
+    f.set_kind(kind);
+    f.set_top_k(k);
+    return f;
+  };
+
+  {  // FP16: every value, rounded to FP16 (this server computes in FP32).
+    Session s(channel_);
+    v1::SessionOpened opened;
+    ASSERT_TRUE(s.Open(llama_->instance_id, &opened, kValidToken, 0, format(v1::LogitsFormat::FP16))
+                    .ok());
+    EXPECT_EQ(opened.logits().kind(), v1::LogitsFormat::FP16);
+    auto r = s.Step(1, llama_->Input(prompt, 0), /*all=*/true);
+    ASSERT_TRUE(r && r->has_result()) << (r ? r->ShortDebugString() : "stream ended");
+    EXPECT_EQ(r->result().logits().datatype(), "FP16");
+    EXPECT_EQ(r->result().logits().data().size(), static_cast<size_t>(t * vocab * 2));
+    EXPECT_FALSE(r->result().has_logits_indices());
+    at::Tensor got = UnpermuteLogits(FromWire(r->result().logits()).to(at::kFloat),
+                                     llama_->keys.p_c);
+    // FP16 keeps 11 significant bits: relative error <= 2^-11, plus the
+    // engine's own tolerance against transformers.
+    at::Tensor bound = want.abs() * (1.0 / 2048) + kHfTolerance;
+    EXPECT_TRUE((got - want).abs().le(bound).all().item<bool>())
+        << "max error " << MaxAbsDiff(got, want);
+  }
+  {  // TOP_K 8: the reference's 8 largest of every row, by value and identity.
+    const int64_t k = 8;
+    Session s(channel_);
+    v1::SessionOpened opened;
+    ASSERT_TRUE(s.Open(llama_->instance_id, &opened, kValidToken, 0,
+                       format(v1::LogitsFormat::TOP_K, k))
+                    .ok());
+    EXPECT_EQ(opened.logits().kind(), v1::LogitsFormat::TOP_K);
+    EXPECT_EQ(opened.logits().top_k(), k);
+    auto r = s.Step(1, llama_->Input(prompt, 0), /*all=*/true);
+    ASSERT_TRUE(r && r->has_result()) << (r ? r->ShortDebugString() : "stream ended");
+    const v1::StepResult& res = r->result();
+    EXPECT_EQ(res.logits().datatype(), "FP32");
+    EXPECT_EQ(res.logits_indices().datatype(), "INT32");
+    EXPECT_EQ(res.logits().data().size() + res.logits_indices().data().size(),
+              static_cast<size_t>(t * k * 8));
+    at::Tensor values = FromWire(res.logits()), idx = FromWire(res.logits_indices());
+    ASSERT_EQ(values.sizes(), (std::vector<int64_t>{t, k}));
+    ASSERT_EQ(idx.sizes(), (std::vector<int64_t>{t, k}));
+    // o'[j] = o[p_c[j]]: the plain vocabulary id of permuted entry j is p_c[j].
+    at::Tensor p_c = at::tensor(at::ArrayRef<int64_t>(llama_->keys.p_c), at::kLong);
+    at::Tensor plain_ids = p_c.index_select(0, idx.reshape({-1}).to(at::kLong)).view({t, k});
+    auto [want_values, want_ids] = want.topk(k, -1);
+    EXPECT_TRUE(std::get<0>(plain_ids.sort(-1)).equal(std::get<0>(want_ids.sort(-1))))
+        << plain_ids << want_ids;
+    EXPECT_LE(MaxAbsDiff(values, want_values), kHfTolerance);
+    // Decoded as the client does: -inf elsewhere, the same argmax as transformers.
+    at::Tensor dense = UnpermuteLogits(
+        DecodeLogits(res, LogitsFormat{LogitsFormat::Kind::kTopK, k}, t, vocab), llama_->keys.p_c);
+    EXPECT_TRUE(dense.argmax(-1).equal(want.argmax(-1)));
+    EXPECT_EQ(dense.isinf().sum().item<int64_t>(), t * (vocab - k));
+    // A decode step after it, one row.
+    r = s.Step(2, llama_->Input({5}, t), false);
+    ASSERT_TRUE(r && r->has_result());
+    EXPECT_EQ(FromWire(r->result().logits()).sizes(), (std::vector<int64_t>{1, k}));
+  }
+  struct Bad {
+    v1::LogitsFormat format;
+    std::string needle;
+  };
+  const std::vector<Bad> bad = {
+      {format(v1::LogitsFormat::TOP_K, 0), "top_k in 1.." + std::to_string(vocab)},
+      {format(v1::LogitsFormat::TOP_K, vocab + 1), "top_k in 1.." + std::to_string(vocab)},
+      {format(v1::LogitsFormat::FP16, 4), "takes no top_k"},
+      {format(static_cast<v1::LogitsFormat::Kind>(7)), "unknown logits format kind 7"},
+  };
+  for (const Bad& b : bad) {
+    Session s(channel_);
+    grpc::Status st = s.Open(llama_->instance_id, nullptr, kValidToken, 0, b.format);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << b.needle;
+    EXPECT_NE(st.error_message().find(b.needle), std::string::npos) << st.error_message();
+  }
+  // Nothing held by the refused opens; an FP32 session is exact as ever.
+  EXPECT_EQ(server_->inference().active_sessions(), 0);
+  Session s(channel_);
+  ASSERT_TRUE(s.Open(llama_->instance_id).ok());
+  RunAndCheck(s, *llama_, prompt, {3, 4});
 }
 
 TEST_F(ServerTest, Gpt2LearnedPositionsThroughTheServer) {

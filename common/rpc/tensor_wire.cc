@@ -14,6 +14,7 @@ const char* WireDataType(at::ScalarType type) {
     case at::kHalf: return "FP16";
     case at::kBFloat16: return "BF16";
     case at::kLong: return "INT64";
+    case at::kInt: return "INT32";
     default: throw InvalidArgument(std::string("no wire datatype for ") + at::toString(type));
   }
 }
@@ -23,8 +24,9 @@ at::ScalarType ParseWireDataType(const std::string& d) {
   if (d == "FP16") return at::kHalf;
   if (d == "BF16") return at::kBFloat16;
   if (d == "INT64") return at::kLong;
+  if (d == "INT32") return at::kInt;
   throw InvalidArgument("unknown tensor datatype " + QuoteForMessage(d, 32) +
-                        " (FP32, FP16, BF16 or INT64)");
+                        " (FP32, FP16, BF16, INT64 or INT32)");
 }
 
 void ToWire(const at::Tensor& t, v1::Tensor* out) {

@@ -7,7 +7,7 @@
 
 namespace stip {
 
-// "FP32" | "FP16" | "BF16" | "INT64".
+// "FP32" | "FP16" | "BF16" | "INT64" | "INT32".
 const char* WireDataType(at::ScalarType type);
 at::ScalarType ParseWireDataType(const std::string& datatype);  // throws kInvalidArgument
 
