@@ -59,6 +59,7 @@
 
 #include "client/bundle_store.h"
 #include "client/remote_session.h"
+#include "common/rpc/logits_transport.h"
 #include "common/rpc/tensor_wire.h"
 #include "common/rpc/tls.h"
 #include "server/access_policy.h"
@@ -351,6 +352,7 @@ struct E2eOptions {
   int max_batch = 16;
   int batch_wait_us = 0;
   std::string prompt = "And God said,";
+  std::vector<std::string> logits_formats = {"fp32", "fp16", "top-k:64"};
 };
 
 #ifdef STIP_WITH_GRPC
@@ -418,87 +420,105 @@ Json RunE2e(PreparedModel& m, const E2eOptions& o) {
     prompt = tok.Encode(o.prompt);
     t_tok.push_back(Ms(t0, Clock::now()));
   }
-  RemoteSession session(MakeChannel(address, tls, "stip-bench"), session_options());
-  SessionInfo info = session.Open();
-  Sampler greedy(SamplingOptions{true, 1, 0, 1, 1, 0});
-  StreamDecoder decoder(tok);
-  std::vector<int64_t> history = prompt;
-  at::Tensor o_prime = session.Step(client.Embed(prompt, 0).index_select(-1, p_index), false);
-  int64_t next = greedy.Next(o_prime[0].index_select(-1, p_c_inverse), history);
-  const int64_t max_tokens = std::max<int64_t>(
-      4, std::min<int64_t>(o.latency_tokens, info.max_context > 0
-                                                 ? info.max_context - 1 - int64_t(prompt.size())
-                                                 : o.latency_tokens));
-  std::vector<double> t_embed, t_perm, t_rtt, t_server, t_unperm, t_sample, t_detok, t_total;
-  at::Tensor last_x_prime;
-  for (int64_t i = 0; i < max_tokens; ++i) {
-    history.push_back(next);
-    const int64_t pos = static_cast<int64_t>(history.size()) - 1;
-    auto t0 = Clock::now();
-    at::Tensor x = client.Embed(std::vector<int64_t>{next}, pos);
-    auto t1 = Clock::now();
-    at::Tensor xp = x.index_select(-1, p_index);
-    auto t2 = Clock::now();
-    const uint64_t ns0 = counters.forward_ns.load();
-    at::Tensor op = session.Step(xp, false);
-    const uint64_t ns1 = counters.forward_ns.load();
-    auto t3 = Clock::now();
-    at::Tensor logits = op[0].index_select(-1, p_c_inverse);
-    auto t4 = Clock::now();
-    next = greedy.Next(logits, history);
-    auto t5 = Clock::now();
-    decoder.Push(next);
-    auto t6 = Clock::now();
-    if (i < 3) continue;  // warm-up
-    t_embed.push_back(Ms(t0, t1));
-    t_perm.push_back(Ms(t1, t2));
-    t_rtt.push_back(Ms(t2, t3));
-    t_server.push_back(static_cast<double>(ns1 - ns0) / 1e6);
-    t_unperm.push_back(Ms(t3, t4));
-    t_sample.push_back(Ms(t4, t5));
-    t_detok.push_back(Ms(t5, t6));
-    t_total.push_back(Ms(t0, t6));
-    last_x_prime = xp;
-    o_prime = op;
-  }
-  session.Close();
-  const double rtt = Median(t_rtt), server_ms = Median(t_server);
-  const double client_ms =
-      Median(t_embed) + Median(t_perm) + Median(t_unperm) + Median(t_sample) + Median(t_detok);
-  out["latency"] = {{"prompt_tokens", prompt.size()},
-                    {"tokenize_prompt_ms", Median(t_tok)},
-                    {"tokens_timed", t_total.size()},
-                    {"per_token_ms",
-                     {{"embed", Median(t_embed)},
-                      {"permute", Median(t_perm)},
-                      {"unpermute", Median(t_unperm)},
-                      {"sample_greedy", Median(t_sample)},
-                      {"detokenize", Median(t_detok)},
-                      {"client_work", client_ms},
-                      {"round_trip", rtt},
-                      {"server_compute", server_ms},
-                      {"transport_and_serialization", rtt - server_ms},
-                      {"total", Median(t_total)}}}};
-
-  // Bytes per decode token: the payloads and the protobuf messages around them.
-  {
+  // One session per logits format, the same greedy tokens each time.
+  auto latency = [&](const LogitsFormat& format) {
+    RemoteSessionOptions so = session_options();
+    so.logits_format = format;
+    RemoteSession session(MakeChannel(address, tls, "stip-bench"), so);
+    SessionInfo info = session.Open();
+    Sampler greedy(SamplingOptions{true, 1, 0, 1, 1, 0});
+    StreamDecoder decoder(tok);
+    std::vector<int64_t> history = prompt;
+    at::Tensor o_prime = session.Step(client.Embed(prompt, 0).index_select(-1, p_index), false);
+    int64_t next = greedy.Next(o_prime[0].index_select(-1, p_c_inverse), history);
+    const int64_t max_tokens = std::max<int64_t>(
+        4, std::min<int64_t>(o.latency_tokens, info.max_context > 0
+                                                   ? info.max_context - 1 - int64_t(prompt.size())
+                                                   : o.latency_tokens));
+    std::vector<double> t_embed, t_perm, t_rtt, t_server, t_unperm, t_sample, t_detok, t_total;
+    at::Tensor last_x_prime;
+    for (int64_t i = 0; i < max_tokens; ++i) {
+      history.push_back(next);
+      const int64_t pos = static_cast<int64_t>(history.size()) - 1;
+      auto t0 = Clock::now();
+      at::Tensor x = client.Embed(std::vector<int64_t>{next}, pos);
+      auto t1 = Clock::now();
+      at::Tensor xp = x.index_select(-1, p_index);
+      auto t2 = Clock::now();
+      const uint64_t ns0 = counters.forward_ns.load();
+      at::Tensor op = session.Step(xp, false);
+      const uint64_t ns1 = counters.forward_ns.load();
+      auto t3 = Clock::now();
+      at::Tensor logits = op[0].index_select(-1, p_c_inverse);
+      auto t4 = Clock::now();
+      next = greedy.Next(logits, history);
+      auto t5 = Clock::now();
+      decoder.Push(next);
+      auto t6 = Clock::now();
+      if (i < 3) continue;  // warm-up
+      t_embed.push_back(Ms(t0, t1));
+      t_perm.push_back(Ms(t1, t2));
+      t_rtt.push_back(Ms(t2, t3));
+      t_server.push_back(static_cast<double>(ns1 - ns0) / 1e6);
+      t_unperm.push_back(Ms(t3, t4));
+      t_sample.push_back(Ms(t4, t5));
+      t_detok.push_back(Ms(t5, t6));
+      t_total.push_back(Ms(t0, t6));
+      last_x_prime = xp;
+      o_prime = op;
+    }
+    session.Close();
+    const double rtt = Median(t_rtt), server_ms = Median(t_server);
+    const double client_ms =
+        Median(t_embed) + Median(t_perm) + Median(t_unperm) + Median(t_sample) + Median(t_detok);
+    Json r = {{"logits_format", format.ToString()},
+              {"prompt_tokens", prompt.size()},
+              {"tokenize_prompt_ms", Median(t_tok)},
+              {"tokens_timed", t_total.size()},
+              {"generated_ids", std::vector<int64_t>(history.begin() + prompt.size(), history.end())},
+              {"per_token_ms",
+               {{"embed", Median(t_embed)},
+                {"permute", Median(t_perm)},
+                {"unpermute", Median(t_unperm)},
+                {"sample_greedy", Median(t_sample)},
+                {"detokenize", Median(t_detok)},
+                {"client_work", client_ms},
+                {"round_trip", rtt},
+                {"server_compute", server_ms},
+                {"transport_and_serialization", rtt - server_ms},
+                {"total", Median(t_total)}}}};
+    // Bytes per decode token: the payloads and the protobuf messages around
+    // them (the last step's, re-encoded as the server did).
     v1::SessionRequest req;
     v1::Step* st = req.mutable_step();
     st->set_step_id(1000);
     st->set_truncate_to(-1);
     ToWire(last_x_prime.to(at::kFloat), st->mutable_hidden());
     v1::SessionResponse resp;
-    v1::StepResult* r = resp.mutable_result();
-    r->set_step_id(1000);
-    r->set_context_length(static_cast<int64_t>(history.size()));
-    ToWire(o_prime, r->mutable_logits());
-    out["bytes_per_token"] = {
+    v1::StepResult* res = resp.mutable_result();
+    res->set_step_id(1000);
+    res->set_context_length(static_cast<int64_t>(history.size()));
+    EncodedLogits enc = EncodeLogits(o_prime, format);
+    ToWire(enc, res);
+    const int64_t o_payload =
+        enc.values.nbytes() + (enc.indices.defined() ? enc.indices.nbytes() : int64_t{0});
+    r["bytes_per_token"] = {
         {"x_prime_payload", last_x_prime.numel() * 4},
-        {"o_prime_payload", o_prime.numel() * 4},
+        {"o_prime_payload", o_payload},
         {"request_message", req.ByteSizeLong()},
         {"response_message", resp.ByteSizeLong()},
-        {"note", "fp32 both ways; gRPC/HTTP2 framing adds a few dozen bytes per message"}};
+        {"note", "x' in fp32; gRPC/HTTP2 framing adds a few dozen bytes per message"}};
+    return r;
+  };
+  Json formats = Json::array();
+  for (const std::string& f : o.logits_formats) formats.push_back(latency(LogitsFormat::Parse(f)));
+  for (Json& f : formats) {
+    f["same_tokens_as_first_format"] = f["generated_ids"] == formats[0]["generated_ids"];
   }
+  // The first format (fp32 by default) is the headline; all of them side by side.
+  out["latency"] = formats[0];
+  out["bytes_per_token"] = formats[0]["bytes_per_token"];
+  out["logits_formats"] = formats;
 
   // Tokens/s with N concurrent sessions (a thread and a RemoteSession each).
   Json tput = Json::array();
@@ -636,7 +656,12 @@ int main(int argc, char** argv) {
   E2eOptions e2e;
   app.add_option("--e2e-sessions", e2e.sessions, "e2e: concurrent sessions")->delimiter(',');
   app.add_option("--e2e-latency-tokens", e2e.latency_tokens,
-                 "e2e: decode steps timed (one session)");
+                 "e2e: decode steps timed (one session per logits format)");
+  app.add_option("--e2e-logits", e2e.logits_formats,
+                 "e2e: logits formats timed side by side (fp32, fp16, top-k:K); the first is the "
+                 "headline")
+      ->delimiter(',')
+      ->capture_default_str();
   app.add_option("--e2e-new-tokens", e2e.new_tokens, "e2e: tokens per session (throughput)");
   app.add_option("--e2e-max-batch", e2e.max_batch, "e2e: server's sequences per forward");
   app.add_option("--e2e-batch-wait-us", e2e.batch_wait_us, "e2e: server's batch window");
@@ -644,6 +669,8 @@ int main(int argc, char** argv) {
       ->group("");
   CLI11_PARSE(app, argc, argv);
   g_kv_pool = kv_cache == "pool";
+  if (e2e.logits_formats.empty()) throw InvalidArgument("--e2e-logits needs at least one format");
+  for (const std::string& f : e2e.logits_formats) LogitsFormat::Parse(f);  // fail before work
   const bool decode_input_host = decode_input == "host";
 
   try {
@@ -891,6 +918,18 @@ int main(int argc, char** argv) {
                 l["transport_and_serialization"].get<double>(), l["server_compute"].get<double>(),
                 r["bytes_per_token"]["request_message"].get<long long>(),
                 r["bytes_per_token"]["response_message"].get<long long>());
+            for (const Json& f : r["logits_formats"]) {
+              const Json& fl = f["per_token_ms"];
+              std::fprintf(stderr,
+                           "e2e %-10s logits %-9s per token %.3f ms: round trip %.3f (server "
+                           "%.3f), client %.3f; response %lld bytes/token%s\n",
+                           m.name.c_str(), f["logits_format"].get<std::string>().c_str(),
+                           fl["total"].get<double>(), fl["round_trip"].get<double>(),
+                           fl["server_compute"].get<double>(), fl["client_work"].get<double>(),
+                           f["bytes_per_token"]["response_message"].get<long long>(),
+                           f["same_tokens_as_first_format"].get<bool>() ? ""
+                                                                         : " (OTHER TOKENS)");
+            }
             for (const Json& t : r["throughput"]) {
               std::fprintf(
                   stderr, "e2e %-10s %2d sessions: %.0f tokens/s (%.2f sequences/forward)\n",
