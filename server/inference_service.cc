@@ -98,7 +98,7 @@ struct InferenceService::Impl {
 };
 
 class SessionReactor final
-    : public grpc::ServerBidiReactor<v1::SessionRequest, v1::SessionResponse> {
+    : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
   SessionReactor(InferenceService::Impl* svc, grpc::CallbackServerContext* context)
       : svc_(svc), context_(context), peer_(context->peer()) {
@@ -116,7 +116,20 @@ class SessionReactor final
       End(IsCancelled() ? grpc::Status::CANCELLED : grpc::Status::OK);
       return;
     }
-    const size_t bytes = request_.ByteSizeLong();
+    // The stream carries raw bytes, parsed here: a message that is not a
+    // SessionRequest gets a named error (gRPC's typed reactors would report
+    // it like the client's half-close).
+    const size_t bytes = request_buffer_.Length();
+    request_.Clear();
+    const bool parsed =
+        grpc::SerializationTraits<v1::SessionRequest>::Deserialize(&request_buffer_, &request_)
+            .ok();
+    if (!parsed) {
+      End(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                       "malformed session message: " + std::to_string(bytes) +
+                           " bytes that do not parse as a stip.v1.SessionRequest"));
+      return;
+    }
     if (static_cast<int64_t>(bytes) > svc_->max_message_bytes) {
       const std::string what =
           "message of " + std::to_string(bytes) + " bytes exceeds the message size limit of " +
@@ -216,13 +229,26 @@ class SessionReactor final
     return session_id_.empty() ? std::string("(not opened, ") + peer_ + ")" : session_id_;
   }
 
+  // Sends response_ (one write at a time: the next read is posted when it is done).
+  void Write() {
+    bool own_buffer = false;
+    response_buffer_.Clear();
+    grpc::Status s = grpc::SerializationTraits<v1::SessionResponse>::Serialize(
+        response_, &response_buffer_, &own_buffer);
+    if (!s.ok()) {
+      End(grpc::Status(grpc::StatusCode::INTERNAL, "cannot serialize the session's answer"));
+      return;
+    }
+    StartWrite(&response_buffer_);
+  }
+
   void PostRead() {
     {
       std::lock_guard<std::mutex> lock(mu_);
       awaiting_read_ = true;
       read_posted_at_ = Clock::now();
     }
-    StartRead(&request_);
+    StartRead(&request_buffer_);
   }
 
   // Ends the stream once: frees the session's resources, sends the status
@@ -377,7 +403,7 @@ class SessionReactor final
     o->set_max_context(max_context_);
     o->set_datatype(lease_->datatype());
     LogitsFormatToProto(logits_format_, o->mutable_logits());
-    StartWrite(&response_);
+    Write();
   }
 
   void HandleStep(const v1::Step& step) {
@@ -451,7 +477,7 @@ class SessionReactor final
     e->set_step_id(step_id);
     e->mutable_status()->set_code(static_cast<int32_t>(status.error_code()));
     e->mutable_status()->set_message(status.error_message());
-    StartWrite(&response_);
+    Write();
   }
 
   // On the scheduler thread.
@@ -475,14 +501,15 @@ class SessionReactor final
       SendStepError(step_id, CurrentExceptionToStatus());
       return;
     }
-    StartWrite(&response_);
+    Write();
   }
 
   InferenceService::Impl* const svc_;
   grpc::CallbackServerContext* const context_;
   const std::string peer_;
-  v1::SessionRequest request_;
-  v1::SessionResponse response_;
+  grpc::ByteBuffer request_buffer_, response_buffer_;  // what travels
+  v1::SessionRequest request_;                         // parsed from request_buffer_
+  v1::SessionResponse response_;                       // serialized into response_buffer_
 
   std::mutex mu_;  // guards the flags below that other threads read
   bool finished_ = false;
@@ -541,7 +568,7 @@ InferenceService::InferenceService(ModelStore& store, InferenceOptions options)
 
 InferenceService::~InferenceService() = default;
 
-grpc::ServerBidiReactor<v1::SessionRequest, v1::SessionResponse>* InferenceService::Session(
+grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* InferenceService::Session(
     grpc::CallbackServerContext* context) {
   return new SessionReactor(impl_.get(), context);
 }

@@ -49,12 +49,15 @@ struct InferenceOptions {
   std::shared_ptr<const AccessPolicy> policy;  // null: SignedTokenPolicy on the store
 };
 
-class InferenceService final : public v1::Inference::CallbackService {
+// The Session stream is registered raw (bytes, parsed by the reactor): a
+// malformed message then gets INVALID_ARGUMENT naming it.
+class InferenceService final
+    : public v1::Inference::WithRawCallbackMethod_Session<v1::Inference::Service> {
  public:
   InferenceService(ModelStore& store, InferenceOptions options);
   ~InferenceService() override;
 
-  grpc::ServerBidiReactor<v1::SessionRequest, v1::SessionResponse>* Session(
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* Session(
       grpc::CallbackServerContext* context) override;
 
   int active_sessions() const;                         // holding a session slot
