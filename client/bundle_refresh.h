@@ -43,7 +43,7 @@ struct ConnectSettings {
   bool insecure = false;    // plaintext toward the stip server
   int64_t max_context = 0;
   LogitsFormat logits_format;  // how sessions get o' back
-  bool auto_refresh = true;  // renew tokens and fetch rotated bundles on its own
+  bool auto_refresh = true;    // renew tokens and fetch rotated bundles on its own
   // Deadline of every session made (the epoch: none).
   std::chrono::system_clock::time_point deadline{};
 };

@@ -2,6 +2,12 @@
 
 #include <spdlog/spdlog.h>
 
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
+#include <optional>
+#include <thread>
+
 #include "client/bundle_refresh.h"
 #include "client/generator.h"
 #include "client/remote_session.h"
@@ -31,6 +37,41 @@ GenerateOptions ToOptions(const v1::GenerateRequest& req, const ChatServiceOptio
   ValidateGenerateOptions(o);
   return o;
 }
+
+// While a Chat call runs: once its caller has gone (cancelled, or its
+// deadline passed), interrupts the step in flight on the stip server, so the
+// server stops working for it at once instead of after the step (a long
+// prompt's prefill, say). The generator checks for cancellation between steps.
+class CallerWatch {
+ public:
+  CallerWatch(grpc::ServerContext* context, Generator& generator)
+      : thread_([this, context, &generator] {
+          std::unique_lock<std::mutex> lock(mu_);
+          while (!done_) {
+            if (context->IsCancelled()) {  // also true once its deadline has passed
+              generator.Interrupt();
+              return;
+            }
+            cv_.wait_for(lock, std::chrono::milliseconds(20));
+          }
+        }) {}
+  ~CallerWatch() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      done_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+  CallerWatch(const CallerWatch&) = delete;
+  CallerWatch& operator=(const CallerWatch&) = delete;
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool done_ = false;
+  std::thread thread_;  // last: starts once the members above exist
+};
 
 }  // namespace
 
@@ -136,9 +177,12 @@ grpc::Status ChatService::Generate(grpc::ServerContext* context, const v1::Gener
       gen = conversation->generator.get();
       generation = &conversation->generation;
     }
+    std::optional<CallerWatch> watch;
+    watch.emplace(context, *gen);
     GenerateResult r = options_.connection ? GenerateTurn(*options_.connection, *gen, generation,
                                                           request->prompt(), options, on_piece)
                                            : gen->Generate(request->prompt(), options, on_piece);
+    watch.reset();
     if (conversation) conversation->last_used = std::chrono::steady_clock::now();
     if (write_failed || context->IsCancelled()) {
       return grpc::Status(grpc::StatusCode::CANCELLED, "the request was cancelled");

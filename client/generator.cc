@@ -131,10 +131,18 @@ void Generator::Rebind(std::shared_ptr<const ClientBundle> bundle,
   } catch (...) {
   }
   bundle_ = std::move(bundle);
-  backend_ = std::move(backend);
+  {
+    std::lock_guard<std::mutex> lock(backend_mu_);
+    backend_ = std::move(backend);
+  }
   p_index_ = IndexTensor(bundle_->keys().p);
   p_c_inverse_ = IndexTensor(InversePermutation(bundle_->keys().p_c));
   fed_ = 0;
+}
+
+void Generator::Interrupt() {
+  std::lock_guard<std::mutex> lock(backend_mu_);
+  backend_->Interrupt();
 }
 
 void Generator::EnsureSession() {

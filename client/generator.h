@@ -30,6 +30,7 @@
 
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -101,6 +102,11 @@ class Generator {
   // once a session was opened: an unreachable server at the start is
   // reported at once.
   void SetReconnectPolicy(ReconnectPolicy policy) { reconnect_ = std::move(policy); }
+  // From another thread while a turn runs: interrupts the backend's step in
+  // flight (LogitsBackend::Interrupt); the turn then fails, the next opens a
+  // new session.
+  void Interrupt();
+
   // Sessions opened again after a loss (for tests and logs).
   int reconnects() const { return reconnects_; }
 
@@ -122,6 +128,7 @@ class Generator {
 
   std::shared_ptr<const ClientBundle> bundle_;
   std::unique_ptr<LogitsBackend> backend_;
+  std::mutex backend_mu_;         // guards swapping backend_ against Interrupt
   at::Tensor p_index_;            // x' = x.index_select(-1, p)
   at::Tensor p_c_inverse_;        // o = o'.index_select(-1, argsort(p_c))
   std::vector<int64_t> history_;  // every id of the conversation

@@ -57,6 +57,12 @@ class LogitsBackend {
   // a top-k format fills -inf where nothing was sent, and the Generator
   // refuses sampling settings that would not be exact with it).
   virtual LogitsFormat logits_format() const { return LogitsFormat(); }
+
+  // From another thread, while a call may be in flight: ends the session at
+  // once (the step in flight fails, the server stops working for it and frees
+  // its cache), e.g. when the caller the step was for has gone. The next turn
+  // opens a new session. No-op where a step cannot be interrupted.
+  virtual void Interrupt() {}
 };
 
 }  // namespace stip

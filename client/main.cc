@@ -55,8 +55,8 @@ struct ConnectFlags {
   bool insecure = false;     // plaintext toward the stip server
   int64_t max_context = 0;
   std::string logits = "fp32";  // logits format (common/rpc/logits_transport.h)
-  bool no_refresh = false;  // no token renewal, no bundle fetch after a rotation
-  double timeout_s = 0;     // generate: deadline of the whole request (0: none)
+  bool no_refresh = false;      // no token renewal, no bundle fetch after a rotation
+  double timeout_s = 0;         // generate: deadline of the whole request (0: none)
   ReconnectPolicy reconnect{8, 0.5, 10, {}};
 
   void Add(CLI::App* app) {

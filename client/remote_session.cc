@@ -4,6 +4,7 @@
 #include <grpcpp/client_context.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <mutex>
@@ -97,11 +98,16 @@ struct RemoteSession::Impl {
       if (key == kErrorReasonKey) reason.assign(value.data(), value.size());
     }
     stream.reset();
-    context.reset();
+    ResetContext(nullptr);
     open = false;
     lost = true;
     const std::string& addr = options.address;
     std::string msg = status.error_message();
+    if (interrupted.exchange(false) && status.error_code() == grpc::StatusCode::CANCELLED) {
+      return RemoteError(status.error_code(), "the session with the stip server at " + addr +
+                                                  " was interrupted " + while_doing +
+                                                  " (its caller went away)");
+    }
     const bool has_deadline = options.deadline != std::chrono::system_clock::time_point{};
     if (status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED && has_deadline &&
         std::chrono::system_clock::now() >= options.deadline) {
@@ -137,6 +143,14 @@ struct RemoteSession::Impl {
   }
 
   // Half-closes and waits (bounded) for the server to end the stream.
+  // Replaces the stream's context; Interrupt may read it from another thread.
+  std::mutex context_mu;
+  std::atomic<bool> interrupted{false};
+  void ResetContext(std::unique_ptr<grpc::ClientContext> c) {
+    std::lock_guard<std::mutex> lock(context_mu);
+    context = std::move(c);
+  }
+
   void Shutdown(bool send_close) {
     if (!stream) return;
     if (send_close) {
@@ -167,7 +181,7 @@ struct RemoteSession::Impl {
     cv.notify_one();
     watchdog.join();
     stream.reset();
-    context.reset();
+    ResetContext(nullptr);
     open = false;
   }
 };
@@ -204,7 +218,8 @@ SessionInfo RemoteSession::Open() {
                             ": not connected within " + std::to_string(wait.count()) + " ms");
     }
   }
-  m.context = std::make_unique<grpc::ClientContext>();
+  m.ResetContext(std::make_unique<grpc::ClientContext>());
+  m.interrupted = false;
   if (m.options.deadline != std::chrono::system_clock::time_point{}) {
     m.context->set_deadline(m.options.deadline);
   }
@@ -361,6 +376,13 @@ at::Tensor RemoteSession::Step(const at::Tensor& x_prime, bool all_logits) {
 }
 
 LogitsFormat RemoteSession::logits_format() const { return impl_->options.logits_format; }
+
+void RemoteSession::Interrupt() {
+  std::lock_guard<std::mutex> lock(impl_->context_mu);
+  if (!impl_->context) return;
+  impl_->interrupted = true;
+  impl_->context->TryCancel();
+}
 
 void RemoteSession::Close() {
   Impl& m = *impl_;

@@ -81,6 +81,7 @@ class RemoteSession : public LogitsBackend {
   int64_t context_length() const override;
   void Close() override;
   LogitsFormat logits_format() const override;
+  void Interrupt() override;
 
  private:
   struct Impl;

@@ -97,8 +97,7 @@ struct InferenceService::Impl {
   std::thread reaper;
 };
 
-class SessionReactor final
-    : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
+class SessionReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
   SessionReactor(InferenceService::Impl* svc, grpc::CallbackServerContext* context)
       : svc_(svc), context_(context), peer_(context->peer()) {

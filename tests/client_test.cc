@@ -363,8 +363,8 @@ TEST(LogitsTransport, FormatsParseAndMalformedResultsAreRefused) {
     return r;
   };
   const at::Tensor v = at::tensor({3.0f, 2.0f, 1.0f}).view({1, 3});
-  at::Tensor dense = DecodeLogits(result(v, at::tensor({7, 0, 9}, at::kInt).view({1, 3})), top3,
-                                  1, 10);
+  at::Tensor dense =
+      DecodeLogits(result(v, at::tensor({7, 0, 9}, at::kInt).view({1, 3})), top3, 1, 10);
   EXPECT_EQ(dense[0][7].item<float>(), 3.0f);
   EXPECT_EQ(dense[0][0].item<float>(), 2.0f);
   EXPECT_EQ(dense[0][9].item<float>(), 1.0f);
@@ -396,8 +396,7 @@ TEST(LogitsTransport, FormatsParseAndMalformedResultsAreRefused) {
   at::Tensor row = at::randn({2, 10});
   EXPECT_EQ(DecodeLogits(result(row.to(at::kHalf), at::Tensor()), fp16, 2, 10).scalar_type(),
             at::kFloat);
-  EXPECT_THROW(DecodeLogits(result(row.to(at::kHalf), at::Tensor()), LogitsFormat(), 2, 10),
-               Error);
+  EXPECT_THROW(DecodeLogits(result(row.to(at::kHalf), at::Tensor()), LogitsFormat(), 2, 10), Error);
   EXPECT_THROW(DecodeLogits(result(row, at::tensor({1}, at::kInt)), fp16, 2, 10), Error);
   EXPECT_THROW(DecodeLogits(result(row, at::Tensor()), fp16, 2, 11), Error);
   // Logits beyond FP16's range come back in FP32 rather than as infinities.
@@ -515,12 +514,16 @@ class TestInference final : public v1::Inference::Service {
   std::atomic<int> opens{0}, steps{0};
   std::atomic<int> fail_step{-1};        // in-band RESOURCE_EXHAUSTED for this step id (once)
   std::atomic<int> end_after_steps{-1};  // end the stream UNAVAILABLE after this many steps (once)
+  // Steps hang for up to this long, ending early if the stream is cancelled
+  // (counted in cancelled_in_step).
+  std::atomic<int> step_hang_ms{0};
+  std::atomic<int> cancelled_in_step{0};
   std::mutex mu;
   std::vector<int64_t> truncates;  // truncate_to values >= 0 seen
   std::string last_token;
 
   grpc::Status Session(
-      grpc::ServerContext*,
+      grpc::ServerContext* context,
       grpc::ServerReaderWriter<v1::SessionResponse, v1::SessionRequest>* stream) override {
     v1::SessionRequest req;
     if (!stream->Read(&req) || !req.has_open()) {
@@ -556,6 +559,17 @@ class TestInference final : public v1::Inference::Service {
         return grpc::Status(grpc::StatusCode::UNAVAILABLE, "server going away");
       }
       ++steps;
+      if (step_hang_ms.load() > 0) {
+        const auto until =
+            std::chrono::steady_clock::now() + std::chrono::milliseconds(step_hang_ms.load());
+        while (!context->IsCancelled() && std::chrono::steady_clock::now() < until) {
+          std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        }
+        if (context->IsCancelled()) {
+          ++cancelled_in_step;
+          return grpc::Status::CANCELLED;
+        }
+      }
       v1::SessionResponse resp;
       try {
         if (s.truncate_to() >= 0) {
@@ -1137,6 +1151,55 @@ TEST(ChatService, ReconnectsAndLimitsThePromptSize) {
   EXPECT_NE(big.status.error_message().find("prompt size limit of 64 bytes"), std::string::npos)
       << big.status.error_message();
   EXPECT_NE(big.status.error_message().find("--max-prompt-bytes"), std::string::npos);
+}
+
+// A Chat caller's deadline reaches the stip server: the step in flight is
+// interrupted when the caller's deadline passes (the server stops working for
+// it then, not when the step is done), and the conversation goes on with a
+// new session on the next call.
+TEST(ChatService, CallersDeadlineInterruptsTheServersStep) {
+  const Instance& in = Instances::Get()["kjv-llama"];
+  TestInference inference(in.server, in.instance_id);
+  RunningServer upstream({&inference});
+  ChatServiceOptions so;
+  so.bundle = in.bundle;
+  auto channel = MakeChannel(upstream.address, Insecure(), "test");
+  RemoteSessionOptions ro = SessionOptions(in, upstream.address);
+  so.make_backend = [channel, ro] { return std::make_unique<RemoteSession>(channel, ro); };
+  so.reconnect.max_attempts = 3;
+  ChatService service(so);
+  RunningServer srv({&service});
+  auto stub = v1::Chat::NewStub(MakeChannel(srv.address, Insecure(), "test"));
+
+  v1::GenerateRequest req;
+  req.set_prompt(kPrompt);
+  req.set_max_new_tokens(40);
+  req.mutable_sampling()->set_greedy(true);
+  req.set_conversation_id("c");
+  // Every step hangs (up to a minute) until its stream is cancelled.
+  inference.step_hang_ms = 60000;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(300));
+  auto reader = stub->Generate(&ctx, req);
+  v1::GenerateResponse resp;
+  while (reader->Read(&resp)) {
+  }
+  grpc::Status st = reader->Finish();
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED) << st.error_message();
+  // The server's step saw its stream cancelled (else it hangs for a minute).
+  for (int i = 0; i < 1000 && inference.cancelled_in_step.load() == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(inference.cancelled_in_step.load(), 1);
+  // The conversation continues: a new session, the reference answer.
+  inference.step_hang_ms = 0;
+  for (int i = 0; i < 500 && service.active() > 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ChatCall next = CallChat(*stub, req);
+  ASSERT_TRUE(next.status.ok()) << next.status.error_message();
+  EXPECT_EQ(std::string(kPrompt) + next.text, in.greedy_text);
+  EXPECT_EQ(inference.opens.load(), 2);
 }
 
 TEST(Binary, GenerateAndChatPrintExactly) {

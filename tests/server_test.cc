@@ -24,8 +24,8 @@
 #include "common/format/safetensors.h"
 #include "common/keys/model_keys.h"
 #include "common/rpc/file_transfer.h"
-#include "common/rpc/status.h"
 #include "common/rpc/logits_transport.h"
+#include "common/rpc/status.h"
 #include "common/rpc/tensor_wire.h"
 #include "common/rpc/tls.h"
 #include "common/transform/transform_checkpoint.h"
@@ -488,16 +488,16 @@ TEST_F(ServerTest, LogitsFormatsAgainstTransformers) {
   {  // FP16: every value, rounded to FP16 (this server computes in FP32).
     Session s(channel_);
     v1::SessionOpened opened;
-    ASSERT_TRUE(s.Open(llama_->instance_id, &opened, kValidToken, 0, format(v1::LogitsFormat::FP16))
-                    .ok());
+    ASSERT_TRUE(
+        s.Open(llama_->instance_id, &opened, kValidToken, 0, format(v1::LogitsFormat::FP16)).ok());
     EXPECT_EQ(opened.logits().kind(), v1::LogitsFormat::FP16);
     auto r = s.Step(1, llama_->Input(prompt, 0), /*all=*/true);
     ASSERT_TRUE(r && r->has_result()) << (r ? r->ShortDebugString() : "stream ended");
     EXPECT_EQ(r->result().logits().datatype(), "FP16");
     EXPECT_EQ(r->result().logits().data().size(), static_cast<size_t>(t * vocab * 2));
     EXPECT_FALSE(r->result().has_logits_indices());
-    at::Tensor got = UnpermuteLogits(FromWire(r->result().logits()).to(at::kFloat),
-                                     llama_->keys.p_c);
+    at::Tensor got =
+        UnpermuteLogits(FromWire(r->result().logits()).to(at::kFloat), llama_->keys.p_c);
     // FP16 keeps 11 significant bits: relative error <= 2^-11, plus the
     // engine's own tolerance against transformers.
     at::Tensor bound = want.abs() * (1.0 / 2048) + kHfTolerance;
@@ -508,9 +508,9 @@ TEST_F(ServerTest, LogitsFormatsAgainstTransformers) {
     const int64_t k = 8;
     Session s(channel_);
     v1::SessionOpened opened;
-    ASSERT_TRUE(s.Open(llama_->instance_id, &opened, kValidToken, 0,
-                       format(v1::LogitsFormat::TOP_K, k))
-                    .ok());
+    ASSERT_TRUE(
+        s.Open(llama_->instance_id, &opened, kValidToken, 0, format(v1::LogitsFormat::TOP_K, k))
+            .ok());
     EXPECT_EQ(opened.logits().kind(), v1::LogitsFormat::TOP_K);
     EXPECT_EQ(opened.logits().top_k(), k);
     auto r = s.Step(1, llama_->Input(prompt, 0), /*all=*/true);

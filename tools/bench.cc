@@ -471,22 +471,23 @@ Json RunE2e(PreparedModel& m, const E2eOptions& o) {
     const double rtt = Median(t_rtt), server_ms = Median(t_server);
     const double client_ms =
         Median(t_embed) + Median(t_perm) + Median(t_unperm) + Median(t_sample) + Median(t_detok);
-    Json r = {{"logits_format", format.ToString()},
-              {"prompt_tokens", prompt.size()},
-              {"tokenize_prompt_ms", Median(t_tok)},
-              {"tokens_timed", t_total.size()},
-              {"generated_ids", std::vector<int64_t>(history.begin() + prompt.size(), history.end())},
-              {"per_token_ms",
-               {{"embed", Median(t_embed)},
-                {"permute", Median(t_perm)},
-                {"unpermute", Median(t_unperm)},
-                {"sample_greedy", Median(t_sample)},
-                {"detokenize", Median(t_detok)},
-                {"client_work", client_ms},
-                {"round_trip", rtt},
-                {"server_compute", server_ms},
-                {"transport_and_serialization", rtt - server_ms},
-                {"total", Median(t_total)}}}};
+    Json r = {
+        {"logits_format", format.ToString()},
+        {"prompt_tokens", prompt.size()},
+        {"tokenize_prompt_ms", Median(t_tok)},
+        {"tokens_timed", t_total.size()},
+        {"generated_ids", std::vector<int64_t>(history.begin() + prompt.size(), history.end())},
+        {"per_token_ms",
+         {{"embed", Median(t_embed)},
+          {"permute", Median(t_perm)},
+          {"unpermute", Median(t_unperm)},
+          {"sample_greedy", Median(t_sample)},
+          {"detokenize", Median(t_detok)},
+          {"client_work", client_ms},
+          {"round_trip", rtt},
+          {"server_compute", server_ms},
+          {"transport_and_serialization", rtt - server_ms},
+          {"total", Median(t_total)}}}};
     // Bytes per decode token: the payloads and the protobuf messages around
     // them (the last step's, re-encoded as the server did).
     v1::SessionRequest req;
@@ -927,8 +928,7 @@ int main(int argc, char** argv) {
                            fl["total"].get<double>(), fl["round_trip"].get<double>(),
                            fl["server_compute"].get<double>(), fl["client_work"].get<double>(),
                            f["bytes_per_token"]["response_message"].get<long long>(),
-                           f["same_tokens_as_first_format"].get<bool>() ? ""
-                                                                         : " (OTHER TOKENS)");
+                           f["same_tokens_as_first_format"].get<bool>() ? "" : " (OTHER TOKENS)");
             }
             for (const Json& t : r["throughput"]) {
               std::fprintf(

@@ -7,8 +7,8 @@
 #include <vector>
 
 #include "common/engine/sampler.h"
-#include "common/format/dtype.h"
 #include "common/error.h"
+#include "common/format/dtype.h"
 #include "common/rpc/tensor_wire.h"
 
 namespace stip {
@@ -184,8 +184,7 @@ at::Tensor DecodeLogits(const v1::StepResult& r, const LogitsFormat& f, int64_t 
                             " is outside the vocabulary of " + std::to_string(vocab));
     }
     if (std::adjacent_find(row.begin(), row.end()) != row.end()) {
-      throw InvalidArgument("top-k logit indices of row " + std::to_string(i) +
-                            " repeat an index");
+      throw InvalidArgument("top-k logit indices of row " + std::to_string(i) + " repeat an index");
     }
   }
   at::Tensor dense = at::full({rows, vocab}, -std::numeric_limits<float>::infinity(), at::kFloat);
@@ -196,8 +195,8 @@ at::Tensor DecodeLogits(const v1::StepResult& r, const LogitsFormat& f, int64_t 
 void CheckSamplingExact(const LogitsFormat& f, const SamplingOptions& s) {
   if (f.kind != LogitsFormat::Kind::kTopK) return;
   const std::string k = std::to_string(f.top_k);
-  const std::string why = "with logits format " + f.ToString() +
-                          " (only the " + k + " largest logits come back) ";
+  const std::string why =
+      "with logits format " + f.ToString() + " (only the " + k + " largest logits come back) ";
   if (s.repetition_penalty != 1.0) {
     throw InvalidArgument(why +
                           "a repetition penalty is not exact (it can lift tokens that were not "
