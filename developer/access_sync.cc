@@ -35,7 +35,8 @@ void AccessSync::SyncServer(const std::string& server, const std::string& digest
   auto channel = MakeChannel(server, tls_, "stip-developer");
   for (const v1::ModelInfo& m : ListServerModels(channel)) {
     if (!ours.count(m.instance_id())) continue;
-    v1::AccessInfo info = PushAccess(channel, m.instance_id(), key_pem_, revoked);
+    v1::AccessInfo info = PushAccess(channel, m.instance_id(), key_pem_,
+                                     state_.PreviousTokenKeys(auth::NowUnix()), revoked);
     spdlog::info("server {}: instance {} accepts tokens of key {}; {} revoked token(s)", server,
                  info.instance_id(), info.token_key_id(), info.revoked_tokens());
   }
@@ -43,8 +44,12 @@ void AccessSync::SyncServer(const std::string& server, const std::string& digest
 }
 
 int AccessSync::SyncOnce(bool strict) {
-  // What the servers should hold: the key and the revocation list.
+  // What the servers should hold: the key, the previous keys still accepted
+  // (one drops out when its time is up) and the revocation list.
   std::string digest = key_pem_;
+  for (const auth::PreviousTokenKey& p : state_.PreviousTokenKeys(auth::NowUnix())) {
+    digest += "\nprevious " + p.key.key_id() + " " + std::to_string(p.accepted_until);
+  }
   for (const auth::RevokedToken& r : users_.RevokedTokens()) {
     digest += "\n" + r.token_id + " " + std::to_string(r.expires_at);
   }

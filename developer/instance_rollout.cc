@@ -80,7 +80,7 @@ bool InstanceRollout::Deploy(const Rotation& r) {
       retry.max_seconds = 2;  // the next round tries again
       PushResult p = EnsureModelOnServer(server, tls_, r.to, state_.ServerDir(r.to), {}, retry);
       auto channel = MakeChannel(server, tls_, "stip-developer");
-      PushAccess(channel, r.to, key_pem_, revoked);
+      PushAccess(channel, r.to, key_pem_, state_.PreviousTokenKeys(auth::NowUnix()), revoked);
       spdlog::info("server {}: instance {} of group \"{}\" {}, token key registered", server, r.to,
                    r.group,
                    p.already_stored ? "already stored"

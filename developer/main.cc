@@ -12,6 +12,9 @@
 //   rotate     fresh keys for one or all instance groups: a new instance that
 //              `serve` deploys, moving the users to it, then retiring,
 //              draining and deleting the old one
+//   rotate-token-key  a fresh key to sign access tokens; the old key's tokens
+//              stay accepted for a grace period (users renew onto the new
+//              key) or, after a compromise, are refused at once
 //   list-instances  the instances of a state directory and what they serve
 //   revoke-user  revoke a user's access (the token id goes on the revocation
 //              list that `serve` pushes to the servers)
@@ -27,9 +30,9 @@
 #include <optional>
 
 #include "common/arch/model_config.h"
-#include "common/auth/access_token.h"
 #include "common/audit/audit.h"
 #include "common/audit/audit_report.h"
+#include "common/auth/access_token.h"
 #include "common/error.h"
 #include "common/keys/model_keys.h"
 #include "common/transform/transform_checkpoint.h"
@@ -326,6 +329,28 @@ int ListInstances(const std::string& state_dir) {
   return 0;
 }
 
+int RotateTokenKey(const std::string& state_dir, double keep_previous_hours) {
+  StateStore state(state_dir);
+  const int64_t keep_s = static_cast<int64_t>(keep_previous_hours * 3600);
+  StateStore::TokenKeyRotation r = state.RotateTokenSigningKey(keep_s);
+  std::printf("%s\n", r.new_key_id.c_str());
+  if (keep_s > 0) {
+    std::fprintf(stderr,
+                 "token signing key %s replaced by %s; tokens of %s stay accepted until %s "
+                 "(clients renew onto the new key on their own). Start `stip-developer serve` "
+                 "to register the new key with the servers.\n",
+                 r.old_key_id.c_str(), r.new_key_id.c_str(), r.old_key_id.c_str(),
+                 auth::FormatUnixUtc(r.old_accepted_until).c_str());
+  } else {
+    std::fprintf(stderr,
+                 "token signing key %s replaced by %s; tokens of %s are refused as soon as the "
+                 "servers have the new key (start `stip-developer serve`). Every user needs a "
+                 "new enrolment token: `stip-developer add-user NAME --reissue`.\n",
+                 r.old_key_id.c_str(), r.new_key_id.c_str(), r.old_key_id.c_str());
+  }
+  return 0;
+}
+
 int RevokeUser(const std::string& name, const std::string& state_dir) {
   StateStore state(state_dir);
   UserRegistry users(state);
@@ -459,6 +484,26 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   rotate->add_option("--shard-gib", rot.shard_gib, "max shard size in GiB (0: one file)");
 
+  double keep_previous_hours = 720;
+  bool revoke_previous = false;
+  auto* rotate_token_key = app.add_subcommand(
+      "rotate-token-key",
+      "replace the key that signs access tokens (stop `serve` first; it registers the new key "
+      "with the servers when it starts)");
+  rotate_token_key->add_option("--state", state_dir, "the developer's state directory")->required();
+  auto* keep_opt =
+      rotate_token_key
+          ->add_option("--keep-previous-hours", keep_previous_hours,
+                       "how long tokens of the old key stay accepted, so that users renew onto "
+                       "the new one on their own (default: the token lifetime)")
+          ->capture_default_str()
+          ->check(CLI::Range(0.0, 24.0 * 3650));
+  rotate_token_key
+      ->add_flag("--revoke-previous", revoke_previous,
+                 "refuse the old key's tokens at once (a compromised key): every user needs a "
+                 "new enrolment token (add-user --reissue)")
+      ->excludes(keep_opt);
+
   auto* list_instances =
       app.add_subcommand("list-instances", "list the instances of a state directory");
   list_instances->add_option("--state", state_dir, "the developer's state directory")->required();
@@ -530,6 +575,9 @@ int main(int argc, char** argv) {
     if (*add_user) return stip::AddUser(au);
     if (*rotate) return stip::Rotate(rot);
     if (*list_instances) return stip::ListInstances(state_dir);
+    if (*rotate_token_key) {
+      return stip::RotateTokenKey(state_dir, revoke_previous ? 0.0 : keep_previous_hours);
+    }
     if (*revoke_user) return stip::RevokeUser(user_name, state_dir);
     if (*list_users) return stip::ListUsers(state_dir);
 #ifdef STIP_DEVELOPER_WITH_GRPC

@@ -149,6 +149,7 @@ std::vector<v1::ModelInfo> ListServerModels(const std::shared_ptr<grpc::Channel>
 
 v1::AccessInfo PushAccess(const std::shared_ptr<grpc::Channel>& channel,
                           const std::string& instance_id, const std::string& key_pem,
+                          const std::vector<auth::PreviousTokenKey>& previous,
                           const std::vector<auth::RevokedToken>& revoked, int timeout_ms) {
   auto stub = v1::ModelStore::NewStub(channel);
   grpc::ClientContext ctx;
@@ -156,6 +157,11 @@ v1::AccessInfo PushAccess(const std::shared_ptr<grpc::Channel>& channel,
   v1::SetAccessRequest req;
   req.set_instance_id(instance_id);
   req.set_token_key_pem(key_pem);
+  for (const auth::PreviousTokenKey& p : previous) {
+    v1::PreviousTokenKey* k = req.add_previous_token_keys();
+    k->set_pem(p.key.pem());
+    k->set_accepted_until(p.accepted_until);
+  }
   for (const auth::RevokedToken& r : revoked) {
     v1::RevokedToken* t = req.add_revoked();
     t->set_token_id(r.token_id);

@@ -52,11 +52,12 @@ bool ServerHasModel(const std::shared_ptr<grpc::Channel>& channel, const std::st
 std::vector<v1::ModelInfo> ListServerModels(const std::shared_ptr<grpc::Channel>& channel,
                                             int timeout_ms = 10000);
 
-// ModelStore.SetAccess: registers `key_pem` (the developer's token public key)
-// and the complete revocation list for a stored instance. Throws like
-// PushModel.
+// ModelStore.SetAccess: registers `key_pem` (the developer's token public key),
+// the previous keys still accepted and the complete revocation list for a
+// stored instance. Throws like PushModel.
 v1::AccessInfo PushAccess(const std::shared_ptr<grpc::Channel>& channel,
                           const std::string& instance_id, const std::string& key_pem,
+                          const std::vector<auth::PreviousTokenKey>& previous,
                           const std::vector<auth::RevokedToken>& revoked, int timeout_ms = 30000);
 
 // ModelStore.Retire: no new sessions on the instance; open ones may run

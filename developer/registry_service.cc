@@ -115,7 +115,8 @@ grpc::Status RegistryService::FetchBundle(grpc::ServerContext* context,
 grpc::Status RegistryService::CheckAccess(grpc::ServerContext* context, const std::string& user,
                                           const std::string& access_token, const char* what,
                                           UserRegistry::AccessCheck* check) const {
-  *check = users_->Authenticate(user, access_token, key_->public_key());
+  *check = users_->Authenticate(user, access_token, key_->public_key(),
+                                state_->PreviousTokenKeys(auth::NowUnix()));
   switch (check->outcome) {
     case UserRegistry::AccessCheck::kOk:
       return grpc::Status::OK;

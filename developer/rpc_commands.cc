@@ -135,7 +135,8 @@ int RunPush(const PushCommand& cmd) {
     UserRegistry users(state);
     auth::SigningKey key = state.TokenSigningKey();
     v1::AccessInfo info =
-        PushAccess(channel, instance, key.public_key().pem(), users.RevokedTokens());
+        PushAccess(channel, instance, key.public_key().pem(),
+                   state.PreviousTokenKeys(auth::NowUnix()), users.RevokedTokens());
     spdlog::info("instance {} accepts tokens of key {}; {} revoked token(s)", instance,
                  info.token_key_id(), info.revoked_tokens());
   } else {

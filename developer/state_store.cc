@@ -14,8 +14,10 @@
 #include <nlohmann/json.hpp>
 
 #include "common/arch/model_config.h"
+#include "common/auth/access_token.h"
 #include "common/error.h"
 #include "common/keys/model_keys.h"
+#include "common/util/file_lock.h"
 #include "common/util/files.h"
 #include "common/util/random.h"
 
@@ -74,6 +76,76 @@ bool StateStore::ServeRunning() const { return FileLock::TryLock(serve_lock_path
 
 auth::SigningKey StateStore::TokenSigningKey() const {
   return auth::SigningKey::LoadOrCreate(token_key_path());
+}
+
+std::string StateStore::previous_token_keys_path() const {
+  return JoinPath(dir_, "token_keys_previous.json");
+}
+
+namespace {
+
+// token_keys_previous.json: [{"pem", "accepted_until"}], all of them (expired
+// ones included: they are dropped when the next rotation rewrites the file).
+std::vector<auth::PreviousTokenKey> ReadPreviousTokenKeys(const std::string& path) {
+  std::vector<auth::PreviousTokenKey> keys;
+  if (!PathExists(path)) return keys;
+  try {
+    nlohmann::json j = nlohmann::json::parse(ReadFile(path));
+    for (const auto& k : j.at("previous_token_keys")) {
+      keys.push_back({auth::PublicKey::FromPem(k.at("pem").get<std::string>()),
+                      k.at("accepted_until").get<int64_t>()});
+    }
+  } catch (const std::exception& e) {
+    throw DataLoss(path + ": not a valid list of previous token keys (" + e.what() + ")");
+  }
+  return keys;
+}
+
+}  // namespace
+
+std::vector<auth::PreviousTokenKey> StateStore::PreviousTokenKeys(int64_t now) const {
+  std::vector<auth::PreviousTokenKey> keys;
+  for (auth::PreviousTokenKey& k : ReadPreviousTokenKeys(previous_token_keys_path())) {
+    if (k.accepted_until > now) keys.push_back(std::move(k));
+  }
+  return keys;
+}
+
+StateStore::TokenKeyRotation StateStore::RotateTokenSigningKey(int64_t keep_previous_s) {
+  if (keep_previous_s < 0) throw InvalidArgument("the previous key's grace period is negative");
+  // Holding the serve lock: no serve runs (it would keep signing with the old
+  // key) and none starts until the new key is in place.
+  std::unique_ptr<FileLock> no_serve = FileLock::TryLock(serve_lock_path());
+  if (!no_serve) {
+    throw FailedPrecondition("`stip-developer serve` runs on " + dir_ +
+                             ": stop it first; when it starts again it registers the new key "
+                             "with every server");
+  }
+  const auth::SigningKey old_key = TokenSigningKey();
+  const int64_t now = auth::NowUnix();
+  TokenKeyRotation r;
+  r.old_key_id = old_key.public_key().key_id();
+  r.old_accepted_until = now + keep_previous_s;
+  // The old public half joins the list first: a crash before the new key is
+  // written leaves the current key in the list too, which verifiers ignore.
+  // With no grace period (a compromise: which key leaked is unknown) every
+  // earlier key goes too.
+  nlohmann::json list = nlohmann::json::array();
+  if (keep_previous_s > 0) {
+    for (const auth::PreviousTokenKey& k : ReadPreviousTokenKeys(previous_token_keys_path())) {
+      if (k.accepted_until <= now || k.key.key_id() == r.old_key_id) continue;
+      list.push_back({{"pem", k.key.pem()}, {"accepted_until", k.accepted_until}});
+    }
+    list.push_back({{"pem", old_key.public_key().pem()}, {"accepted_until", r.old_accepted_until}});
+  }
+  WriteFileAtomic(previous_token_keys_path(),
+                  nlohmann::json{{"version", 1}, {"previous_token_keys", list}}.dump(1) + "\n",
+                  0600);
+  const auth::SigningKey fresh = auth::SigningKey::Generate();
+  WriteFileAtomic(token_key_path(), fresh.PrivatePem(), 0600);  // the old private key is gone
+  SyncDirectory(dir_);
+  r.new_key_id = fresh.public_key().key_id();
+  return r;
 }
 std::string StateStore::instances_dir() const { return JoinPath(dir_, "instances"); }
 

@@ -14,6 +14,9 @@
 //     revoked.json               0600  revoked access token ids (user_registry.h)
 //     token_signing_key.pem      0600  Ed25519 key that signs access tokens (made on
 //                                      first use; its public half goes to the servers)
+//     token_keys_previous.json   0600  public halves of the keys it replaced
+//                                      (rotate-token-key) and until when their
+//                                      tokens are accepted
 //
 // An instance is built in "instances/<id>.tmp-XXXXXX" and renamed into place,
 // so a crash never leaves a half-made instance under its final name; leftover
@@ -31,7 +34,7 @@
 #include <string>
 #include <vector>
 
-#include "common/auth/ed25519.h"
+#include "common/auth/access_token.h"
 #include "common/transform/transform_checkpoint.h"
 #include "common/util/file_lock.h"
 
@@ -64,6 +67,21 @@ class StateStore {
 
   // The key that signs access tokens: loaded, or made (0600) on first use.
   auth::SigningKey TokenSigningKey() const;
+  std::string previous_token_keys_path() const;
+  // Keys the signing key replaced whose tokens are still accepted at `now`.
+  std::vector<auth::PreviousTokenKey> PreviousTokenKeys(int64_t now) const;
+
+  struct TokenKeyRotation {
+    std::string old_key_id, new_key_id;
+    int64_t old_accepted_until = 0;  // == the rotation's time when it was revoked at once
+  };
+  // Replaces the token signing key with a fresh one; tokens of the old key
+  // stay accepted for `keep_previous_s` seconds. 0 (a compromise): tokens of
+  // the old key and of every earlier one are refused at once. The old
+  // private key is deleted. Refuses
+  // (kFailedPrecondition) while a `serve` runs on the state: the next serve
+  // registers the new key (and the previous ones) with every server.
+  TokenKeyRotation RotateTokenSigningKey(int64_t keep_previous_s);
 
   // Paths of one instance (the id must be a plain hex id: kInvalidArgument).
   std::string InstanceDir(const std::string& instance_id) const;

@@ -243,16 +243,17 @@ bool UserRegistry::CheckEnrolmentToken(const std::string& name,
   return u && match && !u->enrolled && !u->revoked;
 }
 
-UserRegistry::AccessCheck UserRegistry::Authenticate(const std::string& name,
-                                                     const std::string& access_token,
-                                                     const auth::PublicKey& key) const {
+UserRegistry::AccessCheck UserRegistry::Authenticate(
+    const std::string& name, const std::string& access_token, const auth::PublicKey& key,
+    const std::vector<auth::PreviousTokenKey>& previous) const {
   AccessCheck check;
   std::vector<auth::RevokedToken> revoked = RevokedTokens();
   auto is_revoked = [&](const std::string& id) {
     return std::any_of(revoked.begin(), revoked.end(),
                        [&](const auth::RevokedToken& r) { return r.token_id == id; });
   };
-  auth::TokenCheck t = auth::VerifyToken(key, access_token, "", auth::NowUnix(), is_revoked);
+  auth::TokenCheck t =
+      auth::VerifyTokenWithKeys(key, previous, access_token, "", auth::NowUnix(), is_revoked);
   if (t.verdict == auth::TokenVerdict::kMalformed ||
       t.verdict == auth::TokenVerdict::kBadSignature || t.claims.user != name) {
     return check;  // kInvalid: says nothing about who exists

@@ -117,10 +117,12 @@ class UserRegistry {
     auth::TokenClaims claims;  // with kOk
     std::string message;       // with kExpired
   };
-  // kOk iff `access_token` verifies with `key`, names `name`, is the token
+  // kOk iff `access_token` verifies with `key` (or a `previous` key still
+  // accepted), names `name`, is the token
   // issued to the user last, has not expired and is not revoked.
   AccessCheck Authenticate(const std::string& name, const std::string& access_token,
-                           const auth::PublicKey& key) const;
+                           const auth::PublicKey& key,
+                           const std::vector<auth::PreviousTokenKey>& previous = {}) const;
 
   // Replaces the user's access token `current_token_id` with a fresh one for
   // the user's instance (the old one is revoked). nullopt if that token is no

@@ -25,9 +25,9 @@ grpc::Status SignedTokenPolicy::Authorize(const std::string& instance_id,
                             " has no registered token key; the developer registers it when it "
                             "pushes the model");
   }
-  const auth::TokenCheck check =
-      auth::VerifyToken(*access->key, access_token, instance_id, auth::NowUnix(),
-                        [&](const std::string& id) { return access->IsRevoked(id); });
+  const auth::TokenCheck check = auth::VerifyTokenWithKeys(
+      *access->key, access->previous, access_token, instance_id, auth::NowUnix(),
+      [&](const std::string& id) { return access->IsRevoked(id); });
   switch (check.verdict) {
     case auth::TokenVerdict::kOk:
       if (grant) {

@@ -52,14 +52,22 @@ bool IsTemporaryName(const std::string& name) {
 }
 
 // A validated access record; entries of tokens expired at `now` are dropped.
-std::shared_ptr<const InstanceAccess> MakeAccess(const std::string& key_pem,
-                                                 const std::vector<auth::RevokedToken>& revoked,
-                                                 int64_t now) {
+std::shared_ptr<const InstanceAccess> MakeAccess(
+    const std::string& key_pem, const std::vector<auth::RevokedToken>& revoked,
+    const std::vector<auth::PreviousTokenKey>& previous, int64_t now) {
   auto access = std::make_shared<InstanceAccess>();
   try {
     access->key = std::make_shared<const auth::PublicKey>(auth::PublicKey::FromPem(key_pem));
   } catch (const Error& e) {
     throw InvalidArgument(std::string("token key: ") + e.what());
+  }
+  if (previous.size() > kMaxPreviousTokenKeys) {
+    throw InvalidArgument(std::to_string(previous.size()) + " previous token keys, at most " +
+                          std::to_string(kMaxPreviousTokenKeys));
+  }
+  for (const auth::PreviousTokenKey& p : previous) {
+    if (p.accepted_until <= now || p.key.key_id() == access->key->key_id()) continue;
+    access->previous.push_back(p);
   }
   if (revoked.size() > kMaxRevokedTokens) {
     throw ResourceExhausted("revocation list of " + std::to_string(revoked.size()) +
@@ -82,7 +90,14 @@ std::string AccessJson(const InstanceAccess& access) {
   for (const auth::RevokedToken& r : access.revoked) {
     list.push_back({{"token_id", r.token_id}, {"expires_at", r.expires_at}});
   }
-  nlohmann::json j = {{"version", 1}, {"token_key_pem", access.key->pem()}, {"revoked", list}};
+  nlohmann::json previous = nlohmann::json::array();
+  for (const auth::PreviousTokenKey& p : access.previous) {
+    previous.push_back({{"pem", p.key.pem()}, {"accepted_until", p.accepted_until}});
+  }
+  nlohmann::json j = {{"version", 1},
+                      {"token_key_pem", access.key->pem()},
+                      {"previous_token_keys", previous},
+                      {"revoked", list}};
   return j.dump(1) + "\n";
 }
 
@@ -97,7 +112,14 @@ std::shared_ptr<const InstanceAccess> ReadAccess(const std::string& model_dir) {
     for (const auto& r : j.at("revoked")) {
       revoked.push_back({r.at("token_id").get<std::string>(), r.at("expires_at").get<int64_t>()});
     }
-    return MakeAccess(j.at("token_key_pem").get<std::string>(), revoked, auth::NowUnix());
+    std::vector<auth::PreviousTokenKey> previous;
+    if (j.contains("previous_token_keys")) {  // records before key rotation have none
+      for (const auto& p : j.at("previous_token_keys")) {
+        previous.push_back({auth::PublicKey::FromPem(p.at("pem").get<std::string>()),
+                            p.at("accepted_until").get<int64_t>()});
+      }
+    }
+    return MakeAccess(j.at("token_key_pem").get<std::string>(), revoked, previous, auth::NowUnix());
   } catch (const std::exception& e) {
     throw DataLoss(path + ": not a valid access record (" + e.what() + ")");
   }
@@ -601,8 +623,10 @@ v1::ModelInfo ModelStore::Retire(const std::string& id, int64_t drain_seconds) {
 }
 
 v1::AccessInfo ModelStore::SetAccess(const std::string& id, const std::string& key_pem,
-                                     const std::vector<auth::RevokedToken>& revoked) {
-  std::shared_ptr<const InstanceAccess> access = MakeAccess(key_pem, revoked, auth::NowUnix());
+                                     const std::vector<auth::RevokedToken>& revoked,
+                                     const std::vector<auth::PreviousTokenKey>& previous) {
+  std::shared_ptr<const InstanceAccess> access =
+      MakeAccess(key_pem, revoked, previous, auth::NowUnix());
   // One SetAccess at a time, so that the file and the memory agree. (A Delete
   // racing with it makes the write fail: the directory is gone.)
   std::lock_guard<std::mutex> serial(access_mu_);
@@ -626,8 +650,14 @@ v1::AccessInfo ModelStore::SetAccess(const std::string& id, const std::string& k
   info.set_instance_id(id);
   info.set_token_key_id(access->key->key_id());
   info.set_revoked_tokens(static_cast<int32_t>(access->revoked.size()));
-  spdlog::info("model {}: token key {} registered, {} revoked token(s)", id, access->key->key_id(),
-               access->revoked.size());
+  std::string previous_ids;
+  for (const auth::PreviousTokenKey& p : access->previous) {
+    info.add_previous_token_key_ids(p.key.key_id());
+    previous_ids +=
+        ", previous key " + p.key.key_id() + " until " + auth::FormatUnixUtc(p.accepted_until);
+  }
+  spdlog::info("model {}: token key {} registered{}, {} revoked token(s)", id,
+               access->key->key_id(), previous_ids, access->revoked.size());
   return info;
 }
 

@@ -78,6 +78,7 @@ void ValidateServerCheckpoint(const std::string& dir, const std::string& instanc
 // the ids of revoked tokens (immutable; replaced as a whole by SetAccess).
 struct InstanceAccess {
   std::shared_ptr<const auth::PublicKey> key;
+  std::vector<auth::PreviousTokenKey> previous;  // still accepted (after a key rotation)
   std::vector<auth::RevokedToken> revoked;
   std::set<std::string> revoked_ids;
   bool IsRevoked(const std::string& token_id) const { return revoked_ids.count(token_id) > 0; }
@@ -85,6 +86,8 @@ struct InstanceAccess {
 
 // At most this many revoked tokens per instance (RESOURCE_EXHAUSTED beyond).
 inline constexpr size_t kMaxRevokedTokens = 1000000;
+// At most this many previous token keys per instance (INVALID_ARGUMENT beyond).
+inline constexpr size_t kMaxPreviousTokenKeys = 16;
 
 struct ModelStoreOptions {
   std::string dir;              // STORE; models live in STORE/models/<instance_id>
@@ -223,12 +226,15 @@ class ModelStore {
   // kInvalidArgument for a negative drain.
   v1::ModelInfo Retire(const std::string& id, int64_t drain_seconds);
 
-  // Registers the instance's token key (Ed25519 SPKI PEM) and revocation list
-  // (entries of expired tokens are dropped), persisted before it takes
-  // effect. kNotFound; kInvalidArgument (not an Ed25519 key, bad token id);
-  // kResourceExhausted (more than kMaxRevokedTokens entries).
+  // Registers the instance's token key (Ed25519 SPKI PEM), the previous keys
+  // still accepted (those past their accepted_until are dropped) and the
+  // revocation list (entries of expired tokens are dropped), persisted before
+  // it takes effect. kNotFound; kInvalidArgument (not an Ed25519 key, bad
+  // token id, more than kMaxPreviousTokenKeys); kResourceExhausted (more than
+  // kMaxRevokedTokens entries).
   v1::AccessInfo SetAccess(const std::string& id, const std::string& key_pem,
-                           const std::vector<auth::RevokedToken>& revoked);
+                           const std::vector<auth::RevokedToken>& revoked,
+                           const std::vector<auth::PreviousTokenKey>& previous = {});
   // The instance's access record; null if none is registered. kNotFound.
   std::shared_ptr<const InstanceAccess> Access(const std::string& id) const;
 

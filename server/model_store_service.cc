@@ -163,7 +163,17 @@ grpc::Status ModelStoreService::SetAccess(grpc::ServerContext* context,
     for (const v1::RevokedToken& r : request->revoked()) {
       revoked.push_back({r.token_id(), r.expires_at()});
     }
-    *response = store_.SetAccess(request->instance_id(), request->token_key_pem(), revoked);
+    std::vector<auth::PreviousTokenKey> previous;
+    for (int i = 0; i < request->previous_token_keys_size(); ++i) {
+      const v1::PreviousTokenKey& p = request->previous_token_keys(i);
+      try {
+        previous.push_back({auth::PublicKey::FromPem(p.pem()), p.accepted_until()});
+      } catch (const Error& e) {
+        throw InvalidArgument("previous token key " + std::to_string(i) + ": " + e.what());
+      }
+    }
+    *response =
+        store_.SetAccess(request->instance_id(), request->token_key_pem(), revoked, previous);
     return grpc::Status::OK;
   } catch (...) {
     return HandledStatus("set access of " + Printable(request->instance_id()));

@@ -154,6 +154,49 @@ TEST(Tokens, EveryRefusalHasItsVerdict) {
   }
 }
 
+// After a rotation of the signing key, a verifier takes the previous key's
+// tokens until its accepted_until, and says why once it does not.
+TEST(Tokens, PreviousKeysVerifyUntilTheirTime) {
+  SigningKey old_key = SigningKey::Generate(), new_key = SigningKey::Generate();
+  const int64_t now = NowUnix();
+  TokenClaims c = Claims();
+  const std::string old_token = IssueToken(old_key, c), new_token = IssueToken(new_key, c);
+  const std::vector<PreviousTokenKey> previous = {{old_key.public_key(), now + 60}};
+  auto check = [&](const std::string& t, const std::vector<PreviousTokenKey>& p, int64_t at,
+                   std::function<bool(const std::string&)> revoked = {}) {
+    return VerifyTokenWithKeys(new_key.public_key(), p, t, kInstance, at, revoked);
+  };
+  EXPECT_TRUE(check(new_token, previous, now).ok());
+  EXPECT_TRUE(check(new_token, {}, now).ok());
+  TokenCheck t = check(old_token, previous, now);
+  ASSERT_TRUE(t.ok()) << t.message;
+  EXPECT_EQ(t.claims.key_id, old_key.public_key().key_id());
+  // Revocation and instance checks still apply to the previous key's tokens.
+  EXPECT_EQ(check(old_token, previous, now, [&](const std::string& id) { return id == c.token_id; })
+                .verdict,
+            TokenVerdict::kRevoked);
+  EXPECT_EQ(
+      VerifyTokenWithKeys(new_key.public_key(), previous, old_token, std::string(32, 'f'), now)
+          .verdict,
+      TokenVerdict::kWrongInstance);
+  // From accepted_until on: refused, saying the key was replaced.
+  t = check(old_token, previous, now + 60);
+  EXPECT_EQ(t.verdict, TokenVerdict::kBadSignature);
+  EXPECT_NE(t.message.find("which the developer replaced"), std::string::npos) << t.message;
+  EXPECT_EQ(check(old_token, previous, now + 59).verdict, TokenVerdict::kOk);
+  // Not listed at all (e.g. after --revoke-previous): an unknown signature.
+  EXPECT_EQ(check(old_token, {}, now).verdict, TokenVerdict::kBadSignature);
+  // A token that names the previous key's id but was signed by another key.
+  TokenClaims forged_claims = c;
+  std::string forged = IssueToken(SigningKey::Generate(), forged_claims);
+  const size_t a = forged.find('.'), b = forged.rfind('.');
+  std::string payload = *Base64UrlDecode(forged.substr(a + 1, b - a - 1));
+  nlohmann::json j = nlohmann::json::parse(payload);
+  j["kid"] = old_key.public_key().key_id();
+  forged = forged.substr(0, a + 1) + Base64UrlEncode(j.dump()) + forged.substr(b);
+  EXPECT_EQ(check(forged, previous, now).verdict, TokenVerdict::kBadSignature);
+}
+
 TEST(Keys, LoadOrCreateMakesOnePrivateKeyFile) {
   char tmpl[] = "/tmp/stip-auth-test-XXXXXX";
   const std::string dir = mkdtemp(tmpl);

@@ -734,5 +734,95 @@ TEST(RotationTest, DeveloperRestartKeepsUsersKeysAndInstancesAndTokensRenew) {
   ExpectSecretsPrivate(d, {alice, carol, dave});
 }
 
+// `stip-developer rotate-token-key`: tokens of the old key keep working for
+// the grace period (the server and the registry take them; a renewal gives a
+// token of the new key), and `--revoke-previous` locks every old token out at
+// once until the user enrols again.
+TEST(RotationTest, TokenKeyRotationKeepsUsersServedOrLocksOldTokensOut) {
+  const std::string model = test::ModelDir("kjv-gpt2");
+  const std::string reference = ReferenceText("kjv-gpt2") + "\n";
+  Deployment d;
+  d.StartServer();
+  const std::string t_bob = d.AddUser("bob"), t_alice = d.AddUser("alice");
+  d.StartDeveloper(model);
+  const std::string registry = d.developer_address();
+  const std::string bob = d.Register("bob", t_bob);  // a token for 30 days
+  const std::string key0 = StoredModels(d).begin()->second.token_key_id();
+  d.StopDeveloper();
+  const std::vector<std::string> short_ttl = {"--token-ttl-hours", std::to_string(30.0 / 3600)};
+  d.StartDeveloper(model, short_ttl, registry);
+  const std::string alice = d.Register("alice", t_alice);  // a token for 30 s
+  std::optional<auth::TokenClaims> alice0 = auth::ReadClaimsUnverified(AccessToken(alice));
+  ASSERT_TRUE(alice0);
+  EXPECT_EQ(alice0->key_id, key0);
+
+  // Not while serve runs (it would go on signing with the old key).
+  RunResult r = test::Run({kDeveloper, "rotate-token-key", "--state", d.state_dir()}, 60);
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("stop it first"), std::string::npos) << r.err;
+  d.StopDeveloper();
+  r = test::Run(
+      {kDeveloper, "rotate-token-key", "--state", d.state_dir(), "--keep-previous-hours", "1"}, 60);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::string key1 = r.out.substr(0, r.out.find('\n'));
+  ASSERT_EQ(key1.size(), 32u) << r.out;
+  EXPECT_NE(key1, key0);
+  EXPECT_NE(r.err.find("stay accepted until"), std::string::npos) << r.err;
+  d.StartDeveloper(model, short_ttl, registry);
+  for (int i = 0; i < 100 && StoredModels(d).begin()->second.token_key_id() != key1; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_EQ(StoredModels(d).begin()->second.token_key_id(), key1);
+
+  // bob's token of the old key, as it is (no renewal): the server takes it.
+  r = Deployment::Generate(bob, "And God said,", 40, {"--no-refresh"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, reference);
+  // alice past half her token's life: the registry renews the old key's
+  // token with one of the new key.
+  SleepUntilUnix(alice0->issued_at + 16);
+  r = Deployment::Generate(alice, "And God said,");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, reference);
+  std::optional<auth::TokenClaims> alice1 = auth::ReadClaimsUnverified(AccessToken(alice));
+  ASSERT_TRUE(alice1);
+  EXPECT_EQ(alice1->key_id, key1);
+  EXPECT_NE(r.err.find("access token renewed"), std::string::npos) << r.err;
+
+  // A compromise: every earlier key's tokens are refused at once.
+  d.StopDeveloper();
+  r = test::Run({kDeveloper, "rotate-token-key", "--state", d.state_dir(), "--revoke-previous"},
+                60);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::string key2 = r.out.substr(0, r.out.find('\n'));
+  EXPECT_NE(r.err.find("add-user NAME --reissue"), std::string::npos) << r.err;
+  d.StartDeveloper(model, {}, registry);
+  for (int i = 0; i < 100 && StoredModels(d).begin()->second.token_key_id() != key2; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ASSERT_EQ(StoredModels(d).begin()->second.token_key_id(), key2);
+  for (const std::string& user : {bob, alice}) {
+    r = Deployment::Generate(user, "And God said,", 4, {"--no-refresh"});
+    EXPECT_NE(r.exit_code, 0) << user;
+    EXPECT_NE(r.err.find("UNAUTHENTICATED"), std::string::npos) << r.err;
+    EXPECT_EQ(r.out, "");
+  }
+  // Enrolling again gives a token of the new key.
+  RunResult reissue =
+      test::Run({kDeveloper, "add-user", "bob", "--reissue", "--state", d.state_dir()}, 60);
+  ASSERT_EQ(reissue.exit_code, 0) << reissue.err;
+  std::string token = reissue.out.substr(0, reissue.out.find('\n'));
+  RunResult reg = d.TryRegister("bob", token, d.dir() + "/client-bob-again");
+  ASSERT_EQ(reg.exit_code, 0) << reg.err;
+  r = Deployment::Generate(d.dir() + "/client-bob-again", "And God said,");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, reference);
+  EXPECT_EQ(auth::ReadClaimsUnverified(AccessToken(d.dir() + "/client-bob-again"))->key_id, key2);
+  struct stat st;
+  ASSERT_EQ(stat((d.state_dir() + "/token_keys_previous.json").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  ExpectSecretsPrivate(d, {bob, alice, d.dir() + "/client-bob-again"});
+}
+
 }  // namespace
 }  // namespace stip

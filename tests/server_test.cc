@@ -143,12 +143,18 @@ std::shared_ptr<grpc::Channel> AdminChannel(const StipServer& server) {
 grpc::Status SetAccess(const std::shared_ptr<grpc::Channel>& admin, const std::string& id,
                        const std::string& key_pem,
                        const std::vector<auth::RevokedToken>& revoked = {},
-                       v1::AccessInfo* info = nullptr) {
+                       v1::AccessInfo* info = nullptr,
+                       const std::vector<std::pair<std::string, int64_t>>& previous = {}) {
   auto stub = v1::ModelStore::NewStub(admin);
   grpc::ClientContext ctx;
   v1::SetAccessRequest req;
   req.set_instance_id(id);
   req.set_token_key_pem(key_pem);
+  for (const auto& [pem, until] : previous) {
+    v1::PreviousTokenKey* k = req.add_previous_token_keys();
+    k->set_pem(pem);
+    k->set_accepted_until(until);
+  }
   for (const auto& r : revoked) {
     v1::RevokedToken* t = req.add_revoked();
     t->set_token_id(r.token_id);
@@ -784,6 +790,68 @@ TEST_F(ServerTest, FileNamesThatEscapeAreRejected) {
   }
   EXPECT_TRUE(ListDirectory(ModelsDir()).empty());
   EXPECT_FALSE(PathExists(JoinPath(store_, "x")));
+}
+
+// After the developer rotates its token signing key, the server takes tokens
+// of the previous keys until their accepted_until (kept across restarts),
+// then refuses them saying why; a bad previous key is refused.
+TEST_F(ServerTest, PreviousTokenKeysAreAcceptedUntilTheirTime) {
+  Start();
+  UploadOk(*llama_);
+  const std::string id = llama_->instance_id;
+  const auth::SigningKey fresh = auth::SigningKey::Generate();
+  const auth::PublicKey& old_key = DeveloperKey().public_key();
+  const std::string old_token = TokenFor(id);  // signed by the previous key
+  TokenSpec spec;
+  spec.key = &fresh;
+  const std::string new_token = TokenFor(id, spec);
+  const int64_t now = auth::NowUnix();
+  v1::AccessInfo info;
+  grpc::Status s = SetAccess(admin_, id, fresh.public_key().pem(), {}, &info,
+                             {{old_key.pem(), now + 3600}, {old_key.pem(), now - 1}});
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(info.token_key_id(), fresh.public_key().key_id());
+  ASSERT_EQ(info.previous_token_key_ids_size(), 1);  // the expired entry is dropped
+  EXPECT_EQ(info.previous_token_key_ids(0), old_key.key_id());
+  for (const std::string& token : {old_token, new_token}) {
+    Session session(channel_);
+    s = session.Open(id, nullptr, token);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+    RunAndCheck(session, *llama_, kPromptB, {});
+  }
+  // A restart keeps the previous key.
+  Start();
+  {
+    Session session(channel_);
+    s = session.Open(id, nullptr, old_token);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+  }
+  // Its time is up: refused, and the message says the key was replaced.
+  const int64_t until = auth::NowUnix() + 1;
+  ASSERT_TRUE(
+      SetAccess(admin_, id, fresh.public_key().pem(), {}, nullptr, {{old_key.pem(), until}}).ok());
+  while (auth::NowUnix() < until) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  {
+    Session session(channel_);
+    s = session.Open(id, nullptr, old_token);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAUTHENTICATED);
+    EXPECT_NE(s.error_message().find("which the developer replaced"), std::string::npos)
+        << s.error_message();
+    Session ok(channel_);
+    EXPECT_TRUE(ok.Open(id, nullptr, new_token).ok());
+  }
+  // Not an Ed25519 key; too many keys: refused, the record unchanged.
+  s = SetAccess(admin_, id, fresh.public_key().pem(), {}, nullptr, {{"not a key", now + 60}});
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(s.error_message().find("previous token key 0"), std::string::npos) << s.error_message();
+  std::vector<std::pair<std::string, int64_t>> many(kMaxPreviousTokenKeys + 1,
+                                                    {old_key.pem(), now + 60});
+  s = SetAccess(admin_, id, fresh.public_key().pem(), {}, nullptr, many);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(s.error_message().find("previous token keys, at most"), std::string::npos)
+      << s.error_message();
+  Session after(channel_);
+  EXPECT_TRUE(after.Open(id, nullptr, new_token).ok());
 }
 
 TEST_F(ServerTest, RestartServesStoredModelsAndSkipsCorruptedOnes) {

@@ -192,6 +192,28 @@ TokenCheck VerifyToken(const PublicKey& key, std::string_view token, std::string
   return check;
 }
 
+TokenCheck VerifyTokenWithKeys(const PublicKey& current,
+                               const std::vector<PreviousTokenKey>& previous,
+                               std::string_view token, std::string_view instance, int64_t now,
+                               const std::function<bool(const std::string&)>& is_revoked) {
+  TokenCheck check = VerifyToken(current, token, instance, now, is_revoked);
+  if (check.verdict != TokenVerdict::kBadSignature || previous.empty()) return check;
+  // Only the key the token names can have signed it.
+  std::optional<TokenClaims> claimed = ReadClaimsUnverified(token);
+  if (!claimed) return check;
+  for (const PreviousTokenKey& p : previous) {
+    if (p.key.key_id() != claimed->key_id) continue;
+    if (now >= p.accepted_until) {
+      return Refuse(TokenVerdict::kBadSignature,
+                    "the access token was signed by token key " + p.key.key_id() +
+                        ", which the developer replaced (accepted until " +
+                        FormatUnixUtc(p.accepted_until) + "); ask the developer for a new one");
+    }
+    return VerifyToken(p.key, token, instance, now, is_revoked);
+  }
+  return check;
+}
+
 std::optional<TokenClaims> ReadClaimsUnverified(std::string_view token) {
   if (token.size() > kMaxTokenBytes) return std::nullopt;
   const size_t first = token.find('.');

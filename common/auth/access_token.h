@@ -21,6 +21,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "common/auth/ed25519.h"
 
@@ -72,6 +73,22 @@ struct TokenCheck {
 // `is_revoked` (may be empty) is asked about the token id.
 TokenCheck VerifyToken(const PublicKey& key, std::string_view token, std::string_view instance,
                        int64_t now, const std::function<bool(const std::string&)>& is_revoked = {});
+
+// After `stip-developer rotate-token-key`, tokens signed by the previous key
+// are still accepted until `accepted_until`, so that users renew onto the new
+// key (or, after a compromise, not at all: accepted_until = the rotation).
+struct PreviousTokenKey {
+  PublicKey key;
+  int64_t accepted_until = 0;  // unix seconds; refused from this second on
+};
+
+// VerifyToken with `current`, else with the previous key that signed the
+// token if it is still accepted at `now`. A token of a previous key no longer
+// accepted is kBadSignature with a message that says so.
+TokenCheck VerifyTokenWithKeys(const PublicKey& current,
+                               const std::vector<PreviousTokenKey>& previous,
+                               std::string_view token, std::string_view instance, int64_t now,
+                               const std::function<bool(const std::string&)>& is_revoked = {});
 
 // An entry of a revocation list: a token id and when that token expires
 // anyway (after which the entry may be dropped).
