@@ -1040,6 +1040,28 @@ ChatCall CallChat(v1::Chat::Stub& stub, const v1::GenerateRequest& req) {
   return out;
 }
 
+// Chat service options whose sessions go to the stip server at `upstream`
+// (a TestInference), reconnecting up to 3 times.
+ChatServiceOptions UpstreamChatOptions(const Instance& in, const std::string& upstream) {
+  ChatServiceOptions so;
+  so.bundle = in.bundle;
+  auto channel = MakeChannel(upstream, Insecure(), "test");
+  RemoteSessionOptions ro = SessionOptions(in, upstream);
+  so.make_backend = [channel, ro] { return std::make_unique<RemoteSession>(channel, ro); };
+  so.reconnect.max_attempts = 3;
+  return so;
+}
+
+// A greedy request of 40 tokens for kPrompt in conversation "c".
+v1::GenerateRequest GreedyChatRequest() {
+  v1::GenerateRequest req;
+  req.set_prompt(kPrompt);
+  req.set_max_new_tokens(40);
+  req.mutable_sampling()->set_greedy(true);
+  req.set_conversation_id("c");
+  return req;
+}
+
 TEST(ChatService, StreamsCompletionsAndKeepsConversations) {
   const Instance& in = Instances::Get()["kjv-llama"];
   ChatServiceOptions so;
@@ -1117,24 +1139,15 @@ TEST(ChatService, ReconnectsAndLimitsThePromptSize) {
   const Instance& in = Instances::Get()["kjv-llama"];
   TestInference inference(in.server, in.instance_id);
   RunningServer upstream({&inference});
-  ChatServiceOptions so;
-  so.bundle = in.bundle;
-  auto channel = MakeChannel(upstream.address, Insecure(), "test");
-  RemoteSessionOptions ro = SessionOptions(in, upstream.address);
-  so.make_backend = [channel, ro] { return std::make_unique<RemoteSession>(channel, ro); };
+  ChatServiceOptions so = UpstreamChatOptions(in, upstream.address);
   so.max_prompt_bytes = 64;
-  so.reconnect.max_attempts = 3;
   so.reconnect.initial_delay_s = 0.01;
   so.reconnect.max_delay_s = 0.02;
   ChatService service(so);
   RunningServer srv({&service});
   auto stub = v1::Chat::NewStub(MakeChannel(srv.address, Insecure(), "test"));
 
-  v1::GenerateRequest req;
-  req.set_prompt(kPrompt);
-  req.set_max_new_tokens(40);
-  req.mutable_sampling()->set_greedy(true);
-  req.set_conversation_id("c");
+  v1::GenerateRequest req = GreedyChatRequest();
   ChatCall warm = CallChat(*stub, req);  // the conversation's session is open
   ASSERT_TRUE(warm.status.ok()) << warm.status.error_message();
   EXPECT_EQ(std::string(kPrompt) + warm.text, in.greedy_text);
@@ -1161,21 +1174,11 @@ TEST(ChatService, CallersDeadlineInterruptsTheServersStep) {
   const Instance& in = Instances::Get()["kjv-llama"];
   TestInference inference(in.server, in.instance_id);
   RunningServer upstream({&inference});
-  ChatServiceOptions so;
-  so.bundle = in.bundle;
-  auto channel = MakeChannel(upstream.address, Insecure(), "test");
-  RemoteSessionOptions ro = SessionOptions(in, upstream.address);
-  so.make_backend = [channel, ro] { return std::make_unique<RemoteSession>(channel, ro); };
-  so.reconnect.max_attempts = 3;
-  ChatService service(so);
+  ChatService service(UpstreamChatOptions(in, upstream.address));
   RunningServer srv({&service});
   auto stub = v1::Chat::NewStub(MakeChannel(srv.address, Insecure(), "test"));
 
-  v1::GenerateRequest req;
-  req.set_prompt(kPrompt);
-  req.set_max_new_tokens(40);
-  req.mutable_sampling()->set_greedy(true);
-  req.set_conversation_id("c");
+  const v1::GenerateRequest req = GreedyChatRequest();
   // Every step hangs (up to a minute) until its stream is cancelled.
   inference.step_hang_ms = 60000;
   grpc::ClientContext ctx;
