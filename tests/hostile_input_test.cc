@@ -40,6 +40,7 @@
 #include "server/stip_server.h"
 #include "stip/v1/stip.grpc.pb.h"
 #include "tests/temp_dir.h"
+#include "tests/session_client.h"
 #include "tests/test_util.h"
 
 namespace stip::server {
@@ -174,65 +175,28 @@ grpc::Status RawClientStream(const std::shared_ptr<grpc::Channel>& channel,
   return call->Finish();
 }
 
-class Session {
+// A session stream (60 s for everything): steps never ask for all logits.
+class Session : public test::SessionClient {
  public:
   explicit Session(const std::shared_ptr<grpc::Channel>& channel)
-      : stub_(v1::Inference::NewStub(channel)) {
-    ctx_.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
-    stream_ = stub_->Session(&ctx_);
-  }
+      : SessionClient(channel, std::chrono::seconds(60)) {}
 
   grpc::Status Open(const std::string& id, const std::string& token, int64_t max_context = 0) {
-    v1::SessionRequest r;
-    r.mutable_open()->set_instance_id(id);
-    r.mutable_open()->set_access_token(token);
-    r.mutable_open()->set_max_context(max_context);
-    auto resp = Send(r);
-    if (!resp) return Finish();
-    if (!resp->has_opened()) return grpc::Status(Code::UNKNOWN, "no `opened`");
-    return grpc::Status::OK;
-  }
-
-  std::optional<v1::SessionResponse> Send(const v1::SessionRequest& r) {
-    v1::SessionResponse resp;
-    if (!stream_->Write(r) || !stream_->Read(&resp)) return std::nullopt;
-    return resp;
+    v1::OpenSession open;
+    open.set_instance_id(id);
+    open.set_access_token(token);
+    open.set_max_context(max_context);
+    return SessionClient::Open(open);
   }
 
   std::optional<v1::SessionResponse> Step(uint64_t step_id, const v1::Tensor& hidden,
                                           int64_t truncate_to = -1) {
-    v1::SessionRequest r;
-    r.mutable_step()->set_step_id(step_id);
-    *r.mutable_step()->mutable_hidden() = hidden;
-    r.mutable_step()->set_truncate_to(truncate_to);
-    return Send(r);
+    return SessionClient::Step(step_id, hidden, false, truncate_to);
   }
   std::optional<v1::SessionResponse> Step(uint64_t step_id, const at::Tensor& x,
                                           int64_t truncate_to = -1) {
-    v1::Tensor wire;
-    ToWire(x, &wire);
-    return Step(step_id, wire, truncate_to);
+    return SessionClient::Step(step_id, x, false, truncate_to);
   }
-
-  grpc::Status Close() {
-    v1::SessionRequest r;
-    r.mutable_close();
-    stream_->Write(r);
-    return Finish();
-  }
-
-  grpc::Status Finish() {
-    stream_->WritesDone();
-    v1::SessionResponse ignored;
-    while (stream_->Read(&ignored)) {
-    }
-    return stream_->Finish();
-  }
-
- private:
-  std::unique_ptr<v1::Inference::Stub> stub_;
-  grpc::ClientContext ctx_;
-  std::unique_ptr<grpc::ClientReaderWriter<v1::SessionRequest, v1::SessionResponse>> stream_;
 };
 
 // A status message a person can read: bounded, no raw control characters.

@@ -34,6 +34,7 @@
 #include "server/batch_scheduler.h"
 #include "server/stip_server.h"
 #include "stip/v1/stip.grpc.pb.h"
+#include "tests/session_client.h"
 #include "tests/test_util.h"
 
 namespace stip::server {
@@ -229,64 +230,26 @@ std::vector<v1::ModelInfo> List(const std::shared_ptr<grpc::Channel>& channel) {
   return {resp.models().begin(), resp.models().end()};
 }
 
-class Session {
+// A session stream; Open signs a token for the instance unless given one.
+class Session : public test::SessionClient {
  public:
-  explicit Session(const std::shared_ptr<grpc::Channel>& channel)
-      : stub_(v1::Inference::NewStub(channel)), stream_(stub_->Session(&ctx_)) {}
+  using SessionClient::SessionClient;
 
   grpc::Status Open(const std::string& id, v1::SessionOpened* opened = nullptr,
                     const std::string& token = kValidToken, int64_t max_context = 0,
                     const v1::LogitsFormat& logits = {}) {
-    v1::SessionRequest r;
-    r.mutable_open()->set_instance_id(id);
-    r.mutable_open()->set_access_token(token == kValidToken ? TokenFor(id) : token);
-    r.mutable_open()->set_max_context(max_context);
-    *r.mutable_open()->mutable_logits() = logits;
-    v1::SessionResponse resp;
-    if (!stream_->Write(r) || !stream_->Read(&resp)) return Finish();
-    if (!resp.has_opened()) return grpc::Status(grpc::StatusCode::UNKNOWN, "no `opened`");
-    if (opened) *opened = resp.opened();
-    return grpc::Status::OK;
-  }
-
-  // Sends a request; returns its answer (none if the stream ended).
-  std::optional<v1::SessionResponse> Send(const v1::SessionRequest& r) {
-    v1::SessionResponse resp;
-    if (!stream_->Write(r) || !stream_->Read(&resp)) return std::nullopt;
-    return resp;
+    v1::OpenSession open;
+    open.set_instance_id(id);
+    open.set_access_token(token == kValidToken ? TokenFor(id) : token);
+    open.set_max_context(max_context);
+    *open.mutable_logits() = logits;
+    return SessionClient::Open(open, opened);
   }
 
   std::optional<v1::SessionResponse> Step(uint64_t step_id, const at::Tensor& x, bool all = false,
                                           int64_t truncate_to = -1) {
-    v1::SessionRequest r;
-    r.mutable_step()->set_step_id(step_id);
-    ToWire(x, r.mutable_step()->mutable_hidden());
-    r.mutable_step()->set_all_logits(all);
-    r.mutable_step()->set_truncate_to(truncate_to);
-    return Send(r);
+    return SessionClient::Step(step_id, x, all, truncate_to);
   }
-
-  grpc::Status Close() {
-    v1::SessionRequest r;
-    r.mutable_close();
-    stream_->Write(r);
-    return Finish();
-  }
-
-  grpc::Status Finish() {
-    stream_->WritesDone();
-    v1::SessionResponse ignored;
-    while (stream_->Read(&ignored)) {
-    }
-    return stream_->Finish();
-  }
-
-  grpc::ClientContext& context() { return ctx_; }
-
- private:
-  std::unique_ptr<v1::Inference::Stub> stub_;
-  grpc::ClientContext ctx_;
-  std::unique_ptr<grpc::ClientReaderWriter<v1::SessionRequest, v1::SessionResponse>> stream_;
 };
 
 // o = o'[..., argsort(p_c)] of a step's result.
