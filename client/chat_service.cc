@@ -41,17 +41,16 @@ GenerateOptions ToOptions(const v1::GenerateRequest& req, const ChatServiceOptio
 // While a Chat call runs: once its caller has gone (cancelled, or its
 // deadline passed), interrupts the step in flight on the stip server, so the
 // server stops working for it at once instead of after the step (a long
-// prompt's prefill, say). The generator checks for cancellation between steps.
+// prompt's prefill, say). It goes on interrupting until the call returns, so
+// that a session opened meanwhile (a reconnect) is interrupted too. The
+// generator checks for cancellation between steps.
 class CallerWatch {
  public:
   CallerWatch(grpc::ServerContext* context, Generator& generator)
       : thread_([this, context, &generator] {
           std::unique_lock<std::mutex> lock(mu_);
           while (!done_) {
-            if (context->IsCancelled()) {  // also true once its deadline has passed
-              generator.Interrupt();
-              return;
-            }
+            if (context->IsCancelled()) generator.Interrupt();  // also once its deadline passed
             cv_.wait_for(lock, std::chrono::milliseconds(20));
           }
         }) {}

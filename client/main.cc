@@ -73,7 +73,7 @@ struct ConnectFlags {
     app->add_option("--logits", logits,
                     "how the server sends logits back: fp32 (exact), fp16 (half the bytes; exact "
                     "for a server computing in FP16) or top-k:K (the K largest; exact for greedy "
-                    "decoding and top-k sampling with --top-k <= K)")
+                    "decoding and top-k sampling with --top-k < K)")
         ->capture_default_str();
     app->add_flag("--no-refresh", no_refresh,
                   "never renew the access token or fetch a rotated bundle on our own");

@@ -293,7 +293,8 @@ SessionInfo RemoteSession::Open() {
   return info;
 }
 
-bool RemoteSession::is_open() const { return impl_->open; }
+// An interrupted session is over, even before its stream's end is read.
+bool RemoteSession::is_open() const { return impl_->open && !impl_->interrupted; }
 const SessionInfo& RemoteSession::info() const { return impl_->info; }
 int64_t RemoteSession::context_length() const { return impl_->context_length; }
 

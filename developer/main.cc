@@ -25,6 +25,7 @@
 //              on first start), push it to the servers, serve the Registry
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <iostream>
 #include <optional>
@@ -330,9 +331,18 @@ int ListInstances(const std::string& state_dir) {
 }
 
 int RotateTokenKey(const std::string& state_dir, double keep_previous_hours) {
+  if (!std::isfinite(keep_previous_hours) || keep_previous_hours < 0) {
+    throw InvalidArgument("--keep-previous-hours must be a number of hours >= 0");
+  }
   StateStore state(state_dir);
   const int64_t keep_s = static_cast<int64_t>(keep_previous_hours * 3600);
   StateStore::TokenKeyRotation r = state.RotateTokenSigningKey(keep_s);
+  if (r.dropped_previous > 0) {
+    std::fprintf(stderr,
+                 "%d earlier token key(s) no longer accepted: servers keep at most 16 previous "
+                 "keys\n",
+                 r.dropped_previous);
+  }
   std::printf("%s\n", r.new_key_id.c_str());
   if (keep_s > 0) {
     std::fprintf(stderr,
@@ -495,7 +505,7 @@ int main(int argc, char** argv) {
       rotate_token_key
           ->add_option("--keep-previous-hours", keep_previous_hours,
                        "how long tokens of the old key stay accepted, so that users renew onto "
-                       "the new one on their own (default: the token lifetime)")
+                       "the new one on their own (default: 720, the default token lifetime)")
           ->capture_default_str()
           ->check(CLI::Range(0.0, 24.0 * 3650));
   rotate_token_key

@@ -137,6 +137,16 @@ StateStore::TokenKeyRotation StateStore::RotateTokenSigningKey(int64_t keep_prev
       list.push_back({{"pem", k.key.pem()}, {"accepted_until", k.accepted_until}});
     }
     list.push_back({{"pem", old_key.public_key().pem()}, {"accepted_until", r.old_accepted_until}});
+    // Servers take at most kMaxPreviousTokenKeys (16): the ones that expire
+    // first go.
+    constexpr size_t kMaxPrevious = 16;
+    if (list.size() > kMaxPrevious) {
+      std::sort(list.begin(), list.end(), [](const nlohmann::json& a, const nlohmann::json& b) {
+        return a["accepted_until"].get<int64_t>() > b["accepted_until"].get<int64_t>();
+      });
+      r.dropped_previous = static_cast<int>(list.size() - kMaxPrevious);
+      list.erase(list.begin() + kMaxPrevious, list.end());
+    }
   }
   WriteFileAtomic(previous_token_keys_path(),
                   nlohmann::json{{"version", 1}, {"previous_token_keys", list}}.dump(1) + "\n",

@@ -74,6 +74,7 @@ class StateStore {
   struct TokenKeyRotation {
     std::string old_key_id, new_key_id;
     int64_t old_accepted_until = 0;  // == the rotation's time when it was revoked at once
+    int dropped_previous = 0;  // earlier keys dropped early (at most 16 are kept)
   };
   // Replaces the token signing key with a fresh one; tokens of the old key
   // stay accepted for `keep_previous_s` seconds. 0 (a compromise): tokens of

@@ -159,6 +159,7 @@ class SessionReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, gr
   }
 
   void OnWriteDone(bool ok) override {
+    response_buffer_.Clear();  // an idle session keeps no copy of its last answer
     if (!ok) {
       End(grpc::Status(grpc::StatusCode::CANCELLED, "the stream broke while answering"));
       return;
@@ -238,6 +239,7 @@ class SessionReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, gr
       End(grpc::Status(grpc::StatusCode::INTERNAL, "cannot serialize the session's answer"));
       return;
     }
+    response_.Clear();  // one copy of the answer while it is written: the serialized one
     StartWrite(&response_buffer_);
   }
 

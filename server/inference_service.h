@@ -11,7 +11,8 @@
 //   (drain)   once a retired instance's drain deadline passes, its open
 //             sessions end with that same status (an idle one within a
 //             second, a busy one at its next step)
-//   step   -> result (o' fp32, step_id, context_length) or an in-band error
+//   step   -> result (o' in the session's logits format, step_id, context_length) or an
+//             in-band error
 //             for that step_id; a refused step changes nothing and the
 //             session stays usable
 //   close  -> the stream ends with OK; ending the stream does the same

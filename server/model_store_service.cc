@@ -163,6 +163,11 @@ grpc::Status ModelStoreService::SetAccess(grpc::ServerContext* context,
     for (const v1::RevokedToken& r : request->revoked()) {
       revoked.push_back({r.token_id(), r.expires_at()});
     }
+    if (static_cast<size_t>(request->previous_token_keys_size()) > kMaxPreviousTokenKeys) {
+      throw InvalidArgument(std::to_string(request->previous_token_keys_size()) +
+                            " previous token keys, at most " +
+                            std::to_string(kMaxPreviousTokenKeys));
+    }
     std::vector<auth::PreviousTokenKey> previous;
     for (int i = 0; i < request->previous_token_keys_size(); ++i) {
       const v1::PreviousTokenKey& p = request->previous_token_keys(i);

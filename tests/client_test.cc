@@ -20,6 +20,7 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <limits>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <thread>
@@ -408,16 +409,17 @@ TEST(LogitsTransport, FormatsParseAndMalformedResultsAreRefused) {
   EXPECT_EQ(EncodeLogits(row, fp16).values.scalar_type(), at::kHalf);
 }
 
-// Greedy decoding and top-k sampling with top_k <= K are exact with a top-k
+// Greedy decoding and top-k sampling with top_k < K are exact with a top-k
 // format: the same tokens as with full logits (and as transformers); other
-// sampling settings are refused before any work, naming what to change.
+// sampling settings are refused before any work, naming what to change; a
+// tie that reaches the K-th logit is reported, not sampled.
 TEST(LogitsTransport, TopKIsExactWhereItSaysAndRefusesTheRest) {
   const Instance& in = Instances::Get()["kjv-llama"];
   auto with = [&](const std::string& format) {
     return std::make_unique<Generator>(
         in.bundle, std::make_unique<LocalServerBackend>(in.server, 0, LogitsFormat::Parse(format)));
   };
-  GenerateResult r = with("top-k:4")->Generate(kPrompt, Greedy(40));
+  GenerateResult r = with("top-k:2")->Generate(kPrompt, Greedy(40));
   EXPECT_EQ(Concat(r.prompt_ids, r.token_ids), in.greedy_ids);
   EXPECT_EQ(std::string(kPrompt) + r.text, in.greedy_text);
 
@@ -428,7 +430,7 @@ TEST(LogitsTransport, TopKIsExactWhereItSaysAndRefusesTheRest) {
   o.sampling.top_p = 0.9;
   o.sampling.seed = 77;
   GenerateResult full = LocalGenerator(in)->Generate(kPrompt, o);
-  EXPECT_EQ(with("top-k:4")->Generate(kPrompt, o).token_ids, full.token_ids);
+  EXPECT_EQ(with("top-k:5")->Generate(kPrompt, o).token_ids, full.token_ids);
   EXPECT_EQ(with("top-k:64")->Generate(kPrompt, o).token_ids, full.token_ids);
   EXPECT_EQ(with("fp16")->Generate(kPrompt, Greedy(40)).token_ids, r.token_ids);
 
@@ -437,8 +439,8 @@ TEST(LogitsTransport, TopKIsExactWhereItSaysAndRefusesTheRest) {
     std::string needle;
   };
   const std::vector<Refused> refused = {
-      {[](SamplingOptions& s) { s.top_k = 0; }, "top_k in 1..4, got top_k 0 (off)"},
-      {[](SamplingOptions& s) { s.top_k = 5; }, "top_k in 1..4, got top_k 5"},
+      {[](SamplingOptions& s) { s.top_k = 0; }, "top_k in 1..3, got top_k 0 (off)"},
+      {[](SamplingOptions& s) { s.top_k = 4; }, "top_k in 1..3, got top_k 4"},
       {[](SamplingOptions& s) { s.repetition_penalty = 1.1; }, "repetition penalty"},
       {[](SamplingOptions& s) {
          s.greedy = true;
@@ -465,8 +467,32 @@ TEST(LogitsTransport, TopKIsExactWhereItSaysAndRefusesTheRest) {
   penalized.sampling.repetition_penalty = 1.1;
   penalized.max_new_tokens = 3;
   EXPECT_NO_THROW(with("fp16")->Generate(kPrompt, penalized));
-  // K beyond the vocabulary: refused when the session opens.
+  // K beyond the vocabulary: refused when the session opens; K = 1 cannot
+  // show a tie for the largest logit.
   EXPECT_THROW(with("top-k:100000")->Generate(kPrompt, Greedy(2)), Error);
+  EXPECT_THROW(with("top-k:1")->Generate(kPrompt, Greedy(2)), Error);
+
+  // Ties reaching the K-th logit (common with BF16 logits): not exact, said so.
+  const LogitsFormat top4 = LogitsFormat::Parse("top-k:4");
+  SamplingOptions greedy;
+  greedy.greedy = true;
+  SamplingOptions top2;
+  top2.top_k = 2;
+  const float inf = std::numeric_limits<float>::infinity();
+  at::Tensor clear = at::tensor({5.0f, -inf, 4.0f, 3.0f, -inf, 2.0f, -inf});
+  EXPECT_NO_THROW(CheckTopKRowExact(clear, top4, greedy));
+  EXPECT_NO_THROW(CheckTopKRowExact(clear, top4, top2));
+  at::Tensor tied = at::tensor({5.0f, -inf, 4.0f, 4.0f, -inf, 4.0f, -inf});  // 4 = the K-th
+  EXPECT_NO_THROW(CheckTopKRowExact(tied, top4, greedy));                    // the largest is clear
+  try {
+    CheckTopKRowExact(tied, top4, top2);
+    ADD_FAILURE() << "a tie with the top_k-th logit was accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kFailedPrecondition);
+    EXPECT_NE(std::string(e.what()).find("would not be exact"), std::string::npos) << e.what();
+  }
+  at::Tensor all_tied = at::tensor({4.0f, -inf, 4.0f, 4.0f, -inf, 4.0f, -inf});
+  EXPECT_THROW(CheckTopKRowExact(all_tied, top4, greedy), Error);
 }
 
 TEST(Generator, CancelledAnswerStaysAndTheNextTurnContinues) {

@@ -670,11 +670,11 @@ int main(int argc, char** argv) {
       ->group("");
   CLI11_PARSE(app, argc, argv);
   g_kv_pool = kv_cache == "pool";
-  if (e2e.logits_formats.empty()) throw InvalidArgument("--e2e-logits needs at least one format");
-  for (const std::string& f : e2e.logits_formats) LogitsFormat::Parse(f);  // fail before work
   const bool decode_input_host = decode_input == "host";
 
   try {
+    if (e2e.logits_formats.empty()) throw InvalidArgument("--e2e-logits needs at least one format");
+    for (const std::string& f : e2e.logits_formats) LogitsFormat::Parse(f);  // fail before work
     if (!probe_dir.empty()) return ClientRssProbe(probe_dir);
     const std::set<std::string> want(sections.begin(), sections.end());
     for (const std::string& s : want) {

@@ -203,13 +203,15 @@ TokenCheck VerifyTokenWithKeys(const PublicKey& current,
   if (!claimed) return check;
   for (const PreviousTokenKey& p : previous) {
     if (p.key.key_id() != claimed->key_id) continue;
-    if (now >= p.accepted_until) {
+    TokenCheck with_previous = VerifyToken(p.key, token, instance, now, is_revoked);
+    // Why it is refused is said only to the holder of a genuine token.
+    if (with_previous.verdict != TokenVerdict::kBadSignature && now >= p.accepted_until) {
       return Refuse(TokenVerdict::kBadSignature,
                     "the access token was signed by token key " + p.key.key_id() +
                         ", which the developer replaced (accepted until " +
                         FormatUnixUtc(p.accepted_until) + "); ask the developer for a new one");
     }
-    return VerifyToken(p.key, token, instance, now, is_revoked);
+    return with_previous;
   }
   return check;
 }

@@ -195,19 +195,45 @@ at::Tensor DecodeLogits(const v1::StepResult& r, const LogitsFormat& f, int64_t 
 void CheckSamplingExact(const LogitsFormat& f, const SamplingOptions& s) {
   if (f.kind != LogitsFormat::Kind::kTopK) return;
   const std::string k = std::to_string(f.top_k);
+  const std::string k1 = std::to_string(f.top_k - 1);
   const std::string why =
       "with logits format " + f.ToString() + " (only the " + k + " largest logits come back) ";
+  if (f.top_k < 2) {
+    throw InvalidArgument(why +
+                          "a tie for the largest logit cannot be told apart from a token that "
+                          "was not sent: use K >= 2 (e.g. top-k:64)");
+  }
   if (s.repetition_penalty != 1.0) {
     throw InvalidArgument(why +
                           "a repetition penalty is not exact (it can lift tokens that were not "
                           "sent into the top): drop it, or use logits format fp32 or fp16");
   }
   if (s.greedy || s.temperature <= 0) return;
-  if (s.top_k < 1 || s.top_k > f.top_k) {
-    throw InvalidArgument(why + "sampling is exact only with top_k in 1.." + k + ", got top_k " +
+  if (s.top_k < 1 || s.top_k >= f.top_k) {
+    throw InvalidArgument(why + "sampling is exact only with top_k in 1.." + k1 + ", got top_k " +
                           std::to_string(s.top_k) + (s.top_k == 0 ? " (off)" : "") +
-                          ": set top_k, decode greedily, or use logits format fp32 or fp16");
+                          ": set top_k, decode greedily, or use a larger K or logits format "
+                          "fp32 or fp16");
   }
+}
+
+void CheckTopKRowExact(const at::Tensor& row, const LogitsFormat& f, const SamplingOptions& s) {
+  if (f.kind != LogitsFormat::Kind::kTopK) return;
+  const int64_t vocab = row.numel();
+  if (f.top_k >= vocab) return;  // everything was sent
+  const bool greedy = s.greedy || s.temperature <= 0;
+  const at::Tensor sent = std::get<0>(row.reshape({-1}).topk(f.top_k));  // largest first
+  const int64_t rank = greedy ? 1 : s.top_k;  // the sampler's threshold: the rank-th largest
+  const float threshold = sent[rank - 1].item<float>();
+  const float smallest = sent[f.top_k - 1].item<float>();
+  if (smallest < threshold) return;
+  throw FailedPrecondition(
+      "with logits format " + f.ToString() + " the " + std::to_string(f.top_k) +
+      " logits the server sent for this token reach down to the " +
+      (greedy ? std::string("largest") : "top_k-th largest (" + std::to_string(rank) + ")") +
+      " in a tie, so tokens that were not sent may tie with them too and " +
+      (greedy ? "greedy decoding" : "sampling") +
+      " would not be exact: use a larger K, or logits format fp32 or fp16");
 }
 
 }  // namespace stip

@@ -4,7 +4,8 @@
 //   fp16      half the bytes; exact where the server computes in FP16
 //   top-k:K   the K largest entries of each row and their indices: ~8 K bytes
 //             per token instead of 4 x vocab; exact for greedy decoding and
-//             for top-k sampling with top_k <= K (CheckSamplingExact)
+//             for top-k sampling with top_k < K (CheckSamplingExact), as long
+//             as no tie reaches the K-th entry (CheckTopKRowExact)
 //
 // The server encodes on the device it computed on, so only the kept bytes
 // cross to the host; the client decodes into a dense [rows, vocab] FP32
@@ -65,7 +66,16 @@ at::Tensor DecodeLogits(const v1::StepResult& result, const LogitsFormat& format
 // Throws kInvalidArgument, naming the option to change, where sampling with
 // `sampling` from logits sent in `format` could pick differently than from
 // the full logits (top-k formats: only greedy decoding and top-k sampling
-// with top_k <= K, without a repetition penalty, are exact).
+// with top_k < K, without a repetition penalty, and K >= 2).
 void CheckSamplingExact(const LogitsFormat& format, const SamplingOptions& sampling);
+
+// For a top-k format, per token: `row` is the dense logits row (DecodeLogits,
+// -inf where not sent). The sampler keeps every token whose logit reaches its
+// threshold (the largest for greedy decoding, the top_k-th largest when
+// sampling); that choice is the full logits' only if the smallest value sent
+// is below the threshold -- otherwise a token that was not sent may tie with
+// it. Throws kFailedPrecondition saying so (a larger K or fp32 avoids it).
+void CheckTopKRowExact(const at::Tensor& row, const LogitsFormat& format,
+                       const SamplingOptions& sampling);
 
 }  // namespace stip
