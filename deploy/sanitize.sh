@@ -3,8 +3,9 @@
 # Usage: deploy/sanitize.sh [asan|tsan] [--build-only] [extra ctest args...]
 #   STIP_SANITIZE_TARGETS="format_test tokenizer_test": build and run only those.
 #   asan: -fsanitize=address,undefined into build-asan/, runs the whole suite.
-#   tsan: -fsanitize=thread into build-tsan/, runs the server's concurrency
-#         tests (server_test, hostile_input_test, e2e sessions and batching).
+#   tsan: -fsanitize=thread into build-tsan/, runs the concurrency tests
+#         (server_test, hostile_input_test, the client's sessions and Chat
+#         service, e2e sessions and batching).
 # Reports of third-party code (LibTorch, gRPC, OpenBLAS: not instrumented) are
 # suppressed by deploy/sanitizers/*.supp, one comment per entry saying why.
 # Slow: a full ASan build takes ~an hour on 2 cores; ccache makes reruns fast.
@@ -38,8 +39,10 @@ case "$MODE" in
     BUILD_DIR=${STIP_BUILD_DIR:-build-tsan}
     SANITIZE="thread"
     # The in-process server suites (sessions, batching, uploads, reaper,
-    # shutdown) and the concurrent three-process test.
-    TESTS=(-R "^(ServerTest|HostileInputTest|ThreePartiesTest\.Concurrent)")
+    # shutdown), the client's sessions and Chat service (reconnects, the
+    # caller watch that interrupts a step) and the concurrent three-process
+    # test.
+    TESTS=(-R "^(ServerTest|HostileInputTest|ChatService|RemoteSession|ThreePartiesTest\.Concurrent)")
     export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:suppressions=$SUPP/tsan.supp:${TSAN_OPTIONS:-}"
     ;;
   *) echo "usage: $0 [asan|tsan] [--build-only] [ctest args...]" >&2; exit 2 ;;
@@ -58,8 +61,8 @@ if [[ -n "${STIP_SANITIZE_TARGETS:-}" ]]; then
   read -r -a targets <<<"$STIP_SANITIZE_TARGETS"
   cmake --build "$BUILD_DIR" -j "$JOBS" --target "${targets[@]}"
 elif [[ "$MODE" == tsan ]]; then
-  cmake --build "$BUILD_DIR" -j "$JOBS" --target server_test hostile_input_test e2e_test \
-    stip-server stip-developer stip-client stip-generate
+  cmake --build "$BUILD_DIR" -j "$JOBS" --target server_test hostile_input_test client_test \
+    e2e_test stip-server stip-developer stip-client stip-generate
 else
   cmake --build "$BUILD_DIR" -j "$JOBS"
 fi
