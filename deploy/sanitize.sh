@@ -43,7 +43,7 @@ case "$MODE" in
     # caller watch that interrupts a step) and the concurrent three-process
     # test.
     TESTS=(-R "^(ServerTest|HostileInputTest|ChatService|RemoteSession|ThreePartiesTest\.Concurrent)")
-    export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:suppressions=$SUPP/tsan.supp:${TSAN_OPTIONS:-}"
+    export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:ignore_noninstrumented_modules=1:suppressions=$SUPP/tsan.supp:${TSAN_OPTIONS:-}"
     ;;
   *) echo "usage: $0 [asan|tsan] [--build-only] [ctest args...]" >&2; exit 2 ;;
 esac

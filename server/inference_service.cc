@@ -159,6 +159,10 @@ class SessionReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, gr
   }
 
   void OnWriteDone(bool ok) override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      writing_ = false;
+    }
     response_buffer_.Clear();  // an idle session keeps no copy of its last answer
     if (!ok) {
       End(grpc::Status(grpc::StatusCode::CANCELLED, "the stream broke while answering"));
@@ -240,6 +244,14 @@ class SessionReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, gr
       return;
     }
     response_.Clear();  // one copy of the answer while it is written: the serialized one
+    {
+      // Orders everything this thread did for the session (a scheduler
+      // thread's step included) before OnWriteDone, the next read and the
+      // reaper, which all take mu_: gRPC's own handoff of the write is
+      // invisible to ThreadSanitizer.
+      std::lock_guard<std::mutex> lock(mu_);
+      writing_ = true;
+    }
     StartWrite(&response_buffer_);
   }
 
@@ -516,6 +528,7 @@ class SessionReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, gr
   bool finished_ = false;
   bool cancelled_ = false;
   bool awaiting_read_ = false;
+  bool writing_ = false;  // an answer is with gRPC
   Clock::time_point read_posted_at_;
   const LoadedModel* drain_model_ = nullptr;  // the open session's model (the lease keeps it)
 
