@@ -124,9 +124,15 @@ class SessionReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, gr
         grpc::SerializationTraits<v1::SessionRequest>::Deserialize(&request_buffer_, &request_)
             .ok();
     if (!parsed) {
-      End(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                       "malformed session message: " + std::to_string(bytes) +
-                           " bytes that do not parse as a stip.v1.SessionRequest"));
+      End(static_cast<int64_t>(bytes) > svc_->max_message_bytes
+              ? grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                             "session message of " + std::to_string(bytes) +
+                                 " bytes exceeds the message size limit of " +
+                                 std::to_string(svc_->max_message_bytes) +
+                                 " bytes (server's --max-message-bytes)")
+              : grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                             "malformed session message: " + std::to_string(bytes) +
+                                 " bytes that do not parse as a stip.v1.SessionRequest"));
       return;
     }
     if (static_cast<int64_t>(bytes) > svc_->max_message_bytes) {

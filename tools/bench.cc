@@ -817,13 +817,22 @@ int main(int argc, char** argv) {
       ClientModel client(cc, cw);
       ClientPermuter perm(RandomPermutation(client_d), RandomPermutation(client_vocab));
       at::Tensor logits = at::randn({1, client_vocab}, gen);
-      Sampler greedy(SamplingOptions{true, 1, 0, 1, 1, 0});
+      SamplingOptions greedy_options;
+      greedy_options.greedy = true;
+      Sampler greedy(greedy_options);
       SamplingOptions so;
       so.temperature = 0.8;
       so.top_p = 0.9;
       so.seed = 1;
       Sampler nucleus(so);
-      std::vector<double> t_embed, t_perm, t_unperm, t_greedy, t_topp, t_total;
+      std::vector<double> t_embed, t_perm, t_unperm, t_greedy, t_topp, t_total, t_topk_check;
+      // A row as the client decodes it with logits format top-k:64: -inf but 64.
+      at::Tensor topk_row =
+          at::full({client_vocab}, -std::numeric_limits<float>::infinity(), at::kFloat);
+      {
+        auto [v, i] = logits[0].topk(64);
+        topk_row.index_put_({i}, v);
+      }
       int64_t id = 17;
       const std::vector<int64_t> history;
       for (int i = 0; i < client_reps + 10; ++i) {
@@ -838,6 +847,11 @@ int main(int argc, char** argv) {
         auto t4 = Clock::now();
         if (i % 10 == 0) nucleus.Next(o, history);  // slow: sorts the vocabulary
         auto t5 = Clock::now();
+#ifdef STIP_WITH_GRPC
+        // With logits format top-k:64, the per-token tie check of the client.
+        CheckTopKRowExact(topk_row, LogitsFormat{LogitsFormat::Kind::kTopK, 64}, greedy_options);
+        if (i >= 10) t_topk_check.push_back(Ms(t5, Clock::now()));
+#endif
         (void)xp;
         if (i < 10) continue;  // warm-up
         t_embed.push_back(Ms(t0, t1));
@@ -860,6 +874,11 @@ int main(int argc, char** argv) {
                        {"stip_overhead_ms_per_token", stip_only},
                        {"client_work_ms_per_token", work},
                        {"client_work_ms_per_token_measured", Median(t_total)}};
+      if (!t_topk_check.empty()) {
+        out["client"]["topk64_tie_check_ms"] = Median(t_topk_check);
+        std::fprintf(stderr, "client: with --logits top-k:64, the tie check adds %.4f ms/token\n",
+                     Median(t_topk_check));
+      }
       std::fprintf(stderr,
                    "client d=%lld V=%lld: embed %.4f + permute %.4f + un-permute %.4f + greedy "
                    "%.4f = %.4f ms/token (STIP's share %.4f ms); top-p sampling %.3f ms\n",

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdlib>
+#include <functional>
 #include <limits>
 #include <vector>
 
@@ -222,10 +223,23 @@ void CheckTopKRowExact(const at::Tensor& row, const LogitsFormat& f, const Sampl
   const int64_t vocab = row.numel();
   if (f.top_k >= vocab) return;  // everything was sent
   const bool greedy = s.greedy || s.temperature <= 0;
-  const at::Tensor sent = std::get<0>(row.reshape({-1}).topk(f.top_k));  // largest first
   const int64_t rank = greedy ? 1 : s.top_k;  // the sampler's threshold: the rank-th largest
-  const float threshold = sent[rank - 1].item<float>();
-  const float smallest = sent[f.top_k - 1].item<float>();
+  // One pass for the values that were sent (all but -inf; those that were
+  // -inf themselves count as -inf either way): cheaper than a top-k of the
+  // vocabulary per token.
+  const at::Tensor c = row.to(at::kCPU, at::kFloat).contiguous();
+  const float* p = c.data_ptr<float>();
+  const float minus_inf = -std::numeric_limits<float>::infinity();
+  std::vector<float> sent;
+  sent.reserve(static_cast<size_t>(f.top_k));
+  for (int64_t i = 0; i < vocab; ++i) {
+    if (p[i] != minus_inf) sent.push_back(p[i]);
+  }
+  if (static_cast<int64_t>(sent.size()) < f.top_k)
+    sent.resize(static_cast<size_t>(f.top_k), minus_inf);
+  std::nth_element(sent.begin(), sent.begin() + (rank - 1), sent.end(), std::greater<float>());
+  const float threshold = sent[static_cast<size_t>(rank - 1)];
+  const float smallest = *std::min_element(sent.begin(), sent.end());
   if (smallest < threshold) return;
   throw FailedPrecondition(
       "with logits format " + f.ToString() + " the " + std::to_string(f.top_k) +
