@@ -8,6 +8,11 @@
 #   deploy/build-gpu.sh --no-tests      skip ctest
 #   deploy/build-gpu.sh --no-bench      build (and test) only
 #   deploy/build-gpu.sh --no-hf         skip the Hugging Face peer
+#   deploy/build-gpu.sh --repro-llama-b64  instead of the benchmarks: the LLaMA-7B
+#                                        batch-64 decode that once stopped on a
+#                                        device-side index assertion, with
+#                                        CUDA_LAUNCH_BLOCKING=1, CUDA graphs on
+#                                        then off (logs in the bench output dir)
 #   deploy/build-gpu.sh fetch-debs DIR  (on a machine WITH network, same distro
 #                                        family) download the -dev packages below
 #                                        into DIR, to carry to an offline GPU box
@@ -46,9 +51,10 @@ if [[ "${1:-}" == fetch-debs ]]; then
   exit 0
 fi
 
-RUN_TESTS=1 RUN_BENCH=1 RUN_HF=1
+RUN_TESTS=1 RUN_BENCH=1 RUN_HF=1 REPRO_LLAMA_B64=0
 for a in "$@"; do
   case "$a" in
+    --repro-llama-b64) REPRO_LLAMA_B64=1 RUN_TESTS=0 ;;
     --no-tests) RUN_TESTS=0 ;;
     --no-bench) RUN_BENCH=0 ;;
     --no-hf) RUN_HF=0 ;;
@@ -204,6 +210,21 @@ mkdir -p "$OUT_DIR"
 BENCH="$BUILD_DIR/tools/stip-bench"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader \
   >"$OUT_DIR/gpu.txt" 2>/dev/null || true
+
+if ((REPRO_LLAMA_B64)); then
+  # The run of 2026-11-26 that failed: after the forward and batch-1 phases,
+  # 2 reps x 68 decode steps at batch 64. Synchronous launches name the kernel.
+  for graphs in 1 0; do
+    echo "build-gpu: llama-7b batch 64, STIP_CUDA_GRAPHS=$graphs, CUDA_LAUNCH_BLOCKING=1"
+    CUDA_LAUNCH_BLOCKING=1 STIP_CUDA_GRAPHS=$graphs "$BENCH" --device cuda --dtype float16 \
+      --preset llama-7b --sections engine --batch 8 --tokens 16 --reps 1 --decode-batches 1,64 \
+      --context 128 --warmup 4 --steps 64 --decode-reps 2 \
+      >"$OUT_DIR/repro_llama_b64_graphs$graphs.json" 2>"$OUT_DIR/repro_llama_b64_graphs$graphs.txt" \
+      && echo "  finished" || echo "  FAILED (exit $?): see $OUT_DIR/repro_llama_b64_graphs$graphs.txt"
+    tail -5 "$OUT_DIR/repro_llama_b64_graphs$graphs.txt"
+  done
+  exit 0
+fi
 
 # Shapes as bench_hf.py: forward 100 x 100; GPT-2 decode at batch 1 and 64
 # after a 128-token prompt, 128 new tokens; LLaMA-7B decode at batch 1 after
