@@ -18,9 +18,10 @@ LocalServerBackend::LocalServerBackend(std::shared_ptr<const ServerModel> model,
 SessionInfo LocalServerBackend::Open() {
   Close();
   const ModelConfig& c = model_->config();
-  if (logits_format_.kind == LogitsFormat::Kind::kTopK && logits_format_.top_k > c.vocab_size) {
-    throw InvalidArgument("logits format " + logits_format_.ToString() + ": K exceeds the " +
-                          std::to_string(c.vocab_size) + " entries of the vocabulary");
+  {
+    v1::LogitsFormat asked;  // checked as a stip server checks an open
+    LogitsFormatToProto(logits_format_, &asked);
+    LogitsFormatFromProto(asked, c.vocab_size);
   }
   info_ = SessionInfo{};
   info_.session_id = "local-" + std::to_string(++sessions_);

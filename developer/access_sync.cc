@@ -28,15 +28,15 @@ AccessSync::~AccessSync() {
   if (thread_.joinable()) thread_.join();
 }
 
-void AccessSync::SyncServer(const std::string& server, const std::string& digest) {
-  std::vector<auth::RevokedToken> revoked = users_.RevokedTokens();
+void AccessSync::SyncServer(const std::string& server, const std::string& digest,
+                            const std::vector<auth::PreviousTokenKey>& previous,
+                            const std::vector<auth::RevokedToken>& revoked) {
   std::set<std::string> ours;
   for (const InstanceInfo& i : state_.ListInstances()) ours.insert(i.instance_id);
   auto channel = MakeChannel(server, tls_, "stip-developer");
   for (const v1::ModelInfo& m : ListServerModels(channel)) {
     if (!ours.count(m.instance_id())) continue;
-    v1::AccessInfo info = PushAccess(channel, m.instance_id(), key_pem_,
-                                     state_.PreviousTokenKeys(auth::NowUnix()), revoked);
+    v1::AccessInfo info = PushAccess(channel, m.instance_id(), key_pem_, previous, revoked);
     spdlog::info("server {}: instance {} accepts tokens of key {}; {} revoked token(s)", server,
                  info.instance_id(), info.token_key_id(), info.revoked_tokens());
   }
@@ -45,12 +45,15 @@ void AccessSync::SyncServer(const std::string& server, const std::string& digest
 
 int AccessSync::SyncOnce(bool strict) {
   // What the servers should hold: the key, the previous keys still accepted
-  // (one drops out when its time is up) and the revocation list.
+  // (one drops out when its time is up) and the revocation list, read once
+  // per round: what is pushed is what the digest names.
+  const std::vector<auth::PreviousTokenKey> previous = state_.PreviousTokenKeys(auth::NowUnix());
+  const std::vector<auth::RevokedToken> revoked = users_.RevokedTokens();
   std::string digest = key_pem_;
-  for (const auth::PreviousTokenKey& p : state_.PreviousTokenKeys(auth::NowUnix())) {
+  for (const auth::PreviousTokenKey& p : previous) {
     digest += "\nprevious " + p.key.key_id() + " " + std::to_string(p.accepted_until);
   }
-  for (const auth::RevokedToken& r : users_.RevokedTokens()) {
+  for (const auth::RevokedToken& r : revoked) {
     digest += "\n" + r.token_id + " " + std::to_string(r.expires_at);
   }
   digest = Sha256Hex(digest);
@@ -59,7 +62,7 @@ int AccessSync::SyncOnce(bool strict) {
     auto it = synced_.find(server);
     if (it != synced_.end() && it->second == digest) continue;
     try {
-      SyncServer(server, digest);
+      SyncServer(server, digest, previous, revoked);
     } catch (const Error& e) {
       if (strict) throw Error(e.code(), "registering access with " + server + ": " + e.what());
       spdlog::warn("server {}: cannot register access (will retry): {}", server, e.what());

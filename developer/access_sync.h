@@ -14,6 +14,7 @@
 #include <thread>
 #include <vector>
 
+#include "common/auth/access_token.h"
 #include "common/rpc/tls.h"
 
 namespace stip {
@@ -36,7 +37,9 @@ class AccessSync {
   void Start(double interval_s);
 
  private:
-  void SyncServer(const std::string& server, const std::string& digest);
+  void SyncServer(const std::string& server, const std::string& digest,
+                  const std::vector<auth::PreviousTokenKey>& previous,
+                  const std::vector<auth::RevokedToken>& revoked);
 
   const StateStore& state_;
   const UserRegistry& users_;

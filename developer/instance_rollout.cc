@@ -73,6 +73,7 @@ bool InstanceRollout::Deploy(const Rotation& r) {
   }
   std::set<std::string>& done = deployed_[r.id];
   const std::vector<auth::RevokedToken> revoked = users_.RevokedTokens();
+  const std::vector<auth::PreviousTokenKey> previous = state_.PreviousTokenKeys(auth::NowUnix());
   for (const std::string& server : servers_) {
     if (done.count(server)) continue;
     try {
@@ -80,7 +81,7 @@ bool InstanceRollout::Deploy(const Rotation& r) {
       retry.max_seconds = 2;  // the next round tries again
       PushResult p = EnsureModelOnServer(server, tls_, r.to, state_.ServerDir(r.to), {}, retry);
       auto channel = MakeChannel(server, tls_, "stip-developer");
-      PushAccess(channel, r.to, key_pem_, state_.PreviousTokenKeys(auth::NowUnix()), revoked);
+      PushAccess(channel, r.to, key_pem_, previous, revoked);
       spdlog::info("server {}: instance {} of group \"{}\" {}, token key registered", server, r.to,
                    r.group,
                    p.already_stored ? "already stored"

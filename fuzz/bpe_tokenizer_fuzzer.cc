@@ -16,6 +16,7 @@
 #include "common/error.h"
 #include "common/tokenizer/internal.h"
 #include "common/tokenizer/tokenizer.h"
+#include "fuzz/tokenizer_checks.h"
 
 namespace {
 
@@ -46,40 +47,17 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (ValidUtf8(text)) abort();  // valid text must always encode
     ids.clear();
   }
-  for (int64_t id : ids) {
-    if (id < 0 || id >= tok.vocab_size()) abort();
-  }
+  stip::fuzz::CheckInVocabulary(tok, ids);
   if (ValidUtf8(text) && tok.Decode(ids) != text) abort();  // byte-level BPE loses nothing
 
   stip::EncodeOptions special;
   special.allow_special = mode & 1;
   special.add_special_tokens = mode & 2;
   try {
-    for (int64_t id : tok.Encode(text, special)) {
-      if (id < 0 || id >= tok.vocab_size()) abort();
-    }
+    stip::fuzz::CheckInVocabulary(tok, tok.Encode(text, special));
   } catch (const stip::Error&) {
   }
 
-  // The bytes as ids (2 bytes each, some beyond the vocabulary).
-  std::vector<int64_t> raw;
-  for (size_t i = 1; i + 1 < size; i += 2) {
-    raw.push_back(static_cast<int64_t>(data[i] | (data[i + 1] << 8)) - (mode & 4 ? 100 : 0));
-  }
-  try {
-    tok.Decode(raw, mode & 8);
-  } catch (const stip::Error&) {
-  }
-  stip::StreamDecoder stream(tok);
-  std::string streamed;
-  try {
-    for (int64_t id : raw) {
-      std::string piece = stream.Push(id);
-      if (stip::CompleteUtf8Prefix(piece) != piece.size()) abort();
-      streamed += piece;
-    }
-    streamed += stream.Flush();
-  } catch (const stip::Error&) {
-  }
+  stip::fuzz::CheckDecodingArbitraryIds(tok, stip::fuzz::IdsFromBytes(data, size, mode), mode);
   return 0;
 }

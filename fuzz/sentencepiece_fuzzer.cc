@@ -13,6 +13,7 @@
 #include "common/error.h"
 #include "common/tokenizer/sentencepiece_tokenizer.h"
 #include "common/tokenizer/tokenizer.h"
+#include "fuzz/tokenizer_checks.h"
 
 namespace {
 
@@ -35,28 +36,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   o.add_special_tokens = mode & 2;
   try {
     std::vector<int64_t> ids = tok.Encode(text, o);
-    for (int64_t id : ids) {
-      if (id < 0 || id >= tok.vocab_size()) abort();
-    }
+    stip::fuzz::CheckInVocabulary(tok, ids);
     tok.Decode(ids, mode & 8);
   } catch (const stip::Error&) {
   }
-  std::vector<int64_t> raw;
-  for (size_t i = 1; i + 1 < size; i += 2) {
-    raw.push_back(static_cast<int64_t>(data[i] | (data[i + 1] << 8)) - (mode & 4 ? 100 : 0));
-  }
-  try {
-    tok.Decode(raw, mode & 8);
-  } catch (const stip::Error&) {
-  }
-  stip::StreamDecoder stream(tok);
-  try {
-    for (int64_t id : raw) {
-      std::string piece = stream.Push(id);
-      if (stip::CompleteUtf8Prefix(piece) != piece.size()) abort();
-    }
-    stream.Flush();
-  } catch (const stip::Error&) {
-  }
+  stip::fuzz::CheckDecodingArbitraryIds(tok, stip::fuzz::IdsFromBytes(data, size, mode), mode);
   return 0;
 }

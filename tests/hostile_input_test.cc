@@ -39,9 +39,10 @@
 #include "server/batch_scheduler.h"
 #include "server/stip_server.h"
 #include "stip/v1/stip.grpc.pb.h"
-#include "tests/temp_dir.h"
 #include "tests/session_client.h"
+#include "tests/temp_dir.h"
 #include "tests/test_util.h"
+#include "tests/tls_channel.h"
 
 namespace stip::server {
 namespace {
@@ -420,17 +421,8 @@ class HostileInputTest : public ::testing::Test {
     o.store.dtype = "float32";
     o.inference.idle_timeout_s = 0;
     server_ = std::make_unique<StipServer>(o);
-    channel_ = TlsChannel(server_->port(), "");
-    admin_ = TlsChannel(server_->admin_port(), "developer");
-  }
-  std::shared_ptr<grpc::Channel> TlsChannel(int port, const std::string& cert) const {
-    TlsOptions tls;
-    tls.ca_file = JoinPath(pki_, "ca.pem");
-    if (!cert.empty()) {
-      tls.cert_file = JoinPath(pki_, cert + ".pem");
-      tls.key_file = JoinPath(pki_, cert + ".key");
-    }
-    return MakeChannel("localhost:" + std::to_string(port), tls, "test");
+    channel_ = test::PkiChannel(pki_, server_->port());
+    admin_ = test::PkiChannel(pki_, server_->admin_port(), "developer");
   }
   std::string ModelsDir() const { return JoinPath(store_->path(), "models"); }
 

@@ -36,6 +36,7 @@
 #include "stip/v1/stip.grpc.pb.h"
 #include "tests/session_client.h"
 #include "tests/test_util.h"
+#include "tests/tls_channel.h"
 
 namespace stip::server {
 namespace {
@@ -1364,13 +1365,7 @@ TEST_F(ServerTest, TlsEndToEndAndOnlyTheDevelopersCertificateChangesTheStore) {
   o.admin.allowed_common_names = {"stip-developer"};
   server_ = std::make_unique<StipServer>(o);
   auto tls_channel = [&](int port, const std::string& cert) {
-    TlsOptions tls;
-    tls.ca_file = JoinPath(dir, "ca.pem");
-    if (!cert.empty()) {
-      tls.cert_file = JoinPath(dir, cert + ".pem");
-      tls.key_file = JoinPath(dir, cert + ".key");
-    }
-    return MakeChannel("localhost:" + std::to_string(port), tls, "test");
+    return test::PkiChannel(dir, port, cert);
   };
   auto list = [](const std::shared_ptr<grpc::Channel>& ch) {
     auto stub = v1::ModelStore::NewStub(ch);
