@@ -142,7 +142,6 @@ struct RemoteSession::Impl {
     }
   }
 
-  // Half-closes and waits (bounded) for the server to end the stream.
   // Replaces the stream's context; Interrupt may read it from another thread.
   std::mutex context_mu;
   std::atomic<bool> interrupted{false};
@@ -151,6 +150,7 @@ struct RemoteSession::Impl {
     context = std::move(c);
   }
 
+  // Half-closes and waits (bounded) for the server to end the stream.
   void Shutdown(bool send_close) {
     if (!stream) return;
     if (send_close) {

@@ -123,29 +123,23 @@ class SessionReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, gr
     const bool parsed =
         grpc::SerializationTraits<v1::SessionRequest>::Deserialize(&request_buffer_, &request_)
             .ok();
-    if (!parsed) {
-      End(static_cast<int64_t>(bytes) > svc_->max_message_bytes
-              ? grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                             "session message of " + std::to_string(bytes) +
-                                 " bytes exceeds the message size limit of " +
-                                 std::to_string(svc_->max_message_bytes) +
-                                 " bytes (server's --max-message-bytes)")
-              : grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                             "malformed session message: " + std::to_string(bytes) +
-                                 " bytes that do not parse as a stip.v1.SessionRequest"));
-      return;
-    }
     if (static_cast<int64_t>(bytes) > svc_->max_message_bytes) {
       const std::string what =
           "message of " + std::to_string(bytes) + " bytes exceeds the message size limit of " +
           std::to_string(svc_->max_message_bytes) + " bytes (server's --max-message-bytes)";
-      if (opened_ && request_.has_step()) {
+      if (parsed && opened_ && request_.has_step()) {
         SendStepError(request_.step().step_id(),
                       grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
                                    "step " + what + "; send the prompt in shorter steps"));
       } else {
         End(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "session " + what));
       }
+      return;
+    }
+    if (!parsed) {
+      End(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                       "malformed session message: " + std::to_string(bytes) +
+                           " bytes that do not parse as a stip.v1.SessionRequest"));
       return;
     }
     switch (request_.kind_case()) {
