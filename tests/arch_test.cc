@@ -7,6 +7,8 @@
 
 #include "common/arch/architecture.h"
 #include "common/error.h"
+#include "common/format/checkpoint.h"
+#include "tests/fixtures.h"
 
 namespace stip {
 namespace {
@@ -133,6 +135,66 @@ TEST(Architecture, ExpectedTensorsMatchTheFixtureFiles) {
             "model.layers.1.block_sparse_moe.experts.3.w2.weight");
   EXPECT_THROW(TensorName(g, Role::kRouter, 0), Error);
 }
+
+// ---- the role table and every registered family --------------------------------
+
+TEST(RoleTable, OneRowPerRoleInOrderWithConsistentAxes) {
+  const auto& roles = AllRoles();
+  ASSERT_FALSE(roles.empty());
+  for (size_t i = 0; i < roles.size(); ++i) {
+    const RoleInfo& r = roles[i];
+    EXPECT_EQ(static_cast<size_t>(r.role), i) << r.name;
+    EXPECT_EQ(&Info(r.role), &r);
+    EXPECT_NE(r.rows, Axis::kNone) << r.name;
+    for (size_t j = 0; j < i; ++j) EXPECT_STRNE(roles[j].name, r.name);
+    // Client axes never reach a server tensor (the transform has no permutation for them).
+    const bool client_axis = r.rows == Axis::kVocab || r.rows == Axis::kPositions ||
+                             r.rows == Axis::kTokenTypes || r.rows == Axis::kOne ||
+                             r.cols == Axis::kPatch;
+    if (client_axis) EXPECT_EQ(r.scope, Scope::kClient) << r.name;
+    // Per-expert axes only in per-expert roles.
+    EXPECT_EQ(r.rows == Axis::kExpertFfn || r.cols == Axis::kExpertFfn, r.scope == Scope::kExpert)
+        << r.name;
+    if (r.tied_to_embedding) {
+      EXPECT_EQ(Info(Role::kTokenEmbedding).cols,
+                r.cols == Axis::kHeadHidden ? Axis::kHidden : r.cols);
+    }
+  }
+}
+
+TEST(RegisteredArchitectures, EachHasAFixture) {
+  for (const Architecture* a : Architectures()) {
+    bool found = false;
+    for (const test::Fixture& f : test::AllFixtures()) {
+      for (const std::string& t : a->model_types) found = found || f.config.model_type == t;
+    }
+    EXPECT_TRUE(found) << a->name << " has no fixture under tests/data/hf-reference";
+    for (const TensorSpec& s : a->tensors) {
+      // A pattern names its layer (and expert) exactly when the role's scope says so.
+      EXPECT_EQ(s.pattern.find("{L}") != std::string::npos, IsPerLayer(s.role)) << s.pattern;
+      EXPECT_EQ(s.pattern.find("{E}") != std::string::npos, IsPerExpert(s.role)) << s.pattern;
+    }
+  }
+}
+
+class FixtureTables : public ::testing::TestWithParam<std::string> {};
+
+// The table's names and shapes against what transformers wrote: every stored
+// tensor is expected, with its exact shape, and nothing is missing.
+TEST_P(FixtureTables, ExpectedTensorsAreExactlyTheCheckpoint) {
+  const test::Fixture& f = test::GetFixture(GetParam());
+  Checkpoint ckpt = Checkpoint::Open(f.dir);
+  std::vector<TensorEntry> expected = ExpectedTensors(f.config);
+  EXPECT_EQ(expected.size(), ckpt.Names().size());
+  for (const TensorEntry& e : expected) {
+    ASSERT_TRUE(ckpt.Has(e.name)) << e.name;
+    EXPECT_EQ(ckpt.Get(e.name).info->shape, e.shape) << e.name << " (" << RoleName(e.role) << ")";
+    EXPECT_EQ(e.shape, StoredShape(e.role, e.layout, f.config));
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(HfReference, FixtureTables,
+                         ::testing::ValuesIn(test::FixtureNames(true, true)), test::ParamName());
 
 }  // namespace
 }  // namespace stip

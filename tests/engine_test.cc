@@ -10,6 +10,7 @@
 #include "common/engine/causal_lm.h"
 #include "common/error.h"
 #include "common/tokenizer/tokenizer.h"
+#include "tests/fixtures.h"
 #include "tests/test_util.h"
 
 namespace stip {
@@ -139,9 +140,8 @@ TEST_P(FixtureTest, MalformedStepIsRejectedWithoutTouchingTheCache) {
   EXPECT_THROW(lm_.client->Embed(std::vector<int64_t>{-1}, 0), Error);
 }
 
-INSTANTIATE_TEST_SUITE_P(HfReference, FixtureTest,
-                         ::testing::Values("gpt2", "llama", "qwen2", "mixtral"),
-                         [](const auto& info) { return info.param; });
+INSTANTIATE_TEST_SUITE_P(HfReference, FixtureTest, ::testing::ValuesIn(test::CausalFixtures()),
+                         test::ParamName());
 
 // ---- demo models: fp16 weights computed in fp32 ------------------------------
 

@@ -21,6 +21,7 @@
 #include "common/format/safetensors.h"
 #include "common/keys/model_keys.h"
 #include "common/keys/permutation.h"
+#include "tests/fixtures.h"
 #include "tests/temp_dir.h"
 
 namespace stip {
@@ -184,9 +185,10 @@ TEST(Permutation, SecureUniform) {
 // Generation and the attention layout
 
 TEST(Keys, GenerateForFixtures) {
-  for (const std::string arch : {"llama", "gpt2", "mixtral", "qwen2"}) {
+  for (const test::Fixture& f : test::AllFixtures()) {
+    const std::string& arch = f.name;
     SCOPED_TRACE(arch);
-    const ModelConfig c = Fixture(arch);
+    const ModelConfig& c = f.config;
     const ModelKeys k = GenerateKeys(c, "fingerprint-" + arch);
     EXPECT_NO_THROW(ValidateKeys(k, c));
     EXPECT_EQ(k.model_fingerprint, "fingerprint-" + arch);
@@ -194,7 +196,7 @@ TEST(Keys, GenerateForFixtures) {
     EXPECT_EQ(k.instance_id.size(), 32u);
     EXPECT_TRUE(IsLowerHex(k.instance_id)) << k.instance_id;
     EXPECT_TRUE(IsPermutation(k.p, c.hidden_size));
-    EXPECT_TRUE(IsPermutation(k.p_c, c.vocab_size));
+    EXPECT_TRUE(IsPermutation(k.p_c, c.output_size()));
     ASSERT_EQ(k.layers.size(), static_cast<size_t>(c.num_layers));
     for (const LayerKey& layer : k.layers) {
       EXPECT_EQ(layer.attention.kv_heads.size(), static_cast<size_t>(c.num_kv_heads));
@@ -230,10 +232,10 @@ TEST(Keys, FreshInstanceEachTime) {
 }
 
 TEST(Keys, RopeKeepsQkWithinIdentity) {
-  for (const std::string arch : {"llama", "mixtral", "qwen2"}) {
-    SCOPED_TRACE(arch);
-    const ModelConfig c = Fixture(arch);
-    ASSERT_EQ(c.positions, PositionKind::kRope);
+  for (const test::Fixture& f : test::AllFixtures()) {
+    SCOPED_TRACE(f.name);
+    const ModelConfig& c = f.config;
+    if (c.positions != PositionKind::kRope) continue;
     const ModelKeys k = GenerateKeys(c, "");
     for (const LayerKey& layer : k.layers) {
       for (const Permutation& w : layer.attention.qk_within) {
@@ -296,10 +298,9 @@ void ExpectHeadsMapToHeads(const ModelConfig& c, const ModelKeys& k) {
 }
 
 TEST(Keys, ProjectionPermutationsMapHeadsToHeads) {
-  for (const std::string arch : {"llama", "gpt2", "mixtral"}) {
-    SCOPED_TRACE(arch);
-    const ModelConfig c = Fixture(arch);
-    ExpectHeadsMapToHeads(c, GenerateKeys(c, ""));
+  for (const test::Fixture& f : test::AllFixtures()) {
+    SCOPED_TRACE(f.name);
+    ExpectHeadsMapToHeads(f.config, GenerateKeys(f.config, ""));
   }
   // More heads per group than the fixtures have.
   ModelConfig c = Fixture("llama");
@@ -455,9 +456,10 @@ TEST(ValidateKeys, NamesTheBrokenVector) {
 
 TEST(KeyFile, RoundTripIsExactAndPrivate) {
   TempDir dir;
-  for (const std::string arch : {"llama", "gpt2", "mixtral"}) {
+  for (const test::Fixture& f : test::AllFixtures()) {
+    const std::string& arch = f.name;
     SCOPED_TRACE(arch);
-    const ModelConfig c = Fixture(arch);
+    const ModelConfig& c = f.config;
     const ModelKeys k = GenerateKeys(c, "fp-" + arch);
     const std::string path = dir / (arch + ".keys");
     SaveKeys(path, k);
@@ -493,7 +495,7 @@ TEST(KeyFile, RoundTripIsExactAndPrivate) {
     EXPECT_EQ(e.path().extension(), ".keys") << e.path();
     ++files;
   }
-  EXPECT_EQ(files, 3);
+  EXPECT_EQ(files, static_cast<int>(test::AllFixtures().size()));
 }
 
 TEST(KeyFile, OverwriteIsPrivateToo) {

@@ -20,6 +20,7 @@
 #include "common/transform/transform_rules.h"
 #include "common/transform/verify.h"
 #include "common/util/files.h"
+#include "tests/fixtures.h"
 #include "tests/temp_dir.h"
 #include "tests/test_util.h"
 
@@ -88,48 +89,39 @@ at::Tensor RunStip(const MemModel& m, const std::map<std::string, at::Tensor>& s
   return UnpermuteLogits(at::cat(rows, 0), keys.p_c);
 }
 
-// A random configuration of `family` with random weights.
-MemModel RandomModel(const std::string& family, std::mt19937& rng) {
+// A random small configuration of a fixture's family: its parsed config with
+// random sizes (heads, groups where the family has grouped-query attention,
+// head size, widths, experts, sliding windows, biases, tying), random weights.
+// Nothing here names a family: a new one is covered by its fixture.
+MemModel RandomModel(const std::string& fixture, std::mt19937& rng) {
   auto pick = [&](std::vector<int64_t> v) { return v[rng() % v.size()]; };
-  const int64_t n_kv = pick({1, 2, 3});
-  const int64_t group = pick({1, 2, 3});
-  const int64_t n_h = n_kv * group;
-  const int64_t d_h = pick({4, 8});
-  const int64_t d = pick({12, 24, 32});
-  const int64_t vocab = pick({37, 64});
-  nlohmann::json j;
-  if (family == "gpt2") {
-    const int64_t heads = pick({2, 4});
-    j = {{"model_type", "gpt2"},
-         {"vocab_size", vocab},
-         {"n_embd", heads * pick({4, 8})},
-         {"n_layer", 2},
-         {"n_head", heads},
-         {"n_positions", 64},
-         {"n_inner", pick({16, 40})},
-         {"tie_word_embeddings", rng() % 2 == 0}};
-  } else {
-    j = {{"model_type", family},
-         {"vocab_size", vocab},
-         {"hidden_size", d},
-         {"intermediate_size", pick({20, 48})},
-         {"num_hidden_layers", 2},
-         {"num_attention_heads", n_h},
-         {"num_key_value_heads", n_kv},
-         {"head_dim", d_h},
-         {"max_position_embeddings", 64},
-         {"rms_norm_eps", 1e-6},
-         {"rope_theta", pick({10000, 500000})},
-         {"tie_word_embeddings", rng() % 2 == 0}};
-    if (family == "llama") j["attention_bias"] = rng() % 2 == 0;
-    if (family == "mistral") j["sliding_window"] = pick({3, 5});
-    if (family == "mixtral") {
-      j["num_local_experts"] = pick({3, 4});
-      j["num_experts_per_tok"] = 2;
-    }
+  const ModelConfig& base = test::GetFixture(fixture).config;
+  ModelConfig c = base;
+  c.source = fixture + " (random)";
+  const bool gqa = base.num_kv_heads < base.num_heads;
+  c.num_kv_heads = gqa ? pick({1, 2, 3}) : pick({2, 4});
+  c.num_heads = c.num_kv_heads * (gqa ? pick({1, 2, 3}) : 1);
+  c.head_dim = pick({4, 8});
+  // Families with grouped-query attention also take head_dim apart from hidden_size.
+  c.hidden_size = gqa ? pick({12, 24, 32}) : c.num_heads * c.head_dim;
+  c.vocab_size = pick({37, 64});
+  c.intermediate_size = pick({16, 20, 40, 48});
+  c.num_layers = 2;
+  c.max_positions = 64;
+  c.layer_windows.assign(2, std::nullopt);
+  for (auto& w : c.layer_windows) {
+    if (rng() % 3 == 0) w = pick({3, 5});
   }
+  if (c.num_experts > 0) {
+    c.num_experts = pick({3, 4});
+    c.experts_per_token = 2;
+  }
+  c.qkv_bias = rng() % 2 == 0;
+  c.o_bias = c.qkv_bias;
+  c.tie_word_embeddings = rng() % 2 == 0;
+  c.rope.theta = static_cast<double>(pick({10000, 500000}));
   MemModel m;
-  m.config = ParseModelConfig(j.dump(), family + " (random)");
+  m.config = c;
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(rng());
   for (const TensorEntry& e : ExpectedTensors(m.config)) {
     bool norm = e.role == Role::kAttnNormWeight || e.role == Role::kFfnNormWeight ||
@@ -167,7 +159,9 @@ TEST_P(RandomConfigTest, StipEqualsPlain) {
       EXPECT_LE(MaxAbsDiff(plain, stip), 1e-5 * std::max(1.0, plain.abs().max().item<double>()))
           << GetParam() << " trial " << trial << (steps ? " (cached steps)" : "") << ": heads "
           << m.config.num_heads << "/" << m.config.num_kv_heads << " d_h " << m.config.head_dim
-          << " tied " << m.config.tie_word_embeddings;
+          << " d " << m.config.hidden_size << " tied " << m.config.tie_word_embeddings
+          << " windows " << m.config.layer_windows[0].value_or(0) << "/"
+          << m.config.layer_windows[1].value_or(0);
       EXPECT_TRUE(at::equal(plain.argmax(-1), stip.argmax(-1)));
     }
     // Sanity: the transformed model on plain inputs is not the plain model.
@@ -182,9 +176,8 @@ TEST_P(RandomConfigTest, StipEqualsPlain) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Families, RandomConfigTest,
-                         ::testing::Values("gpt2", "llama", "mistral", "qwen2", "mixtral"),
-                         [](const auto& info) { return info.param; });
+INSTANTIATE_TEST_SUITE_P(Families, RandomConfigTest, ::testing::ValuesIn(test::CausalFixtures()),
+                         test::ParamName());
 
 // ---- the paper's literal rules are caught --------------------------------------
 
@@ -304,16 +297,15 @@ TEST_P(VerifyTest, Passes) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(All, VerifyTest,
-                         ::testing::Values("gpt2", "llama", "qwen2", "mixtral", "kjv-gpt2",
-                                           "kjv-llama"),
-                         [](const auto& info) {
-                           std::string n = info.param;
-                           for (char& ch : n) {
-                             if (ch == '-') ch = '_';
-                           }
-                           return n;
-                         });
+std::vector<std::string> CausalFixturesAndDemoModels() {
+  std::vector<std::string> v = test::CausalFixtures();
+  v.push_back("kjv-gpt2");
+  v.push_back("kjv-llama");
+  return v;
+}
+
+INSTANTIATE_TEST_SUITE_P(All, VerifyTest, ::testing::ValuesIn(CausalFixturesAndDemoModels()),
+                         test::ParamName());
 
 // ---- on disk: sharded in, sharded out, client bundle ---------------------------
 
@@ -343,7 +335,7 @@ void WriteSharded(const std::string& from, const std::string& to, int n) {
 }
 
 TEST(TransformCheckpointTest, ShardedInputAndOutputEqualPlain) {
-  for (const std::string arch : {"llama", "gpt2", "mixtral"}) {
+  for (const std::string& arch : test::CausalFixtures()) {
     TempDir tmp;
     const std::string sharded = tmp.path() + "/sharded";
     WriteSharded(FixtureDir(arch), sharded, 3);

@@ -1,9 +1,10 @@
 // Architectures as data (after llama.cpp's llama-arch): each model family
 // declares, in one file, how to read its config and a table of its tensors:
-// name pattern, role, storage layout, and when the tensor is present. The
-// engine loads weights by role, and the STIP transform derives every
-// tensor's row/column permutations from its role (common/transform), so a new
-// family needs a new table, not new engine or transform code.
+// name pattern, role, storage layout, and when the tensor is present. What a
+// role is (its axes, scope, shape) is in the role table (common/arch/roles.h);
+// the engine loads weights by role, and the STIP transform derives every
+// tensor's row/column permutations from its role's axes (common/transform),
+// so a new family needs a new table, not new engine or transform code.
 #pragma once
 
 #include <cstdint>
@@ -13,65 +14,31 @@
 #include <vector>
 
 #include "common/arch/model_config.h"
+#include "common/arch/roles.h"
 
 namespace stip {
 
 class JsonConfig;  // common/arch/json_config.h
 
-// What a tensor is, independent of its name in a given family.
-enum class Role {
-  // Client (device) side.
-  kTokenEmbedding,     // [vocab, d]
-  kPositionEmbedding,  // [max_positions, d] (learned positions, GPT-2)
-  // Per layer.
-  kAttnNormWeight,
-  kAttnNormBias,
-  kQ,  // [n_heads*d_h, d]
-  kQBias,
-  kK,  // [n_kv*d_h, d]
-  kKBias,
-  kV,  // [n_kv*d_h, d]
-  kVBias,
-  kQkv,  // fused q|k|v [(n_h+2 n_kv) d_h, d] (GPT-2 c_attn)
-  kQkvBias,
-  kO,  // [d, n_heads*d_h]
-  kOBias,
-  kFfnNormWeight,
-  kFfnNormBias,
-  kFfnUp,  // [m, d] (fc for plain MLP; up for SwiGLU)
-  kFfnUpBias,
-  kFfnGate,  // [m, d]
-  kFfnGateBias,
-  kFfnDown,  // [d, m]
-  kFfnDownBias,
-  kRouter,      // [n_experts, d]
-  kExpertGate,  // per expert [m, d]
-  kExpertUp,    // per expert [m, d]
-  kExpertDown,  // per expert [d, m]
-  // Server head.
-  kFinalNormWeight,
-  kFinalNormBias,
-  kLmHead,  // [vocab, d]
-  kLmHeadBias,
-};
-
-const char* RoleName(Role role);
-bool IsClientRole(Role role);  // embeddings: never sent to the server
-bool IsPerLayer(Role role);
-bool IsPerExpert(Role role);
-
-// Storage layout of a matrix: nn.Linear [out, in] or GPT-2 Conv1D [in, out].
-enum class Layout { kLinear, kConv1D, kVector };
+// How a tensor is stored, relative to its role's shape (roles.h, nn.Linear
+// [out, in] for matrices, [n] for vectors):
+//   kLinear: as the role's shape;
+//   kConv1D: GPT-2's Conv1D, a matrix stored transposed [in, out];
+//   kConv2D: ViT's patch projection [d, C, P, P] (the role's [d, C*P*P]);
+//   kBatched: with a leading dimension of 1 ([1, n, d] for [n, d]).
+enum class Layout { kLinear, kConv1D, kConv2D, kBatched };
 
 struct TensorSpec {
   TensorSpec(std::string pattern_, Role role_, Layout layout_ = Layout::kLinear,
              std::function<bool(const ModelConfig&)> present_ = nullptr)
       : pattern(std::move(pattern_)), role(role_), layout(layout_), present(std::move(present_)) {}
-  // Name with "{L}" for the layer index and "{E}" for the expert index.
+  // Name with "{L}" for the layer index, "{E}" for the expert index and "{P}"
+  // for the config's weight_prefix.
   std::string pattern;
   Role role;
   Layout layout = Layout::kLinear;
-  // When the tensor exists for a config (nullptr: always).
+  // When the tensor exists for a config (nullptr: always). Roles tied to the
+  // embedding (roles.h) are left out of tied checkpoints without a predicate.
   std::function<bool(const ModelConfig&)> present;
 };
 
@@ -80,6 +47,9 @@ struct Architecture {
   std::vector<std::string> model_types;  // config.json model_type values it handles
   std::function<void(const JsonConfig&, ModelConfig*)> parse_config;
   std::vector<TensorSpec> tensors;
+  // Optional: reads more of a model directory than config.json (e.g. the
+  // sentence-transformers modules of a BERT model); called by LoadModelConfig.
+  std::function<void(const std::string& dir, ModelConfig*)> read_model_dir = nullptr;
 };
 
 // One concrete tensor of one model.
@@ -92,7 +62,10 @@ struct TensorEntry {
   std::vector<int64_t> shape;  // as stored on disk (Conv1D: [in, out])
 };
 
-// All registered architectures (gpt2, llama family, mixtral).
+// The shape a tensor of `role` is stored with in `layout`.
+std::vector<int64_t> StoredShape(Role role, Layout layout, const ModelConfig& config);
+
+// All registered architectures (gpt2, llama family, mixtral, bert, vit).
 const std::vector<const Architecture*>& Architectures();
 // Throws kUnimplemented naming the model_type and the supported ones.
 const Architecture& FindArchitecture(const std::string& model_type);
@@ -103,6 +76,8 @@ std::vector<TensorEntry> ExpectedTensors(const ModelConfig& config);
 // The name of the tensor of `role` in this config's family (layer/expert if
 // per layer/expert); throws kNotFound if the family has no such role.
 std::string TensorName(const ModelConfig& config, Role role, int layer = -1, int expert = -1);
+// Whether this config's checkpoint stores a tensor of `role` (a tied head is
+// not stored).
 bool HasRole(const ModelConfig& config, Role role);
 
 }  // namespace stip

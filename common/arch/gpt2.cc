@@ -8,15 +8,6 @@ namespace stip {
 
 namespace {
 
-Activation ParseActivation(const JsonConfig& cfg, const std::string& key, const std::string& def) {
-  std::string a = cfg.String(key, def);
-  if (a == "gelu_new" || a == "gelu_pytorch_tanh" || a == "gelu_fast") return Activation::kGeluTanh;
-  if (a == "gelu") return Activation::kGelu;
-  if (a == "relu") return Activation::kRelu;
-  if (a == "silu" || a == "swish") return Activation::kSilu;
-  cfg.Fail(key, "unsupported activation \"" + a + "\"");
-}
-
 void ParseGpt2(const JsonConfig& cfg, ModelConfig* c) {
   c->vocab_size = cfg.Int("vocab_size");
   c->hidden_size = cfg.Int("n_embd");
@@ -45,8 +36,6 @@ void ParseGpt2(const JsonConfig& cfg, ModelConfig* c) {
   }
 }
 
-bool Untied(const ModelConfig& c) { return !c.tie_word_embeddings; }
-
 }  // namespace
 
 const Architecture& Gpt2Architecture() {
@@ -57,21 +46,21 @@ const Architecture& Gpt2Architecture() {
       {
           {"transformer.wte.weight", Role::kTokenEmbedding},
           {"transformer.wpe.weight", Role::kPositionEmbedding},
-          {"transformer.h.{L}.ln_1.weight", Role::kAttnNormWeight, Layout::kVector},
-          {"transformer.h.{L}.ln_1.bias", Role::kAttnNormBias, Layout::kVector},
+          {"transformer.h.{L}.ln_1.weight", Role::kAttnNormWeight},
+          {"transformer.h.{L}.ln_1.bias", Role::kAttnNormBias},
           {"transformer.h.{L}.attn.c_attn.weight", Role::kQkv, Layout::kConv1D},
-          {"transformer.h.{L}.attn.c_attn.bias", Role::kQkvBias, Layout::kVector},
+          {"transformer.h.{L}.attn.c_attn.bias", Role::kQkvBias},
           {"transformer.h.{L}.attn.c_proj.weight", Role::kO, Layout::kConv1D},
-          {"transformer.h.{L}.attn.c_proj.bias", Role::kOBias, Layout::kVector},
-          {"transformer.h.{L}.ln_2.weight", Role::kFfnNormWeight, Layout::kVector},
-          {"transformer.h.{L}.ln_2.bias", Role::kFfnNormBias, Layout::kVector},
+          {"transformer.h.{L}.attn.c_proj.bias", Role::kOBias},
+          {"transformer.h.{L}.ln_2.weight", Role::kFfnNormWeight},
+          {"transformer.h.{L}.ln_2.bias", Role::kFfnNormBias},
           {"transformer.h.{L}.mlp.c_fc.weight", Role::kFfnUp, Layout::kConv1D},
-          {"transformer.h.{L}.mlp.c_fc.bias", Role::kFfnUpBias, Layout::kVector},
+          {"transformer.h.{L}.mlp.c_fc.bias", Role::kFfnUpBias},
           {"transformer.h.{L}.mlp.c_proj.weight", Role::kFfnDown, Layout::kConv1D},
-          {"transformer.h.{L}.mlp.c_proj.bias", Role::kFfnDownBias, Layout::kVector},
-          {"transformer.ln_f.weight", Role::kFinalNormWeight, Layout::kVector},
-          {"transformer.ln_f.bias", Role::kFinalNormBias, Layout::kVector},
-          {"lm_head.weight", Role::kLmHead, Layout::kLinear, Untied},
+          {"transformer.h.{L}.mlp.c_proj.bias", Role::kFfnDownBias},
+          {"transformer.ln_f.weight", Role::kFinalNormWeight},
+          {"transformer.ln_f.bias", Role::kFinalNormBias},
+          {"lm_head.weight", Role::kLmHead},
       },
   };
   return kArch;

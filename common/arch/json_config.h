@@ -45,10 +45,13 @@ class JsonConfig {
 
 }  // namespace stip
 
+#include "common/arch/model_config.h"
+
 namespace stip {
-struct ModelConfig;
-// Shared by the rotary families: rope_parameters (transformers 5) or
-// rope_theta + rope_scaling (older); throws kUnimplemented for rope types the
-// engine does not implement.
-void ParseRope(const JsonConfig& cfg, double default_theta, ModelConfig* out);
+// A Hugging Face activation name (hidden_act, activation_function): gelu
+// (exact), gelu_new / gelu_pytorch_tanh / gelu_fast (tanh), relu, silu / swish.
+Activation ParseActivation(const JsonConfig& cfg, const std::string& key, const std::string& def);
+// A classifier's labels: num_labels and names from id2label ("0": "cat", ...),
+// or num_labels alone (default 2, as transformers).
+void ParseLabels(const JsonConfig& cfg, ModelConfig* c);
 }  // namespace stip

@@ -1,17 +1,11 @@
 // Mixtral: the LLaMA layout with a sparse mixture of SwiGLU experts (top-k
 // routing with renormalized weights) in place of the MLP.
 #include "common/arch/architecture.h"
-#include "common/arch/json_config.h"
-#include "common/error.h"
+#include "common/arch/llama_common.h"
 
 namespace stip {
 
-void ParseLlamaCommon(const JsonConfig& cfg, ModelConfig* c, double default_theta);
-void ParseWindows(const JsonConfig& cfg, ModelConfig* c, bool window_needs_flag);
-
 namespace {
-
-bool Untied(const ModelConfig& c) { return !c.tie_word_embeddings; }
 
 void ParseMixtral(const JsonConfig& cfg, ModelConfig* c) {
   ParseLlamaCommon(cfg, c, 1e6);
@@ -30,19 +24,18 @@ const Architecture& MixtralArchitecture() {
       ParseMixtral,
       {
           {"model.embed_tokens.weight", Role::kTokenEmbedding},
-          {"model.layers.{L}.input_layernorm.weight", Role::kAttnNormWeight, Layout::kVector},
+          {"model.layers.{L}.input_layernorm.weight", Role::kAttnNormWeight},
           {"model.layers.{L}.self_attn.q_proj.weight", Role::kQ},
           {"model.layers.{L}.self_attn.k_proj.weight", Role::kK},
           {"model.layers.{L}.self_attn.v_proj.weight", Role::kV},
           {"model.layers.{L}.self_attn.o_proj.weight", Role::kO},
-          {"model.layers.{L}.post_attention_layernorm.weight", Role::kFfnNormWeight,
-           Layout::kVector},
+          {"model.layers.{L}.post_attention_layernorm.weight", Role::kFfnNormWeight},
           {"model.layers.{L}.block_sparse_moe.gate.weight", Role::kRouter},
           {"model.layers.{L}.block_sparse_moe.experts.{E}.w1.weight", Role::kExpertGate},
           {"model.layers.{L}.block_sparse_moe.experts.{E}.w3.weight", Role::kExpertUp},
           {"model.layers.{L}.block_sparse_moe.experts.{E}.w2.weight", Role::kExpertDown},
-          {"model.norm.weight", Role::kFinalNormWeight, Layout::kVector},
-          {"lm_head.weight", Role::kLmHead, Layout::kLinear, Untied},
+          {"model.norm.weight", Role::kFinalNormWeight},
+          {"lm_head.weight", Role::kLmHead},
       },
   };
   return kArch;

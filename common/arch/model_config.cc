@@ -2,7 +2,9 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <fstream>
 #include <limits>
 #include <optional>
@@ -123,6 +125,45 @@ std::optional<JsonConfig> JsonConfig::Object(const std::string& key) const {
   return JsonConfig(v, source_ + ":" + key);
 }
 
+Activation ParseActivation(const JsonConfig& cfg, const std::string& key, const std::string& def) {
+  std::string a = cfg.String(key, def);
+  if (a == "gelu_new" || a == "gelu_pytorch_tanh" || a == "gelu_fast") return Activation::kGeluTanh;
+  if (a == "gelu") return Activation::kGelu;
+  if (a == "relu") return Activation::kRelu;
+  if (a == "silu" || a == "swish") return Activation::kSilu;
+  cfg.Fail(key, "unsupported activation \"" + a + "\"");
+}
+
+void ParseLabels(const JsonConfig& cfg, ModelConfig* c) {
+  std::optional<JsonConfig> id2label = cfg.Object("id2label");
+  if (!id2label) {
+    c->num_labels = cfg.Int("num_labels", 2);
+    c->labels.assign(static_cast<size_t>(std::max<int64_t>(0, c->num_labels)), "");
+    return;
+  }
+  int64_t n = 0;
+  for (auto it = id2label->json().begin(); it != id2label->json().end(); ++it) {
+    char* end = nullptr;
+    const long long id = std::strtoll(it.key().c_str(), &end, 10);
+    if (it.key().empty() || *end != '\0' || id < 0 || id >= (int64_t{1} << 24) ||
+        !it.value().is_string()) {
+      cfg.Fail("id2label", "expected {\"<id>\": \"<name>\"} with ids from 0");
+    }
+    n = std::max<int64_t>(n, id + 1);
+  }
+  if (static_cast<size_t>(n) != id2label->json().size()) {
+    cfg.Fail("id2label", "ids must be 0 .. n-1, each once");
+  }
+  c->num_labels = n;
+  c->labels.assign(static_cast<size_t>(n), "");
+  for (auto it = id2label->json().begin(); it != id2label->json().end(); ++it) {
+    c->labels[static_cast<size_t>(std::stoll(it.key()))] = it.value().get<std::string>();
+  }
+  if (cfg.Has("num_labels") && cfg.Int("num_labels") != n) {
+    cfg.Fail("num_labels", "disagrees with id2label");
+  }
+}
+
 // ---- Loading ----------------------------------------------------------------
 
 namespace {
@@ -140,7 +181,8 @@ void Check(bool ok, const ModelConfig& c, const std::string& what) {
 }
 
 void Validate(const ModelConfig& c) {
-  Check(c.vocab_size > 0, c, "vocab_size must be positive");
+  // ViT reads images, not tokens: no vocabulary.
+  Check(c.vocab_size > 0 || (c.encoder && c.patch_size > 0), c, "vocab_size must be positive");
   Check(c.hidden_size > 0, c, "hidden_size must be positive");
   Check(c.num_layers > 0, c, "the number of layers must be positive");
   Check(c.num_heads > 0, c, "the number of attention heads must be positive");
@@ -156,6 +198,20 @@ void Validate(const ModelConfig& c) {
   Check(c.norm_eps > 0, c, "the norm epsilon must be positive");
   Check(static_cast<int64_t>(c.layer_windows.size()) == c.num_layers, c,
         "one attention window per layer");
+  if (c.head == HeadKind::kClassifier) {
+    Check(c.num_labels > 0, c, "a classifier needs at least one label (num_labels, id2label)");
+  }
+  if (c.encoder) {
+    Check(c.ffn == FfnKind::kMlp, c, "encoders have a plain MLP");
+    Check(c.type_vocab_size >= 0 && c.position_offset >= 0, c, "sizes must not be negative");
+    if (c.patch_size > 0) {
+      Check(c.num_channels > 0 && c.image_size > 0 && c.image_size % c.patch_size == 0, c,
+            "image_size must be a multiple of patch_size, num_channels positive");
+    } else {
+      Check(c.max_positions > c.position_offset, c,
+            "max_position_embeddings must exceed the position offset");
+    }
+  }
   if (c.ffn == FfnKind::kMoe) {
     Check(c.num_experts > 0, c, "num_local_experts must be positive");
     Check(c.experts_per_token > 0 && c.experts_per_token <= c.num_experts, c,
@@ -164,7 +220,8 @@ void Validate(const ModelConfig& c) {
   // Guard against sizes whose products overflow later on.
   const int64_t kMax = int64_t{1} << 24;
   for (int64_t v : {c.vocab_size, c.hidden_size, c.num_layers, c.num_heads, c.head_dim,
-                    c.intermediate_size, c.max_positions, c.num_experts}) {
+                    c.intermediate_size, c.max_positions, c.num_experts, c.num_labels,
+                    c.type_vocab_size, c.image_size, c.num_channels}) {
     Check(v <= kMax, c, "a size exceeds " + std::to_string(kMax));
   }
 }
@@ -200,8 +257,15 @@ ModelConfig ParseModelConfig(const std::string& json_text, const std::string& so
 ModelConfig LoadModelConfig(const std::string& dir_or_file) {
   std::string path = dir_or_file;
   struct stat st;
-  if (stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) path += "/config.json";
-  return ParseModelConfig(ReadText(path), path);
+  const bool dir = stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+  if (dir) path += "/config.json";
+  ModelConfig c = ParseModelConfig(ReadText(path), path);
+  const Architecture& arch = FindArchitecture(c.model_type);
+  if (dir && arch.read_model_dir) {
+    arch.read_model_dir(dir_or_file, &c);
+    Validate(c);
+  }
+  return c;
 }
 
 std::string PatchConfigJson(const std::string& json_text, const std::string& overrides_json) {

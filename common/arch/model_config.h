@@ -14,6 +14,15 @@ enum class NormKind { kLayerNorm, kRmsNorm };
 enum class Activation { kGeluTanh, kGelu, kSilu, kRelu };
 enum class FfnKind { kMlp, kGated, kMoe };  // fc-act-proj | SwiGLU | sparse MoE of SwiGLU
 enum class PositionKind { kLearned, kRope };
+// What the server computes after the layers.
+//   kLmHead: causal LM, next-token logits (vocab)
+//   kMaskedLm: BERT's masked-LM head (vocab) on every position
+//   kClassifier: label logits of the sequence (BERT: tanh pooler on [CLS];
+//                ViT: final LayerNorm, then [CLS])
+//   kNone: hidden states (BERT: the last layer's; ViT: after the final norm),
+//          or pooled (mean or CLS) for sentence embeddings
+enum class HeadKind { kLmHead, kMaskedLm, kClassifier, kNone };
+enum class Pooling { kNone, kCls, kMean };
 
 struct RopeConfig {
   double theta = 10000.0;
@@ -25,7 +34,7 @@ struct RopeConfig {
 };
 
 struct ModelConfig {
-  std::string model_type;    // "gpt2", "llama", "mistral", "qwen2", "mixtral"
+  std::string model_type;    // "gpt2", "llama", "mistral", "qwen2", "mixtral", "bert", "vit"
   std::string architecture;  // architectures[0], e.g. "LlamaForCausalLM"
   std::string source;        // the file it was read from (for messages)
 
@@ -56,6 +65,23 @@ struct ModelConfig {
   // Per layer: sliding-window size, or nullopt for full causal attention.
   std::vector<std::optional<int64_t>> layer_windows;
 
+  // Encoders (bidirectional attention, no KV cache): BERT and ViT.
+  bool encoder = false;
+  bool post_norm = false;  // BERT: LayerNorm after each residual add
+  HeadKind head = HeadKind::kLmHead;
+  Pooling pooling = Pooling::kNone;  // head kNone: what the server returns
+  bool normalize = false;            // head kNone: the client L2-normalizes (2_Normalize)
+  int64_t num_labels = 0;            // head kClassifier
+  std::vector<std::string> labels;   // id2label, by id (empty names where missing)
+  int64_t type_vocab_size = 0;       // BERT
+  int64_t position_offset = 0;       // RoBERTa: positions start at padding_idx + 1
+  int64_t image_size = 0;            // ViT
+  int64_t patch_size = 0;            // ViT
+  int64_t num_channels = 0;          // ViT
+  // Replaces "{P}" in the family's tensor names: the base model's prefix
+  // ("bert.") in task checkpoints, "" in a bare BertModel / ViTModel.
+  std::string weight_prefix;
+
   int64_t num_experts = 0;        // MoE only
   int64_t experts_per_token = 0;  // MoE only
 
@@ -71,6 +97,11 @@ struct ModelConfig {
   int64_t q_size() const { return num_heads * head_dim; }
   int64_t kv_size() const { return num_kv_heads * head_dim; }
   int64_t group_size() const { return num_heads / num_kv_heads; }
+  // The size of what the head scores, permuted with p_c: the vocabulary, the
+  // labels, or nothing (hidden states are permuted with p).
+  int64_t output_size() const {
+    return head == HeadKind::kClassifier ? num_labels : head == HeadKind::kNone ? 0 : vocab_size;
+  }
 };
 
 // Reads `dir/config.json` (or a config.json path): dispatches on model_type to

@@ -356,7 +356,7 @@ at::Tensor ServerModel::RunLayers(at::Tensor x, const at::Tensor& cos, const at:
     if (c.ffn == FfnKind::kGated) {
       const int64_t m = f.w_gate_up.size(0) / 2;
       at::Tensor gate_up = Linear(h, f.w_gate_up, f.b_gate_up);  // [N, 2 ffn]
-      at::Tensor a = at::silu(gate_up.narrow(1, 0, m)).mul_(gate_up.narrow(1, m, m));
+      at::Tensor a = Activate(gate_up.narrow(1, 0, m), c.activation).mul_(gate_up.narrow(1, m, m));
       x = Linear(a, w.w_down, w.b_down).add_(x);
     } else {
       x = FeedForward(c, w, h).add_(x);

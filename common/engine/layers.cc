@@ -214,10 +214,12 @@ at::Tensor CausalAttention(const at::Tensor& q, const at::Tensor& keys_all,
 
 namespace {
 
-at::Tensor SwiGlu(const at::Tensor& x, const at::Tensor& gate, const at::Tensor& up,
-                  const at::Tensor& down, const at::Tensor& b_gate = at::Tensor(),
-                  const at::Tensor& b_up = at::Tensor(), const at::Tensor& b_down = at::Tensor()) {
-  return Linear(at::silu(Linear(x, gate, b_gate)) * Linear(x, up, b_up), down, b_down);
+// act(x W_gate^T) * (x W_up^T), then down: SwiGLU with SiLU, GeGLU with GELU.
+at::Tensor GatedFfn(const at::Tensor& x, Activation act, const at::Tensor& gate,
+                    const at::Tensor& up, const at::Tensor& down,
+                    const at::Tensor& b_gate = at::Tensor(), const at::Tensor& b_up = at::Tensor(),
+                    const at::Tensor& b_down = at::Tensor()) {
+  return Linear(Activate(Linear(x, gate, b_gate), act) * Linear(x, up, b_up), down, b_down);
 }
 
 at::Tensor SparseMoe(const ModelConfig& config, const LayerWeights& w, const at::Tensor& x) {
@@ -233,7 +235,7 @@ at::Tensor SparseMoe(const ModelConfig& config, const LayerWeights& w, const at:
     if (rows.numel() == 0) continue;
     at::Tensor weight = (top_w * hit.to(top_w.scalar_type())).sum(-1).index_select(0, rows);
     const ExpertWeights& ex = w.experts[static_cast<size_t>(e)];
-    at::Tensor y = SwiGlu(x.index_select(0, rows), ex.gate, ex.up, ex.down);
+    at::Tensor y = GatedFfn(x.index_select(0, rows), config.activation, ex.gate, ex.up, ex.down);
     out.index_add_(0, rows, y * weight.unsqueeze(-1));
   }
   return out;
@@ -246,7 +248,7 @@ at::Tensor FeedForward(const ModelConfig& config, const LayerWeights& w, const a
     case FfnKind::kMlp:
       return Linear(Activate(Linear(x, w.w_up, w.b_up), config.activation), w.w_down, w.b_down);
     case FfnKind::kGated:
-      return SwiGlu(x, w.w_gate, w.w_up, w.w_down, w.b_gate, w.b_up, w.b_down);
+      return GatedFfn(x, config.activation, w.w_gate, w.w_up, w.w_down, w.b_gate, w.b_up, w.b_down);
     case FfnKind::kMoe:
       return SparseMoe(config, w, x);
   }

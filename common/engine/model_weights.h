@@ -64,9 +64,16 @@ struct LoadOptions {
   bool cuda_graphs = true;
 };
 
+// Every tensor in the engine's layout: the role's shape (roles.h), i.e.
+// nn.Linear [out, in] matrices and [n] vectors. Undefined where the family has
+// no such role.
 struct ClientWeights {
-  at::Tensor token_embedding;     // [vocab, d]
-  at::Tensor position_embedding;  // [max_positions, d] or undefined
+  at::Tensor token_embedding;       // [vocab, d]
+  at::Tensor position_embedding;    // [max_positions, d]
+  at::Tensor token_type_embedding;  // [type_vocab, d]
+  at::Tensor embed_norm_w, embed_norm_b;
+  at::Tensor patch_w, patch_b;  // [d, C*P*P], [d]
+  at::Tensor cls_token;         // [1, d]
 };
 
 struct ExpertWeights {
@@ -86,12 +93,15 @@ struct ServerWeights {
   std::vector<LayerWeights> layers;
   at::Tensor final_norm_w, final_norm_b;
   at::Tensor lm_head_w, lm_head_b;
+  // Encoder heads (common/engine/encoder.h).
+  at::Tensor mlm_dense_w, mlm_dense_b, mlm_norm_w, mlm_norm_b, mlm_decoder_w, mlm_decoder_b;
+  at::Tensor pooler_w, pooler_b, classifier_w, classifier_b;
 };
 
 // Throws stip::Error naming the missing tensor or the mismatching shape.
 ClientWeights LoadClientWeights(const ModelConfig& config, const TensorSource& source,
                                 const LoadOptions& options);
-// For a tied model without an lm_head tensor, the head is the token embedding.
+// For a tied model, a head tied to the embedding (roles.h) is the token embedding.
 ServerWeights LoadServerWeights(const ModelConfig& config, const TensorSource& source,
                                 const LoadOptions& options);
 

@@ -101,7 +101,10 @@ void CheckConfig(const ModelConfig& c) {
                           ": cannot make STIP keys: " + problem);
   };
   if (c.hidden_size <= 0) fail("hidden_size must be positive");
-  if (c.vocab_size <= 0) fail("vocab_size must be positive");
+  if (c.output_size() < 0 || (c.head != HeadKind::kNone && c.output_size() == 0)) {
+    fail(c.head == HeadKind::kClassifier ? "num_labels must be positive"
+                                         : "vocab_size must be positive");
+  }
   if (c.num_layers < 0) fail("num_layers is negative");
   if (c.num_heads <= 0 || c.num_kv_heads <= 0) fail("head counts must be positive");
   if (c.num_heads % c.num_kv_heads != 0) {
@@ -145,8 +148,9 @@ void CheckAttention(const AttentionKey& a, const ModelConfig& c, size_t layer, c
 void CheckStructure(const ModelKeys& k, const Checker& ck) {
   if (k.p.empty()) ck.Fail("p", "is empty");
   ck.Perm(k.p, static_cast<int64_t>(k.p.size()), "p");
-  if (k.p_c.empty()) ck.Fail("p_c", "is empty");
+  // p_c may be empty: an encoder without a head scores nothing (it returns hidden states).
   ck.Perm(k.p_c, static_cast<int64_t>(k.p_c.size()), "p_c");
+  if (!k.p_h.empty()) ck.Perm(k.p_h, static_cast<int64_t>(k.p.size()), "p_h");
   for (size_t l = 0; l < k.layers.size(); ++l) {
     const LayerKey& layer = k.layers[l];
     const AttentionKey& a = layer.attention;
@@ -390,8 +394,7 @@ void CheckFormat(const SafetensorsFile& f, const char* expected_format) {
 void CheckClientKeys(const ClientKeys& k, const Checker& ck) {
   if (k.p.empty()) ck.Fail("p", "is empty");
   ck.Perm(k.p, static_cast<int64_t>(k.p.size()), "p");
-  if (k.p_c.empty()) ck.Fail("p_c", "is empty");
-  ck.Perm(k.p_c, static_cast<int64_t>(k.p_c.size()), "p_c");
+  ck.Perm(k.p_c, static_cast<int64_t>(k.p_c.size()), "p_c");  // empty for encoders without a head
 }
 
 // ---------------------------------------------------------------------------
@@ -484,7 +487,8 @@ ModelKeys GenerateKeys(const ModelConfig& config, const std::string& model_finge
   k.model_fingerprint = model_fingerprint;
   k.model_type = config.model_type;
   k.p = RandomPermutation(config.hidden_size);
-  k.p_c = RandomPermutation(config.vocab_size);
+  k.p_c = RandomPermutation(config.output_size());
+  if (config.head == HeadKind::kMaskedLm) k.p_h = RandomPermutation(config.hidden_size);
   const int64_t n_kv = config.num_kv_heads;
   const int64_t g = config.group_size();
   const int64_t dh = config.head_dim;
@@ -520,7 +524,13 @@ void ValidateKeys(const ModelKeys& keys, const ModelConfig& config) {
                               config.source + ") is " + Quote(config.model_type));
   }
   ck.Perm(keys.p, config.hidden_size, "p", ConfigWhy(config, "hidden_size"));
-  ck.Perm(keys.p_c, config.vocab_size, "p_c", ConfigWhy(config, "vocab_size"));
+  ck.Perm(keys.p_c, config.output_size(), "p_c",
+          ConfigWhy(config, config.head == HeadKind::kClassifier ? "num_labels" : "vocab_size"));
+  if (config.head == HeadKind::kMaskedLm) {
+    ck.Perm(keys.p_h, config.hidden_size, "p_h", ConfigWhy(config, "hidden_size"));
+  } else if (!keys.p_h.empty()) {
+    ck.Fail("p_h", "must be empty: the model has no masked-LM head");
+  }
   if (keys.layers.size() != static_cast<size_t>(config.num_layers)) {
     ck.Fail("layers", "the keys have " + Str(keys.layers.size()) + " layers, expected " +
                           Str(config.num_layers) + " (" + ConfigWhy(config, "num_layers") + ")");
@@ -559,6 +569,7 @@ void SaveKeys(const std::string& path, const ModelKeys& keys) {
   KeyFileWriter w;
   w.Vector("p", keys.p);
   w.Vector("p_c", keys.p_c);
+  if (!keys.p_h.empty()) w.Vector("p_h", keys.p_h);
   for (size_t l = 0; l < keys.layers.size(); ++l) {
     const LayerKey& layer = keys.layers[l];
     w.Vector(TensorName(l, "attn.kv_heads"), layer.attention.kv_heads);
@@ -602,6 +613,7 @@ ModelKeys LoadKeys(const std::string& path) {
   }
   k.p = r.Vector("p");
   k.p_c = r.Vector("p_c");
+  if (r.Has("p_h")) k.p_h = r.Vector("p_h");
   k.layers.resize(static_cast<size_t>(num_layers));
   for (size_t l = 0; l < k.layers.size(); ++l) {
     LayerKey& layer = k.layers[l];

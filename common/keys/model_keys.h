@@ -2,6 +2,8 @@
 //
 //   p    [d]      hidden-state permutation      developer + users
 //   p_c  [vocab]  logit permutation             developer + users
+//                 (labels for a classifier; empty for an encoder without a head)
+//   p_h  [d]      masked-LM head's inner space  developer only (BERT MLM)
 //   per layer     attention layout (heads mapped to heads; within-head
 //                 permutations, identity for Q/K under RoPE), FFN p_f, and
 //                 for MoE the expert order p_e and one p_f per expert
@@ -43,7 +45,8 @@ struct ModelKeys {
   std::string model_fingerprint;  // hex SHA-256 of the plaintext checkpoint (FingerprintModel)
   std::string model_type;
   Permutation p;    // [hidden]
-  Permutation p_c;  // [vocab]
+  Permutation p_c;  // [outputs]: the vocabulary, or the labels of a classifier
+  Permutation p_h;  // [hidden]: a masked-LM head's inner space; empty for other models
   std::vector<LayerKey> layers;
 
   // Full index permutations of one layer's projections, derived from the layout:

@@ -44,92 +44,81 @@ std::string TransformedConfigJson(const std::string& plain_json, const std::stri
 
 std::vector<TransformedTensor> PlanServerTensors(const ModelConfig& plain) {
   std::vector<TransformedTensor> plan;
-  bool head = false;
   for (const TensorEntry& e : ExpectedTensors(plain)) {
     if (IsClientRole(e.role)) continue;
-    head = head || e.role == Role::kLmHead;
-    TransformedTensor t{e.name, e.name, e.role, e.layout, e.layer, e.expert, e.shape};
-    plan.push_back(t);
+    plan.push_back({e.name, e.name, e.role, e.layout, e.layer, e.expert, e.shape});
   }
-  if (!head) {
-    // Tied head: the server gets its own untied lm_head = E[p_c][:, p] and never the embedding.
+  if (plain.tie_word_embeddings) {
+    // A head tied to the embedding: the server gets its own untied copy
+    // (lm_head = E[p_c][:, p]) and never the embedding itself. It goes where
+    // transformers puts it, after the final norm (the end of the globals).
     ModelConfig untied = plain;
     untied.tie_word_embeddings = false;
-    TransformedTensor t{TensorName(untied, Role::kLmHead),
-                        TensorName(plain, Role::kTokenEmbedding),
-                        Role::kLmHead,
-                        Layout::kLinear,
-                        -1,
-                        -1,
-                        {plain.vocab_size, plain.hidden_size}};
-    // Keep the head where transformers puts it: after the final norm.
-    plan.push_back(t);
+    for (const RoleInfo& r : AllRoles()) {
+      if (!r.tied_to_embedding || !HasRole(untied, r.role)) continue;
+      plan.push_back({TensorName(untied, r.role), TensorName(plain, Role::kTokenEmbedding), r.role,
+                      Layout::kLinear, -1, -1, RoleShape(r.role, plain)});
+    }
   }
   return plan;
 }
 
+Permutation AxisPermutation(Axis axis, const TransformedTensor& t, const ModelConfig& c,
+                            const ModelKeys& keys) {
+  const LayerKey* lk = t.layer >= 0 ? &keys.layers[static_cast<size_t>(t.layer)] : nullptr;
+  auto layer_key = [&]() -> const LayerKey& {
+    if (!lk) throw Internal(std::string("axis ") + AxisName(axis) + " outside a layer");
+    return *lk;
+  };
+  switch (axis) {
+    case Axis::kNone:
+      return {};
+    case Axis::kHidden:
+      return keys.p;
+    case Axis::kHeadHidden:
+      if (keys.p_h.empty()) throw InvalidArgument("keys have no head permutation p_h");
+      return keys.p_h;
+    case Axis::kQ:
+      return keys.QPerm(c, t.layer);
+    case Axis::kK:
+      return keys.KPerm(c, t.layer);
+    case Axis::kV:
+      return keys.VPerm(c, t.layer);
+    case Axis::kAttnOut:
+      return keys.OPerm(c, t.layer);
+    case Axis::kQkv:
+      // A fused q|k|v: concat(p_q, q + p_k, q + kv + p_v).
+      return Concat({keys.QPerm(c, t.layer), Offset(keys.KPerm(c, t.layer), c.q_size()),
+                     Offset(keys.VPerm(c, t.layer), c.q_size() + c.kv_size())});
+    case Axis::kFfn:
+      return layer_key().ffn;
+    case Axis::kExpertFfn:
+      return layer_key().expert_ffn.at(static_cast<size_t>(t.expert));
+    case Axis::kExperts:
+      return layer_key().expert_order;
+    case Axis::kOutputs:
+      return keys.p_c;
+    case Axis::kOne:
+    case Axis::kVocab:
+    case Axis::kPositions:
+    case Axis::kTokenTypes:
+    case Axis::kPatch:
+      break;  // client-side axes: the server never sees them
+  }
+  throw Internal(std::string("no permutation for axis ") + AxisName(axis) + " (role " +
+                 RoleName(t.role) + ")");
+}
+
 AxisPermutations PermutationsFor(const TransformedTensor& t, const ModelConfig& c,
                                  const ModelKeys& keys) {
-  const Permutation& p = keys.p;
   if (t.layer >= static_cast<int>(keys.layers.size())) {
     throw InvalidArgument("keys have fewer layers than the model");
   }
-  const LayerKey* lk = t.layer >= 0 ? &keys.layers[static_cast<size_t>(t.layer)] : nullptr;
-  switch (t.role) {
-    case Role::kAttnNormWeight:
-    case Role::kAttnNormBias:
-    case Role::kFfnNormWeight:
-    case Role::kFfnNormBias:
-    case Role::kFinalNormWeight:
-    case Role::kFinalNormBias:
-    case Role::kOBias:
-    case Role::kFfnDownBias:
-      return {p, {}};
-    case Role::kQ:
-      return {keys.QPerm(c, t.layer), p};
-    case Role::kQBias:
-      return {keys.QPerm(c, t.layer), {}};
-    case Role::kK:
-      return {keys.KPerm(c, t.layer), p};
-    case Role::kKBias:
-      return {keys.KPerm(c, t.layer), {}};
-    case Role::kV:
-      return {keys.VPerm(c, t.layer), p};
-    case Role::kVBias:
-      return {keys.VPerm(c, t.layer), {}};
-    case Role::kQkv:
-    case Role::kQkvBias: {
-      // GPT-2's fused c_attn: output columns concat(p_q, q + p_k, q + kv + p_v).
-      Permutation rows = Concat({keys.QPerm(c, t.layer), Offset(keys.KPerm(c, t.layer), c.q_size()),
-                                 Offset(keys.VPerm(c, t.layer), c.q_size() + c.kv_size())});
-      return {rows, t.role == Role::kQkv ? p : Permutation{}};
-    }
-    case Role::kO:
-      return {p, keys.OPerm(c, t.layer)};
-    case Role::kFfnUp:
-    case Role::kFfnGate:
-      return {lk->ffn, p};
-    case Role::kFfnUpBias:
-    case Role::kFfnGateBias:
-      return {lk->ffn, {}};
-    case Role::kFfnDown:
-      return {p, lk->ffn};
-    case Role::kRouter:
-      return {lk->expert_order, p};
-    case Role::kExpertGate:
-    case Role::kExpertUp:
-      return {lk->expert_ffn[static_cast<size_t>(t.expert)], p};
-    case Role::kExpertDown:
-      return {p, lk->expert_ffn[static_cast<size_t>(t.expert)]};
-    case Role::kLmHead:
-      return {keys.p_c, p};
-    case Role::kLmHeadBias:
-      return {keys.p_c, {}};
-    case Role::kTokenEmbedding:
-    case Role::kPositionEmbedding:
-      break;
+  const RoleInfo& r = Info(t.role);
+  if (r.scope == Scope::kClient) {
+    throw Internal(std::string("no transformation rule for client role ") + r.name);
   }
-  throw Internal(std::string("no transformation rule for role ") + RoleName(t.role));
+  return {AxisPermutation(r.rows, t, c, keys), AxisPermutation(r.cols, t, c, keys)};
 }
 
 std::string SourceTensorName(const TransformedTensor& t, const ModelConfig& plain,

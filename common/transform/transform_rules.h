@@ -45,6 +45,11 @@ std::string TransformedConfigJson(const std::string& plain_json, const std::stri
 // head is always present (from the token embedding when the model is tied).
 std::vector<TransformedTensor> PlanServerTensors(const ModelConfig& plain);
 
+// The permutation of one axis kind (roles.h) for tensor `t` (its layer and
+// expert pick the per-layer keys): hidden -> p, outputs -> p_c, ffn -> p_f, ...
+Permutation AxisPermutation(Axis axis, const TransformedTensor& t, const ModelConfig& plain,
+                            const ModelKeys& keys);
+// {rows, cols} = the permutations of the role's row and column axes.
 AxisPermutations PermutationsFor(const TransformedTensor& t, const ModelConfig& plain,
                                  const ModelKeys& keys);
 
@@ -74,7 +79,7 @@ std::map<std::string, at::Tensor> TransformInMemory(const ModelConfig& plain,
 class ClientPermuter {
  public:
   ClientPermuter(const Permutation& p, const Permutation& p_c, at::Device device = at::kCPU);
-  at::Tensor Permute(const at::Tensor& x) const;       // x' = x[..., p]
+  at::Tensor Permute(const at::Tensor& x) const;          // x' = x[..., p]
   at::Tensor Unpermute(const at::Tensor& o_prime) const;  // o = o'[..., argsort(p_c)]
 
  private:
