@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The README's run command: the three-party STIP demo on this machine.
-# Installs what is missing, builds, makes a demo PKI, then starts
+# Installs what is missing, builds the three daemons (not the tests and tools:
+# deploy/test.sh builds those), makes a demo PKI, then starts
 #   stip-server     (P2, the cloud)      on its own port, TLS on
 #   stip-developer  (P1, the developer)  transforms the demo model, pushes it to
 #                                        the server, serves the registry (TLS)
@@ -17,7 +18,8 @@ MODEL=${STIP_DEMO_MODEL:-models/kjv-llama}
 BUILD_DIR=${STIP_BUILD_DIR:-build}
 if [[ "${STIP_DEMO_SKIP_BUILD:-0}" != 1 ]]; then
   deploy/install-deps.sh >&2
-  deploy/build.sh >&2
+  # Only what the demo runs: a first answer without compiling the test suite.
+  STIP_BUILD_TARGETS="stip-server stip-developer stip-client" deploy/build.sh >&2
 fi
 BIN=$ROOT/$BUILD_DIR
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/stip-demo.XXXXXX")

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The README's test command: installs what is missing, configures, builds and
-# runs the whole test suite with ctest.
+# runs the whole test suite with ctest. Arguments go to ctest: deploy/test.sh -L unit
+# runs only the unit tests (labels: docs/testing.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 deploy/install-deps.sh

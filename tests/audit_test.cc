@@ -1,6 +1,6 @@
 // The security audit (common/audit): every attack succeeds fully against
 // identity keys, stays at chance on unrelated random data, and reaches the
-// figures the README states on both demo models.
+// figures docs/threat-model.md states on both demo models.
 #include "common/audit/audit.h"
 
 #include <ATen/CPUGeneratorImpl.h>

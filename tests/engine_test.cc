@@ -157,7 +157,7 @@ TEST_P(DemoModelTest, Greedy40TokensMatchReferenceIdsAndText) {
   EXPECT_LE(MaxAbsDiff(lm.client->Embed(prompt, 0), emb), kTol);
   KvCache cache = lm.server->NewCache();
   at::Tensor logits = lm.server->Forward({{lm.client->Embed(prompt, 0), &cache, true}})[0];
-  // Logits of these trained models reach ~16: scale the tolerance (see stip-transform.md).
+  // Logits of these trained models reach ~16: scale the tolerance (docs/transform.md, numerics).
   at::Tensor ref_logits = Reference(dir, "logits")[0];
   EXPECT_LE(MaxAbsDiff(logits, ref_logits),
             1e-3 * std::max(1.0, ref_logits.abs().max().item<double>()));

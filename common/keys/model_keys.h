@@ -1,4 +1,4 @@
-// The key material Π of one model instance (docs: stip-transform.md):
+// The key material Π of one model instance (docs/transform.md):
 //
 //   p    [d]      hidden-state permutation      developer + users
 //   p_c  [vocab]  logit permutation             developer + users

@@ -1,5 +1,5 @@
 // ParaTrans: the STIP parameter transformation, tensor by tensor
-// (docs: stip-transform.md). Every tensor's row and column permutations
+// (docs/transform.md). Every tensor's row and column permutations
 // follow from its role in the architecture table; nothing here is specific
 // to one model family.
 #pragma once
