@@ -299,6 +299,7 @@ GenerateResult Generator::GenerateIds(const std::vector<int64_t>& prompt_ids,
       at::Tensor logits = o_prime[o_prime.size(0) - 1].index_select(-1, p_c_inverse_);
       CheckTopKRowExact(logits, backend_->logits_format(), options.sampling);
       const int64_t next = sampler.Next(logits, history_);
+      if (options.on_logits) options.on_logits(logits, next);
       history_.push_back(next);
       (prefill_done ? r.decode_seconds : r.prefill_seconds) += Since(t0);
       prefill_done = true;

@@ -50,6 +50,10 @@ struct GenerateOptions {
   bool stop_at_eos = true;
   // Checked before every step; true ends the turn with finish_reason "cancelled".
   std::function<bool()> cancelled;
+  // Called for every sampled id (an EOS that ends the answer too) with the
+  // un-permuted logits o [vocab] it was drawn from (FP32, before temperature
+  // or penalties): log-probabilities for the OpenAI API.
+  std::function<void(const at::Tensor& logits, int64_t id)> on_logits;
 };
 
 struct GenerateResult {

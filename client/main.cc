@@ -10,7 +10,8 @@
 //             says the instance is retired, and renew the access token)
 //   generate  one completion: prints the prompt and the continuation
 //   chat      interactive prompt, the conversation kept between turns
-//   serve     the local Chat gRPC service for other programs
+//   serve     the local Chat gRPC service and/or the OpenAI-compatible HTTP
+//             API with the chat page (--http) for other programs
 #include <signal.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
@@ -20,19 +21,24 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
+#include <nlohmann/json.hpp>
 #include <thread>
 
 #include "client/bundle_refresh.h"
 #include "client/bundle_store.h"
 #include "client/chat_cli.h"
 #include "client/chat_service.h"
+#include "client/client_metrics.h"
 #include "client/generator.h"
+#include "client/http_api.h"
 #include "client/local_backend.h"
 #include "client/reconnect.h"
 #include "client/registration.h"
 #include "client/remote_session.h"
 #include "common/engine/causal_lm.h"
 #include "common/error.h"
+#include "common/metrics/metrics.h"
 #include "common/rpc/server_setup.h"
 #include "common/rpc/tls.h"
 #include "common/util/files.h"
@@ -260,8 +266,52 @@ int RunChatCommand(const ConnectFlags& cf, const GenerateOptions& options) {
 
 void OnTerminate(int) { g_interrupted.store(true); }
 
-int RunServe(const ConnectFlags& cf, const std::string& listen, TlsOptions tls,
-             bool listen_insecure, size_t max_conversations, size_t max_prompt_bytes) {
+struct ServeFlags {
+  std::string listen;  // gRPC Chat ("": none)
+  TlsOptions tls;
+  bool listen_insecure = false;
+  size_t max_conversations = 64;
+  size_t max_prompt_bytes = 1 << 20;
+  std::string http;  // OpenAI-compatible HTTP API ("": none)
+  std::string api_key_file;
+  std::string model_name;
+  int http_max_concurrent = 64;
+  std::string metrics_listen;
+};
+
+// The model's name in the HTTP API: --model-name, else the bundle config's
+// _name_or_path (its last component), else its model_type.
+std::string ModelName(const ServeFlags& f, const ClientBundle& bundle) {
+  if (!f.model_name.empty()) return f.model_name;
+  std::string name;
+  try {
+    nlohmann::json j = nlohmann::json::parse(ReadFile(bundle.dir() + "/config.json"));
+    name = j.value("_name_or_path", "");
+    while (!name.empty() && name.back() == '/') name.pop_back();
+    if (name.rfind('/') != std::string::npos) name = name.substr(name.rfind('/') + 1);
+    if (name.empty()) name = j.value("model_type", "");
+  } catch (const std::exception&) {
+  }
+  return name.empty() ? "stip-model" : name;
+}
+
+std::string HostOf(const std::string& address) { return address.substr(0, address.rfind(':')); }
+
+int RunServe(const ConnectFlags& cf, const ServeFlags& f) {
+  if (f.listen.empty() && f.http.empty()) {
+    throw InvalidArgument("serve needs --listen (gRPC Chat) or --http (OpenAI API), or both");
+  }
+  std::string api_key;
+  if (!f.api_key_file.empty()) {
+    api_key = ReadFile(f.api_key_file);
+    while (!api_key.empty() &&
+           (api_key.back() == '\n' || api_key.back() == '\r' || api_key.back() == ' ')) {
+      api_key.pop_back();
+    }
+    if (api_key.empty()) throw InvalidArgument("--api-key-file " + f.api_key_file + " is empty");
+  } else if (const char* env = std::getenv("STIP_API_KEY"); env && *env) {
+    api_key = env;
+  }
   Backend b = MakeBackend(cf);
   // Refused credentials or a mismatched model fail now; an unreachable
   // server only warns (it may start after us), requests then retry.
@@ -271,36 +321,77 @@ int RunServe(const ConnectFlags& cf, const std::string& listen, TlsOptions tls,
     if (e.status_code() != grpc::StatusCode::UNAVAILABLE) throw;
     spdlog::warn("{} (requests will try again)", e.what());
   }
-  ChatServiceOptions so;
-  so.bundle = b.bundle;
-  so.make_backend = b.make;
-  so.connection = b.connection;
-  so.max_conversations = max_conversations;
-  so.max_prompt_bytes = max_prompt_bytes;
-  so.reconnect = b.reconnect;
-  so.reconnect.notify = [](const std::string& message) { spdlog::warn("chat: {}", message); };
-  ChatService service(so);
-  ServerSetup setup;
-  setup.address = listen;
-  setup.tls = tls;
-  setup.tls.insecure = listen_insecure;
-  setup.name = "stip-client";
-  int port = 0;
-  auto server = StartServer(setup, {&service}, &port, {v1::Chat::service_full_name()});
-  const std::string host = listen.substr(0, listen.rfind(':'));
-  std::printf("stip-client listening on %s:%d\n", host.c_str(), port);
+  ReconnectPolicy reconnect = b.reconnect;
+  reconnect.notify = [](const std::string& message) { spdlog::warn("chat: {}", message); };
+
+  std::unique_ptr<MetricsEndpoint> metrics;
+  std::unique_ptr<ClientMetrics> client_metrics;
+  if (!f.metrics_listen.empty()) {
+    metrics = std::make_unique<MetricsEndpoint>();
+    client_metrics = std::make_unique<ClientMetrics>(metrics->registry());
+    const int port = metrics->Listen(f.metrics_listen);
+    std::printf("stip-client metrics on http://%s:%d/metrics\n", HostOf(f.metrics_listen).c_str(),
+                port);
+  }
+
+  std::unique_ptr<HttpApi> http;
+  if (!f.http.empty()) {
+    HttpApiOptions ho;
+    ho.bundle = b.bundle;
+    ho.make_backend = b.make;
+    ho.connection = b.connection;
+    ho.reconnect = reconnect;
+    ho.model_id = ModelName(f, *b.bundle);
+    ho.api_key = api_key;
+    ho.max_prompt_bytes = f.max_prompt_bytes;
+    ho.max_concurrent = f.http_max_concurrent;
+    ho.metrics = client_metrics.get();
+    http = std::make_unique<HttpApi>(ho);
+    const int port = http->Start(f.http);
+    std::printf("stip-client HTTP API on http://%s:%d (model \"%s\"%s)\n", HostOf(f.http).c_str(),
+                port, ho.model_id.c_str(), api_key.empty() ? "" : ", API key required");
+    if (f.listen.empty())
+      std::printf("stip-client listening on %s:%d\n", HostOf(f.http).c_str(), port);
+    std::fflush(stdout);
+  }
+
+  std::unique_ptr<ChatService> service;
+  std::unique_ptr<grpc::Server> server;
+  if (!f.listen.empty()) {
+    ChatServiceOptions so;
+    so.bundle = b.bundle;
+    so.make_backend = b.make;
+    so.connection = b.connection;
+    so.max_conversations = f.max_conversations;
+    so.max_prompt_bytes = f.max_prompt_bytes;
+    so.reconnect = reconnect;
+    service = std::make_unique<ChatService>(so);
+    ServerSetup setup;
+    setup.address = f.listen;
+    setup.tls = f.tls;
+    setup.tls.insecure = f.listen_insecure;
+    setup.name = "stip-client";
+    int port = 0;
+    server = StartServer(setup, {service.get()}, &port, {v1::Chat::service_full_name()});
+    std::printf("stip-client listening on %s:%d\n", HostOf(f.listen).c_str(), port);
+  }
   std::fflush(stdout);
-  spdlog::info("serving Chat for instance {} via {}", b.bundle->instance_id(), b.description);
+  spdlog::info("serving {}{}for instance {} via {}", server ? "Chat " : "",
+               http ? "and the HTTP API " : "", b.bundle->instance_id(), b.description);
   struct sigaction sa {};
   sa.sa_handler = OnTerminate;
   sigemptyset(&sa.sa_mask);
   sigaction(SIGINT, &sa, nullptr);
   sigaction(SIGTERM, &sa, nullptr);
+  signal(SIGPIPE, SIG_IGN);  // a closed HTTP connection is a failed write, not a signal
   while (!g_interrupted.load()) std::this_thread::sleep_for(std::chrono::milliseconds(200));
   spdlog::info("shutting down");
+  if (http) http->Stop();
   // Answers in progress get a few seconds to finish; idle connections none.
-  server->Shutdown(std::chrono::system_clock::now() +
-                   std::chrono::seconds(service.active() > 0 ? 5 : 0));
+  if (server) {
+    server->Shutdown(std::chrono::system_clock::now() +
+                     std::chrono::seconds(service->active() > 0 ? 5 : 0));
+  }
   return 0;
 }
 
@@ -394,30 +485,44 @@ int main(int argc, char** argv) {
 
   // serve
   stip::ConnectFlags serve_conn;
-  std::string listen;
-  stip::TlsOptions listen_tls;
-  bool listen_insecure = false, server_insecure = false;
-  size_t max_conversations = 64;
-  size_t max_prompt_bytes = 1 << 20;
-  auto* serve = app.add_subcommand("serve", "serve the Chat gRPC service for local programs");
+  stip::ServeFlags sf;
+  bool server_insecure = false;
+  auto* serve = app.add_subcommand(
+      "serve",
+      "serve the Chat gRPC service and/or the OpenAI-compatible HTTP API for local programs");
   serve_conn.Add(serve);  // --insecure: plaintext toward the server AND on the listener
-  serve->add_option("--listen", listen, "HOST:PORT to listen on (port 0: any)")->required();
-  serve->add_option("--cert,--tls-cert", listen_tls.cert_file,
+  serve->add_option("--listen", sf.listen, "HOST:PORT for the gRPC Chat service (port 0: any)");
+  serve->add_option("--cert,--tls-cert", sf.tls.cert_file,
                     "TLS certificate chain (PEM) to serve with");
-  serve->add_option("--key,--tls-key", listen_tls.key_file, "TLS private key (PEM)");
-  serve->add_option("--client-ca", listen_tls.ca_file,
+  serve->add_option("--key,--tls-key", sf.tls.key_file, "TLS private key (PEM)");
+  serve->add_option("--client-ca", sf.tls.ca_file,
                     "require client certificates signed by this CA (PEM)");
-  serve->add_flag("--listen-insecure", listen_insecure, "serve Chat WITHOUT TLS");
+  serve->add_flag("--listen-insecure", sf.listen_insecure, "serve Chat WITHOUT TLS");
   serve->add_flag("--server-insecure", server_insecure, "connect to the stip server WITHOUT TLS");
-  serve->add_option("--max-conversations", max_conversations, "conversations kept at once")
+  serve->add_option("--max-conversations", sf.max_conversations, "conversations kept at once")
       ->check(CLI::Range(1, 1 << 16));
   serve
-      ->add_option("--max-prompt-bytes", max_prompt_bytes,
+      ->add_option("--max-prompt-bytes", sf.max_prompt_bytes,
                    "largest prompt a request may carry (RESOURCE_EXHAUSTED beyond; accepts "
                    "KiB/MiB suffixes)")
       ->capture_default_str()
       ->transform(CLI::AsSizeValue(false))
       ->check(CLI::Range(size_t{1}, size_t{64} << 20));
+  serve->add_option("--http", sf.http,
+                    "HOST:PORT for the OpenAI-compatible HTTP API and the chat page (plain HTTP: "
+                    "keep it on loopback; port 0: any)");
+  serve->add_option("--api-key-file", sf.api_key_file,
+                    "require \"Authorization: Bearer KEY\" on /v1/ with the key in this file "
+                    "(or $STIP_API_KEY)");
+  serve->add_option("--model-name", sf.model_name,
+                    "the model's id in the HTTP API (default: from the bundle's config.json)");
+  serve
+      ->add_option("--http-max-concurrent", sf.http_max_concurrent,
+                   "HTTP requests generating at once (429 beyond)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 4096));
+  serve->add_option("--metrics-listen", sf.metrics_listen,
+                    "HOST:PORT to serve Prometheus metrics at /metrics");
 
   try {
     app.parse(argc, argv);
@@ -432,11 +537,10 @@ int main(int argc, char** argv) {
     if (*gen) return stip::RunGenerate(gen_conn, gen_sampling.Get(), prompt, stats);
     if (*chat) return stip::RunChatCommand(chat_conn, chat_sampling.Get());
     if (*serve) {
-      listen_tls.require_client_cert = !listen_tls.ca_file.empty();
-      listen_insecure = listen_insecure || serve_conn.insecure;
+      sf.tls.require_client_cert = !sf.tls.ca_file.empty();
+      sf.listen_insecure = sf.listen_insecure || serve_conn.insecure;
       serve_conn.insecure = serve_conn.insecure || server_insecure;
-      return stip::RunServe(serve_conn, listen, listen_tls, listen_insecure, max_conversations,
-                            max_prompt_bytes);
+      return stip::RunServe(serve_conn, sf);
     }
   } catch (const stip::Error& e) {
     std::fflush(stdout);

@@ -15,19 +15,24 @@ BUILD_PKGS=(
   # the slow reference implementation); it takes over libblas.so.3.
   libopenblas0-pthread
 )
-# Validating docker-compose.yml offline in the test suite.
-TEST_PKGS=(docker-compose)
+# The client's OpenAI-compatible HTTP API and the daemons' /metrics
+# (cpp-httplib serves both; prometheus-cpp holds and formats the metrics).
+HTTP_PKGS=(libcpp-httplib-dev prometheus-cpp-dev)
+# Validating docker-compose.yml offline in the test suite; the HTTP API's
+# tests: curl, and the official OpenAI client (npm "openai", installed into
+# the build directory at test time) on Node.js.
+TEST_PKGS=(docker-compose curl nodejs npm)
 # deploy/fuzz.sh only (libFuzzer and clang's sanitizer runtimes); not for CI.
 FUZZ_PKGS=(clang-14 libclang-rt-14-dev)
 # Plots in `stip-developer audit --report` (without it the report says so).
 TOOL_PKGS=(gnuplot-nox)
 
-pkgs=("${BUILD_PKGS[@]}" "${TEST_PKGS[@]}" "${TOOL_PKGS[@]}")
+pkgs=("${BUILD_PKGS[@]}" "${HTTP_PKGS[@]}" "${TEST_PKGS[@]}" "${TOOL_PKGS[@]}")
 if [[ "${1:-}" == "--fuzz" ]]; then
   pkgs=("${FUZZ_PKGS[@]}")
 elif [[ "${1:-}" == "--runtime-only" ]]; then
   pkgs=(libtorch1.13 libgrpc++1.51 libprotobuf32 libspdlog1.10 libsentencepiece0 libpcre2-8-0 openssl
-        libopenblas0-pthread)
+        libopenblas0-pthread libcpp-httplib0.11 libprometheus-cpp-core1.0)
 fi
 
 missing=()

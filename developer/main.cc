@@ -551,6 +551,8 @@ int main(int argc, char** argv) {
   serve->add_option("--state", serve_cmd.state_dir, "state directory (created 0700)")->required();
   serve->add_option("--listen", serve_cmd.listen, "Registry address HOST:PORT (port 0: any)")
       ->required();
+  serve->add_option("--metrics-listen", serve_cmd.metrics_listen,
+                    "HOST:PORT to serve Prometheus metrics at /metrics (no user data)");
   serve
       ->add_option("--server", serve_cmd.servers,
                    "a stip-server's admin address HOST:PORT (its --admin-listen; repeatable)")

@@ -13,13 +13,16 @@
 #include <cstdio>
 #include <functional>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <thread>
 
 #include "common/error.h"
+#include "common/metrics/metrics.h"
 #include "common/rpc/server_setup.h"
 #include "common/util/files.h"
 #include "developer/access_sync.h"
+#include "developer/developer_metrics.h"
 #include "developer/instance_groups.h"
 #include "developer/instance_rollout.h"
 #include "developer/model_pusher.h"
@@ -210,6 +213,16 @@ int RunServe(const ServeCommand& cmd) {
 
   InstallSignalHandlers();
 
+  std::unique_ptr<MetricsEndpoint> metrics;
+  std::unique_ptr<DeveloperMetrics> developer_metrics;
+  if (!cmd.metrics_listen.empty()) {
+    metrics = std::make_unique<MetricsEndpoint>();
+    developer_metrics = std::make_unique<DeveloperMetrics>(*metrics);
+    const int metrics_port = metrics->Listen(cmd.metrics_listen);
+    std::printf("stip-developer metrics on http://%s/metrics\n",
+                WithPort(cmd.metrics_listen, metrics_port).c_str());
+  }
+
   // 2. Every server gets every instance users are served by: the default
   // group's, the other groups' and pinned ones (rotations in progress are
   // the rollout's, below).
@@ -247,6 +260,7 @@ int RunServe(const ServeCommand& cmd) {
         spdlog::info("interrupted while pushing to {}", server);
         return 0;
       }
+      if (developer_metrics) developer_metrics->Push(r.already_stored);
       if (r.already_stored) {
         spdlog::info("server {} already has instance {}", server, instance);
       } else {
@@ -266,7 +280,11 @@ int RunServe(const ServeCommand& cmd) {
   }
 
   // 3. The Registry.
-  RegistryService registry(&state, &users, rc);
+  RegistryService registry_service(&state, &users, rc);
+  std::optional<MeteredRegistry> metered;
+  if (developer_metrics) metered.emplace(&registry_service, developer_metrics.get());
+  grpc::Service* registry = metered ? static_cast<grpc::Service*>(&*metered)
+                                    : static_cast<grpc::Service*>(&registry_service);
   ServerSetup setup;
   setup.address = cmd.listen;
   setup.name = "stip-developer registry";
@@ -275,7 +293,7 @@ int RunServe(const ServeCommand& cmd) {
   setup.tls.key_file = cmd.tls_key;
   int port = 0;
   std::unique_ptr<grpc::Server> server =
-      StartServer(setup, {&registry}, &port, {v1::Registry::service_full_name()});
+      StartServer(setup, {registry}, &port, {v1::Registry::service_full_name()});
   std::string bound = WithPort(cmd.listen, port);
   spdlog::info("Registry serving instance {} (users go to server {}) on {}", id, rc.server_address,
                bound);

@@ -32,6 +32,7 @@ struct ServeCommand {
   double shard_gib = 4;
   double token_ttl_hours = 720;  // lifetime of the access tokens the Registry issues
   double access_sync_s = 10;     // how often revocations are pushed to the servers
+  std::string metrics_listen;    // HOST:PORT for Prometheus /metrics ("": none)
 };
 
 // Runs until SIGTERM/SIGINT; prints "stip-developer listening on HOST:PORT"

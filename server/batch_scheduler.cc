@@ -92,6 +92,7 @@ void BatchScheduler::Submit(StepWork work) {
     if (!stop_) {
       queue_.push_back(std::move(work));
       work.done = nullptr;
+      counters_->queued++;
     }
   }
   if (work.done) {
@@ -138,6 +139,7 @@ void BatchScheduler::Run() {
     while (!queue_.empty() && batch.size() < max_batch) {
       batch.push_back(std::move(queue_.front()));
       queue_.pop_front();
+      counters_->queued--;
     }
     lock.unlock();
     RunBatch(batch);
@@ -146,6 +148,7 @@ void BatchScheduler::Run() {
   }
   std::deque<StepWork> left;
   left.swap(queue_);
+  counters_->queued -= static_cast<int64_t>(left.size());
   lock.unlock();
   for (StepWork& w : left) {
     Deliver(w, Failure(ErrorCode::kFailedPrecondition, "the server is shutting down"));
@@ -173,6 +176,7 @@ void BatchScheduler::RunBatch(std::vector<StepWork>& batch) {
     return outcome;
   };
   std::vector<StepOutcome> outcomes;
+  const auto t0 = std::chrono::steady_clock::now();
   try {
     ForwardTimer timer(counters_->forward_ns);
     std::vector<at::Tensor> logits = model_.Forward(steps);
@@ -206,6 +210,14 @@ void BatchScheduler::RunBatch(std::vector<StepWork>& batch) {
   }
   counters_->forwards++;
   if (batch.size() > 1) counters_->batched_forwards++;
+  for (const StepWork& w : batch) {
+    counters_->positions_in += static_cast<uint64_t>(w.hidden.size(0));
+    counters_->logits_rows_out += w.all_logits ? static_cast<uint64_t>(w.hidden.size(0)) : 1;
+  }
+  if (counters_->on_batch) {
+    counters_->on_batch(
+        batch.size(), std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
   uint64_t largest = counters_->largest_batch.load();
   while (batch.size() > largest &&
          !counters_->largest_batch.compare_exchange_weak(largest, batch.size())) {

@@ -38,6 +38,13 @@ struct SchedulerCounters {
   // Time spent in ServerModel::Forward (including the one-by-one fallback
   // runs), nanoseconds: the server's compute, without (de)serialization.
   std::atomic<uint64_t> forward_ns{0};
+  // For the metrics (server/server_metrics.h):
+  std::atomic<int64_t> queued{0};            // steps waiting in the schedulers' queues
+  std::atomic<uint64_t> positions_in{0};     // x' positions run through Forward (tokens in)
+  std::atomic<uint64_t> logits_rows_out{0};  // o' rows computed for the clients (tokens out)
+  // Called after every successful batched Forward with the batch's size and
+  // its time (seconds). Set before any scheduler starts; may be empty.
+  std::function<void(size_t batch, double seconds)> on_batch;
 };
 
 struct StepOutcome {

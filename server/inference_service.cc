@@ -273,6 +273,7 @@ class SessionReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, gr
       finished_ = true;
     }
     if (!status.ok() && status.error_code() != grpc::StatusCode::CANCELLED) {
+      if (svc_->options.on_error) svc_->options.on_error(static_cast<int>(status.error_code()));
       spdlog::info("session {}: ended: {} ({})", SessionName(), status.error_message(),
                    static_cast<int>(status.error_code()));
     } else if (!session_id_.empty()) {
@@ -485,6 +486,7 @@ class SessionReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, gr
 
   void SendStepError(uint64_t step_id, const grpc::Status& status) {
     spdlog::debug("session {}: step {} refused: {}", session_id_, step_id, status.error_message());
+    if (svc_->options.on_error) svc_->options.on_error(static_cast<int>(status.error_code()));
     response_.Clear();
     v1::StepError* e = response_.mutable_error();
     e->set_step_id(step_id);

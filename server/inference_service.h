@@ -30,6 +30,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -48,6 +49,9 @@ struct InferenceOptions {
   int idle_timeout_s = 600;       // end a session that sends nothing for this long (0: never)
   std::string record_inputs_dir;  // test-only: record each session's first x' here ("" = off)
   std::shared_ptr<const AccessPolicy> policy;  // null: SignedTokenPolicy on the store
+  // Called with the gRPC status code of every refused step and every session
+  // that ends with an error (metrics; may be empty).
+  std::function<void(int grpc_code)> on_error;
 };
 
 // The Session stream is registered raw (bytes, parsed by the reactor): a

@@ -18,8 +18,10 @@
 #include <iostream>
 
 #include "common/error.h"
+#include "common/metrics/metrics.h"
 #include "common/rpc/tls.h"
 #include "common/util/no_core_dumps.h"
+#include "server/server_metrics.h"
 #include "server/stip_server.h"
 
 int main(int argc, char** argv) {
@@ -30,6 +32,7 @@ int main(int argc, char** argv) {
   double shutdown_grace_s = 10;
   uint64_t max_message_bytes = stip::kMaxMessageBytes;
   std::string log_level = "info";
+  std::string metrics_listen;
 
   app.add_option("--listen", opt.listen, "host:port to listen on (port 0: pick a free one)")
       ->capture_default_str();
@@ -102,6 +105,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--log-level", log_level, "trace | debug | info | warn | error")
       ->capture_default_str();
+  app.add_option("--metrics-listen", metrics_listen,
+                 "HOST:PORT to serve Prometheus metrics at /metrics (plain HTTP; no user data)");
   CLI11_PARSE(app, argc, argv);
 
   auto logger = spdlog::stderr_color_mt("stip-server");
@@ -141,7 +146,29 @@ int main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   try {
+    // Before the server (its schedulers feed the histograms), destroyed after it.
+    std::unique_ptr<stip::MetricsEndpoint> metrics;
+    std::unique_ptr<stip::server::ServerMetrics> server_metrics;
+    if (!metrics_listen.empty()) {
+      metrics = std::make_unique<stip::MetricsEndpoint>();
+      server_metrics = std::make_unique<stip::server::ServerMetrics>(*metrics);
+      opt.store.counters = server_metrics->counters();
+      opt.inference.on_error = [m = server_metrics.get()](int code) { m->Error(code); };
+    }
     stip::server::StipServer server(opt);
+    if (server_metrics) {
+      server_metrics->Attach(&server);
+      const int port = metrics->Listen(metrics_listen);
+      std::cout << "stip-server metrics on http://"
+                << metrics_listen.substr(0, metrics_listen.rfind(':')) << ":" << port << "/metrics"
+                << std::endl;
+    }
+    struct DetachMetrics {
+      stip::server::ServerMetrics* m;
+      ~DetachMetrics() {
+        if (m) m->Detach();
+      }
+    } detach{server_metrics.get()};
     if (server.admin_port() != 0) {
       std::cout << "stip-server admin on " << server.admin_address() << std::endl;
       spdlog::info("serving ModelStore on {} ({})", server.admin_address(),

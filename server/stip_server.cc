@@ -12,7 +12,9 @@
 namespace stip::server {
 
 StipServer::StipServer(ServerOptions options)
-    : options_(std::move(options)), counters_(std::make_shared<SchedulerCounters>()) {
+    : options_(std::move(options)),
+      counters_(options_.store.counters ? options_.store.counters
+                                        : std::make_shared<SchedulerCounters>()) {
   options_.store.counters = counters_;
   const AdminOptions& admin = options_.admin;
   if (!admin.listen.empty() && !options_.tls.insecure && admin.ca_file.empty()) {
