@@ -19,9 +19,10 @@ BUILD_PKGS=(
 # (cpp-httplib serves both; prometheus-cpp holds and formats the metrics).
 HTTP_PKGS=(libcpp-httplib-dev prometheus-cpp-dev)
 # Validating docker-compose.yml offline in the test suite; the HTTP API's
-# tests: curl, and the official OpenAI client (npm "openai", installed into
-# the build directory at test time) on Node.js.
-TEST_PKGS=(docker-compose curl nodejs npm)
+# tests: curl, the official OpenAI client (npm "openai", installed into the
+# build directory at test time) on Node.js, and the chat page in headless
+# Chromium (driven by npm "playwright-core").
+TEST_PKGS=(docker-compose curl nodejs npm chromium)
 # deploy/fuzz.sh only (libFuzzer and clang's sanitizer runtimes); not for CI.
 FUZZ_PKGS=(clang-14 libclang-rt-14-dev)
 # Plots in `stip-developer audit --report` (without it the report says so).

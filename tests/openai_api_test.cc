@@ -11,9 +11,11 @@
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdio>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <regex>
@@ -32,6 +34,7 @@ const std::string kModel = "kjv-gpt2";
 const std::string kApiKey = "sk-test-0123456789abcdef";
 const std::string kNodeDir = kBin + "/tests/node";
 const std::string kOpenAiPackage = "openai@4.95.0";
+const std::string kPlaywrightPackage = "playwright-core@1.57.0";  // Node 18 (Debian 12)
 
 // "http://127.0.0.1:PORT" from a daemon's "... on http://127.0.0.1:PORT[/metrics] ..." line.
 std::string UrlAfter(const Daemon& d, const std::string& marker) {
@@ -429,6 +432,44 @@ TEST_F(OpenAiApiTest, DisconnectFreesTheServerSession) {
       Sample(Curl({server_metrics_ + "/metrics"}).body, "stip_server_tokens_out_total") -
       tokens_before;
   EXPECT_LT(produced, 490) << "the server went on generating for a client that had gone";
+}
+
+// The chat page in a real browser (headless Chromium): the streamed answer
+// equals the greedy reference, the stop button ends a long answer. The
+// screenshot is kept in the build directory (tests/artefacts/chat-page.png).
+TEST_F(OpenAiApiTest, ChatPageInHeadlessChromium) {
+  Http page = Curl({http_ + "/"});
+  ASSERT_EQ(page.status, 200);
+  EXPECT_NE(page.headers.find("text/html"), std::string::npos) << page.headers;
+  EXPECT_NE(page.body.find("chat.js"), std::string::npos);
+  EXPECT_EQ(Curl({http_ + "/chat.js"}).status, 200);
+  RunResult npm = test::Run(
+      {"/bin/bash", kSrc + "/tests/web/ensure-npm.sh", kNodeDir, kPlaywrightPackage}, 600);
+  ASSERT_EQ(npm.exit_code, 0) << npm.err;
+  const std::string artefacts = kBin + "/tests/artefacts";
+  RunResult mk = test::Run({"/bin/mkdir", "-p", artefacts}, 10);
+  ASSERT_EQ(mk.exit_code, 0);
+  const std::string shot = artefacts + "/chat-page.png";
+  std::remove(shot.c_str());
+  RunResult r =
+      test::Run({"/usr/bin/env", "node", kSrc + "/tests/web/chat_page.mjs", kNodeDir, http_ + "/",
+                 kApiKey, "And God said,", "40", shot, d_->dir() + "/chromium-profile"},
+                300);
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  json out = json::parse(r.out);
+  EXPECT_EQ(out["title"], "stip chat");
+  EXPECT_EQ(out["models"], json::array({"gpt2"}));
+  EXPECT_EQ(out["answer"], reference_);
+  EXPECT_NE(out["status"].get<std::string>().find("Done (length)"), std::string::npos)
+      << out["status"];
+  EXPECT_NE(out["privacy"].get<std::string>().find("Stays on this device"), std::string::npos);
+  EXPECT_EQ(out["messages"], json::array({"message user", "message assistant", "message user",
+                                          "message assistant"}));
+  EXPECT_EQ(out["stopped_status"], "Stopped.");
+  EXPECT_EQ(out["console_errors"], json::array());
+  struct stat st {};
+  ASSERT_EQ(stat(shot.c_str(), &st), 0) << "no screenshot at " << shot;
+  EXPECT_GT(st.st_size, 10000);
 }
 
 // /metrics of the three daemons: Prometheus text format, counters that moved,
