@@ -564,6 +564,9 @@ HttpApi::HttpApi(HttpApiOptions options) : impl_(std::make_unique<Impl>()) {
   impl_->server.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
   impl_->server.set_payload_max_length(impl_->options.max_prompt_bytes * 8 + (1 << 16));
   impl_->server.set_keep_alive_timeout(5);
+  // Every SSE chunk is a small write: without TCP_NODELAY, Nagle's algorithm
+  // and the peer's delayed ACK hold tokens back (measured: 6x fewer tokens/s).
+  impl_->server.set_tcp_nodelay(true);
   impl_->Routes();
 }
 

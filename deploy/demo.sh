@@ -9,6 +9,9 @@
 #
 #   deploy/demo.sh                                           interactive chat
 #   deploy/demo.sh --prompt TEXT --max-new-tokens N --greedy one completion, then exit
+#   deploy/demo.sh --web                                     the chat page and the
+#                       OpenAI-compatible API at http://127.0.0.1:8080 (STIP_DEMO_HTTP=ADDR
+#                       to change it; port 0: any free one), until Ctrl-C
 #   STIP_DEMO_MODEL=models/kjv-gpt2 deploy/demo.sh ...      the other demo model
 # Any other client flags (--temperature, --top-k, --top-p, --seed, ...) pass through.
 set -euo pipefail
@@ -81,7 +84,19 @@ echo "demo: stip-client (P3) registers with the developer at $DEVELOPER ..." >&2
 "$BIN/client/stip-client" register --developer "$DEVELOPER" --user demo --token "$TOKEN" \
   --data-dir "$WORK/client" --ca "$PKI/ca.pem" >&2
 
-if [[ " $* " == *" --prompt "* ]]; then
+if [[ "${1:-}" == "--web" ]]; then
+  shift
+  HTTP=${STIP_DEMO_HTTP:-127.0.0.1:8080}
+  "$BIN/client/stip-client" serve --data-dir "$WORK/client" --http "$HTTP" "$@" \
+    >"$WORK/client.out" 2>"$WORK/client.log" &
+  PIDS+=($!)
+  ADDR=$(wait_listening stip-client "$WORK/client.out" "$WORK/client.log" "${PIDS[-1]}")
+  echo "demo: the chat page: http://$ADDR/" >&2
+  echo "demo: the OpenAI-compatible API: http://$ADDR/v1 (any API key; model: $(sed -n 's/.*(model "\([^"]*\)".*/\1/p' "$WORK/client.out"))" >&2
+  echo "http://$ADDR/"
+  echo "demo: Ctrl-C stops the three parties" >&2
+  wait "${PIDS[-1]}"
+elif [[ " $* " == *" --prompt "* ]]; then
   "$BIN/client/stip-client" generate --data-dir "$WORK/client" "$@"
 else
   echo "demo: chat with the model through STIP (/reset, /exit; Ctrl-C stops an answer)" >&2

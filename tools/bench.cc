@@ -54,12 +54,16 @@
 #include "tools/random_model.h"
 
 #ifdef STIP_WITH_GRPC
+#include <httplib.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
 #include "client/bundle_store.h"
+#include "client/chat_service.h"
+#include "client/http_api.h"
 #include "client/remote_session.h"
 #include "common/rpc/logits_transport.h"
+#include "common/rpc/server_setup.h"
 #include "common/rpc/tensor_wire.h"
 #include "common/rpc/tls.h"
 #include "server/access_policy.h"
@@ -603,6 +607,131 @@ Json RunE2e(PreparedModel& m, const E2eOptions& o) {
                      static_cast<double>(counters.forward_ns.load() - ns0) / 1e9 / wall}});
   }
   out["throughput"] = tput;
+
+  // The client daemon's two local APIs on the same sessions: the gRPC Chat
+  // service and the OpenAI-compatible HTTP API (streamed), one request at a
+  // time, alternating: time to first token and decode tokens/s.
+  {
+    auto make_backend = [&]() -> std::unique_ptr<LogitsBackend> {
+      return std::make_unique<RemoteSession>(MakeChannel(address, tls, "stip-bench"),
+                                             session_options());
+    };
+    ChatServiceOptions co;
+    co.bundle = bundle;
+    co.make_backend = make_backend;
+    ChatService chat(co);
+    ServerSetup setup;
+    setup.address = "127.0.0.1:0";
+    setup.tls.insecure = true;
+    setup.name = "stip-bench chat";
+    int chat_port = 0;
+    auto chat_server = StartServer(setup, {&chat}, &chat_port);
+    HttpApiOptions ho;
+    ho.bundle = bundle;
+    ho.make_backend = make_backend;
+    ho.model_id = "bench";
+    ho.serve_page = false;
+    HttpApi http(ho);
+    const int http_port = http.Start("127.0.0.1:0");
+    auto stub =
+        v1::Chat::NewStub(MakeChannel("127.0.0.1:" + std::to_string(chat_port), tls, "stip-bench"));
+    httplib::Client hc("127.0.0.1", http_port);
+    hc.set_read_timeout(600);
+    hc.set_tcp_nodelay(true);
+    const int n = o.latency_tokens;
+    struct Run {
+      double ttft_ms = 0, tokens_per_s = 0;
+      int tokens = 0;
+      std::string text;
+    };
+    auto grpc_run = [&] {
+      Run r;
+      grpc::ClientContext ctx;
+      v1::GenerateRequest req;
+      req.set_prompt(o.prompt);
+      req.set_max_new_tokens(n);
+      req.mutable_sampling()->set_greedy(true);
+      auto t0 = Clock::now();
+      Clock::time_point first{}, last{};
+      auto reader = stub->Generate(&ctx, req);
+      v1::GenerateResponse resp;
+      int tokens = 0;
+      while (reader->Read(&resp)) {
+        if (!resp.text().empty() && first == Clock::time_point{}) first = Clock::now();
+        tokens += resp.token_ids_size();
+        r.text += resp.text();
+        last = Clock::now();
+      }
+      grpc::Status st = reader->Finish();
+      if (!st.ok()) throw Internal("bench: Chat.Generate failed: " + st.error_message());
+      r.ttft_ms = Ms(t0, first);
+      r.tokens = tokens;
+      r.tokens_per_s = (tokens - 1) / Seconds(first, last);
+      return r;
+    };
+    auto http_run = [&] {
+      Run r;
+      Json body = {{"model", "bench"},
+                   {"prompt", o.prompt},
+                   {"max_tokens", n},
+                   {"temperature", 0},
+                   {"stream", true}};
+      auto t0 = Clock::now();
+      Clock::time_point first{}, last{};
+      std::string buffer;
+      httplib::Request req;
+      req.method = "POST";
+      req.path = "/v1/completions";
+      req.body = body.dump();
+      req.set_header("Content-Type", "application/json");
+      req.content_receiver = [&](const char* data, size_t len, uint64_t, uint64_t) {
+        buffer.append(data, len);
+        size_t end;
+        while ((end = buffer.find("\n\n")) != std::string::npos) {
+          std::string ev = buffer.substr(0, end);
+          buffer.erase(0, end + 2);
+          if (ev.rfind("data: {", 0) != 0) continue;
+          Json c = Json::parse(ev.substr(6));
+          const std::string piece = c["choices"][0]["text"];
+          if (piece.empty()) continue;
+          if (first == Clock::time_point{}) first = Clock::now();
+          r.text += piece;
+          last = Clock::now();
+        }
+        return true;
+      };
+      httplib::Response res;
+      httplib::Error error = httplib::Error::Success;
+      const bool ok = hc.send(req, res, error);
+      if (!ok || res.status != 200) throw Internal("bench: HTTP completion failed");
+      r.ttft_ms = Ms(t0, first);
+      return std::make_pair(r, Seconds(first, last));
+    };
+    std::vector<double> g_ttft, g_tps, h_ttft, h_tps;
+    bool same_text = true;
+    for (int i = 0; i < 7; ++i) {
+      Run g = grpc_run();
+      auto [h, h_decode_s] = http_run();
+      same_text = same_text && g.text == h.text;
+      if (i == 0) continue;  // warm-up
+      g_ttft.push_back(g.ttft_ms);
+      g_tps.push_back(g.tokens_per_s);
+      h_ttft.push_back(h.ttft_ms);
+      // The same tokens as the gRPC run (one SSE chunk may carry several).
+      h_tps.push_back((g.tokens - 1) / h_decode_s);
+    }
+    out["local_api"] = {
+        {"note", "one stream at a time, greedy, " + std::to_string(n) +
+                     " new tokens; medians of 6 runs each, alternating"},
+        {"same_text", same_text},
+        {"grpc_chat", {{"ttft_ms", Median(g_ttft)}, {"tokens_per_s", Median(g_tps)}}},
+        {"http_openai", {{"ttft_ms", Median(h_ttft)}, {"tokens_per_s", Median(h_tps)}}},
+        {"http_over_grpc",
+         {{"ttft", Median(h_ttft) / Median(g_ttft)},
+          {"time_per_token", Median(g_tps) / Median(h_tps)}}}};
+    http.Stop();
+    chat_server->Shutdown(std::chrono::system_clock::now());
+  }
   srv.Shutdown(std::chrono::milliseconds(1000));
   return out;
 }
