@@ -135,8 +135,7 @@ grpc::Status ChatService::Generate(grpc::ServerContext* context, const v1::Gener
   } active(active_);
   try {
     if (request->prompt().size() > options_.max_prompt_bytes) {
-      return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                          "prompt of " + std::to_string(request->prompt().size()) +
+      throw ResourceExhausted("prompt of " + std::to_string(request->prompt().size()) +
                               " bytes exceeds the prompt size limit of " +
                               std::to_string(options_.max_prompt_bytes) +
                               " bytes (stip-client serve --max-prompt-bytes)");
@@ -170,8 +169,7 @@ grpc::Status ChatService::Generate(grpc::ServerContext* context, const v1::Gener
       conversation = Acquire(id);
       held = std::unique_lock<std::mutex>(conversation->mu, std::try_to_lock);
       if (!held.owns_lock()) {
-        return grpc::Status(grpc::StatusCode::ABORTED, "conversation \"" + id.substr(0, 64) +
-                                                           "\" is busy with another request");
+        throw Aborted("conversation \"" + id.substr(0, 64) + "\" is busy with another request");
       }
       gen = conversation->generator.get();
       generation = &conversation->generation;
@@ -184,7 +182,7 @@ grpc::Status ChatService::Generate(grpc::ServerContext* context, const v1::Gener
     watch.reset();
     if (conversation) conversation->last_used = std::chrono::steady_clock::now();
     if (write_failed || context->IsCancelled()) {
-      return grpc::Status(grpc::StatusCode::CANCELLED, "the request was cancelled");
+      return ToStatus(Cancelled("the request was cancelled"));
     }
     v1::GenerateResponse done;
     for (int64_t t : leftover_ids) done.add_token_ids(t);
@@ -198,9 +196,6 @@ grpc::Status ChatService::Generate(grpc::ServerContext* context, const v1::Gener
                  r.decode_seconds > 0 ? (r.token_ids.size() - 1) / r.decode_seconds : 0.0,
                  id.empty() ? "" : ", conversation context " + std::to_string(r.context_length));
     return grpc::Status::OK;
-  } catch (const RemoteError& e) {
-    spdlog::warn("chat: {}", e.what());
-    return grpc::Status(e.status_code(), e.what());
   } catch (...) {
     grpc::Status status = CurrentExceptionToStatus();
     spdlog::warn("chat: {}", status.error_message());

@@ -19,10 +19,6 @@ namespace {
 // (SentencePiece's leading space).
 constexpr size_t kDecoderContext = 64;
 
-at::Tensor IndexTensor(const std::vector<int64_t>& v) {
-  return at::tensor(at::ArrayRef<int64_t>(v), at::kLong);
-}
-
 // Holds back text that could be the start of a stop string, and finds the
 // first complete one.
 class StopGate {
@@ -98,8 +94,7 @@ Generator::Generator(std::shared_ptr<const ClientBundle> bundle,
                      std::unique_ptr<LogitsBackend> backend)
     : bundle_(std::move(bundle)), backend_(std::move(backend)) {
   if (!bundle_ || !backend_) throw InvalidArgument("a Generator needs a bundle and a backend");
-  p_index_ = IndexTensor(bundle_->keys().p);
-  p_c_inverse_ = IndexTensor(InversePermutation(bundle_->keys().p_c));
+  permuter_ = std::make_unique<ClientPermuter>(bundle_->keys().p, bundle_->keys().p_c);
 }
 
 Generator::~Generator() {
@@ -135,8 +130,7 @@ void Generator::Rebind(std::shared_ptr<const ClientBundle> bundle,
     std::lock_guard<std::mutex> lock(backend_mu_);
     backend_ = std::move(backend);
   }
-  p_index_ = IndexTensor(bundle_->keys().p);
-  p_c_inverse_ = IndexTensor(InversePermutation(bundle_->keys().p_c));
+  permuter_ = std::make_unique<ClientPermuter>(bundle_->keys().p, bundle_->keys().p_c);
   fed_ = 0;
 }
 
@@ -174,16 +168,16 @@ void Generator::WithReconnect(const GenerateOptions& options, const std::functio
         }
       }
       return;
-    } catch (const std::exception& e) {
+    } catch (const Error& e) {
       const SessionLoss loss = ClassifySessionLoss(e, backend_->is_open());
       if (loss == SessionLoss::kNone || !may_reconnect) throw;
       fed_ = 0;
       ++attempt;
-      const auto* remote = dynamic_cast<const RemoteError*>(&e);
       if (attempt > reconnect_.max_attempts) {
-        throw RemoteError(remote->status_code(), std::string(e.what()) + " (gave up after " +
-                                                     std::to_string(reconnect_.max_attempts) +
-                                                     " reconnect attempts)");
+        throw Error(e.code(),
+                    std::string(e.what()) + " (gave up after " +
+                        std::to_string(reconnect_.max_attempts) + " reconnect attempts)",
+                    e.reason());
       }
       // The server ended an idle session: open a new one at once.
       const double delay = loss == SessionLoss::kExpired && attempt == 1
@@ -209,7 +203,7 @@ at::Tensor Generator::StepPending(const GenerateOptions& options) {
     const int64_t n = static_cast<int64_t>(history_.size()) - fed_;
     std::vector<int64_t> pending(history_.begin() + fed_, history_.end());
     at::Tensor x = bundle_->model().Embed(pending, fed_);
-    at::Tensor x_prime = x.index_select(-1, p_index_);
+    at::Tensor x_prime = permuter_->Permute(x);
     o_prime = backend_->Step(x_prime, /*all_logits=*/false);
     fed_ += n;
   });
@@ -296,7 +290,7 @@ GenerateResult Generator::GenerateIds(const std::vector<int64_t>& prompt_ids,
       }
       const auto t0 = std::chrono::steady_clock::now();
       at::Tensor o_prime = StepPending(options);
-      at::Tensor logits = o_prime[o_prime.size(0) - 1].index_select(-1, p_c_inverse_);
+      at::Tensor logits = permuter_->Unpermute(o_prime[o_prime.size(0) - 1]);
       CheckTopKRowExact(logits, backend_->logits_format(), options.sampling);
       const int64_t next = sampler.Next(logits, history_);
       history_.push_back(next);

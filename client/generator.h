@@ -37,6 +37,7 @@
 #include "client/bundle_store.h"
 #include "client/logits_backend.h"
 #include "client/reconnect.h"
+#include "common/client/client_permuter.h"
 #include "common/engine/sampler.h"
 
 namespace stip {
@@ -129,8 +130,7 @@ class Generator {
   std::shared_ptr<const ClientBundle> bundle_;
   std::unique_ptr<LogitsBackend> backend_;
   std::mutex backend_mu_;         // guards swapping backend_ against Interrupt
-  at::Tensor p_index_;            // x' = x.index_select(-1, p)
-  at::Tensor p_c_inverse_;        // o = o'.index_select(-1, argsort(p_c))
+  std::unique_ptr<ClientPermuter> permuter_;  // x' = x[..., p], o = o'[..., argsort(p_c)]
   std::vector<int64_t> history_;  // every id of the conversation
   int64_t fed_ = 0;               // history_[0, fed_) is in the server's cache
   ReconnectPolicy reconnect_;

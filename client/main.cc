@@ -267,8 +267,8 @@ int RunServe(const ConnectFlags& cf, const std::string& listen, TlsOptions tls,
   // server only warns (it may start after us), requests then retry.
   try {
     Connect(b);
-  } catch (const RemoteError& e) {
-    if (e.status_code() != grpc::StatusCode::UNAVAILABLE) throw;
+  } catch (const Error& e) {
+    if (e.code() != ErrorCode::kUnavailable) throw;
     spdlog::warn("{} (requests will try again)", e.what());
   }
   ChatServiceOptions so;
