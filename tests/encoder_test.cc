@@ -77,7 +77,9 @@ TEST_P(EncoderFixtureTest, StipEqualsPlainOnTheFixture) {
   auto tensors = TransformInMemory(f.config, src, keys);
   // No client tensor reaches the server.
   for (const TensorEntry& e : ExpectedTensors(f.config)) {
-    if (IsClientRole(e.role)) EXPECT_EQ(tensors.count(e.name), 0u) << e.name;
+    if (IsClientRole(e.role)) {
+      EXPECT_EQ(tensors.count(e.name), 0u) << e.name;
+    }
   }
   ModelConfig tc = TransformedConfig(f.config, keys.instance_id);
   MapSource tsrc(tensors, "transformed");
