@@ -5,7 +5,7 @@
 # Usage: deploy/fuzz.sh [SECONDS_PER_TARGET (default 60)] [TARGET...]
 #   targets: fuzz_safetensors fuzz_model_config fuzz_bpe_tokenizer
 #            fuzz_sentencepiece fuzz_tokenizer_json fuzz_wordpiece
-#            fuzz_step_request (default: all)
+#            fuzz_step_request fuzz_image_decoder (default: all)
 # The working corpus grows in build-fuzz/corpus/<target>/ (seeded from
 # fuzz/corpus/, tests/data and models/); crashing inputs land in
 # build-fuzz/findings/<target>/ (copy one to fuzz/regressions/<target>/ once
@@ -17,7 +17,7 @@ ROOT=$PWD
 SECS=${1:-60}
 shift || true
 ALL=(fuzz_safetensors fuzz_model_config fuzz_bpe_tokenizer fuzz_sentencepiece fuzz_tokenizer_json
-     fuzz_wordpiece fuzz_step_request)
+     fuzz_wordpiece fuzz_step_request fuzz_image_decoder)
 TARGETS=("$@")
 ((${#TARGETS[@]})) || TARGETS=("${ALL[@]}")
 BUILD_DIR=${STIP_FUZZ_BUILD_DIR:-build-fuzz}
@@ -55,6 +55,9 @@ seed() {
     fuzz_tokenizer_json) cp -n fuzz/corpus/tokenizer_json/* "$dir/" ;;
     fuzz_wordpiece) cp -n fuzz/corpus/wordpiece/* fuzz/corpus/tokenizer/* "$dir/" ;;
     fuzz_step_request) cp -n fuzz/corpus/step_request/* "$dir/" ;;
+    fuzz_image_decoder)
+      cp -n fuzz/corpus/image/* "$dir/"
+      for f in models/*/samples/*.png; do cp -n "$f" "$dir/$(basename "$(dirname "$(dirname "$f")")")-$(basename "$f")"; done ;;
   esac
   if [[ -d "fuzz/regressions/$target" ]]; then cp -n "fuzz/regressions/$target"/* "$dir/" 2>/dev/null || true; fi
 }
