@@ -113,8 +113,10 @@ int RunChat(Generator& generator, const GenerateOptions& options, int in_fd, std
     if (line.empty()) continue;
     // Byte-level BPE glues a turn to the previous answer; SentencePiece
     // starts every encoded text with a space of its own.
+    // (In chat mode the template separates the turns.)
     std::string prompt = line;
-    if (bpe && !generator.history().empty() && prompt[0] != ' ' && prompt[0] != '\n') {
+    if (bpe && !generator.chat_mode() && !generator.history().empty() && prompt[0] != ' ' &&
+        prompt[0] != '\n') {
       prompt = " " + prompt;
     }
     if (interrupted) interrupted->store(false);

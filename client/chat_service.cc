@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "client/bundle_refresh.h"
+#include "client/bundle_store.h"
 #include "client/generator.h"
 #include "client/remote_session.h"
 #include "common/rpc/status.h"
@@ -16,6 +17,19 @@
 namespace stip {
 
 namespace {
+
+// The sampling settings a request gave (0: the model's default).
+UserSampling RequestSampling(const v1::GenerateRequest& req) {
+  UserSampling u;
+  const v1::SamplingParams& s = req.sampling();
+  u.greedy = s.greedy();
+  u.seed = s.has_seed();
+  u.temperature = s.temperature() != 0;
+  u.top_k = s.top_k() != 0;
+  u.top_p = s.top_p() != 0;
+  u.repetition_penalty = s.repetition_penalty() != 0;
+  return u;
+}
 
 GenerateOptions ToOptions(const v1::GenerateRequest& req, const ChatServiceOptions& service) {
   GenerateOptions o;
@@ -92,6 +106,7 @@ std::unique_ptr<Generator> ChatService::NewGenerator(uint64_t* generation) const
     g = std::make_unique<Generator>(options_.bundle, options_.make_backend());
   }
   g->SetReconnectPolicy(options_.reconnect);
+  if (options_.chat_template && g->bundle().chat_template()) g->EnableChat(options_.system_prompt);
   return g;
 }
 
@@ -176,6 +191,9 @@ grpc::Status ChatService::Generate(grpc::ServerContext* context, const v1::Gener
       gen = conversation->generator.get();
       generation = &conversation->generation;
     }
+    ApplyGenerationConfig(gen->bundle().generation_config(), RequestSampling(*request),
+                          &options.sampling);
+    ValidateGenerateOptions(options);
     std::optional<CallerWatch> watch;
     watch.emplace(context, *gen);
     GenerateResult r = options_.connection ? GenerateTurn(*options_.connection, *gen, generation,

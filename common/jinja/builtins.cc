@@ -483,7 +483,7 @@ Value DictMethod(Evaluator&, const Value& self, const std::string& name, const C
   const Dict& d = self.dict();
   if (name == "items") {
     ValueList items;
-    for (const auto& [k, v] : d.items) items.push_back(Value::List({k, v}));
+    for (const auto& [k, v] : d.items) items.push_back(Value::Tuple({k, v}));
     return Value::List(std::move(items));
   }
   if (name == "keys" || name == "values") {
@@ -726,14 +726,15 @@ Value RunFilter(Evaluator& ev, const std::string& name, const Value& v, const Ca
     if (!(v.is_number() || v.is_bool())) Throw("round: a number is required");
     const double scale = std::pow(10.0, static_cast<double>(std::clamp<int64_t>(precision, -30, 30)));
     double x = v.AsDouble() * scale;
-    x = method == "ceil" ? std::ceil(x) : method == "floor" ? std::floor(x) : std::round(x);
+    // Python's round(): halves to even.
+    x = method == "ceil" ? std::ceil(x) : method == "floor" ? std::floor(x) : std::nearbyint(x);
     return Value::Float(x / scale);
   }
   if (name == "items" || name == "dictsort") {
     if (v.is_undefined()) return Value::List();
     if (!v.is_dict()) Throw(name + ": a mapping is required, not " + v.TypeName());
     ValueList items;
-    for (const auto& [k, x] : v.dict().items) items.push_back(Value::List({k, x}));
+    for (const auto& [k, x] : v.dict().items) items.push_back(Value::Tuple({k, x}));
     if (name == "dictsort") {
       const bool cs = Arg(args, 0, "case_sensitive", kFalse).Truthy();
       const bool by_value = Arg(args, 1, "by", Value::String("key")).ToText().s == "value";

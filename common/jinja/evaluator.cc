@@ -644,7 +644,7 @@ Value Evaluator::EvalInner(const Node& n) {
     case K::kTuple: {
       ValueList items;
       for (const NodePtr& k : n.kids) items.push_back(Eval(*k));
-      return Value::List(std::move(items));
+      return n.kind == K::kTuple ? Value::Tuple(std::move(items)) : Value::List(std::move(items));
     }
     case K::kDict: {
       Dict d;

@@ -178,6 +178,11 @@ Value Value::List(ValueList items) {
   v.list_ = std::make_shared<const ValueList>(std::move(items));
   return v;
 }
+Value Value::Tuple(ValueList items) {
+  Value v = List(std::move(items));
+  v.is_namespace_ = true;  // (the flag marks tuples among lists)
+  return v;
+}
 Value Value::MakeDict(Dict d) {
   Value v;
   v.kind_ = Kind::kDict;
@@ -197,30 +202,30 @@ Value Value::Callable(std::string name, NativeFunction fn) {
   return v;
 }
 
-Value Value::FromJson(const nlohmann::json& j, bool untrusted) {
+Value Value::FromJson(const nlohmann::ordered_json& j, bool untrusted) {
   switch (j.type()) {
-    case nlohmann::json::value_t::null:
+    case nlohmann::ordered_json::value_t::null:
       return None();
-    case nlohmann::json::value_t::boolean:
+    case nlohmann::ordered_json::value_t::boolean:
       return Bool(j.get<bool>());
-    case nlohmann::json::value_t::number_integer:
+    case nlohmann::ordered_json::value_t::number_integer:
       return Int(j.get<int64_t>());
-    case nlohmann::json::value_t::number_unsigned: {
+    case nlohmann::ordered_json::value_t::number_unsigned: {
       const uint64_t u = j.get<uint64_t>();
       if (u > static_cast<uint64_t>(INT64_MAX)) return Float(static_cast<double>(u));
       return Int(static_cast<int64_t>(u));
     }
-    case nlohmann::json::value_t::number_float:
+    case nlohmann::ordered_json::value_t::number_float:
       return Float(j.get<double>());
-    case nlohmann::json::value_t::string:
+    case nlohmann::ordered_json::value_t::string:
       return String(j.get<std::string>(), untrusted);
-    case nlohmann::json::value_t::array: {
+    case nlohmann::ordered_json::value_t::array: {
       ValueList items;
       items.reserve(j.size());
       for (const auto& e : j) items.push_back(FromJson(e, untrusted));
       return List(std::move(items));
     }
-    case nlohmann::json::value_t::object: {
+    case nlohmann::ordered_json::value_t::object: {
       Dict d;
       d.items.reserve(j.size());
       for (auto it = j.begin(); it != j.end(); ++it) {
@@ -402,7 +407,7 @@ Text Value::ToText() const {
     case Kind::kString:
       return *text_;
     case Kind::kList: {
-      Text t("[");
+      Text t(is_namespace_ ? "(" : "[");
       bool untrusted = false;
       for (size_t k = 0; k < list_->size(); ++k) {
         if (k) t.Append(", ");
@@ -411,7 +416,8 @@ Text Value::ToText() const {
         untrusted = untrusted || (e.is_string() && e.text().any_untrusted()) || e.is_list() ||
                     e.is_dict();
       }
-      t.Append("]");
+      if (is_namespace_ && list_->size() == 1) t.Append(",");
+      t.Append(is_namespace_ ? ")" : "]");
       if (untrusted) t.TaintAll();
       return t;
     }

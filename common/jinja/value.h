@@ -75,12 +75,15 @@ class Value {
   static Value String(std::string s, bool untrusted = false);
   static Value String(Text t);
   static Value List(ValueList items = {});
+  // A tuple: a list that Python prints with parentheses.
+  static Value Tuple(ValueList items);
   static Value MakeDict(Dict d = {});
   // A namespace(): a dict whose attributes `set ns.x = ...` may assign.
   static Value Namespace(Dict d = {});
   static Value Callable(std::string name, NativeFunction fn);
   // A JSON value; every string in it is untrusted when `untrusted`.
-  static Value FromJson(const nlohmann::json& j, bool untrusted);
+  // (ordered_json: objects keep their key order, as Python dicts do.)
+  static Value FromJson(const nlohmann::ordered_json& j, bool untrusted);
 
   Kind kind() const { return kind_; }
   bool is_undefined() const { return kind_ == Kind::kUndefined; }
@@ -93,6 +96,7 @@ class Value {
   bool is_list() const { return kind_ == Kind::kList; }
   bool is_dict() const { return kind_ == Kind::kDict; }
   bool is_namespace() const { return kind_ == Kind::kDict && is_namespace_; }
+  bool is_tuple() const { return kind_ == Kind::kList && is_namespace_; }
   bool is_callable() const { return kind_ == Kind::kCallable; }
 
   bool b() const { return b_; }

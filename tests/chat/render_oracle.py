@@ -6,6 +6,8 @@ with trim_blocks and lstrip_blocks and the loopcontrols extension; tojson
 is json.dumps with ensure_ascii=False; raise_exception; strftime_now).
 
 usage: render_oracle.py TEMPLATE_SOURCE CONTEXT.json
+       render_oracle.py --conversations TEMPLATE_SOURCE CONVERSATIONS.json
+       render_oracle.py --cases CASES.json
   TEMPLATE_SOURCE: a model directory (chat_template.jinja, else
   tokenizer_config.json's chat_template, "default" if it is a list), or a
   file holding the template itself.
@@ -13,6 +15,11 @@ usage: render_oracle.py TEMPLATE_SOURCE CONTEXT.json
   special tokens (bos_token, eos_token, ...) are added from the directory's
   tokenizer_config.json unless given.
 Prints the rendered text (nothing else) or "ERROR: <message>" with status 3.
+
+--conversations: for each {"messages": [...]} of the list, renders with and
+without the generation prompt; prints a JSON list of
+{"with_prompt": R, "without_prompt": R}, R = {"text": ...} or {"error": ...}.
+--cases: for each {"template": ..., "context": {...}}, prints R (a JSON list).
 """
 import json
 import os
@@ -50,11 +57,7 @@ def load(source):
         return f.read(), config
 
 
-def main():
-    template, config = load(sys.argv[1])
-    with open(sys.argv[2], encoding="utf-8") as f:
-        context = json.load(f)
-
+def environment():
     def raise_exception(message):
         raise TemplateError(message)
 
@@ -70,6 +73,11 @@ def main():
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = strftime_now
+    return env
+
+
+def render(env, template, context, config):
+    context = dict(context)
     for key in ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token",
                 "mask_token"):
         if key not in context and config.get(key) is not None:
@@ -77,11 +85,40 @@ def main():
     context.setdefault("tools", None)
     context.setdefault("documents", None)
     try:
-        out = env.from_string(template).render(**context)
+        return {"text": env.from_string(template).render(**context)}
     except Exception as e:  # the template's own error, reported like ours
-        sys.stdout.write("ERROR: " + str(e))
+        return {"error": "%s: %s" % (type(e).__name__, e)}
+
+
+def main():
+    env = environment()
+    if sys.argv[1] == "--cases":
+        with open(sys.argv[2], encoding="utf-8") as f:
+            cases = json.load(f)
+        out = [render(env, c["template"], c.get("context", {}), {}) for c in cases]
+        sys.stdout.write(json.dumps(out, ensure_ascii=False))
+        return
+    if sys.argv[1] == "--conversations":
+        template, config = load(sys.argv[2])
+        with open(sys.argv[3], encoding="utf-8") as f:
+            conversations = json.load(f)
+        out = []
+        for c in conversations:
+            r = {}
+            for key, prompt in (("with_prompt", True), ("without_prompt", False)):
+                r[key] = render(env, template, {"messages": c["messages"],
+                                                "add_generation_prompt": prompt}, config)
+            out.append(r)
+        sys.stdout.write(json.dumps(out, ensure_ascii=False))
+        return
+    template, config = load(sys.argv[1])
+    with open(sys.argv[2], encoding="utf-8") as f:
+        context = json.load(f)
+    r = render(env, template, context, config)
+    if "error" in r:
+        sys.stdout.write("ERROR: " + r["error"])
         sys.exit(3)
-    sys.stdout.write(out)
+    sys.stdout.write(r["text"])
 
 
 if __name__ == "__main__":
