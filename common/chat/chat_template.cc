@@ -11,16 +11,18 @@ namespace stip {
 
 namespace {
 
-nlohmann::ordered_json ReadJson(const std::string& path) {
+// Tokenizer files: nlohmann::json (a vocabulary of 262k keys would make
+// ordered_json's linear inserts quadratic).
+nlohmann::json ReadJson(const std::string& path) {
   try {
-    return nlohmann::ordered_json::parse(ReadFile(path));
-  } catch (const nlohmann::ordered_json::exception& e) {
+    return nlohmann::json::parse(ReadFile(path));
+  } catch (const nlohmann::json::exception& e) {
     throw InvalidArgument(path + ": not valid JSON (" + e.what() + ")");
   }
 }
 
 // "<s>" or {"content": "<s>", ...} (transformers' AddedToken forms).
-std::optional<std::string> TokenString(const nlohmann::ordered_json& v) {
+std::optional<std::string> TokenString(const nlohmann::json& v) {
   if (v.is_string()) return v.get<std::string>();
   if (v.is_object()) {
     auto it = v.find("content");
@@ -37,7 +39,7 @@ void AddSpecial(const std::string& s, std::vector<std::string>* out) {
 }
 
 // Special tokens and token variables declared by a tokenizer config or map.
-void CollectTokens(const nlohmann::ordered_json& j, nlohmann::ordered_json* tokens,
+void CollectTokens(const nlohmann::json& j, nlohmann::ordered_json* tokens,
                    std::vector<std::string>* special) {
   if (!j.is_object()) return;
   for (const char* key : kTokenKeys) {
@@ -62,7 +64,7 @@ void CollectTokens(const nlohmann::ordered_json& j, nlohmann::ordered_json* toke
   }
 }
 
-std::string TemplateFromConfig(const nlohmann::ordered_json& v, const std::string& file) {
+std::string TemplateFromConfig(const nlohmann::json& v, const std::string& file) {
   if (v.is_string()) return v.get<std::string>();
   if (v.is_array()) {
     // A list of named templates: transformers uses the one named "default".
@@ -96,7 +98,7 @@ std::unique_ptr<ChatTemplate> ChatTemplate::FromSource(const std::string& source
 
 std::unique_ptr<ChatTemplate> ChatTemplate::FromDirectory(const std::string& dir) {
   const std::string config_path = JoinPath(dir, "tokenizer_config.json");
-  nlohmann::ordered_json config;
+  nlohmann::json config;
   if (PathExists(config_path)) config = ReadJson(config_path);
 
   std::string source, name;
@@ -106,7 +108,7 @@ std::unique_ptr<ChatTemplate> ChatTemplate::FromDirectory(const std::string& dir
     source = ReadFile(jinja_path);
     name = jinja_path;
   } else if (PathExists(json_path)) {
-    nlohmann::ordered_json j = ReadJson(json_path);
+    nlohmann::json j = ReadJson(json_path);
     if (!j.is_object() || !j.contains("chat_template")) {
       throw InvalidArgument(json_path + ": no \"chat_template\"");
     }
@@ -127,7 +129,16 @@ std::unique_ptr<ChatTemplate> ChatTemplate::FromDirectory(const std::string& dir
   if (PathExists(map_path)) CollectTokens(ReadJson(map_path), &tokens, &special);
   const std::string tok_json = JoinPath(dir, "tokenizer.json");
   if (PathExists(tok_json)) {
-    const nlohmann::ordered_json tj = ReadJson(tok_json);
+    // Only its added_tokens: the vocabulary and merges are skipped while parsing.
+    nlohmann::json tj;
+    try {
+      tj = nlohmann::json::parse(
+          ReadFile(tok_json), [](int depth, nlohmann::json::parse_event_t event, nlohmann::json& v) {
+            return !(depth == 1 && event == nlohmann::json::parse_event_t::key && v != "added_tokens");
+          });
+    } catch (const nlohmann::json::exception& e) {
+      throw InvalidArgument(tok_json + ": not valid JSON (" + e.what() + ")");
+    }
     if (tj.is_object() && tj.contains("added_tokens") && tj["added_tokens"].is_array()) {
       for (const auto& t : tj["added_tokens"]) {
         if (t.is_object() && t.value("special", false)) {
@@ -237,7 +248,12 @@ void CheckChatMessages(const nlohmann::ordered_json& messages, const std::string
 }
 
 nlohmann::ordered_json ReadChatMessages(const std::string& path) {
-  nlohmann::ordered_json j = ReadJson(path);
+  nlohmann::ordered_json j;
+  try {
+    j = nlohmann::ordered_json::parse(ReadFile(path));
+  } catch (const nlohmann::ordered_json::exception& e) {
+    throw InvalidArgument(path + ": not valid JSON (" + e.what() + ")");
+  }
   CheckChatMessages(j, path);
   return j;
 }

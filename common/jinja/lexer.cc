@@ -405,6 +405,13 @@ class Lexer {
 }  // namespace
 
 std::vector<Token> Tokenize(std::string_view source, const std::string& name) {
+  for (size_t p = 0; p < source.size();) {
+    size_t len = 1;
+    if (DecodeAt(source, p, &len) == 0xFFFD && len == 1) {
+      throw InvalidArgument(name + ": not valid UTF-8 (byte " + std::to_string(p) + ")");
+    }
+    p += len;
+  }
   // Newlines normalized to \n; one trailing newline dropped (keep_trailing_newline off).
   std::string s;
   s.reserve(source.size());

@@ -83,6 +83,11 @@ uint32_t DecodeAt(std::string_view s, size_t pos, size_t* length) {
     }
     cp = (cp << 6) | (static_cast<unsigned char>(s[pos + k]) & 0x3F);
   }
+  if ((n == 3 && cp < 0x800) || (n == 4 && (cp < 0x10000 || cp > 0x10FFFF)) ||
+      (cp >= 0xD800 && cp <= 0xDFFF)) {
+    *length = 1;  // overlong, surrogate or beyond U+10FFFF
+    return 0xFFFD;
+  }
   *length = n;
   return cp;
 }
