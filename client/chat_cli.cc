@@ -7,6 +7,8 @@
 
 #include <string>
 
+#include <spdlog/spdlog.h>
+
 #include "common/error.h"
 #include "common/tokenizer/tokenizer.h"
 
@@ -128,7 +130,14 @@ int RunChat(Generator& generator, const GenerateOptions& options, int in_fd, std
       GenerateResult r = turn_function ? turn_function(generator, prompt, turn, print)
                                        : generator.Generate(prompt, turn, print);
       std::fputs("\n", out);
+      std::fflush(out);
       if (r.finish_reason == "cancelled") std::fputs("(interrupted)\n", err);
+      if (generator.chat_mode()) {
+        spdlog::info("chat turn: conversation of {} tokens, {} reused from the session's cache, "
+                     "{} prefilled; {} generated ({})",
+                     r.conversation_length, r.reused_positions, r.prefilled_positions,
+                     r.token_ids.size(), r.finish_reason);
+      }
     } catch (const std::exception& e) {
       std::fputs("\n", out);
       std::fprintf(err, "stip-client: error: %s\n", e.what());

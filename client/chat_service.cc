@@ -211,10 +211,16 @@ grpc::Status ChatService::Generate(grpc::ServerContext* context, const v1::Gener
     done.set_prompt_tokens(static_cast<int32_t>(r.prompt_ids.size()));
     done.set_completion_tokens(static_cast<int32_t>(r.token_ids.size()));
     writer->Write(done);
-    spdlog::info("chat: {} prompt + {} new tokens ({}), prefill {:.1f} ms, {:.1f} tokens/s{}",
+    spdlog::info("chat: {} prompt + {} new tokens ({}), prefill {:.1f} ms, {:.1f} tokens/s{}{}",
                  r.prompt_ids.size(), r.token_ids.size(), r.finish_reason, r.prefill_seconds * 1e3,
                  r.decode_seconds > 0 ? (r.token_ids.size() - 1) / r.decode_seconds : 0.0,
-                 id.empty() ? "" : ", conversation context " + std::to_string(r.context_length));
+                 id.empty() ? "" : ", conversation context " + std::to_string(r.context_length),
+                 gen->chat_mode() ? "; chat template: conversation of " +
+                                        std::to_string(r.conversation_length) + " tokens, " +
+                                        std::to_string(r.reused_positions) +
+                                        " reused from the session's cache, " +
+                                        std::to_string(r.prefilled_positions) + " prefilled"
+                                  : std::string());
     return grpc::Status::OK;
   } catch (const RemoteError& e) {
     spdlog::warn("chat: {}", e.what());

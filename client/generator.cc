@@ -5,8 +5,6 @@
 #include <cmath>
 #include <cstdio>
 
-#include <spdlog/spdlog.h>
-
 #include "client/remote_session.h"
 #include "common/chat/chat_template.h"
 #include "common/engine/causal_lm.h"
@@ -169,6 +167,7 @@ GenerateResult Generator::GenerateConversation(const std::vector<int64_t>& conve
                               conversation.end());
   GenerateResult r = GenerateIds(suffix, options, on_piece);
   r.reused_positions = reused;
+  r.conversation_length = static_cast<int64_t>(conversation.size());
   return r;
 }
 
@@ -294,10 +293,6 @@ GenerateResult Generator::Generate(const std::string& prompt, const GenerateOpti
       ~Clear() { v.clear(); }
     } clear{extra_eos_};
     GenerateResult r = GenerateConversation(ids, o, on_piece);
-    spdlog::info("chat turn: conversation of {} tokens, {} reused from the session's cache, {} "
-                 "prefilled; {} generated ({})",
-                 ids.size(), r.reused_positions, r.prompt_ids.size(), r.token_ids.size(),
-                 r.finish_reason);
     messages.push_back({{"role", "assistant"}, {"content", r.text}});
     messages_ = std::move(messages);
     return r;
@@ -372,6 +367,7 @@ GenerateResult Generator::GenerateIds(const std::vector<int64_t>& prompt_ids,
         break;
       }
       const auto t0 = std::chrono::steady_clock::now();
+      if (i == 0) r.prefilled_positions = n;
       at::Tensor o_prime = StepPending(options);
       at::Tensor logits = o_prime[o_prime.size(0) - 1].index_select(-1, p_c_inverse_);
       CheckTopKRowExact(logits, backend_->logits_format(), options.sampling);

@@ -70,7 +70,9 @@ struct GenerateResult {
   std::string text;                 // everything passed to the callback, concatenated
   std::string finish_reason;        // "length" | "eos" | "stop" | "cancelled"
   int64_t context_length = 0;       // ids in the conversation after the turn
-  int64_t reused_positions = 0;     // chat mode: positions of the session's cache kept
+  int64_t reused_positions = 0;     // GenerateConversation: positions of the cache kept
+  int64_t conversation_length = 0;  // GenerateConversation: ids of the rendered conversation
+  int64_t prefilled_positions = 0;  // positions the turn's first step sent
   double prefill_seconds = 0;       // the first step (the prompt)
   double decode_seconds = 0;        // the other steps
 };

@@ -313,6 +313,11 @@ int RunGenerate(const ConnectFlags& cf, const SamplingFlags& sampling, const Cha
                  r.prompt_ids.size(), r.token_ids.size(), r.finish_reason.c_str(),
                  b.description.c_str(), r.prefill_seconds * 1e3,
                  r.decode_seconds > 0 ? (r.token_ids.size() - 1) / r.decode_seconds : 0.0);
+    if (use_template) {
+      std::fprintf(stderr, "stip-client: chat template %s: conversation of %lld tokens\n",
+                   b.bundle->chat_template()->source_name().c_str(),
+                   static_cast<long long>(r.conversation_length));
+    }
   }
   return 0;
 }
