@@ -3,11 +3,10 @@
 #include <errno.h>
 #include <poll.h>
 #include <signal.h>
+#include <spdlog/spdlog.h>
 #include <unistd.h>
 
 #include <string>
-
-#include <spdlog/spdlog.h>
 
 #include "common/error.h"
 #include "common/tokenizer/tokenizer.h"
@@ -133,10 +132,11 @@ int RunChat(Generator& generator, const GenerateOptions& options, int in_fd, std
       std::fflush(out);
       if (r.finish_reason == "cancelled") std::fputs("(interrupted)\n", err);
       if (generator.chat_mode()) {
-        spdlog::info("chat turn: conversation of {} tokens, {} reused from the session's cache, "
-                     "{} prefilled; {} generated ({})",
-                     r.conversation_length, r.reused_positions, r.prefilled_positions,
-                     r.token_ids.size(), r.finish_reason);
+        spdlog::info(
+            "chat turn: conversation of {} tokens, {} reused from the session's cache, "
+            "{} prefilled; {} generated ({})",
+            r.conversation_length, r.reused_positions, r.prefilled_positions, r.token_ids.size(),
+            r.finish_reason);
       }
     } catch (const std::exception& e) {
       std::fputs("\n", out);

@@ -215,12 +215,12 @@ grpc::Status ChatService::Generate(grpc::ServerContext* context, const v1::Gener
                  r.prompt_ids.size(), r.token_ids.size(), r.finish_reason, r.prefill_seconds * 1e3,
                  r.decode_seconds > 0 ? (r.token_ids.size() - 1) / r.decode_seconds : 0.0,
                  id.empty() ? "" : ", conversation context " + std::to_string(r.context_length),
-                 gen->chat_mode() ? "; chat template: conversation of " +
-                                        std::to_string(r.conversation_length) + " tokens, " +
-                                        std::to_string(r.reused_positions) +
-                                        " reused from the session's cache, " +
-                                        std::to_string(r.prefilled_positions) + " prefilled"
-                                  : std::string());
+                 gen->chat_mode()
+                     ? "; chat template: conversation of " + std::to_string(r.conversation_length) +
+                           " tokens, " + std::to_string(r.reused_positions) +
+                           " reused from the session's cache, " +
+                           std::to_string(r.prefilled_positions) + " prefilled"
+                     : std::string());
     return grpc::Status::OK;
   } catch (const RemoteError& e) {
     spdlog::warn("chat: {}", e.what());

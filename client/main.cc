@@ -35,10 +35,10 @@
 #include "client/remote_session.h"
 #include "common/chat/chat_template.h"
 #include "common/engine/causal_lm.h"
-#include "common/tokenizer/tokenizer.h"
 #include "common/error.h"
 #include "common/rpc/server_setup.h"
 #include "common/rpc/tls.h"
+#include "common/tokenizer/tokenizer.h"
 #include "common/util/files.h"
 #include "common/util/no_core_dumps.h"
 

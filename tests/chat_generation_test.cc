@@ -84,8 +84,8 @@ TEST(GenerationConfigEos, EveryIdOfTheListStops) {
     ++stop_at;
   }
   test::TempDir model("stip-eos");
-  for (const char* f : {"config.json", "model.safetensors", "tokenizer.model",
-                        "tokenizer_config.json"}) {
+  for (const char* f :
+       {"config.json", "model.safetensors", "tokenizer.model", "tokenizer_config.json"}) {
     model.Copy(JoinPath(src, f), f);
   }
   model.Write("generation_config.json",
@@ -95,15 +95,17 @@ TEST(GenerationConfigEos, EveryIdOfTheListStops) {
   auto gen = Local(in);
   GenerateResult r = gen->Generate("And God said,", Greedy(40));
   EXPECT_EQ(r.finish_reason, "eos");
-  EXPECT_EQ(r.token_ids, std::vector<int64_t>(greedy.begin() + static_cast<std::ptrdiff_t>(prompt.size()),
-                                              greedy.begin() + static_cast<std::ptrdiff_t>(stop_at)));
+  EXPECT_EQ(r.token_ids,
+            std::vector<int64_t>(greedy.begin() + static_cast<std::ptrdiff_t>(prompt.size()),
+                                 greedy.begin() + static_cast<std::ptrdiff_t>(stop_at)));
   // --ignore-eos: the whole reference answer.
   gen->Reset();
   GenerateOptions all = Greedy(static_cast<int>(greedy.size() - prompt.size()));
   all.stop_at_eos = false;
   r = gen->Generate("And God said,", all);
   EXPECT_EQ(r.token_ids,
-            std::vector<int64_t>(greedy.begin() + static_cast<std::ptrdiff_t>(prompt.size()), greedy.end()));
+            std::vector<int64_t>(greedy.begin() + static_cast<std::ptrdiff_t>(prompt.size()),
+                                 greedy.end()));
 }
 
 // The ids of `messages` (+ the generation prompt) with the model's template.
@@ -119,8 +121,8 @@ TEST(ChatMode, PrefillsOnlyTheNewSuffixAndAnswersAsAFreshSession) {
   gen->EnableChat("Speak as the King James Bible.");
   const std::vector<std::string> turns = {"In the beginning", "And the earth was",
                                           "Who is the LORD?"};
-  ordered_json messages = ordered_json::array(
-      {{{"role", "system"}, {"content", "Speak as the King James Bible."}}});
+  ordered_json messages =
+      ordered_json::array({{{"role", "system"}, {"content", "Speak as the King James Bible."}}});
   for (size_t k = 0; k < turns.size(); ++k) {
     SCOPED_TRACE("turn " + std::to_string(k));
     const int64_t cached_before = gen->cached_positions();
@@ -147,10 +149,10 @@ TEST(ChatMode, PrefillsOnlyTheNewSuffixAndAnswersAsAFreshSession) {
 TEST(ChatMode, ADivergingRenderIsPrefilledFromTheCommonPrefix) {
   Instance in = Transform("kjv-llama-chat", ModelDir("kjv-llama-chat"));
   auto gen = Local(in);
-  const ordered_json a = ordered_json::array(
-      {{{"role", "user"}, {"content", "And God said, Let there be light"}}});
-  const ordered_json b = ordered_json::array(
-      {{{"role", "user"}, {"content", "And God said, Let the waters"}}});
+  const ordered_json a =
+      ordered_json::array({{{"role", "user"}, {"content", "And God said, Let there be light"}}});
+  const ordered_json b =
+      ordered_json::array({{{"role", "user"}, {"content", "And God said, Let the waters"}}});
   const std::vector<int64_t> ia = ConversationIds(*in.bundle, a);
   const std::vector<int64_t> ib = ConversationIds(*in.bundle, b);
   size_t common = 0;
@@ -188,8 +190,8 @@ TEST(ChatMode, StopsAtTheTemplatesEndOfTurnToken) {
   GenerateResult f = fresh->GenerateIds(ConversationIds(*in.bundle, m), all);
   std::vector<int64_t> stop = in.bundle->eos_ids();
   EXPECT_EQ(stop, (std::vector<int64_t>{2, 4047}));  // </s> and "."
-  auto first_eos = std::find_first_of(f.token_ids.begin(), f.token_ids.end(), stop.begin(),
-                                      stop.end());
+  auto first_eos =
+      std::find_first_of(f.token_ids.begin(), f.token_ids.end(), stop.begin(), stop.end());
   ASSERT_NE(first_eos, f.token_ids.end());
   EXPECT_EQ(r.finish_reason, "eos");
   EXPECT_EQ(r.token_ids, std::vector<int64_t>(f.token_ids.begin(), first_eos));

@@ -9,6 +9,8 @@
 // over the conversations of tests/chat/conversations.json. Plus: errors with
 // line and column, bounded rendering of hostile templates, special-token
 // injection, generation_config.json, and `stip-client render-chat`.
+#include "common/chat/chat_template.h"
+
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -16,7 +18,6 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
-#include "common/chat/chat_template.h"
 #include "common/chat/generation_config.h"
 #include "common/engine/sampling_options.h"
 #include "common/error.h"
@@ -110,7 +111,8 @@ TEST(Jinja, ErrorsNameTheLineAndColumn) {
   };
   EXPECT_EQ(error_of("line one\n{% if x %}\n  {{ x | nosuch }}\n{% endif %}", {{"x", 1}}),
             "case line 3, column 10: no filter named 'nosuch'");
-  EXPECT_EQ(error_of("a\nb {% for x in %}"), "case line 2, column 15: expected an expression, got '%}'");
+  EXPECT_EQ(error_of("a\nb {% for x in %}"),
+            "case line 2, column 15: expected an expression, got '%}'");
   EXPECT_EQ(error_of("{% if true %}never closed"),
             "case line 1, column 26: unexpected end of the template: expected 'elif'");
   EXPECT_EQ(error_of("x\n  {{ 'unterminated }}"), "case line 2, column 6: unterminated string");
@@ -147,10 +149,10 @@ TEST(Jinja, HostileTemplatesAreBoundedNotFatal) {
             ErrorCode::kInvalidArgument);  // nesting: refused at parse time, no stack overflow
   EXPECT_EQ(code_of("{{ range(1000000000) }}"), ErrorCode::kInvalidArgument);
   // Malformed templates: errors, never a crash.
-  for (const char* bad : {"{{", "{%", "{#", "{{ }}", "{% if %}", "{% for %}", "{% endfor %}",
-                          "{{ a[ }}", "{{ a. }}", "{{ 'a' ~ }}", "{% set %}", "{{ (1, }}",
-                          "{% macro m( %}", "{{ x | }}", "{{ {1: } }}", "{{ 1 +* 2 }}",
-                          "{% raw %}never ends", "\xff\xfe{{ 1 }}", "{{ \"\\u12\" }}"}) {
+  for (const char* bad :
+       {"{{", "{%", "{#", "{{ }}", "{% if %}", "{% for %}", "{% endfor %}", "{{ a[ }}", "{{ a. }}",
+        "{{ 'a' ~ }}", "{% set %}", "{{ (1, }}", "{% macro m( %}", "{{ x | }}", "{{ {1: } }}",
+        "{{ 1 +* 2 }}", "{% raw %}never ends", "\xff\xfe{{ 1 }}", "{{ \"\\u12\" }}"}) {
     EXPECT_EQ(code_of(bad), ErrorCode::kInvalidArgument) << bad;
   }
 }
@@ -183,6 +185,8 @@ struct RealTemplate {
   std::string package;  // npm package suffix
   bool llama2 = false;  // template from tests/chat (the package has none)
 };
+
+void PrintTo(const RealTemplate& t, std::ostream* os) { *os << t.name; }
 
 class RealTemplates : public ::testing::TestWithParam<RealTemplate> {
  protected:
@@ -258,8 +262,7 @@ TEST(ChatTemplate, FindsTheTemplateAsTransformersDoes) {
     ChatTemplate::FromDirectory(d.path());
     ADD_FAILURE() << "a malformed template loaded";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("chat_template.jinja line 1, column 7"),
-              std::string::npos)
+    EXPECT_NE(std::string(e.what()).find("chat_template.jinja line 1, column 7"), std::string::npos)
         << e.what();
   }
   EXPECT_THROW(ChatTemplate::FromDirectory(d.path()), Error);
@@ -395,9 +398,8 @@ TEST(GenerationConfig, ReadsWhatTransformersReads) {
   ApplyGenerationConfig(GenerationConfig(), UserSampling(), &none);
   EXPECT_FALSE(none.greedy);
   // Malformed values are named.
-  for (const char* bad : {R"({"eos_token_id": "x"})", R"({"temperature": -1})",
-                          R"({"top_p": 0})", R"({"top_k": 1.5})", R"({"do_sample": "yes"})",
-                          "[1]", "{"}) {
+  for (const char* bad : {R"({"eos_token_id": "x"})", R"({"temperature": -1})", R"({"top_p": 0})",
+                          R"({"top_k": 1.5})", R"({"do_sample": "yes"})", "[1]", "{"}) {
     EXPECT_THROW(ParseGenerationConfig(bad, "generation_config.json"), Error) << bad;
   }
 }
@@ -413,7 +415,8 @@ TEST(RenderChatCommand, PrintsExactlyTheRenderedText) {
       ordered_json::parse(ReadFile(kChatDir + "/conversations.json"));
   const ordered_json& messages = conversations[4]["messages"];  // multi-line Unicode
   d.Write("messages.json", messages.dump());
-  d.Write("context.json", ordered_json{{"messages", messages}, {"add_generation_prompt", true}}.dump());
+  d.Write("context.json",
+          ordered_json{{"messages", messages}, {"add_generation_prompt", true}}.dump());
   std::vector<std::string> dirs = {ModelDir("kjv-llama-chat")};
   if (PathExists(NpmModelDir("qwen3") + "/tokenizer_config.json")) {
     dirs.push_back(NpmModelDir("qwen3"));
@@ -423,7 +426,8 @@ TEST(RenderChatCommand, PrintsExactlyTheRenderedText) {
     test::RunResult want = test::Run({STIP_PYTHON3, kOracle, dir, d / "context.json"}, 120);
     ASSERT_EQ(want.exit_code, 0) << want.out << want.err;
     test::RunResult got = test::Run(
-        {STIP_CLIENT_BIN, "render-chat", "--model-dir", dir, "--messages", d / "messages.json"}, 120);
+        {STIP_CLIENT_BIN, "render-chat", "--model-dir", dir, "--messages", d / "messages.json"},
+        120);
     EXPECT_EQ(got.exit_code, 0) << got.err;
     EXPECT_EQ(got.out, want.out);
     EXPECT_EQ(got.err, "");

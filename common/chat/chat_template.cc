@@ -31,7 +31,7 @@ std::optional<std::string> TokenString(const nlohmann::json& v) {
   return std::nullopt;
 }
 
-constexpr const char* kTokenKeys[] = {"bos_token", "eos_token",  "unk_token", "pad_token",
+constexpr const char* kTokenKeys[] = {"bos_token", "eos_token", "unk_token", "pad_token",
                                       "sep_token", "cls_token", "mask_token"};
 
 void AddSpecial(const std::string& s, std::vector<std::string>* out) {
@@ -74,8 +74,9 @@ std::string TemplateFromConfig(const nlohmann::json& v, const std::string& file)
         return t["template"].get<std::string>();
       }
     }
-    throw InvalidArgument(file + ": \"chat_template\" is a list of named templates without one "
-                                 "named \"default\"");
+    throw InvalidArgument(file +
+                          ": \"chat_template\" is a list of named templates without one "
+                          "named \"default\"");
   }
   throw InvalidArgument(file + ": \"chat_template\" must be a string or a list of named templates");
 }
@@ -132,10 +133,11 @@ std::unique_ptr<ChatTemplate> ChatTemplate::FromDirectory(const std::string& dir
     // Only its added_tokens: the vocabulary and merges are skipped while parsing.
     nlohmann::json tj;
     try {
-      tj = nlohmann::json::parse(
-          ReadFile(tok_json), [](int depth, nlohmann::json::parse_event_t event, nlohmann::json& v) {
-            return !(depth == 1 && event == nlohmann::json::parse_event_t::key && v != "added_tokens");
-          });
+      tj = nlohmann::json::parse(ReadFile(tok_json), [](int depth,
+                                                        nlohmann::json::parse_event_t event,
+                                                        nlohmann::json& v) {
+        return !(depth == 1 && event == nlohmann::json::parse_event_t::key && v != "added_tokens");
+      });
     } catch (const nlohmann::json::exception& e) {
       throw InvalidArgument(tok_json + ": not valid JSON (" + e.what() + ")");
     }
@@ -150,7 +152,8 @@ std::unique_ptr<ChatTemplate> ChatTemplate::FromDirectory(const std::string& dir
   return FromSource(source, name, tokens, std::move(special));
 }
 
-RenderedChat ChatTemplate::Render(const nlohmann::ordered_json& messages, bool add_generation_prompt,
+RenderedChat ChatTemplate::Render(const nlohmann::ordered_json& messages,
+                                  bool add_generation_prompt,
                                   const nlohmann::ordered_json& extra) const {
   CheckChatMessages(messages, "messages");
   jinja::Dict context;
@@ -195,7 +198,8 @@ std::vector<int64_t> ChatTemplate::Encode(const Tokenizer& tokenizer,
   size_t last = 0, pos = 0, range = 0;
   auto flush = [&](size_t end) {
     if (end > last) {
-      std::vector<int64_t> v = tokenizer.Encode(std::string_view(text).substr(last, end - last), plain);
+      std::vector<int64_t> v =
+          tokenizer.Encode(std::string_view(text).substr(last, end - last), plain);
       out.insert(out.end(), v.begin(), v.end());
     }
   };
@@ -233,8 +237,9 @@ std::string ChatTemplate::token(const std::string& key) const {
 
 void CheckChatMessages(const nlohmann::ordered_json& messages, const std::string& source) {
   if (!messages.is_array()) {
-    throw InvalidArgument(source + ": the messages must be a JSON list of {\"role\", \"content\"} "
-                                   "objects");
+    throw InvalidArgument(source +
+                          ": the messages must be a JSON list of {\"role\", \"content\"} "
+                          "objects");
   }
   for (size_t k = 0; k < messages.size(); ++k) {
     const auto& m = messages[k];

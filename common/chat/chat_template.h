@@ -73,7 +73,7 @@ class ChatTemplate {
   jinja::Template template_;
   std::string name_;
   nlohmann::ordered_json tokens_ = nlohmann::ordered_json::object();  // bos_token, ...
-  std::vector<std::string> special_tokens_;            // longest first
+  std::vector<std::string> special_tokens_;                           // longest first
 };
 
 // Reads a JSON list of {"role": "...", "content": "..."} messages from a

@@ -1,14 +1,14 @@
 // Built-in filters, tests, globals and methods of the Jinja interpreter, with
 // the semantics of Jinja2 3.1 and Python 3 (and transformers' tojson,
 // raise_exception and strftime_now).
+#include <locale.h>
+
+#include <algorithm>
 #include <cerrno>
 #include <clocale>
 #include <cmath>
 #include <ctime>
 #include <cwctype>
-#include <locale.h>
-
-#include <algorithm>
 
 #include "common/error.h"
 #include "common/jinja/evaluator.h"
@@ -109,8 +109,8 @@ Text ChangeCase(const Text& in, char mode) {
         m = MapCase(cp, first);
         break;
       case 'j': {
-        const bool sep = cp == '-' || IsPythonSpace(cp) || cp == '(' || cp == '{' || cp == '[' ||
-                         cp == '<';
+        const bool sep =
+            cp == '-' || IsPythonSpace(cp) || cp == '(' || cp == '{' || cp == '[' || cp == '<';
         m = sep ? cp : MapCase(cp, word_start);
         word_start = sep;
         break;
@@ -250,7 +250,8 @@ Text Format(const Text& fmt, const CallArgs& args) {
     if (field.empty()) {
       if (next >= args.positional.size()) Throw("format: not enough arguments");
       v = &args.positional[next++];
-    } else if (std::all_of(field.begin(), field.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+    } else if (std::all_of(field.begin(), field.end(),
+                           [](char c) { return c >= '0' && c <= '9'; })) {
       const size_t idx = std::stoul(field);
       if (idx >= args.positional.size()) Throw("format: argument index out of range");
       v = &args.positional[idx];
@@ -297,7 +298,8 @@ Value Slice(const Value& obj, const CallArgs& args) {
   const int64_t stop = bound(b, step > 0 ? n : -1);
   if (obj.is_string() && step == 1) {
     if (start >= stop) return Value::String("");
-    return Value::String(obj.text().Sub(offs[static_cast<size_t>(start)], offs[static_cast<size_t>(stop)]));
+    return Value::String(
+        obj.text().Sub(offs[static_cast<size_t>(start)], offs[static_cast<size_t>(stop)]));
   }
   ValueList items;
   Text t;
@@ -335,9 +337,11 @@ Value AttributePath(Evaluator& ev, const Value& v, const Value& attribute) {
   size_t start = 0;
   while (true) {
     const size_t dot = path.find('.', start);
-    const std::string part = path.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
+    const std::string part =
+        path.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
     const bool digits = !part.empty() && std::all_of(part.begin(), part.end(), ::isdigit);
-    cur = digits ? ev.GetItem(cur, Value::Int(std::stoll(part))) : ev.GetItem(cur, Value::String(part));
+    cur = digits ? ev.GetItem(cur, Value::Int(std::stoll(part)))
+                 : ev.GetItem(cur, Value::String(part));
     if (dot == std::string::npos) return cur;
     start = dot + 1;
   }
@@ -357,7 +361,8 @@ int CompareForSort(const Value& a, const Value& b, bool case_sensitive) {
 
 // ---- methods of str, dict and list ---------------------------------------------
 
-Value StringMethod(Evaluator& ev, const Value& self, const std::string& name, const CallArgs& args) {
+Value StringMethod(Evaluator& ev, const Value& self, const std::string& name,
+                   const CallArgs& args) {
   const Text& t = self.text();
   const std::string& s = t.s;
   if (name == "strip") return Value::String(Strip(t, args.Get(0, "chars"), true, true));
@@ -499,15 +504,15 @@ Value DictMethod(Evaluator&, const Value& self, const std::string& name, const C
 }
 
 const char* const kStringMethods[] = {
-    "strip", "lstrip", "rstrip", "split", "rsplit", "splitlines", "startswith", "endswith",
-    "upper", "lower", "title", "capitalize", "replace", "format", "join", "find", "rfind",
-    "count", "index", "isdigit", "isalpha", "isalnum", "isspace", "isupper", "islower",
-    "center", "ljust", "rjust"};
+    "strip",    "lstrip",  "rstrip",  "split",   "rsplit",     "splitlines", "startswith",
+    "endswith", "upper",   "lower",   "title",   "capitalize", "replace",    "format",
+    "join",     "find",    "rfind",   "count",   "index",      "isdigit",    "isalpha",
+    "isalnum",  "isspace", "isupper", "islower", "center",     "ljust",      "rjust"};
 const char* const kDictMethods[] = {"items", "keys", "values", "get"};
 // Methods the immutable sandbox refuses (they would modify the caller's data).
-const char* const kUnsafeMethods[] = {"append", "extend", "insert", "pop", "remove", "clear",
-                                      "update", "setdefault", "popitem", "sort", "reverse",
-                                      "add", "discard"};
+const char* const kUnsafeMethods[] = {"append",  "extend", "insert",     "pop",     "remove",
+                                      "clear",   "update", "setdefault", "popitem", "sort",
+                                      "reverse", "add",    "discard"};
 
 template <size_t N>
 bool In(const char* const (&list)[N], const std::string& name) {
@@ -590,7 +595,7 @@ bool RunTest(Evaluator& ev, const std::string& name, const Value& v, const CallA
     Throw("test 'in' needs a sequence");
   }
   static const std::pair<const char*, const char*> kCompare[] = {
-      {"lt", "<"}, {"lessthan", "<"}, {"<", "<"},      {"le", "<="}, {"<=", "<="},
+      {"lt", "<"}, {"lessthan", "<"},    {"<", "<"}, {"le", "<="}, {"<=", "<="},
       {"gt", ">"}, {"greaterthan", ">"}, {">", ">"}, {"ge", ">="}, {">=", ">="}};
   for (const auto& [n, op] : kCompare) {
     if (name == n) {
@@ -673,12 +678,23 @@ Value RunFilter(Evaluator& ev, const std::string& name, const Value& v, const Ca
     std::string out;
     for (char c : t.s) {
       switch (c) {
-        case '&': out += "&amp;"; break;
-        case '<': out += "&lt;"; break;
-        case '>': out += "&gt;"; break;
-        case '"': out += "&#34;"; break;
-        case '\'': out += "&#39;"; break;
-        default: out += c;
+        case '&':
+          out += "&amp;";
+          break;
+        case '<':
+          out += "&lt;";
+          break;
+        case '>':
+          out += "&gt;";
+          break;
+        case '"':
+          out += "&#34;";
+          break;
+        case '\'':
+          out += "&#39;";
+          break;
+        default:
+          out += c;
       }
     }
     return Value::String(std::move(out), t.any_untrusted());
@@ -724,7 +740,8 @@ Value RunFilter(Evaluator& ev, const std::string& name, const Value& v, const Ca
     const int64_t precision = ToIndex(Arg(args, 0, "precision", Value::Int(0)), "round");
     const std::string method = Arg(args, 1, "method", Value::String("common")).ToText().s;
     if (!(v.is_number() || v.is_bool())) Throw("round: a number is required");
-    const double scale = std::pow(10.0, static_cast<double>(std::clamp<int64_t>(precision, -30, 30)));
+    const double scale =
+        std::pow(10.0, static_cast<double>(std::clamp<int64_t>(precision, -30, 30)));
     double x = v.AsDouble() * scale;
     // Python's round(): halves to even.
     x = method == "ceil" ? std::ceil(x) : method == "floor" ? std::floor(x) : std::nearbyint(x);
@@ -752,7 +769,8 @@ Value RunFilter(Evaluator& ev, const std::string& name, const Value& v, const Ca
     const Value* attribute = attr ? args.Get(0, "attribute") : nullptr;
     if (attr && !attribute) Throw(name + ": the attribute is missing");
     const size_t test_index = attr ? 1 : 0;
-    const Value* test = test_index < args.positional.size() ? &args.positional[test_index] : nullptr;
+    const Value* test =
+        test_index < args.positional.size() ? &args.positional[test_index] : nullptr;
     CallArgs test_args;
     for (size_t k = test_index + 1; k < args.positional.size(); ++k) {
       test_args.positional.push_back(args.positional[k]);
@@ -890,7 +908,8 @@ Value RunFilter(Evaluator& ev, const std::string& name, const Value& v, const Ca
   if (name == "center") {
     return StringMethod(ev, v.is_string() ? v : Value::String(v.ToText()), "center", args);
   }
-  if (name == "wordcount") return Value::Int(static_cast<int64_t>(Split(v.ToText(), nullptr, -1).size()));
+  if (name == "wordcount")
+    return Value::Int(static_cast<int64_t>(Split(v.ToText(), nullptr, -1).size()));
   if (name == "format") {
     Throw("the format filter is not supported (use the % operator or str.format)");
   }
@@ -985,7 +1004,8 @@ Value Evaluator::GetItem(const Value& obj, const Value& key) {
       const int64_t n = static_cast<int64_t>(offs.size()) - 1;
       if (i < 0) i += n;
       if (i < 0 || i >= n) return Value();
-      return Value::String(obj.text().Sub(offs[static_cast<size_t>(i)], offs[static_cast<size_t>(i + 1)]));
+      return Value::String(
+          obj.text().Sub(offs[static_cast<size_t>(i)], offs[static_cast<size_t>(i + 1)]));
     }
     default:
       return Value();
@@ -1062,16 +1082,17 @@ void AddGlobals(std::unordered_map<std::string, Value>* g) {
         const Value& m = Arg(args, 0, "message", kUndefined);
         Throw("raise_exception: " + m.ToText().s);
       });
-  (*g)["strftime_now"] = Value::Callable("strftime_now", [](Evaluator&, const CallArgs& args) -> Value {
-    const std::string f = RequireString(Arg(args, 0, "format", kUndefined), "strftime_now")->s;
-    if (f.size() > 256) Throw("strftime_now: format too long");
-    const std::time_t now = std::time(nullptr);
-    std::tm tm{};
-    localtime_r(&now, &tm);
-    char buf[1024];
-    const size_t n = std::strftime(buf, sizeof buf, f.c_str(), &tm);
-    return Value::String(std::string(buf, n));
-  });
+  (*g)["strftime_now"] =
+      Value::Callable("strftime_now", [](Evaluator&, const CallArgs& args) -> Value {
+        const std::string f = RequireString(Arg(args, 0, "format", kUndefined), "strftime_now")->s;
+        if (f.size() > 256) Throw("strftime_now: format too long");
+        const std::time_t now = std::time(nullptr);
+        std::tm tm{};
+        localtime_r(&now, &tm);
+        char buf[1024];
+        const size_t n = std::strftime(buf, sizeof buf, f.c_str(), &tm);
+        return Value::String(std::string(buf, n));
+      });
 }
 
 }  // namespace stip::jinja

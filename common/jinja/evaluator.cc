@@ -28,17 +28,17 @@ void Evaluator::Fail(const Node& n, const std::string& message, bool resource) c
 
 void Evaluator::Step() {
   if (++steps_ > limits_.max_steps) {
-    throw RuntimeError{"the template took more than " + std::to_string(limits_.max_steps) +
-                           " evaluation steps",
-                       true};
+    throw RuntimeError{
+        "the template took more than " + std::to_string(limits_.max_steps) + " evaluation steps",
+        true};
   }
 }
 
 void Evaluator::CheckSize(size_t bytes) const {
   if (bytes > limits_.max_output_bytes) {
-    throw RuntimeError{"the template's output exceeds " +
-                           std::to_string(limits_.max_output_bytes) + " bytes",
-                       true};
+    throw RuntimeError{
+        "the template's output exceeds " + std::to_string(limits_.max_output_bytes) + " bytes",
+        true};
   }
 }
 
@@ -267,9 +267,9 @@ Value Evaluator::DefineMacro(const Node& n) {
   return Value::Callable(n.name, [node](Evaluator& ev, const CallArgs& args) -> Value {
     const Node& m = *node;
     if (ev.call_depth_ >= ev.limits_.max_call_depth) {
-      throw RuntimeError{"macro calls nested more than " +
-                             std::to_string(ev.limits_.max_call_depth) + " deep",
-                         true};
+      throw RuntimeError{
+          "macro calls nested more than " + std::to_string(ev.limits_.max_call_depth) + " deep",
+          true};
     }
     if (args.positional.size() > m.targets.size()) {
       Throw("macro '" + m.name + "' takes " + std::to_string(m.targets.size()) +
@@ -413,14 +413,17 @@ Value Evaluator::Binary(const Node& n, const std::string& op, const Value& a, co
     }
   }
   if (op == "*") {
-    const Value* s = a.is_string() || a.is_list() ? &a : b.is_string() || b.is_list() ? &b : nullptr;
+    const Value* s = a.is_string() || a.is_list()   ? &a
+                     : b.is_string() || b.is_list() ? &b
+                                                    : nullptr;
     const Value* count = s == &a ? &b : &a;
     if (s && (count->is_int() || count->is_bool())) {
       const int64_t times = std::max<int64_t>(0, IntOf(*count));
       if (s->is_string()) {
         if (times > 0) CheckSize(s->str().size() * static_cast<size_t>(times));
-        if (times > 0 && s->str().size() * static_cast<size_t>(times) / static_cast<size_t>(times) !=
-                             s->str().size()) {
+        if (times > 0 &&
+            s->str().size() * static_cast<size_t>(times) / static_cast<size_t>(times) !=
+                s->str().size()) {
           Throw("string repetition too large");
         }
         Text t;
@@ -586,7 +589,10 @@ Value Evaluator::EvalInner(const Node& n) {
       if (!callee.is_callable()) {
         if (callee.is_undefined()) {
           const Node& c = *n.kids[0];
-          Throw("'" + (c.kind == K::kName ? c.name : c.kind == K::kGetattr ? c.name : "value") +
+          Throw("'" +
+                (c.kind == K::kName      ? c.name
+                 : c.kind == K::kGetattr ? c.name
+                                         : "value") +
                 "' is undefined (not a function)");
         }
         Throw(std::string("'") + callee.TypeName() + "' object is not callable");
@@ -650,7 +656,8 @@ Value Evaluator::EvalInner(const Node& n) {
       Dict d;
       for (size_t k = 0; k + 1 < n.kids.size(); k += 2) {
         Value key = Eval(*n.kids[k]);
-        if (key.is_list() || key.is_dict()) Throw("unhashable type: '" + std::string(key.TypeName()) + "'");
+        if (key.is_list() || key.is_dict())
+          Throw("unhashable type: '" + std::string(key.TypeName()) + "'");
         d.Set(key, Eval(*n.kids[k + 1]));
       }
       return Value::MakeDict(std::move(d));

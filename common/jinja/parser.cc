@@ -41,9 +41,7 @@ class Parser {
   }
 
   const Token& Cur() const { return toks_[pos_]; }
-  const Token& Peek(size_t k = 1) const {
-    return toks_[std::min(pos_ + k, toks_.size() - 1)];
-  }
+  const Token& Peek(size_t k = 1) const { return toks_[std::min(pos_ + k, toks_.size() - 1)]; }
   const Token& Next() {
     const Token& t = toks_[pos_];
     if (pos_ + 1 < toks_.size()) ++pos_;
@@ -595,8 +593,7 @@ class Parser {
   void Arguments(Node* n) {
     ExpectOp("(");
     while (!IsOp(")")) {
-      if (Cur().type == TokenType::kName && Peek().type == TokenType::kOp &&
-          Peek().value == "=") {
+      if (Cur().type == TokenType::kName && Peek().type == TokenType::kOp && Peek().value == "=") {
         n->arg_names.push_back(Next().value);
         Next();
       } else {

@@ -41,14 +41,14 @@ struct Node {
     kTuple,
     kDict,  // kids: key, value, key, value...
     // statements
-    kBody,      // kids
-    kData,      // literal text
-    kOutput,    // {{ kids[0] }}
-    kIf,        // if kids[0]: kids[1] else kids[2] (null; kIf for elif)
-    kFor,       // for targets in kids[0] [if kids[3]]: kids[1] else kids[2]
-    kSet,       // targets (or name.attr) = kids[0]
-    kSetBlock,  // targets = render(kids[0]) | filters kids[1..] (kFilter chain on null)
-    kMacro,     // macro name(targets with defaults kids[1..]) body kids[0]
+    kBody,         // kids
+    kData,         // literal text
+    kOutput,       // {{ kids[0] }}
+    kIf,           // if kids[0]: kids[1] else kids[2] (null; kIf for elif)
+    kFor,          // for targets in kids[0] [if kids[3]]: kids[1] else kids[2]
+    kSet,          // targets (or name.attr) = kids[0]
+    kSetBlock,     // targets = render(kids[0]) | filters kids[1..] (kFilter chain on null)
+    kMacro,        // macro name(targets with defaults kids[1..]) body kids[0]
     kFilterBlock,  // filter chain kids[1] applied to render(kids[0])
     kBreak,
     kContinue,

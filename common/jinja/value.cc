@@ -168,9 +168,7 @@ Value Value::Float(double d) {
   v.f_ = d;
   return v;
 }
-Value Value::String(std::string s, bool untrusted) {
-  return String(Text(std::move(s), untrusted));
-}
+Value Value::String(std::string s, bool untrusted) { return String(Text(std::move(s), untrusted)); }
 Value Value::String(Text t) {
   Value v;
   v.kind_ = Kind::kString;
@@ -418,8 +416,8 @@ Text Value::ToText() const {
         if (k) t.Append(", ");
         const Value& e = (*list_)[k];
         t.Append(e.Repr());
-        untrusted = untrusted || (e.is_string() && e.text().any_untrusted()) || e.is_list() ||
-                    e.is_dict();
+        untrusted =
+            untrusted || (e.is_string() && e.text().any_untrusted()) || e.is_list() || e.is_dict();
       }
       if (is_namespace_ && list_->size() == 1) t.Append(",");
       t.Append(is_namespace_ ? ")" : "]");
@@ -550,12 +548,9 @@ void JsonString(const std::string& s, bool ensure_ascii, std::string* out) {
   *out += '"';
 }
 
-void JsonValue(const Value& v, const JsonOptions& o, int depth, std::string* out,
-               bool* untrusted) {
+void JsonValue(const Value& v, const JsonOptions& o, int depth, std::string* out, bool* untrusted) {
   if (depth > 256) throw InvalidArgument("tojson: value nested too deeply");
-  const std::string item_sep = o.custom_separators ? o.item_separator
-                               : o.indent >= 0       ? ","
-                                                     : ", ";
+  const std::string item_sep = o.custom_separators ? o.item_separator : o.indent >= 0 ? "," : ", ";
   const std::string key_sep = o.custom_separators ? o.key_separator : ": ";
   auto newline = [&](int level) {
     if (o.indent < 0) return;
