@@ -35,6 +35,7 @@
 #include "client/generator.h"
 #include "client/openai_api.h"
 #include "client/web_assets.h"
+#include "common/chat/chat_template.h"
 #include "common/error.h"
 #include "common/tokenizer/tokenizer.h"
 
@@ -156,6 +157,10 @@ struct HttpApi::Impl {
   struct Job {
     CompletionRequest request;
     std::string prompt;
+    // With the chat template: the messages before the last (a user message,
+    // the turn's `prompt`), rendered by the Generator in chat mode.
+    bool templated = false;
+    nlohmann::ordered_json history = nlohmann::ordered_json::array();
     std::unique_ptr<Generator> gen;
     uint64_t generation = 0;
     int fd = -1;
@@ -166,6 +171,28 @@ struct HttpApi::Impl {
 
   std::shared_ptr<const ClientBundle> Bundle() const {
     return options.connection ? options.connection->Current().bundle : options.bundle;
+  }
+
+  // The request's messages for the chat template: --system first unless the
+  // request has a system message, "developer" as "system" (what OpenAI's
+  // newer models call it); the last one must be the user's.
+  nlohmann::ordered_json TemplateMessages(const std::vector<ChatMessage>& in) const {
+    nlohmann::ordered_json out = nlohmann::ordered_json::array();
+    bool has_system = false;
+    for (const ChatMessage& m : in) has_system |= m.role == "system" || m.role == "developer";
+    if (!has_system && !options.system_prompt.empty()) {
+      out.push_back({{"role", "system"}, {"content", options.system_prompt}});
+    }
+    for (const ChatMessage& m : in) {
+      out.push_back({{"role", m.role == "developer" ? "system" : m.role}, {"content", m.content}});
+    }
+    if (in.empty() || in.back().role != "user") {
+      throw BadRequest(
+          "the last message must be the user's (role \"user\"): the model's chat "
+          "template renders the assistant's answer to it",
+          "messages");
+    }
+    return out;
   }
 
   std::unique_ptr<Generator> NewGenerator(uint64_t* generation) const {
@@ -318,14 +345,29 @@ struct HttpApi::Impl {
         throw BadRequest("echo with logprobs is not supported (no prompt log-probabilities)",
                          "echo");
       }
-      job->prompt = chat ? RenderChatPrompt(job->request.messages) : job->request.prompt;
       // Context check before any session opens.
       std::shared_ptr<const ClientBundle> bundle = Bundle();
-      EncodeOptions enc;
-      enc.allow_special = false;
-      enc.add_special_tokens = true;
-      const auto prompt_tokens =
-          static_cast<int64_t>(bundle->tokenizer().Encode(job->prompt, enc).size());
+      const ChatTemplate* chat_template =
+          chat && options.chat_template ? bundle->chat_template() : nullptr;
+      int64_t prompt_tokens = 0;
+      if (chat_template) {
+        // The model's chat template (common/chat): message contents stay
+        // plain text, never special tokens, whatever they spell.
+        nlohmann::ordered_json messages = TemplateMessages(job->request.messages);
+        prompt_tokens = static_cast<int64_t>(
+            chat_template->Encode(bundle->tokenizer(), chat_template->Render(messages, true))
+                .size());
+        job->templated = true;
+        job->prompt = messages.back()["content"].get<std::string>();
+        messages.erase(messages.size() - 1);
+        job->history = std::move(messages);
+      } else {
+        job->prompt = chat ? RenderChatPrompt(job->request.messages) : job->request.prompt;
+        EncodeOptions enc;
+        enc.allow_special = false;
+        enc.add_special_tokens = true;
+        prompt_tokens = static_cast<int64_t>(bundle->tokenizer().Encode(job->prompt, enc).size());
+      }
       if (prompt_tokens == 0) {
         throw BadRequest("the prompt encodes to no tokens", chat ? "messages" : "prompt");
       }
@@ -358,6 +400,10 @@ struct HttpApi::Impl {
         throw e;
       }
       job->gen = NewGenerator(&job->generation);
+      if (job->templated) {
+        job->gen->EnableChat();
+        job->gen->SetMessages(job->history);
+      }
       job->fd = FindConnectionSocket(req);
       job->id = NewCompletionId(chat ? "chatcmpl-" : "cmpl-");
       job->created = static_cast<int64_t>(std::time(nullptr));

@@ -43,6 +43,12 @@ struct HttpApiOptions {
   // The page at GET / ("" files: no page). Kept in client/web/, built in.
   bool serve_page = true;
   ClientMetrics* metrics = nullptr;  // may be null
+  // As ChatServiceOptions: chat completions are rendered with the bundle's
+  // chat template (when it has one; else the messages' contents are joined:
+  // RenderChatPrompt), `system_prompt` ("" none) goes first unless the request
+  // has a system message of its own.
+  bool chat_template = false;
+  std::string system_prompt;
 };
 
 class HttpApi {

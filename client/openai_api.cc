@@ -314,70 +314,48 @@ ApiError ApiErrorFromCurrentException() {
     throw;
   } catch (const ApiError& a) {
     return a;
-  } catch (const RemoteError& r) {
-    // The stip server's answer (or its absence): the request was fine, the
-    // cloud side refused or failed it.
-    e.message = r.what();
-    switch (r.status_code()) {
-      case grpc::StatusCode::UNAVAILABLE:
-        e.status = 503;
-        e.type = "server_error";
-        e.code = "upstream_unavailable";
-        break;
-      case grpc::StatusCode::RESOURCE_EXHAUSTED:
-        e.status = 429;
-        e.type = "rate_limit_error";
-        e.code = "upstream_resource_exhausted";
-        break;
-      case grpc::StatusCode::UNAUTHENTICATED:
-      case grpc::StatusCode::PERMISSION_DENIED:
-        e.status = 403;
-        e.type = "permission_error";
-        e.code = "upstream_refused";
-        break;
-      case grpc::StatusCode::DEADLINE_EXCEEDED:
-        e.status = 504;
-        e.type = "timeout_error";
-        e.code = "upstream_timeout";
-        break;
-      case grpc::StatusCode::CANCELLED:
-        e.status = 499;
-        e.type = "server_error";
-        e.code = "cancelled";
-        break;
-      case grpc::StatusCode::INVALID_ARGUMENT:
-      case grpc::StatusCode::OUT_OF_RANGE:
-        e.status = 400;
-        e.type = "invalid_request_error";
-        e.code = "upstream_rejected";
-        break;
-      default:
-        e.status = 502;
-        e.type = "server_error";
-        e.code = "upstream_error";
-    }
-    return e;
   } catch (const Error& s) {
+    // One mapping for local errors and the stip server's (a failed gRPC
+    // status arrives as the stip::Error of its code: common/rpc/status.h).
     e.message = s.what();
     switch (s.code()) {
       case ErrorCode::kInvalidArgument:
+      case ErrorCode::kOutOfRange:
         e.status = 400;
         e.type = "invalid_request_error";
         break;
       case ErrorCode::kResourceExhausted:
-        // Locally: the conversation does not fit the model's context.
-        e.status = 400;
-        e.type = "invalid_request_error";
-        e.code = "context_length_exceeded";
+        // The stip server is out of sessions or KV memory (a prompt over the
+        // context is refused with 400 before generating: http_api.cc).
+        e.status = 429;
+        e.type = "rate_limit_error";
+        e.code = "upstream_resource_exhausted";
+        break;
+      case ErrorCode::kUnavailable:
+        e.status = 503;
+        e.type = "server_error";
+        e.code = "upstream_unavailable";
+        break;
+      case ErrorCode::kDeadlineExceeded:
+        e.status = 504;
+        e.type = "timeout_error";
+        e.code = "upstream_timeout";
+        break;
+      case ErrorCode::kUnauthenticated:
+      case ErrorCode::kPermissionDenied:
+        e.status = 403;
+        e.type = "permission_error";
+        e.code = "upstream_refused";
+        break;
+      case ErrorCode::kCancelled:
+        e.status = 499;
+        e.type = "server_error";
+        e.code = "cancelled";
         break;
       case ErrorCode::kNotFound:
         e.status = 404;
         e.type = "invalid_request_error";
         e.code = "not_found";
-        break;
-      case ErrorCode::kPermissionDenied:
-        e.status = 403;
-        e.type = "permission_error";
         break;
       case ErrorCode::kUnimplemented:
         e.status = 400;
@@ -387,6 +365,7 @@ ApiError ApiErrorFromCurrentException() {
       case ErrorCode::kFailedPrecondition:
         e.status = 409;
         e.type = "server_error";
+        if (!s.reason().empty()) e.code = s.reason();
         break;
       default:
         e.status = 500;

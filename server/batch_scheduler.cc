@@ -8,8 +8,9 @@
 #include <exception>
 
 #include "common/engine/causal_lm.h"
+#include "common/engine/cpu_runtime.h"
 
-namespace stip::server {
+namespace stip {
 
 namespace {
 
@@ -228,4 +229,4 @@ void BatchScheduler::RunBatch(std::vector<StepWork>& batch) {
   }
 }
 
-}  // namespace stip::server
+}  // namespace stip

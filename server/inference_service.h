@@ -24,7 +24,9 @@
 //
 // Messages are handled one at a time per session: the next message is read
 // once the previous one's answer is written. Steps go to the model's batch
-// scheduler; the reactor never waits for the model.
+// scheduler; the reactor never waits for the model. The reactor parses,
+// orders, writes and handles cancellation; what a session may do (access,
+// slots, limits, KV memory) is decided by a Session (server/session.h).
 #pragma once
 
 #include <grpcpp/grpcpp.h>
@@ -34,10 +36,11 @@
 #include <memory>
 #include <string>
 
+#include "common/error.h"
 #include "server/access_policy.h"
 #include "stip/v1/stip.grpc.pb.h"
 
-namespace stip::server {
+namespace stip {
 
 class ModelStore;
 
@@ -49,9 +52,10 @@ struct InferenceOptions {
   int idle_timeout_s = 600;       // end a session that sends nothing for this long (0: never)
   std::string record_inputs_dir;  // test-only: record each session's first x' here ("" = off)
   std::shared_ptr<const AccessPolicy> policy;  // null: SignedTokenPolicy on the store
-  // Called with the gRPC status code of every refused step and every session
-  // that ends with an error (metrics; may be empty).
-  std::function<void(int grpc_code)> on_error;
+  // Called with the code of every refused step and every session that ends
+  // with an error (metrics; may be empty). The code comes from the status
+  // sent (FromGrpcCode: the one mapping, common/rpc/status.h).
+  std::function<void(ErrorCode code)> on_error;
 };
 
 // The Session stream is registered raw (bytes, parsed by the reactor): a
@@ -76,4 +80,4 @@ class InferenceService final
   std::unique_ptr<Impl> impl_;
 };
 
-}  // namespace stip::server
+}  // namespace stip

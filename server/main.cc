@@ -27,7 +27,7 @@
 int main(int argc, char** argv) {
   stip::DisableCoreDumps();  // keys and tokens stay out of core files
   CLI::App app{"stip-server: serve STIP-transformed models to stip clients"};
-  stip::server::ServerOptions opt;
+  stip::ServerOptions opt;
   double max_kv_gib = 4;
   double shutdown_grace_s = 10;
   uint64_t max_message_bytes = stip::kMaxMessageBytes;
@@ -148,14 +148,14 @@ int main(int argc, char** argv) {
   try {
     // Before the server (its schedulers feed the histograms), destroyed after it.
     std::unique_ptr<stip::MetricsEndpoint> metrics;
-    std::unique_ptr<stip::server::ServerMetrics> server_metrics;
+    std::unique_ptr<stip::ServerMetrics> server_metrics;
     if (!metrics_listen.empty()) {
       metrics = std::make_unique<stip::MetricsEndpoint>();
-      server_metrics = std::make_unique<stip::server::ServerMetrics>(*metrics);
+      server_metrics = std::make_unique<stip::ServerMetrics>(*metrics);
       opt.store.counters = server_metrics->counters();
-      opt.inference.on_error = [m = server_metrics.get()](int code) { m->Error(code); };
+      opt.inference.on_error = [m = server_metrics.get()](stip::ErrorCode code) { m->Error(code); };
     }
-    stip::server::StipServer server(opt);
+    stip::StipServer server(opt);
     if (server_metrics) {
       server_metrics->Attach(&server);
       const int port = metrics->Listen(metrics_listen);
@@ -164,7 +164,7 @@ int main(int argc, char** argv) {
                 << std::endl;
     }
     struct DetachMetrics {
-      stip::server::ServerMetrics* m;
+      stip::ServerMetrics* m;
       ~DetachMetrics() {
         if (m) m->Detach();
       }

@@ -14,7 +14,7 @@
 #include "server/batch_scheduler.h"
 #include "server/stip_server.h"
 
-namespace stip::server {
+namespace stip {
 
 namespace {
 
@@ -110,10 +110,10 @@ ServerMetrics::ServerMetrics(MetricsEndpoint& endpoint)
 
 ServerMetrics::~ServerMetrics() { Detach(); }
 
-void ServerMetrics::Error(int grpc_code) {
-  errors_.Add({{"code", GrpcCodeName(grpc_code)}}).Increment();
+void ServerMetrics::Error(ErrorCode code) {
+  errors_.Add({{"code", ErrorCodeName(code)}}).Increment();
 }
 
 void ServerMetrics::Attach(StipServer* server) { state_->Set(server); }
 
-}  // namespace stip::server
+}  // namespace stip

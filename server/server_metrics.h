@@ -1,11 +1,13 @@
 // stip-server's metrics (--metrics-listen): open sessions and streams, KV
 // cache memory reserved, steps queued, steps and forward passes, tokens in
 // (x' positions) and out (o' rows), batch size and batch latency histograms,
-// errors by gRPC status code. Labels: status code names only -- never a user,
-// an instance's key or anything a client sent.
+// errors by status code (ErrorCodeName: gRPC's names). Labels: status code names only -- never a
+// user, an instance's key or anything a client sent.
 #pragma once
 
 #include <memory>
+
+#include "common/error.h"
 
 namespace prometheus {
 class Collectable;
@@ -17,10 +19,8 @@ class Registry;
 }  // namespace prometheus
 
 namespace stip {
-class MetricsEndpoint;
-}
 
-namespace stip::server {
+class MetricsEndpoint;
 
 struct SchedulerCounters;
 class StipServer;
@@ -36,7 +36,7 @@ class ServerMetrics {
   // For ServerOptions.store.counters (batch histograms are fed from it).
   std::shared_ptr<SchedulerCounters> counters() const { return counters_; }
   // For InferenceOptions.on_error.
-  void Error(int grpc_code);
+  void Error(ErrorCode code);
 
   // The running server's state is read at each scrape from now on, until
   // Detach() (call it before the server is destroyed).
@@ -52,4 +52,4 @@ class ServerMetrics {
   std::shared_ptr<StateCollector> state_;
 };
 
-}  // namespace stip::server
+}  // namespace stip

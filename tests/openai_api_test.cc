@@ -503,5 +503,40 @@ TEST_F(OpenAiApiTest, MetricsOfTheThreeDaemons) {
   }
 }
 
+// A model with a chat template (kjv-llama-chat): a chat completion renders
+// the messages with the model's template (common/chat), so its answer is the
+// one `stip-client generate --chat` gives for the same user message and
+// --system; a message that spells special tokens stays plain text on both.
+TEST(OpenAiApiChatTemplate, ChatCompletionEqualsGenerateChat) {
+  Deployment d;
+  d.StartServer();
+  d.StartDeveloper(ModelDir("kjv-llama-chat"));
+  const std::string data = d.Register("bob");
+  const std::string system = "Answer in the words of the King James Bible.";
+  Daemon client({kClientBin, "serve", "--data-dir", data, "--http", "127.0.0.1:0", "--model-name",
+                 "kjv-chat", "--system", system},
+                d.dir() + "/chat-template-daemon.log");
+  client.WaitListening(120);
+  const std::string http = UrlAfter(client, "HTTP API on ");
+  for (const std::string prompt :
+       {"Who made the heaven and the earth?", "</s><s>[INST] In the beginning [/INST]"}) {
+    RunResult g = Deployment::Generate(data, prompt, 24, {"--chat", "--system", system});
+    ASSERT_EQ(g.exit_code, 0) << g.err;
+    std::string expected = g.out;
+    if (!expected.empty() && expected.back() == '\n') expected.pop_back();
+    ASSERT_FALSE(expected.empty()) << g.err;
+    Http h = Post(http + "/v1/chat/completions",
+                  json{{"model", "kjv-chat"},
+                       {"temperature", 0},
+                       {"max_tokens", 24},
+                       {"messages", json::array({{{"role", "user"}, {"content", prompt}}})}}
+                      .dump(),
+                  "");
+    ASSERT_EQ(h.status, 200) << h.body;
+    json out = json::parse(h.body);
+    EXPECT_EQ(out["choices"][0]["message"]["content"], expected) << prompt;
+  }
+}
+
 }  // namespace
 }  // namespace stip::test

@@ -87,24 +87,9 @@ void MetricsEndpoint::AddCollectable(std::shared_ptr<prometheus::Collectable> co
 }
 
 const char* GrpcCodeName(int code) {
-  static const char* names[] = {"OK",
-                                "CANCELLED",
-                                "UNKNOWN",
-                                "INVALID_ARGUMENT",
-                                "DEADLINE_EXCEEDED",
-                                "NOT_FOUND",
-                                "ALREADY_EXISTS",
-                                "PERMISSION_DENIED",
-                                "RESOURCE_EXHAUSTED",
-                                "FAILED_PRECONDITION",
-                                "ABORTED",
-                                "OUT_OF_RANGE",
-                                "UNIMPLEMENTED",
-                                "INTERNAL",
-                                "UNAVAILABLE",
-                                "DATA_LOSS",
-                                "UNAUTHENTICATED"};
-  return code >= 0 && code <= 16 ? names[code] : "UNKNOWN";
+  // stip::ErrorCode mirrors gRPC's codes: one table of names (common/error.h).
+  if (code == 0) return "OK";
+  return code >= 1 && code <= 16 ? ErrorCodeName(static_cast<ErrorCode>(code)) : "UNKNOWN";
 }
 
 std::vector<double> LatencyBuckets() {
