@@ -12,8 +12,8 @@ image its RGB pixels and for every (image, config) the uint8 image after
 resize + crop and the float32 pixel_values, as transformers computes them.
 
 `preprocess` mirrors transformers' slow image processors step by step:
-  - transformers/image_transforms.py convert_to_rgb (image.convert("RGB");
-    transformers/image_utils.py load_image does the same), to_numpy_array;
+  - transformers/image_utils.py load_image: PIL.ImageOps.exif_transpose,
+    then image_transforms.convert_to_rgb (image.convert("RGB")), to_numpy_array;
   - ViTImageProcessor.resize / CLIPImageProcessor.resize
     (models/vit/image_processing_vit.py, models/clip/image_processing_clip.py)
     -> image_transforms.get_resize_output_image_size (shortest edge:
@@ -34,7 +34,7 @@ import sys
 import zlib
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 OUT, VIT_DIGITS = sys.argv[1], sys.argv[2]
 IMG_DIR = os.path.join(OUT, "images")
@@ -140,6 +140,17 @@ save("gray_50x70.jpg", Image.fromarray(smooth_noise(70, 50, 1)[..., 0].astype(np
 save("cmyk_30x20.jpg", Image.fromarray(smooth_noise(20, 30, 4).astype(np.uint8), "CMYK"),
      quality=92)
 
+# EXIF orientations, which transformers' load_image applies
+# (PIL.ImageOps.exif_transpose) before convert("RGB").
+small = Image.fromarray(smooth_noise(9, 14, 3).astype(np.uint8), "RGB")
+for orientation in range(1, 9):
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    save(f"exif{orientation}_14x9.jpg", small, quality=95, exif=exif.tobytes())
+exif = Image.Exif()
+exif[0x0112] = 6
+save("exif6_14x9.png", small, exif=exif.tobytes())
+
 # The demo model's samples.
 for f in sorted(os.listdir(os.path.join(VIT_DIGITS, "samples"))):
     if f.endswith(".png"):
@@ -200,6 +211,7 @@ def settings(cfg):
 
 def preprocess(im, cfg):
     s = settings(cfg)
+    im = ImageOps.exif_transpose(im)  # image_utils.load_image
     if im.mode != "RGB":  # image_transforms.convert_to_rgb
         im = im.convert("RGB")
     arr = np.array(im)  # to_numpy_array: uint8, HWC
@@ -243,11 +255,11 @@ def preprocess(im, cfg):
 manifest = {"pillow": Image.__version__, "numpy": np.__version__, "images": [], "cases": []}
 for name in images:
     im = Image.open(os.path.join(IMG_DIR, name))
-    rgb = np.array(im.convert("RGB"))
+    rgb = np.array(ImageOps.exif_transpose(im).convert("RGB"))
     rgb_file = name + ".rgb"
     rgb.tofile(os.path.join(OUT, rgb_file))
-    manifest["images"].append({"file": "images/" + name, "mode": im.mode, "width": im.width,
-                               "height": im.height, "rgb": rgb_file})
+    manifest["images"].append({"file": "images/" + name, "mode": im.mode, "width": rgb.shape[1],
+                               "height": rgb.shape[0], "rgb": rgb_file})
     for cname, cfg in configs.items():
         resized, pixels = preprocess(Image.open(os.path.join(IMG_DIR, name)), cfg)
         base = f"{name}.{cname}"

@@ -86,6 +86,22 @@ TEST_F(ImageOracleTest, DecodesEveryModeAsPillowConvertRgb) {
   }
 }
 
+TEST_F(ImageOracleTest, ExifOrientationCanBeIgnored) {
+  DecodeOptions raw;
+  raw.apply_exif_orientation = false;
+  for (const char* name : {"exif6_14x9.jpg", "exif6_14x9.png", "exif8_14x9.jpg"}) {
+    const std::string path = OracleDir() + "/images/" + name;
+    const Image upright = LoadImageFile(path);
+    EXPECT_EQ(upright.width, 9) << name;
+    EXPECT_EQ(upright.height, 14) << name;
+    const Image stored = LoadImageFile(path, raw);
+    EXPECT_EQ(stored.width, 14) << name;
+    EXPECT_EQ(stored.height, 9) << name;
+  }
+  EXPECT_EQ(ExifOrientation(""), 1);
+  EXPECT_EQ(ExifOrientation(std::string("Exif\0\0MM\0\x2a\xff\xff\xff\xff", 14)), 1);
+}
+
 TEST_F(ImageOracleTest, ResizeAndCropMatchPillowExactly) {
   size_t cases = 0;
   for (const auto& c : manifest_["cases"]) {
@@ -232,7 +248,7 @@ std::string SampleJpeg() {
 
 // Expects DecodeImage to throw `code` with every word of `needles` in the message.
 void ExpectDecodeError(const std::string& bytes, ErrorCode code,
-                       const std::vector<std::string>& needles, const DecodeLimits& limits = {}) {
+                       const std::vector<std::string>& needles, const DecodeOptions& limits = {}) {
   try {
     DecodeImage(bytes, limits);
     ADD_FAILURE() << "decoded without an error";
@@ -293,12 +309,12 @@ TEST(ImageTest, HugeHeadersAreRefusedBeforeAllocating) {
   // Beyond libpng's own 1000000-pixel side limit.
   ExpectDecodeError(PngWithHeader(2000000, 1), ErrorCode::kInvalidArgument, {"PNG"});
   // The limit is configurable.
-  DecodeLimits small;
+  DecodeOptions small;
   small.max_pixels = 32 * 31;
   ExpectDecodeError(SamplePng(), ErrorCode::kResourceExhausted, {"32 x 32", "limit of 992"}, small);
   small.max_pixels = 32 * 32;
   EXPECT_EQ(DecodeImage(SamplePng(), small).width, 32);
-  DecodeLimits tiny_file;
+  DecodeOptions tiny_file;
   tiny_file.max_file_bytes = 100;
   ExpectDecodeError(SamplePng(), ErrorCode::kResourceExhausted, {"limit of 100 bytes"}, tiny_file);
 }

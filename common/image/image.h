@@ -11,12 +11,13 @@
 //   - palette: looked up in PLTE; tRNS transparency is ignored;
 //   - RGB/RGBA 16 bit: the high byte of each sample;
 //   - JPEG gray: replicated; JPEG CMYK/YCCK: Pillow's cmyk2rgb.
-// PNG gamma, colour profiles and JPEG EXIF orientation are not applied (nor
-// does Pillow's Image.open; see docs/images.md).
+// The EXIF orientation (JPEG APP1, PNG eXIf) is applied as transformers'
+// load_image does (PIL.ImageOps.exif_transpose) unless switched off; PNG
+// gamma and colour profiles are not applied (nor does Pillow).
 //
 // Bad input throws stip::Error: kInvalidArgument for what is not a PNG/JPEG,
 // is truncated, corrupt or zero-sized; kResourceExhausted for an image whose
-// header claims more pixels than DecodeLimits allows (refused before the pixel
+// header claims more pixels than DecodeOptions allows (refused before the pixel
 // buffer is allocated); kNotFound for a missing file.
 #pragma once
 
@@ -42,7 +43,9 @@ struct Image {
   }
 };
 
-struct DecodeLimits {
+struct DecodeOptions {
+  // Rotate/mirror as the EXIF orientation tag (0x0112, values 2..8) says.
+  bool apply_exif_orientation = true;
   // Pillow's Image.MAX_IMAGE_PIXELS (its decompression-bomb warning threshold).
   uint64_t max_pixels = 89'478'485;
   // Largest file LoadImageFile reads (DecodeImage checks it too).
@@ -55,9 +58,18 @@ enum class ImageFormat { kUnknown, kPng, kJpeg };
 ImageFormat SniffImageFormat(std::string_view bytes);
 
 // Decodes a PNG or JPEG held in memory to RGB. Throws stip::Error as above.
-Image DecodeImage(std::string_view bytes, const DecodeLimits& limits = {});
+Image DecodeImage(std::string_view bytes, const DecodeOptions& options = {});
 
 // Reads and decodes a file; errors name the path.
-Image LoadImageFile(const std::string& path, const DecodeLimits& limits = {});
+Image LoadImageFile(const std::string& path, const DecodeOptions& options = {});
+
+// The orientation (1..8) in an EXIF block (a TIFF structure, with or without
+// the "Exif\0\0" prefix of JPEG's APP1); 1 when absent or malformed.
+int ExifOrientation(std::string_view exif);
+
+// PIL.ImageOps.exif_transpose's transposition for `orientation` (2: mirror,
+// 3: rotate 180, 4: flip, 5: transpose, 6: rotate 90 clockwise,
+// 7: transverse, 8: rotate 90 counter-clockwise; anything else: unchanged).
+Image ApplyExifOrientation(const Image& image, int orientation);
 
 }  // namespace stip

@@ -33,6 +33,7 @@ constexpr int kMaxJpegScans = 1000;
 
 struct PngState {
   std::string_view bytes;
+  std::string exif;  // the eXIf chunk (before IDAT), if any
   size_t offset = 0;
   char message[256] = {0};
   // Set when the failure is ours (a limit), not libpng's.
@@ -85,7 +86,7 @@ void PngRowToRgb(const uint8_t* row, int width, int channels, int depth, uint8_t
 
 // Returns false with state->message set on a libpng error.
 // The buffers are the caller's, so that no destructor is skipped by a longjmp.
-bool DecodePngInto(PngGuard& guard, PngState& state, const DecodeLimits& limits, Image& image,
+bool DecodePngInto(PngGuard& guard, PngState& state, const DecodeOptions& limits, Image& image,
                    std::vector<uint8_t>& buffer, std::vector<png_bytep>& rows) {
   png_structp png = guard.png;
   png_infop info = guard.info;
@@ -102,6 +103,11 @@ bool DecodePngInto(PngGuard& guard, PngState& state, const DecodeLimits& limits,
     state.limit_hit = true;
     std::snprintf(state.message, sizeof(state.message), "%u x %u", width, height);
     return false;
+  }
+  png_uint_32 exif_size = 0;
+  png_bytep exif = nullptr;
+  if (png_get_eXIf_1(png, info, &exif_size, &exif) && exif) {
+    state.exif.assign(reinterpret_cast<const char*>(exif), exif_size);
   }
   int color_type = png_get_color_type(png, info);
   int bit_depth = png_get_bit_depth(png, info);
@@ -149,7 +155,7 @@ uint32_t ReadBe32(const char* p) {
 // The size that IHDR (the first chunk) claims, checked before libpng reads
 // on: png_read_info only returns once it has reached the image data, and a
 // file may stop right after its header.
-void CheckPngHeaderSize(std::string_view bytes, const DecodeLimits& limits) {
+void CheckPngHeaderSize(std::string_view bytes, const DecodeOptions& limits) {
   if (bytes.size() < 8 + 8 + 8 || bytes.substr(12, 4) != "IHDR") return;  // libpng reports it
   const uint64_t width = ReadBe32(bytes.data() + 16);
   const uint64_t height = ReadBe32(bytes.data() + 20);
@@ -164,7 +170,7 @@ void CheckPngHeaderSize(std::string_view bytes, const DecodeLimits& limits) {
   }
 }
 
-Image DecodePng(std::string_view bytes, const DecodeLimits& limits) {
+Image DecodePng(std::string_view bytes, const DecodeOptions& limits, std::string& exif) {
   CheckPngHeaderSize(bytes, limits);
   PngState state;
   state.bytes = bytes;
@@ -189,6 +195,7 @@ Image DecodePng(std::string_view bytes, const DecodeLimits& limits) {
     }
     throw InvalidArgument(std::string("image: invalid PNG: ") + state.message);
   }
+  exif = std::move(state.exif);
   return image;
 }
 
@@ -270,7 +277,8 @@ inline int MulDiv255(int a, int b) {
 enum class JpegResult { kOk, kError, kZeroSize, kLimit };
 
 JpegResult DecodeJpegInto(JpegGuard& guard, JpegErrorManager& err, std::string_view bytes,
-                          const DecodeLimits& limits, Image& image, std::vector<uint8_t>& row) {
+                          const DecodeOptions& limits, Image& image, std::vector<uint8_t>& row,
+                          std::string& exif) {
   jpeg_decompress_struct* cinfo = &guard.cinfo;
   cinfo->err = jpeg_std_error(&err.pub);
   err.pub.error_exit = JpegErrorExit;
@@ -282,7 +290,16 @@ JpegResult DecodeJpegInto(JpegGuard& guard, JpegErrorManager& err, std::string_v
   cinfo->progress = &err.progress;
   jpeg_mem_src(cinfo, reinterpret_cast<const unsigned char*>(bytes.data()),
                static_cast<unsigned long>(bytes.size()));
+  jpeg_save_markers(cinfo, JPEG_APP0 + 1, 0xFFFF);
   jpeg_read_header(cinfo, TRUE);
+  // The first APP1 "Exif\0\0" segment, as Pillow's JpegImagePlugin keeps.
+  for (jpeg_saved_marker_ptr m = cinfo->marker_list; m; m = m->next) {
+    if (m->marker == JPEG_APP0 + 1 && m->data_length >= 6 &&
+        std::memcmp(m->data, "Exif\0\0", 6) == 0) {
+      exif.assign(reinterpret_cast<const char*>(m->data), m->data_length);
+      break;
+    }
+  }
   if (cinfo->image_width == 0 || cinfo->image_height == 0) return JpegResult::kZeroSize;
   if (static_cast<uint64_t>(cinfo->image_width) * cinfo->image_height > limits.max_pixels) {
     std::snprintf(err.message, sizeof(err.message), "%u x %u", cinfo->image_width,
@@ -334,12 +351,12 @@ JpegResult DecodeJpegInto(JpegGuard& guard, JpegErrorManager& err, std::string_v
   return JpegResult::kOk;
 }
 
-Image DecodeJpeg(std::string_view bytes, const DecodeLimits& limits) {
+Image DecodeJpeg(std::string_view bytes, const DecodeOptions& limits, std::string& exif) {
   JpegGuard guard;
   JpegErrorManager err;
   Image image;
   std::vector<uint8_t> row;
-  switch (DecodeJpegInto(guard, err, bytes, limits, image, row)) {
+  switch (DecodeJpegInto(guard, err, bytes, limits, image, row, exif)) {
     case JpegResult::kOk:
       return image;
     case JpegResult::kZeroSize:
@@ -375,24 +392,115 @@ ImageFormat SniffImageFormat(std::string_view bytes) {
   return ImageFormat::kUnknown;
 }
 
-Image DecodeImage(std::string_view bytes, const DecodeLimits& limits) {
+Image DecodeImage(std::string_view bytes, const DecodeOptions& limits) {
   if (bytes.size() > limits.max_file_bytes) {
     throw ResourceExhausted("image: " + std::to_string(bytes.size()) +
                             " bytes, more than the limit of " +
                             std::to_string(limits.max_file_bytes) + " bytes");
   }
+  std::string exif;
+  Image image;
   switch (SniffImageFormat(bytes)) {
     case ImageFormat::kPng:
-      return DecodePng(bytes, limits);
-    case ImageFormat::kJpeg:
-      return DecodeJpeg(bytes, limits);
-    case ImageFormat::kUnknown:
+      image = DecodePng(bytes, limits, exif);
       break;
+    case ImageFormat::kJpeg:
+      image = DecodeJpeg(bytes, limits, exif);
+      break;
+    case ImageFormat::kUnknown:
+      throw InvalidArgument("image: not a PNG or JPEG image (" + DescribeStart(bytes) + ")");
   }
-  throw InvalidArgument("image: not a PNG or JPEG image (" + DescribeStart(bytes) + ")");
+  if (limits.apply_exif_orientation && !exif.empty()) {
+    const int orientation = ExifOrientation(exif);
+    if (orientation != 1) return ApplyExifOrientation(image, orientation);
+  }
+  return image;
 }
 
-Image LoadImageFile(const std::string& path, const DecodeLimits& limits) {
+int ExifOrientation(std::string_view exif) {
+  if (exif.substr(0, 6) == std::string_view("Exif\0\0", 6)) exif.remove_prefix(6);
+  if (exif.size() < 8) return 1;
+  const bool little = exif.substr(0, 2) == "II";
+  if (!little && exif.substr(0, 2) != "MM") return 1;
+  auto u16 = [&](size_t at) -> uint32_t {
+    const auto* p = reinterpret_cast<const uint8_t*>(exif.data()) + at;
+    return little ? (p[0] | (p[1] << 8)) : ((p[0] << 8) | p[1]);
+  };
+  auto u32 = [&](size_t at) -> uint32_t {
+    return little ? (u16(at) | (u16(at + 2) << 16)) : ((u16(at) << 16) | u16(at + 2));
+  };
+  if (u16(2) != 42) return 1;
+  const uint64_t ifd = u32(4);
+  if (ifd + 2 > exif.size()) return 1;
+  const uint32_t entries = u16(ifd);
+  for (uint32_t i = 0; i < entries; ++i) {
+    const uint64_t e = ifd + 2 + 12ull * i;
+    if (e + 12 > exif.size()) return 1;
+    if (u16(e) != 0x0112) continue;
+    const uint32_t type = u16(e + 2);
+    uint32_t value = 0;
+    if (type == 3) {  // SHORT
+      value = u16(e + 8);
+    } else if (type == 4) {  // LONG
+      value = u32(e + 8);
+    } else {
+      return 1;
+    }
+    return value >= 1 && value <= 8 ? static_cast<int>(value) : 1;
+  }
+  return 1;
+}
+
+Image ApplyExifOrientation(const Image& in, int orientation) {
+  if (orientation < 2 || orientation > 8) return in;
+  const int w = in.width, h = in.height;
+  const bool swap = orientation >= 5;  // transpose, rotations by 90, transverse
+  Image out;
+  out.width = swap ? h : w;
+  out.height = swap ? w : h;
+  out.data.resize(in.data.size());
+  for (int y = 0; y < out.height; ++y) {
+    for (int x = 0; x < out.width; ++x) {
+      int sx = x, sy = y;
+      switch (orientation) {
+        case 2:  // FLIP_LEFT_RIGHT
+          sx = w - 1 - x;
+          break;
+        case 3:  // ROTATE_180
+          sx = w - 1 - x;
+          sy = h - 1 - y;
+          break;
+        case 4:  // FLIP_TOP_BOTTOM
+          sy = h - 1 - y;
+          break;
+        case 5:  // TRANSPOSE
+          sx = y;
+          sy = x;
+          break;
+        case 6:  // ROTATE_270 (clockwise)
+          sx = y;
+          sy = h - 1 - x;
+          break;
+        case 7:  // TRANSVERSE
+          sx = w - 1 - y;
+          sy = h - 1 - x;
+          break;
+        case 8:  // ROTATE_90 (counter-clockwise)
+          sx = w - 1 - y;
+          sy = x;
+          break;
+      }
+      const uint8_t* p = in.data.data() + (static_cast<size_t>(sy) * w + sx) * 3;
+      uint8_t* q = out.data.data() + (static_cast<size_t>(y) * out.width + x) * 3;
+      q[0] = p[0];
+      q[1] = p[1];
+      q[2] = p[2];
+    }
+  }
+  return out;
+}
+
+Image LoadImageFile(const std::string& path, const DecodeOptions& limits) {
   std::string bytes;
   {
     FILE* f = std::fopen(path.c_str(), "rb");
