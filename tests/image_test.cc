@@ -284,6 +284,14 @@ TEST(ImageTest, TruncatedImagesAreRefused) {
   }
   ExpectDecodeError(jpeg.substr(0, jpeg.size() / 2), ErrorCode::kInvalidArgument,
                     {"JPEG", "truncated"});
+  // Only the final EOI marker missing: every pixel is there.
+  ASSERT_EQ(jpeg.substr(jpeg.size() - 2), "\xFF\xD9");
+  EXPECT_EQ(DecodeImage(jpeg.substr(0, jpeg.size() - 2)).data, DecodeImage(jpeg).data);
+  // A progressive JPEG needs all of its scans before the first scanline.
+  const std::string progressive =
+      ReadAll(std::string(STIP_SOURCE_DIR) + "/fuzz/corpus/image/progressive_16x12.jpg");
+  ExpectDecodeError(progressive.substr(0, progressive.size() - 2), ErrorCode::kInvalidArgument,
+                    {"JPEG", "truncated"});
 }
 
 TEST(ImageTest, NotAnImageIsRefused) {

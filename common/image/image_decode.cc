@@ -207,6 +207,11 @@ struct JpegErrorManager {
   jpeg_progress_mgr progress;
   char message[JMSG_LENGTH_MAX + 64] = {0};
   bool limit_hit = false;
+  // Set once jpeg_start_decompress has returned (a progressive JPEG's scans
+  // are all read by then) for a Huffman-coded JPEG: from there on, running
+  // out of input only matters if the entropy decoder still needed bits, which
+  // it reports as JWRN_HIT_MARKER; a missing EOI marker alone is tolerated.
+  bool eof_tolerated = false;
 };
 
 [[noreturn]] void JpegErrorExit(j_common_ptr cinfo) {
@@ -236,10 +241,13 @@ void JpegEmitMessage(j_common_ptr cinfo, int level) {
   if (level >= 0) return;  // trace messages
   if (IsBenignJpegWarning(cinfo->err->msg_code)) return;
   auto* err = reinterpret_cast<JpegErrorManager*>(cinfo->err);
+  if (cinfo->err->msg_code == JWRN_JPEG_EOF && err->eof_tolerated) return;
   char text[JMSG_LENGTH_MAX];
   (*cinfo->err->format_message)(cinfo, text);
   if (cinfo->err->msg_code == JWRN_JPEG_EOF) {
     std::snprintf(err->message, sizeof(err->message), "truncated: %s", text);
+  } else if (cinfo->err->msg_code == JWRN_HIT_MARKER) {
+    std::snprintf(err->message, sizeof(err->message), "truncated or corrupt: %s", text);
   } else {
     std::snprintf(err->message, sizeof(err->message), "%s", text);
   }
@@ -321,6 +329,7 @@ JpegResult DecodeJpegInto(JpegGuard& guard, JpegErrorManager& err, std::string_v
       break;
   }
   jpeg_start_decompress(cinfo);
+  err.eof_tolerated = !cinfo->arith_code;
   const int width = static_cast<int>(cinfo->output_width);
   const int height = static_cast<int>(cinfo->output_height);
   const int components = cinfo->output_components;
