@@ -1,6 +1,7 @@
 // Image decoding and Hugging Face image preprocessing (common/image/) against
 // real oracles:
-//  - Debian's Pillow + numpy (tests/image_oracle.py, run at test time) for the
+//  - Debian's Pillow + numpy (tests/image_oracle.py via tests/image_oracle.sh,
+//    run at test time) for the
 //    decoded RGB of every PNG/JPEG mode, the bytes after Pillow's resize and
 //    the center crop, and the float32 pixel_values of transformers' ViT and
 //    CLIP processors;
@@ -11,6 +12,7 @@
 #include "common/image/image.h"
 
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <cstdio>
@@ -38,27 +40,35 @@ std::string ReadAll(const std::string& path) {
   return s.str();
 }
 
-std::string OracleDir() { return std::string(STIP_TEST_BINARY_DIR) + "/image_oracle"; }
+// One directory per test process: ctest runs the tests of this file in
+// parallel processes.
+std::string OracleDir() {
+  static const std::string dir =
+      std::string(STIP_TEST_BINARY_DIR) + "/image_oracle." + std::to_string(getpid());
+  return dir;
+}
 
 // Runs tests/image_oracle.py once per test binary run.
 class ImageOracleTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    const std::string cmd = std::string(STIP_SYSTEM_PYTHON) + " -c 'import PIL, numpy' 2>/dev/null";
-    if (std::system(cmd.c_str()) != 0) {
-      oracle_error_ = std::string(STIP_SYSTEM_PYTHON) +
-                      " has no PIL/numpy: install python3-pil and python3-numpy "
-                      "(deploy/install-deps.sh does)";
-      return;
-    }
-    const std::string run = "rm -rf '" + OracleDir() + "' && " + STIP_SYSTEM_PYTHON + " '" +
-                            STIP_SOURCE_DIR + "/tests/image_oracle.py' '" + OracleDir() + "' '" +
-                            STIP_MODELS_DIR + "/vit-digits' 2>&1";
+    // tests/image_oracle.sh uses the system's python3-pil/python3-numpy, or
+    // fetches them into the build directory once when they are missing.
+    const std::string run = "rm -rf '" + OracleDir() + "' && '" + STIP_SOURCE_DIR +
+                            "/tests/image_oracle.sh' '" + STIP_TEST_BINARY_DIR +
+                            "/image_oracle_env' '" + OracleDir() + "' '" + STIP_MODELS_DIR +
+                            "/vit-digits' 2>&1";
     if (std::system(run.c_str()) != 0) {
-      oracle_error_ = "tests/image_oracle.py failed";
+      oracle_error_ =
+          "tests/image_oracle.sh failed (Debian's python3-pil and python3-numpy: "
+          "deploy/install-deps.sh installs them)";
       return;
     }
     manifest_ = nlohmann::json::parse(ReadAll(OracleDir() + "/manifest.json"));
+  }
+  static void TearDownTestSuite() {
+    const std::string rm = "rm -rf '" + OracleDir() + "'";
+    if (std::system(rm.c_str()) != 0) std::fprintf(stderr, "could not remove %s\n", rm.c_str());
   }
   void SetUp() override { ASSERT_TRUE(oracle_error_.empty()) << oracle_error_; }
 
