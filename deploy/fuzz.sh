@@ -4,7 +4,7 @@
 # executions per second, corpus growth and findings per target.
 # Usage: deploy/fuzz.sh [SECONDS_PER_TARGET (default 60)] [TARGET...]
 #   targets: fuzz_safetensors fuzz_model_config fuzz_bpe_tokenizer
-#            fuzz_sentencepiece fuzz_step_request (default: all)
+#            fuzz_sentencepiece fuzz_step_request fuzz_image_decoder (default: all)
 # The working corpus grows in build-fuzz/corpus/<target>/ (seeded from
 # fuzz/corpus/, tests/data and models/); crashing inputs land in
 # build-fuzz/findings/<target>/ (copy one to fuzz/regressions/<target>/ once
@@ -15,7 +15,8 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 SECS=${1:-60}
 shift || true
-ALL=(fuzz_safetensors fuzz_model_config fuzz_bpe_tokenizer fuzz_sentencepiece fuzz_step_request)
+ALL=(fuzz_safetensors fuzz_model_config fuzz_bpe_tokenizer fuzz_sentencepiece fuzz_step_request
+  fuzz_image_decoder)
 TARGETS=("$@")
 ((${#TARGETS[@]})) || TARGETS=("${ALL[@]}")
 BUILD_DIR=${STIP_FUZZ_BUILD_DIR:-build-fuzz}
@@ -51,6 +52,9 @@ seed() {
       done ;;
     fuzz_bpe_tokenizer | fuzz_sentencepiece) cp -n fuzz/corpus/tokenizer/* "$dir/" ;;
     fuzz_step_request) cp -n fuzz/corpus/step_request/* "$dir/" ;;
+    fuzz_image_decoder)
+      cp -n fuzz/corpus/image/* "$dir/"
+      for f in models/*/samples/*.png; do cp -n "$f" "$dir/$(basename "$(dirname "$(dirname "$f")")")-$(basename "$f")"; done ;;
   esac
   if [[ -d "fuzz/regressions/$target" ]]; then cp -n "fuzz/regressions/$target"/* "$dir/" 2>/dev/null || true; fi
 }

@@ -14,9 +14,14 @@ BUILD_PKGS=(
   # An optimized BLAS for LibTorch's CPU kernels (Debian's default libblas3 is
   # the slow reference implementation); it takes over libblas.so.3.
   libopenblas0-pthread
+  # Image decoding (common/image/): the PNG and JPEG libraries Pillow links.
+  libpng-dev libjpeg62-turbo-dev
 )
 # Validating docker-compose.yml offline in the test suite.
-TEST_PKGS=(docker-compose)
+TEST_PKGS=(docker-compose
+  # The oracle of tests/image_test.cc (tests/image_oracle.py, run with
+  # /usr/bin/python3): Pillow's decoding and resizing, numpy's float32 math.
+  python3-pil python3-numpy)
 # deploy/fuzz.sh only (libFuzzer and clang's sanitizer runtimes); not for CI.
 FUZZ_PKGS=(clang-14 libclang-rt-14-dev)
 # Plots in `stip-developer audit --report` (without it the report says so).
@@ -27,7 +32,7 @@ if [[ "${1:-}" == "--fuzz" ]]; then
   pkgs=("${FUZZ_PKGS[@]}")
 elif [[ "${1:-}" == "--runtime-only" ]]; then
   pkgs=(libtorch1.13 libgrpc++1.51 libprotobuf32 libspdlog1.10 libsentencepiece0 libpcre2-8-0 openssl
-        libopenblas0-pthread)
+        libopenblas0-pthread libpng16-16 libjpeg62-turbo)
 fi
 
 missing=()
