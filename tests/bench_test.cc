@@ -31,13 +31,14 @@ TEST(BenchTest, TinyRunEmitsJsonWithEveryKey) {
                      "--client-hidden 64 --client-vocab 200 --client-reps 5 "
                      "--models " STIP_MODELS_DIR
                      "/kjv-gpt2 "
-                     "--e2e-latency-tokens 6 --e2e-new-tokens 3 --e2e-sessions 1,2",
+                     "--e2e-latency-tokens 6 --e2e-new-tokens 3 --e2e-sessions 1,2 "
+                     "--encoder-batch 3 --encoder-reps 1",
                  &status);
   ASSERT_EQ(status, 0) << out;
   nlohmann::json j;
   ASSERT_NO_THROW(j = nlohmann::json::parse(out)) << out;
-  for (const char* key :
-       {"device", "dtype", "threads", "runtime", "forward", "decode", "client", "models", "e2e"}) {
+  for (const char* key : {"device", "dtype", "threads", "runtime", "forward", "decode", "client",
+                          "models", "e2e", "encoders"}) {
     EXPECT_TRUE(j.contains(key)) << key;
   }
   EXPECT_GE(j["runtime"]["threads"].get<int>(), 1);
@@ -61,6 +62,16 @@ TEST(BenchTest, TinyRunEmitsJsonWithEveryKey) {
   EXPECT_GT(m["transform"]["gb_per_s"].get<double>(), 0);
   EXPECT_GT(m["client_bundle_bytes_on_disk"].get<double>(), 0);
   EXPECT_GT(m["client_rss_delta_bytes"].get<double>(), 0);
+  // Encoders: the demo BERT (sequences) and ViT (images), plain and STIP side by side.
+  ASSERT_EQ(j["encoders"].size(), 2u);
+  for (const auto& e : j["encoders"]) {
+    EXPECT_GT(e["plain_per_s"].get<double>(), 0);
+    EXPECT_GT(e["stip_per_s"].get<double>(), 0);
+    EXPECT_GT(e["stip_over_plain_time"].get<double>(), 0);
+    EXPECT_EQ(e["batch"].get<int>(), 3);
+  }
+  EXPECT_EQ(j["encoders"][0]["unit"], "sequences");
+  EXPECT_EQ(j["encoders"][1]["unit"], "images");
 #ifdef STIP_WITH_GRPC
   ASSERT_TRUE(j["e2e"].is_array());
   ASSERT_EQ(j["e2e"].size(), 1u);

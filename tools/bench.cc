@@ -43,6 +43,7 @@
 
 #include "common/arch/architecture.h"
 #include "common/engine/causal_lm.h"
+#include "common/engine/encoder.h"
 #include "common/engine/sampler.h"
 #include "common/engine/tensor_util.h"
 #include "common/error.h"
@@ -608,6 +609,96 @@ Json RunE2e(PreparedModel& m, const E2eOptions& o) {
 }
 #endif  // STIP_WITH_GRPC
 
+// Encoders: a batch of inputs (token sequences of different lengths, or
+// images) through the plain server and the transformed one, interleaved, on
+// the same engine; plus the client's share per input (embed, permute,
+// un-permute).
+Json RunEncoder(const std::string& dir, int64_t batch, int reps, const LoadOptions& opt) {
+  ModelConfig config = LoadModelConfig(dir);
+  Checkpoint ckpt = Checkpoint::Open(dir);
+  CheckpointSource src(ckpt);
+  EncoderClient client(config, LoadClientWeights(config, src, opt));
+  EncoderServer plain(config, LoadServerWeights(config, src, opt));
+  ModelKeys keys = GenerateKeys(config, "bench");
+  std::map<std::string, at::Tensor> t = TransformInMemory(config, src, keys);
+  ModelConfig tc = TransformedConfig(config, keys.instance_id);
+  MapSource tsrc(t, "transformed");
+  EncoderServer stip(tc, LoadServerWeights(tc, tsrc, opt));
+  t.clear();
+  const bool images = config.patch_size > 0;
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(7);
+  std::vector<at::Tensor> xs, xps;
+  int64_t tokens = 0;
+  std::vector<double> t_embed, t_perm, t_unperm;
+  auto index = [](const Permutation& v) { return at::tensor(at::ArrayRef<int64_t>(v), at::kLong); };
+  const at::Tensor p = index(keys.p);
+  const bool logits = OutputIsLogits(plain.output());
+  const at::Tensor back = index(InversePermutation(logits ? keys.p_c : keys.p));
+  for (int64_t i = 0; i < batch; ++i) {
+    auto t0 = Clock::now();
+    at::Tensor x;
+    if (images) {
+      x = client.EmbedImage(
+          at::rand({config.num_channels, config.image_size, config.image_size}, gen) * 2 - 1);
+    } else {
+      // Lengths spread over 8 .. 64 (or the model's limit): padding is part of the cost.
+      const int64_t cap = std::max<int64_t>(1, std::min<int64_t>(64, config.max_positions));
+      const int64_t len = std::min<int64_t>(cap, 8 + (i * 13) % 57);
+      std::vector<int64_t> ids(static_cast<size_t>(len));
+      for (auto& id : ids) id = at::randint(0, config.vocab_size, {1}, gen).item<int64_t>();
+      x = client.EmbedTokens(ids);
+    }
+    auto t1 = Clock::now();
+    at::Tensor xp = x.index_select(-1, p.to(x.device()));
+    auto t2 = Clock::now();
+    t_embed.push_back(Ms(t0, t1));
+    t_perm.push_back(Ms(t1, t2));
+    tokens += x.size(0);
+    xs.push_back(x.to(opt.device, opt.dtype));
+    xps.push_back(xp.to(opt.device, opt.dtype));
+  }
+  auto time = [&](const EncoderServer& m, const std::vector<at::Tensor>& in) {
+    auto t0 = Clock::now();
+    std::vector<at::Tensor> o = m.Encode(in);
+    Sync(opt.device);
+    auto t1 = Clock::now();
+    return std::make_pair(Seconds(t0, t1), o);
+  };
+  time(plain, xs);  // warm-up
+  std::vector<at::Tensor> outs = time(stip, xps).second;
+  for (const at::Tensor& o : outs) {
+    auto t0 = Clock::now();
+    at::Tensor u = o.index_select(-1, back.to(o.device())).cpu();
+    t_unperm.push_back(Ms(t0, Clock::now()));
+  }
+  std::vector<double> tp, ts, ratios;
+  for (int r = 0; r < reps; ++r) {
+    if (r % 2 == 0) {
+      tp.push_back(time(plain, xs).first);
+      ts.push_back(time(stip, xps).first);
+    } else {
+      ts.push_back(time(stip, xps).first);
+      tp.push_back(time(plain, xs).first);
+    }
+    ratios.push_back(ts.back() / tp.back());
+  }
+  const double fp = Median(tp), fs = Median(ts);
+  const double n = static_cast<double>(batch);
+  return {
+      {"model", dir},
+      {"family", config.model_type},
+      {"output", EncoderOutputName(plain.output())},
+      {"unit", images ? "images" : "sequences"},
+      {"batch", batch},
+      {"tokens", tokens},
+      {"reps", reps},
+      {"plain_per_s", n / fp},
+      {"stip_per_s", n / fs},
+      {"stip_over_plain_time", Median(ratios)},
+      {"client_ms_per_input",
+       {{"embed", Median(t_embed)}, {"permute", Median(t_perm)}, {"unpermute", Median(t_unperm)}}}};
+}
+
 }  // namespace
 }  // namespace stip
 
@@ -618,8 +709,10 @@ int main(int argc, char** argv) {
   std::string probe_dir;
   int64_t batch = 100, tokens = 100, context = 32, client_d = 4096, client_vocab = 32000;
   std::vector<int64_t> decode_batches = {1, 8, 64};
-  std::vector<std::string> sections = {"engine", "client", "models", "e2e"};
-  std::vector<std::string> models;
+  std::vector<std::string> sections = {"engine", "client", "models", "e2e", "encoders"};
+  std::vector<std::string> models, encoder_models;
+  int64_t encoder_batch = 32;
+  int encoder_reps = 5;
   int reps = 3, steps = 20, warmup = 3, decode_reps = 2, threads = 0, client_reps = 200;
   app.add_option("--model", model, "engine: Hugging Face model directory (default: --preset)");
   app.add_option("--preset", preset,
@@ -627,7 +720,12 @@ int main(int argc, char** argv) {
   app.add_option("--device", device, "auto, cpu or cuda (engine and e2e server)");
   app.add_option("--dtype", dtype, "auto, float32, float16, bfloat16");
   app.add_option("--threads", threads, "cores to use (0: $STIP_NUM_THREADS, else all CPUs)");
-  app.add_option("--sections", sections, "engine, client, models, e2e (gRPC builds)")
+  app.add_option("--encoder-models", encoder_models,
+                 "encoders: model directories (default: models/bert-kjv, models/vit-digits)")
+      ->delimiter(',');
+  app.add_option("--encoder-batch", encoder_batch, "encoders: inputs per batch");
+  app.add_option("--encoder-reps", encoder_reps, "encoders: repetitions (median)");
+  app.add_option("--sections", sections, "engine, client, models, e2e (gRPC builds), encoders")
       ->delimiter(',');
   app.add_option("--batch", batch, "forward benchmark: sequences");
   app.add_option("--tokens", tokens, "forward benchmark: positions per sequence");
@@ -678,7 +776,7 @@ int main(int argc, char** argv) {
     if (!probe_dir.empty()) return ClientRssProbe(probe_dir);
     const std::set<std::string> want(sections.begin(), sections.end());
     for (const std::string& s : want) {
-      if (s != "engine" && s != "client" && s != "models" && s != "e2e") {
+      if (s != "engine" && s != "client" && s != "models" && s != "e2e" && s != "encoders") {
         throw InvalidArgument("unknown section \"" + s + "\"");
       }
     }
@@ -966,6 +1064,33 @@ int main(int argc, char** argv) {
       }
       if (want_models) out["models"] = mj;
       if (want_e2e) out["e2e"] = ej;
+    }
+
+    if (want.count("encoders")) {
+      if (encoder_models.empty()) {
+        for (const char* n : {"bert-kjv", "vit-digits"}) {
+          const std::string d = JoinPath(STIP_MODELS_DIR, n);
+          if (PathExists(JoinPath(d, "config.json"))) encoder_models.push_back(d);
+        }
+      }
+      Json ej = Json::array();
+      LoadOptions eopt = opt;
+      eopt.dtype = ParseComputeDType(dtype, "float32", opt.device);
+      for (const std::string& dir : encoder_models) {
+        Json r = RunEncoder(dir, encoder_batch, encoder_reps, eopt);
+        std::fprintf(stderr,
+                     "encoder %-10s %s: plain %.1f %s/s, STIP %.1f %s/s (STIP/plain time %.3f); "
+                     "client per input: embed %.3f + permute %.4f + un-permute %.4f ms\n",
+                     BaseName(dir).c_str(), r["output"].get<std::string>().c_str(),
+                     r["plain_per_s"].get<double>(), r["unit"].get<std::string>().c_str(),
+                     r["stip_per_s"].get<double>(), r["unit"].get<std::string>().c_str(),
+                     r["stip_over_plain_time"].get<double>(),
+                     r["client_ms_per_input"]["embed"].get<double>(),
+                     r["client_ms_per_input"]["permute"].get<double>(),
+                     r["client_ms_per_input"]["unpermute"].get<double>());
+        ej.push_back(r);
+      }
+      out["encoders"] = ej;
     }
 
     if (!transform_model.empty()) {

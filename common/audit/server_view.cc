@@ -11,6 +11,15 @@ AuditSubject LoadAuditSubject(const std::string& model_dir, ModelKeys keys) {
   AuditSubject s;
   s.model_dir = model_dir;
   s.config = LoadModelConfig(model_dir);
+  if (s.config.encoder) {
+    // The attacks (vocabulary matching, known plaintext, keyless generation,
+    // decoding codebooks) are written against a causal LM's token embedding
+    // and next-token head; encoders need their own (issue 13).
+    throw Unimplemented(model_dir + ": audit does not support encoders yet (model_type " +
+                        s.config.model_type +
+                        "); its attacks assume a causal language model. `verify` and "
+                        "`transform` do support it.");
+  }
   Checkpoint ckpt = Checkpoint::Open(model_dir);
   CheckpointSource source(ckpt);
   ValidateTensors(s.config, source, /*server_only=*/false);

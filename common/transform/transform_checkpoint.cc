@@ -86,6 +86,24 @@ struct TempDirGuard {
   }
 };
 
+// sentence-transformers' modules.json and the Pooling module's config: what
+// the encoder returns (pooled or not) and whether the client normalizes it.
+void CopyPoolingModules(const std::string& model_dir, const std::string& to, unsigned mode) {
+  const std::string modules = JoinPath(model_dir, "modules.json");
+  if (!PathExists(modules)) return;
+  CopyFile(modules, JoinPath(to, "modules.json"), mode);
+  nlohmann::json j = nlohmann::json::parse(ReadFile(modules), nullptr, false);
+  if (!j.is_array()) return;  // LoadModelConfig has already rejected it
+  for (const auto& m : j) {
+    if (!m.is_object() || !m.contains("path") || !m["path"].is_string()) continue;
+    const std::string path = m["path"].get<std::string>();
+    if (path.empty() || path.find("..") != std::string::npos || path[0] == '/') continue;
+    const std::string from = JoinPath(JoinPath(model_dir, path), "config.json");
+    MakeDirectories(JoinPath(to, path), mode == 0600 ? 0700u : 0755u);
+    if (PathExists(from)) CopyFile(from, JoinPath(JoinPath(to, path), "config.json"), mode);
+  }
+}
+
 }  // namespace
 
 TransformStats WriteServerCheckpoint(const std::string& model_dir, const std::string& server_dir,
@@ -167,6 +185,7 @@ TransformStats WriteServerCheckpoint(const std::string& model_dir, const std::st
   std::string config_text = ReadFile(JoinPath(model_dir, "config.json"));
   WriteFileAtomic(JoinPath(tmp.path, "config.json"),
                   TransformedConfigJson(config_text, keys.instance_id));
+  CopyPoolingModules(model_dir, tmp.path, 0644);  // the server pools (sentence-transformers)
   FinishOutputDir(tmp.path, server_dir, 0755);
   tmp.path.clear();
   stats.seconds = std::chrono::duration<double>(Clock::now() - start).count();
@@ -191,12 +210,13 @@ void WriteClientBundle(const std::string& model_dir, const std::string& client_d
   nlohmann::json stip = {{"stip", {{"format", "stip-client-v1"}, {"instance", keys.instance_id}}}};
   WriteFileAtomic(JoinPath(tmp.path, "config.json"),
                   PatchConfigJson(ReadFile(JoinPath(model_dir, "config.json")), stip.dump()), 0600);
-  for (const char* f :
-       {"generation_config.json", "tokenizer.json", "tokenizer_config.json", "tokenizer.model",
-        "vocab.json", "merges.txt", "special_tokens_map.json", "added_tokens.json"}) {
+  for (const char* f : {"generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                        "tokenizer.model", "vocab.json", "merges.txt", "special_tokens_map.json",
+                        "added_tokens.json", "vocab.txt", "preprocessor_config.json"}) {
     std::string from = JoinPath(model_dir, f);
     if (PathExists(from)) CopyFile(from, JoinPath(tmp.path, f), 0600);
   }
+  CopyPoolingModules(model_dir, tmp.path, 0600);  // the client normalizes (2_Normalize)
   FinishOutputDir(tmp.path, client_dir, 0700);
   tmp.path.clear();
 }

@@ -8,6 +8,7 @@
 
 #include "common/arch/architecture.h"
 #include "common/engine/causal_lm.h"
+#include "common/engine/encoder.h"
 #include "common/engine/tensor_util.h"
 #include "common/error.h"
 #include "common/format/safetensors.h"
@@ -48,6 +49,93 @@ at::Tensor Logits(const ClientModel& client, const ServerModel& server,
   return keys ? UnpermuteLogits(o, keys->p_c) : o;
 }
 
+// Encoders: the reference inputs (input_ids or pixel_values) and random ones,
+// through the plain server and the STIP path, all in one padded batch; then
+// each alone (padding must change nothing).
+void VerifyEncoder(const ModelConfig& config, const TensorSource& source, const Reference& ref,
+                   const VerifyOptions& options, VerifyReport* r,
+                   std::vector<std::string>* failures) {
+  LoadOptions load;
+  EncoderClient client(config, LoadClientWeights(config, source, load));
+  EncoderServer plain(config, LoadServerWeights(config, source, load));
+  ModelKeys keys = GenerateKeys(config, "verify");
+  std::map<std::string, at::Tensor> transformed = TransformInMemory(config, source, keys);
+  ModelConfig tconfig = TransformedConfig(config, keys.instance_id);
+  MapSource tsource(transformed, "transformed model");
+  EncoderServer stip(tconfig, LoadServerWeights(tconfig, tsource, load));
+  transformed.clear();
+  const bool images = config.patch_size > 0;
+  const EncoderOutput kind = plain.output();
+
+  // 1. The reference inputs, plain vs the reference logits (or hidden states).
+  std::vector<at::Tensor> xs;
+  size_t reference_rows = 0;
+  if (auto in = ref.Get(images ? "pixel_values" : "input_ids")) {
+    for (int64_t b = 0; b < in->size(0); ++b) {
+      xs.push_back(images ? client.EmbedImage((*in)[b]) : client.EmbedTokens(ToIds((*in)[b])));
+    }
+    reference_rows = xs.size();
+    std::optional<at::Tensor> want = ref.Get(OutputIsLogits(kind) ? "logits" : "last_hidden");
+    if (want && kind != EncoderOutput::kPooled) {
+      std::vector<at::Tensor> mine = OutputIsLogits(kind) ? plain.Encode(xs) : plain.Hidden(xs);
+      double worst = 0, scale = 1;
+      for (size_t b = 0; b < mine.size(); ++b) {
+        at::Tensor theirs = (*want)[static_cast<int64_t>(b)];
+        worst = std::max(worst, MaxAbsDiff(mine[b], theirs));
+        scale = std::max(scale, theirs.abs().max().item<double>());
+      }
+      r->max_abs_diff_plain_vs_reference = worst;
+      r->reference_tolerance = options.tolerance * scale;
+      if (worst > r->reference_tolerance)
+        failures->push_back("plain engine differs from reference");
+    }
+  }
+  // 2. Random inputs of different lengths.
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(options.seed);
+  for (int s = 0; s < options.samples; ++s) {
+    if (images) {
+      xs.push_back(client.EmbedImage(
+          at::rand({config.num_channels, config.image_size, config.image_size}, gen) * 2 - 1));
+    } else {
+      const int64_t cap =
+          std::min<int64_t>(options.sample_length, config.max_positions - config.position_offset);
+      const int64_t len = 1 + (s * 7) % std::max<int64_t>(1, cap);
+      xs.push_back(
+          client.EmbedTokens(ToIds(at::randint(0, config.vocab_size, {len}, gen, at::kLong))));
+    }
+  }
+  r->samples = static_cast<int>(xs.size());
+  std::vector<at::Tensor> xs_perm;
+  for (const at::Tensor& x : xs) xs_perm.push_back(PermuteHidden(x, keys.p));
+  std::vector<at::Tensor> a = plain.Encode(xs), b = stip.Encode(xs_perm);
+  int64_t agree = 0;
+  bool batch_ok = true;
+  for (size_t i = 0; i < xs.size(); ++i) {
+    at::Tensor o = UnpermuteLogits(b[i], OutputIsLogits(kind) ? keys.p_c : keys.p);
+    at::Tensor pa = a[i].dim() == 1 ? a[i].unsqueeze(0) : a[i];
+    at::Tensor po = o.dim() == 1 ? o.unsqueeze(0) : o;
+    r->max_abs_diff_stip_vs_plain = std::max(r->max_abs_diff_stip_vs_plain, MaxAbsDiff(pa, po));
+    r->max_abs_logit = std::max(r->max_abs_logit, pa.abs().max().item<double>());
+    r->sum_abs_diff += (pa.to(at::kDouble) - po.to(at::kDouble)).abs().sum().item<double>();
+    agree += pa.argmax(-1).eq(po.argmax(-1)).sum().item<int64_t>();
+    r->positions_compared += pa.size(0);
+    // Alone (no padding) through the STIP path: the same result.
+    at::Tensor alone = stip.Encode({xs_perm[i]})[0];
+    batch_ok = batch_ok && alone.sizes() == b[i].sizes() &&
+               MaxAbsDiff(alone, b[i]) <= options.tolerance * std::max(1.0, r->max_abs_logit);
+  }
+  (void)reference_rows;
+  r->top1_agreement = r->positions_compared
+                          ? static_cast<double>(agree) / static_cast<double>(r->positions_compared)
+                          : 0;
+  r->encoder_batch_match = batch_ok;
+  // Logits of trained models reach ~10: relative to the magnitude, as for the reference.
+  const double tol = options.tolerance * std::max(1.0, r->max_abs_logit);
+  if (r->max_abs_diff_stip_vs_plain > tol) failures->push_back("STIP differs from plain");
+  if (r->top1_agreement != 1.0) failures->push_back("top-1 disagreement");
+  if (!batch_ok) failures->push_back("a batched result differs from the same input alone");
+}
+
 }  // namespace
 
 std::string VerifyReport::ToJson() const {
@@ -71,6 +159,9 @@ std::string VerifyReport::ToJson() const {
       {"samples", samples},
       {"greedy_match", opt(greedy_match)},
       {"greedy_batch_match", opt(greedy_batch_match)},
+      {"encoder_output", encoder_output.empty() ? nlohmann::ordered_json(nullptr)
+                                                : nlohmann::ordered_json(encoder_output)},
+      {"encoder_batch_match", opt(encoder_batch_match)},
       {"seconds", seconds},
       {"passed", passed},
   };
@@ -89,6 +180,21 @@ VerifyReport VerifyModel(const std::string& model_dir, const VerifyOptions& opti
   Checkpoint ckpt = Checkpoint::Open(model_dir);
   CheckpointSource source(ckpt);
   ValidateTensors(config, source, /*server_only=*/false);
+  if (config.encoder) {
+    Reference ref;
+    r.reference = options.reference;
+    if (r.reference.empty() && PathExists(JoinPath(model_dir, "reference.safetensors"))) {
+      r.reference = JoinPath(model_dir, "reference.safetensors");
+    }
+    if (!r.reference.empty()) ref.file = SafetensorsFile::Open(r.reference);
+    r.encoder_output = EncoderOutputName(EncoderOutputOf(config));
+    std::vector<std::string> failures;
+    VerifyEncoder(config, source, ref, options, &r, &failures);
+    r.passed = failures.empty();
+    for (const auto& f : failures) r.failure += (r.failure.empty() ? "" : "; ") + f;
+    r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    return r;
+  }
   ClientModel client(config, LoadClientWeights(config, source, load));
   ServerModel plain(config, LoadServerWeights(config, source, load), load);
 

@@ -5,7 +5,9 @@
 //   STIP path         vs the plain engine (client part -> permute ->
 //                     transformed server part -> un-permute),
 //   STIP greedy generation with the KV cache vs the reference ids,
-// plus the paper's Table 5 figures over random prompts.
+// plus the paper's Table 5 figures over random prompts. Encoders (BERT, ViT)
+// compare their head's output (or hidden states) the same way, on the
+// reference inputs and random ones, batched with padding and alone.
 #pragma once
 
 #include <cstdint>
@@ -36,6 +38,11 @@ struct VerifyReport {
   int64_t positions_compared = 0;
   std::optional<bool> greedy_match;
   std::optional<bool> greedy_batch_match;
+  // Encoders (null for causal models): what the server returns
+  // ("token_logits", "sequence_logits", "hidden", "pooled"), and whether every
+  // input encoded alone equals the same input in the padded batch.
+  std::string encoder_output;
+  std::optional<bool> encoder_batch_match;
   int samples = 0;
   double tolerance = 0;
   double seconds = 0;
