@@ -35,9 +35,9 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 
 PACKAGES=(pkg-config pkgconf pkgconf-bin libpkgconf3 nlohmann-json3-dev libcli11-dev libpcre2-dev libsentencepiece-dev
-          libspdlog-dev libfmt-dev libgtest-dev libssl-dev)
+          libicu-dev libspdlog-dev libfmt-dev libgtest-dev libssl-dev)
 # What the -dev packages above need at run time (for fetch-debs).
-RUNTIME_PACKAGES=(libpcre2-8-0 libpcre2-16-0 libpcre2-32-0 libpcre2-posix3 libsentencepiece0
+RUNTIME_PACKAGES=(libpcre2-8-0 libpcre2-16-0 libpcre2-32-0 libpcre2-posix3 libsentencepiece0 libicu72
                   libprotobuf-lite32 libspdlog1.10 libfmt9 libssl3)
 
 if [[ "${1:-}" == fetch-debs ]]; then
@@ -81,6 +81,7 @@ declare -A PROBE=(
   [nlohmann-json3-dev]=/usr/include/nlohmann/json.hpp
   [libcli11-dev]=/usr/include/CLI/CLI.hpp
   [libpcre2-dev]=/usr/include/pcre2.h
+  [libicu-dev]=/usr/include/unicode/normalizer2.h
   [libsentencepiece-dev]=/usr/include/sentencepiece_processor.h
   [libspdlog-dev]=/usr/include/spdlog/spdlog.h
   [libfmt-dev]=/usr/include/fmt/core.h
@@ -91,6 +92,7 @@ declare -A PROBE=(
 declare -A RUNTIME_OF=(
   [libpcre2-dev]="libpcre2-8-0 libpcre2-16-0 libpcre2-32-0 libpcre2-posix3"
   [libsentencepiece-dev]="libsentencepiece0 libprotobuf-lite32"
+  [libicu-dev]="libicu72"
   [libspdlog-dev]="libspdlog1.10"
   [libfmt-dev]="libfmt9"
 )

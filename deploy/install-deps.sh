@@ -11,14 +11,18 @@ BUILD_PKGS=(
   libspdlog-dev libabsl-dev libssl-dev openssl
   libgtest-dev nlohmann-json3-dev libcli11-dev
   libsentencepiece-dev libpcre2-dev
+  # Unicode normalization and character properties for the tokenizers.
+  libicu-dev
   # An optimized BLAS for LibTorch's CPU kernels (Debian's default libblas3 is
   # the slow reference implementation); it takes over libblas.so.3.
   libopenblas0-pthread
   # Image decoding (common/image/): the PNG and JPEG libraries Pillow links.
   libpng-dev libjpeg62-turbo-dev
 )
-# Validating docker-compose.yml offline in the test suite.
-TEST_PKGS=(docker-compose
+# Validating docker-compose.yml offline in the test suite; the tokenizer
+# oracle test runs the real Hugging Face tokenizers through Node (npm packages
+# installed into the build directory at test time).
+TEST_PKGS=(docker-compose nodejs npm
   # The oracle of tests/image_test.cc (tests/image_oracle.py, run with
   # /usr/bin/python3): Pillow's decoding and resizing, numpy's float32 math.
   python3-pil python3-numpy)
@@ -31,7 +35,7 @@ pkgs=("${BUILD_PKGS[@]}" "${TEST_PKGS[@]}" "${TOOL_PKGS[@]}")
 if [[ "${1:-}" == "--fuzz" ]]; then
   pkgs=("${FUZZ_PKGS[@]}")
 elif [[ "${1:-}" == "--runtime-only" ]]; then
-  pkgs=(libtorch1.13 libgrpc++1.51 libprotobuf32 libspdlog1.10 libsentencepiece0 libpcre2-8-0 openssl
+  pkgs=(libtorch1.13 libgrpc++1.51 libprotobuf32 libspdlog1.10 libsentencepiece0 libpcre2-8-0 libicu72 openssl
         libopenblas0-pthread libpng16-16 libjpeg62-turbo)
 fi
 

@@ -443,7 +443,7 @@ TEST(KjvLlama, NonByteLevelTokenizerJsonFallsBackToModel) {
   // LLaMA directories often hold a tokenizer.json mirroring tokenizer.model.
   TempDir dir;
   dir.Copy(kKjvLlama + "/tokenizer.model", "tokenizer.model");
-  dir.Write("tokenizer.json", R"({"model": {"type": "Unigram", "vocab": []}})");
+  dir.Write("tokenizer.json", R"({"model": {"type": "WordLevel", "vocab": {"a": 0}}})");
   auto tok = Tokenizer::FromDirectory(dir.path());
   EXPECT_EQ(tok->kind(), "sentencepiece");
 }
@@ -578,12 +578,18 @@ TEST(Errors, MalformedTokenizerJson) {
   dir.Write("tokenizer.json", R"({"version": "1.0"})");
   ExpectError([&] { Tokenizer::FromDirectory(dir.path()); }, ErrorCode::kInvalidArgument,
               {path, "model"});
+  dir.Write("tokenizer.json", R"({"model": {"type": "WordLevel", "vocab": {"a": 0}}})");
+  ExpectError([&] { Tokenizer::FromDirectory(dir.path()); }, ErrorCode::kUnimplemented,
+              {path, "WordLevel"});
   dir.Write("tokenizer.json", R"({"model": {"type": "WordPiece", "vocab": {"a": 0}}})");
-  ExpectError([&] { Tokenizer::FromDirectory(dir.path()); }, ErrorCode::kUnimplemented,
-              {path, "WordPiece"});
+  ExpectError([&] { Tokenizer::FromDirectory(dir.path()); }, ErrorCode::kInvalidArgument,
+              {path, "WordPiece", "[UNK]"});
   dir.Write("tokenizer.json", R"({"model": {"type": "Unigram", "vocab": []}})");
-  ExpectError([&] { Tokenizer::FromDirectory(dir.path()); }, ErrorCode::kUnimplemented,
-              {path, "Unigram"});
+  ExpectError([&] { Tokenizer::FromDirectory(dir.path()); }, ErrorCode::kInvalidArgument,
+              {path, "Unigram", "empty"});
+  dir.Write("tokenizer.json", R"({"model": {"type": "Unigram", "vocab": [["a", "x"]]}})");
+  ExpectError([&] { Tokenizer::FromDirectory(dir.path()); }, ErrorCode::kInvalidArgument,
+              {path, "vocab[0]"});
 
   json j = json::parse(ReadAll(kKjvGpt2 + "/tokenizer.json"));
   json bad = j;
@@ -610,17 +616,37 @@ TEST(Errors, MalformedTokenizerJson) {
   bad["added_tokens"][0]["special"] = "yes";
   dir.Write("tokenizer.json", bad.dump());
   ExpectError([&] { Tokenizer::FromDirectory(dir.path()); }, ErrorCode::kInvalidArgument,
-              {path, "malformed"});
+              {path, "\"special\" must be true or false"});
   bad = j;
   bad["pre_tokenizer"] = json::parse(R"({"type": "Sequence", "pretokenizers": [3, 4]})");
   dir.Write("tokenizer.json", bad.dump());
   ExpectError([&] { Tokenizer::FromDirectory(dir.path()); }, ErrorCode::kInvalidArgument,
-              {path, "malformed"});
+              {path, "pre_tokenizer", "expected an object"});
   bad = j;
-  bad["normalizer"] = {{"type", "NFKC"}};
+  bad["normalizer"] = {{"type", "Nmt"}};
   dir.Write("tokenizer.json", bad.dump());
   ExpectError([&] { Tokenizer::FromDirectory(dir.path()); }, ErrorCode::kUnimplemented,
-              {path, "NFKC"});
+              {path, "normalizer Nmt"});
+  bad = j;
+  bad["pre_tokenizer"] = {{"type", "UnicodeScripts"}};
+  dir.Write("tokenizer.json", bad.dump());
+  ExpectError([&] { Tokenizer::FromDirectory(dir.path()); }, ErrorCode::kUnimplemented,
+              {path, "pre_tokenizer UnicodeScripts"});
+  bad = j;
+  bad["decoder"] = {{"type", "Nope"}};
+  dir.Write("tokenizer.json", bad.dump());
+  ExpectError([&] { Tokenizer::FromDirectory(dir.path()); }, ErrorCode::kUnimplemented,
+              {path, "decoder Nope"});
+  bad = j;
+  bad["post_processor"] = {{"type", "TemplateProcessing"}, {"single", "$A [NOPE]"}};
+  dir.Write("tokenizer.json", bad.dump());
+  ExpectError([&] { Tokenizer::FromDirectory(dir.path()); }, ErrorCode::kInvalidArgument,
+              {path, "[NOPE]"});
+  bad = j;
+  bad["pre_tokenizer"] = {{"type", "Split"}, {"pattern", {{"String", " "}}}, {"behavior", "Sideways"}};
+  dir.Write("tokenizer.json", bad.dump());
+  ExpectError([&] { Tokenizer::FromDirectory(dir.path()); }, ErrorCode::kInvalidArgument,
+              {path, "Sideways"});
   bad = j;
   bad["pre_tokenizer"] = json::parse(R"({"type": "Sequence", "pretokenizers": [
       {"type": "Split", "pattern": {"Regex": "(unclosed"}, "behavior": "Isolated", "invert": false},

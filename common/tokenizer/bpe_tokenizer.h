@@ -71,7 +71,7 @@ class BpeTokenizer final : public Tokenizer {
 
   // The id of a token (byte-level form for model tokens, raw text for added
   // tokens), if any.
-  std::optional<int64_t> TokenToId(const std::string& token) const;
+  std::optional<int64_t> TokenToId(const std::string& token) const override;
 
  private:
   struct AddedToken {

@@ -163,6 +163,12 @@ TokenizerConfig ParseTokenizerConfig(const nlohmann::json& j, const std::string&
   config.eos_token = token("eos_token");
   config.unk_token = token("unk_token");
   config.pad_token = token("pad_token");
+  config.cls_token = token("cls_token");
+  config.sep_token = token("sep_token");
+  config.mask_token = token("mask_token");
+  config.do_lower_case = flag("do_lower_case");
+  config.strip_accents = flag("strip_accents");
+  config.tokenize_chinese_chars = flag("tokenize_chinese_chars");
   config.add_bos_token = flag("add_bos_token");
   config.add_eos_token = flag("add_eos_token");
   auto it = j.find("added_tokens_decoder");

@@ -50,7 +50,10 @@ struct TokenizerConfig {
     bool special;
   };
   std::optional<std::string> bos_token, eos_token, unk_token, pad_token;
+  std::optional<std::string> cls_token, sep_token, mask_token;
   std::optional<bool> add_bos_token, add_eos_token;
+  // BertTokenizer's options (vocab.txt directories).
+  std::optional<bool> do_lower_case, strip_accents, tokenize_chinese_chars;
   std::vector<AddedToken> added_tokens_decoder;
 };
 // Reads Hugging Face's tokenizer_config.json (the keys above; others ignored).

@@ -7,6 +7,7 @@
 
 #include "common/error.h"
 #include "common/tokenizer/bpe_tokenizer.h"
+#include "common/tokenizer/hf_tokenizer.h"
 #include "common/tokenizer/internal.h"
 
 namespace stip {
@@ -27,11 +28,10 @@ std::unique_ptr<Tokenizer> Tokenizer::FromDirectory(const std::string& dir) {
 
   if (ti::FileExists(tokenizer_json)) {
     try {
-      return BpeTokenizer::FromTokenizerJson(tokenizer_json, config);
+      return HfTokenizer::FromTokenizerJson(tokenizer_json, config);
     } catch (const Error& e) {
-      // A tokenizer.json that is not byte-level BPE (e.g. LLaMA's, which
-      // mirrors its tokenizer.model) is fine when the SentencePiece model is
-      // there too.
+      // A tokenizer.json with a component we do not support is fine when the
+      // SentencePiece model is there too.
       if (e.code() != ErrorCode::kUnimplemented || !ti::FileExists(sp_model)) throw;
       return LoadSentencePieceTokenizer(sp_model, config);
     }
@@ -43,11 +43,22 @@ std::unique_ptr<Tokenizer> Tokenizer::FromDirectory(const std::string& dir) {
                                                 : BpeSpecialTokens::FromConfigFile(config));
   }
   if (ti::FileExists(sp_model)) return LoadSentencePieceTokenizer(sp_model, config);
+  const std::string vocab_txt = ti::JoinPath(dir, "vocab.txt");
+  if (ti::FileExists(vocab_txt)) return HfTokenizer::FromBertVocab(vocab_txt, config);
   if (ti::FileExists(vocab_json) || ti::FileExists(merges_txt)) {
     throw NotFound("tokenizer directory " + dir + " has only one of vocab.json and merges.txt");
   }
-  throw NotFound("no tokenizer in " + dir +
-                 ": looked for tokenizer.json, vocab.json + merges.txt, tokenizer.model");
+  throw NotFound(
+      "no tokenizer in " + dir +
+      ": looked for tokenizer.json, vocab.json + merges.txt, tokenizer.model, vocab.txt");
+}
+
+std::vector<size_t> PositionsOf(const std::vector<int64_t>& ids, int64_t id) {
+  std::vector<size_t> out;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (ids[i] == id) out.push_back(i);
+  }
+  return out;
 }
 
 }  // namespace stip

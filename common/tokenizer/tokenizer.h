@@ -1,12 +1,16 @@
 // Tokenizers of Hugging Face model directories. Torch-free.
 //
-//  - Byte-level BPE (GPT-2 family): `tokenizer.json` (model.type == "BPE" with
-//    a ByteLevel pre-tokenizer) or `vocab.json` + `merges.txt`, with the exact
-//    GPT-2 pre-tokenizer regex (PCRE2 with Unicode classes) and added/special
-//    tokens.
+//  - `tokenizer.json`: the pipeline of Hugging Face `tokenizers` (normalizers,
+//    pre-tokenizers, BPE / WordPiece / Unigram, post-processors, decoders,
+//    added tokens), common/tokenizer/hf_tokenizer.h and pipeline.h.
+//  - `vocab.txt` (BERT's classic layout): WordPiece with BertTokenizer's
+//    options from `tokenizer_config.json`.
+//  - Byte-level BPE from `vocab.json` + `merges.txt` (GPT-2 family),
+//    bpe_tokenizer.h.
 //  - SentencePiece (LLaMA family): `tokenizer.model` through libsentencepiece,
 //    with BOS/EOS rules from `tokenizer_config.json` (add_bos_token, default
 //    true; add_eos_token, default false).
+// docs/tokenizers.md has the details.
 #pragma once
 
 #include <cstdint>
@@ -26,6 +30,13 @@ struct EncodeOptions {
   bool add_special_tokens = true;
 };
 
+// Ids of one sequence or a pair, with token type ids (0 for the first
+// sequence's part, 1 for the second's, as the post-processor sets them).
+struct TokenizedPair {
+  std::vector<int64_t> ids;
+  std::vector<int32_t> type_ids;
+};
+
 class Tokenizer {
  public:
   virtual ~Tokenizer() = default;
@@ -37,6 +48,21 @@ class Tokenizer {
 
   virtual std::vector<int64_t> Encode(std::string_view text,
                                       const EncodeOptions& options = {}) const = 0;
+  // One sequence (b unset) or a pair, e.g. BERT's [CLS] a [SEP] b [SEP] with
+  // type ids 0...0 1...1. The default concatenates Encode(a) and Encode(b)
+  // (types 0 and 1).
+  virtual TokenizedPair EncodePair(std::string_view a, std::optional<std::string_view> b,
+                                   const EncodeOptions& options = {}) const {
+    TokenizedPair out;
+    out.ids = Encode(a, options);
+    out.type_ids.assign(out.ids.size(), 0);
+    if (b) {
+      const std::vector<int64_t> more = Encode(*b, options);
+      out.ids.insert(out.ids.end(), more.begin(), more.end());
+      out.type_ids.resize(out.ids.size(), 1);
+    }
+    return out;
+  }
   // Decodes to bytes (may end inside a UTF-8 character if `ids` does).
   // `skip_special` drops special tokens (BOS/EOS/added special tokens).
   virtual std::string Decode(const std::vector<int64_t>& ids, bool skip_special = false) const = 0;
@@ -45,9 +71,24 @@ class Tokenizer {
   virtual std::optional<int64_t> bos_id() const = 0;
   virtual std::optional<int64_t> eos_id() const = 0;
   virtual bool IsSpecial(int64_t id) const = 0;
-  // "bpe" or "sentencepiece".
+  // "bpe", "wordpiece", "unigram" or "sentencepiece".
   virtual std::string kind() const = 0;
+  // The id of a token (an added token's text, or a model token as the model
+  // spells it, e.g. "\u0120the" in byte-level BPE), if any.
+  virtual std::optional<int64_t> TokenToId(const std::string& /*token*/) const {
+    return std::nullopt;
+  }
+  // The id of a named special token: "bos", "eos", "unk", "pad", "cls",
+  // "sep", "mask" (from tokenizer_config.json), if the tokenizer has it.
+  virtual std::optional<int64_t> SpecialTokenId(std::string_view role) const {
+    if (role == "bos") return bos_id();
+    if (role == "eos") return eos_id();
+    return std::nullopt;
+  }
 };
+
+// Positions of `id` in `ids` (e.g. where the [MASK] tokens are).
+std::vector<size_t> PositionsOf(const std::vector<int64_t>& ids, int64_t id);
 
 // SentencePiece `tokenizer.model` (+ optional tokenizer_config.json, "" for
 // none). libsentencepiece carries its own copy of protobuf, which clashes with
