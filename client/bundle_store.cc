@@ -1,5 +1,7 @@
 #include "client/bundle_store.h"
 
+#include "client/encoder_tasks.h"
+
 #include <algorithm>
 #include <nlohmann/json.hpp>
 
@@ -169,6 +171,10 @@ ClientBundle::~ClientBundle() = default;
 
 void ClientBundle::Check(const std::string& dir, const std::string& expected_instance) {
   ModelConfig config = LoadModelConfig(dir);
+  if (config.encoder) {  // BERT, ViT: client/encoder_tasks.h
+    EncoderBundle::Load(dir, expected_instance);
+    return;
+  }
   ClientKeys keys = LoadClientKeys(JoinPath(dir, "client_keys.safetensors"));
   CheckKeys(keys, config, dir, expected_instance);
   if (!PathExists(JoinPath(dir, "model.safetensors"))) {
