@@ -10,6 +10,12 @@
 #   deploy/demo.sh                                           interactive chat
 #   deploy/demo.sh --prompt TEXT --max-new-tokens N --greedy one completion, then exit
 #   STIP_DEMO_MODEL=models/kjv-gpt2 deploy/demo.sh ...      the other demo model
+# Encoders (docs/encoders.md):
+#   STIP_DEMO_MODEL=models/vit-digits deploy/demo.sh --image FILE...    top labels
+#   STIP_DEMO_MODEL=models/bert-kjv deploy/demo.sh --fill-mask "TEXT WITH [MASK]"
+#                                                                       top words
+#   (--top-k K and --json pass through; a sentence-transformers model:
+#    deploy/demo.sh --embed TEXT)
 # Any other client flags (--temperature, --top-k, --top-p, --seed, ...) pass through.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -81,7 +87,20 @@ echo "demo: stip-client (P3) registers with the developer at $DEVELOPER ..." >&2
 "$BIN/client/stip-client" register --developer "$DEVELOPER" --user demo --token "$TOKEN" \
   --data-dir "$WORK/client" --ca "$PKI/ca.pem" >&2
 
-if [[ " $* " == *" --prompt "* ]]; then
+if [[ " $* " == *" --image "* ]]; then
+  "$BIN/client/stip-client" classify --data-dir "$WORK/client" "$@"
+elif [[ " $* " == *" --fill-mask "* || " $* " == *" --embed "* ]]; then
+  CMD=fill-mask
+  ARGS=()
+  while (($# > 0)); do
+    case $1 in
+      --fill-mask) ARGS+=(--text "$2"); shift 2 ;;
+      --embed) CMD=embed; ARGS+=(--text "$2"); shift 2 ;;
+      *) ARGS+=("$1"); shift ;;
+    esac
+  done
+  "$BIN/client/stip-client" "$CMD" --data-dir "$WORK/client" "${ARGS[@]}"
+elif [[ " $* " == *" --prompt "* ]]; then
   "$BIN/client/stip-client" generate --data-dir "$WORK/client" "$@"
 else
   echo "demo: chat with the model through STIP (/reset, /exit; Ctrl-C stops an answer)" >&2

@@ -22,6 +22,7 @@
 #include "common/format/safetensors.h"
 #include "common/image/image.h"
 #include "common/rpc/tensor_wire.h"
+#include "common/tokenizer/tokenizer.h"
 #include "common/transform/transform_rules.h"
 #include "common/util/files.h"
 #include "stip/v1/stip.grpc.pb.h"
