@@ -65,7 +65,8 @@ struct ConnectFlags {
   double timeout_s = 0;         // generate: deadline of the whole request (0: none)
   ReconnectPolicy reconnect{8, 0.5, 10, {}};
 
-  void Add(CLI::App* app) {
+  // `sessions`: the flags of commands that open sessions (causal models).
+  void Add(CLI::App* app, bool sessions = true) {
     app->add_option("--data-dir", data_dir, "the client's data directory (from `register`)");
     app->add_option("--bundle", bundle,
                     "use this client bundle directory instead of DATA_DIR/bundle");
@@ -75,6 +76,10 @@ struct ConnectFlags {
     app->add_option("--server-name,--tls-server-name", server_name,
                     "name expected in the stip server's certificate");
     app->add_flag("--insecure", insecure, "connect to the stip server WITHOUT TLS (testing only)");
+    app->add_option("--server-model", server_model,
+                    "TESTING ONLY: run this transformed server checkpoint in-process instead of "
+                    "connecting to a stip server (no privacy: it needs both halves here)");
+    if (!sessions) return;
     app->add_option("--max-context", max_context, "session context limit (0: the server's)");
     app->add_option("--logits", logits,
                     "how the server sends logits back: fp32 (exact), fp16 (half the bytes; exact "
@@ -83,9 +88,6 @@ struct ConnectFlags {
         ->capture_default_str();
     app->add_flag("--no-refresh", no_refresh,
                   "never renew the access token or fetch a rotated bundle on our own");
-    app->add_option("--server-model", server_model,
-                    "TESTING ONLY: run this transformed server checkpoint in-process instead of "
-                    "connecting to a stip server (no privacy: it needs both halves here)");
     app->add_option("--reconnect-attempts", reconnect.max_attempts,
                     "when the server is lost mid-conversation: reconnect attempts before giving "
                     "up (0: never reconnect)")
@@ -579,19 +581,19 @@ int main(int argc, char** argv) {
   int enc_top_k = 5;
   bool enc_json = false;
   auto* embed = app.add_subcommand("embed", "sentence embeddings (BERT / sentence-transformers)");
-  enc_conn[0].Add(embed);
+  enc_conn[0].Add(embed, /*sessions=*/false);
   auto* embed_text = embed->add_option("--text", enc_texts, "a text to embed (repeatable)");
   embed->add_option("--file", enc_file, "a file with one text per line")->excludes(embed_text);
   embed->add_flag("--json", enc_json,
                   "one JSON object per text: {\"input\": ..., \"embedding\": [...]}");
   auto* fill = app.add_subcommand("fill-mask", "fill the [MASK] of each text (masked LM)");
-  enc_conn[1].Add(fill);
+  enc_conn[1].Add(fill, /*sessions=*/false);
   fill->add_option("--text", enc_texts, "a text with exactly one [MASK] (repeatable)")->required();
   fill->add_option("--top-k", enc_top_k, "candidates per text")->check(CLI::Range(1, 1 << 20));
   fill->add_flag("--json", enc_json,
                  "one JSON object per text: {\"input\": ..., \"top\": [{\"label\", \"score\"}]}");
   auto* classify = app.add_subcommand("classify", "classify images (ViT) or texts (BERT)");
-  enc_conn[2].Add(classify);
+  enc_conn[2].Add(classify, /*sessions=*/false);
   auto* cls_image = classify->add_option("--image", enc_images, "an image file, PNG or JPEG "
                                                                 "(repeatable)");
   classify->add_option("--text", enc_texts, "a text (repeatable; text classifiers)")
