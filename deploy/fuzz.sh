@@ -4,7 +4,8 @@
 # executions per second, corpus growth and findings per target.
 # Usage: deploy/fuzz.sh [SECONDS_PER_TARGET (default 60)] [TARGET...]
 #   targets: fuzz_safetensors fuzz_model_config fuzz_bpe_tokenizer
-#            fuzz_sentencepiece fuzz_step_request fuzz_image_decoder (default: all)
+#            fuzz_sentencepiece fuzz_tokenizer_json fuzz_wordpiece
+#            fuzz_step_request (default: all)
 # The working corpus grows in build-fuzz/corpus/<target>/ (seeded from
 # fuzz/corpus/, tests/data and models/); crashing inputs land in
 # build-fuzz/findings/<target>/ (copy one to fuzz/regressions/<target>/ once
@@ -15,8 +16,8 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 SECS=${1:-60}
 shift || true
-ALL=(fuzz_safetensors fuzz_model_config fuzz_bpe_tokenizer fuzz_sentencepiece fuzz_step_request
-  fuzz_image_decoder)
+ALL=(fuzz_safetensors fuzz_model_config fuzz_bpe_tokenizer fuzz_sentencepiece fuzz_tokenizer_json
+     fuzz_wordpiece fuzz_step_request)
 TARGETS=("$@")
 ((${#TARGETS[@]})) || TARGETS=("${ALL[@]}")
 BUILD_DIR=${STIP_FUZZ_BUILD_DIR:-build-fuzz}
@@ -51,6 +52,8 @@ seed() {
         cp -n "$f" "$dir/$(basename "$(dirname "$f")")-config.json"
       done ;;
     fuzz_bpe_tokenizer | fuzz_sentencepiece) cp -n fuzz/corpus/tokenizer/* "$dir/" ;;
+    fuzz_tokenizer_json) cp -n fuzz/corpus/tokenizer_json/* "$dir/" ;;
+    fuzz_wordpiece) cp -n fuzz/corpus/wordpiece/* fuzz/corpus/tokenizer/* "$dir/" ;;
     fuzz_step_request) cp -n fuzz/corpus/step_request/* "$dir/" ;;
     fuzz_image_decoder)
       cp -n fuzz/corpus/image/* "$dir/"
@@ -62,7 +65,7 @@ seed() {
 # JSON-shaped inputs get a dictionary of the keys the parsers look for.
 dict_for() {
   case "$1" in
-    fuzz_safetensors | fuzz_model_config) echo "-dict=$ROOT/fuzz/json.dict" ;;
+    fuzz_safetensors | fuzz_model_config | fuzz_tokenizer_json) echo "-dict=$ROOT/fuzz/json.dict" ;;
   esac
 }
 

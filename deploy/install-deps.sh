@@ -22,10 +22,7 @@ BUILD_PKGS=(
 # Validating docker-compose.yml offline in the test suite; the tokenizer
 # oracle test runs the real Hugging Face tokenizers through Node (npm packages
 # installed into the build directory at test time).
-TEST_PKGS=(docker-compose nodejs npm
-  # The oracle of tests/image_test.cc (tests/image_oracle.py, run with
-  # /usr/bin/python3): Pillow's decoding and resizing, numpy's float32 math.
-  python3-pil python3-numpy)
+TEST_PKGS=(docker-compose nodejs npm)
 # deploy/fuzz.sh only (libFuzzer and clang's sanitizer runtimes); not for CI.
 FUZZ_PKGS=(clang-14 libclang-rt-14-dev)
 # Plots in `stip-developer audit --report` (without it the report says so).
@@ -36,7 +33,7 @@ if [[ "${1:-}" == "--fuzz" ]]; then
   pkgs=("${FUZZ_PKGS[@]}")
 elif [[ "${1:-}" == "--runtime-only" ]]; then
   pkgs=(libtorch1.13 libgrpc++1.51 libprotobuf32 libspdlog1.10 libsentencepiece0 libpcre2-8-0 libicu72 openssl
-        libopenblas0-pthread libpng16-16 libjpeg62-turbo)
+        libopenblas0-pthread)
 fi
 
 missing=()

@@ -643,7 +643,8 @@ TEST(Errors, MalformedTokenizerJson) {
   ExpectError([&] { Tokenizer::FromDirectory(dir.path()); }, ErrorCode::kInvalidArgument,
               {path, "[NOPE]"});
   bad = j;
-  bad["pre_tokenizer"] = {{"type", "Split"}, {"pattern", {{"String", " "}}}, {"behavior", "Sideways"}};
+  bad["pre_tokenizer"] = {
+      {"type", "Split"}, {"pattern", {{"String", " "}}}, {"behavior", "Sideways"}};
   dir.Write("tokenizer.json", bad.dump());
   ExpectError([&] { Tokenizer::FromDirectory(dir.path()); }, ErrorCode::kInvalidArgument,
               {path, "Sideways"});
@@ -726,6 +727,62 @@ TEST(Errors, InvalidUtf8Input) {
     EXPECT_EQ(tok->Decode(tok->Encode(nul), true).find('b') != std::string::npos, true);
   }
 }
+
+// ---------------------------------------------------------------------------
+// BERT's classic layout (vocab.txt + tokenizer_config.json), pairs and [MASK].
+// (tokenizer_oracle_test compares it with the Rust tokenizers string by
+// string; these pin the interface the encoders use.)
+
+namespace bert {
+
+const std::string kBert = std::string(STIP_MODELS_DIR) + "/bert-kjv";
+
+TEST(BertKjv, PairsTypesAndMaskPositions) {
+  auto tok = Tokenizer::FromDirectory(kBert);
+  EXPECT_EQ(tok->kind(), "wordpiece");
+  const auto cls = tok->SpecialTokenId("cls"), sep = tok->SpecialTokenId("sep"),
+             mask = tok->SpecialTokenId("mask"), pad = tok->SpecialTokenId("pad");
+  ASSERT_TRUE(cls && sep && mask && pad);
+  EXPECT_EQ(tok->TokenToId("[CLS]"), cls);
+  EXPECT_EQ(tok->TokenToId("[MASK]"), mask);
+  EXPECT_TRUE(tok->IsSpecial(*mask));
+
+  EncodeOptions with_special;
+  with_special.allow_special = true;
+  const TokenizedPair p = tok->EncodePair("In the beginning", "God created [MASK].", with_special);
+  ASSERT_EQ(p.ids.size(), p.type_ids.size());
+  ASSERT_GE(p.ids.size(), 6u);
+  EXPECT_EQ(p.ids.front(), *cls);
+  EXPECT_EQ(p.ids.back(), *sep);
+  const std::vector<size_t> seps = PositionsOf(p.ids, *sep);
+  ASSERT_EQ(seps.size(), 2u);
+  for (size_t i = 0; i < p.ids.size(); ++i) EXPECT_EQ(p.type_ids[i], i <= seps[0] ? 0 : 1) << i;
+  EXPECT_EQ(PositionsOf(p.ids, *mask).size(), 1u);
+  EXPECT_EQ(tok->Decode(p.ids, true), "in the beginning god created.");
+
+  // Typed by a user (allow_special off), "[MASK]" is text, not the token.
+  const Ids typed = tok->Encode("God created [MASK].");
+  EXPECT_TRUE(PositionsOf(typed, *mask).empty());
+}
+
+TEST(Pipeline, FuzzSeedsLoadAndRoundTrip) {
+  // The fuzzer seeds cover every component kind; each loads and encodes.
+  const std::string dir = std::string(STIP_SOURCE_DIR_FOR_TESTS) + "/fuzz/corpus/tokenizer_json/";
+  for (const char* name : {"bpe_byte_fallback.json", "wordpiece_bert.json",
+                           "unigram_metaspace.json", "bpe_prefix_suffix.json"}) {
+    TempDir d;
+    d.Write("tokenizer.json", ReadAll(dir + name));
+    auto tok = Tokenizer::FromDirectory(d.path());
+    EncodeOptions o;
+    o.allow_special = true;
+    const Ids ids = tok->Encode("Hello abab world", o);
+    EXPECT_FALSE(ids.empty()) << name;
+    for (int64_t id : ids) EXPECT_LT(id, tok->vocab_size()) << name;
+    EXPECT_NO_THROW(tok->Decode(ids)) << name;
+  }
+}
+
+}  // namespace bert
 
 }  // namespace
 }  // namespace stip

@@ -15,8 +15,52 @@ namespace stip::tokenizer_pipeline {
 namespace {
 
 constexpr int64_t kMaxTokenId = int64_t{1} << 24;
-constexpr size_t kCacheCapacity = 10000;  // words (Hugging Face's BPE cache size)
-constexpr size_t kMaxCachedWord = 256;    // bytes
+constexpr size_t kCacheCapacity = 10000;       // words (Hugging Face's BPE cache size)
+constexpr size_t kMaxCachedWord = 256;         // bytes
+constexpr char kMetaspace[] = "\xE2\x96\x81";  // U+2581
+
+// An open-addressing hash map from 64-bit keys (never ~0) to values: the
+// merge table and the character table are looked up several times per input
+// byte, and std::unordered_map's node chasing dominated the profile.
+template <typename V>
+class FlatMap {
+ public:
+  void Reserve(size_t n) {
+    size_t cap = 16;
+    while (cap < n * 2) cap <<= 1;
+    keys_.assign(cap, kEmpty);
+    values_.assign(cap, V{});
+    mask_ = cap - 1;
+  }
+  // Inserts or overwrites.
+  void Put(uint64_t key, const V& value) {
+    size_t i = Slot(key);
+    while (keys_[i] != kEmpty && keys_[i] != key) i = (i + 1) & mask_;
+    keys_[i] = key;
+    values_[i] = value;
+  }
+  const V* Find(uint64_t key) const {
+    if (keys_.empty()) return nullptr;
+    for (size_t i = Slot(key);; i = (i + 1) & mask_) {
+      if (keys_[i] == key) return &values_[i];
+      if (keys_[i] == kEmpty) return nullptr;
+    }
+  }
+
+ private:
+  static constexpr uint64_t kEmpty = ~uint64_t{0};
+  size_t Slot(uint64_t x) const {  // (MurmurHash3's finalizer: all bits mix)
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdull;
+    x ^= x >> 33;
+    x *= 0xc4ceb9fe1a85ec53ull;
+    x ^= x >> 33;
+    return static_cast<size_t>(x) & mask_;
+  }
+  std::vector<uint64_t> keys_;
+  std::vector<V> values_;
+  size_t mask_ = 0;
+};
 
 uint64_t PairKey(int32_t a, int32_t b) {
   return (static_cast<uint64_t>(static_cast<uint32_t>(a)) << 32) | static_cast<uint32_t>(b);
@@ -61,7 +105,23 @@ class Bpe final : public Model {
 
     const json merges = j.value("merges", json::array());
     if (!merges.is_array()) throw InvalidArgument(where + ": \"merges\" must be an array");
-    merges_.reserve(merges.size());
+    merges_.Reserve(merges.size());
+    // Single characters (for the common case without prefix and suffix).
+    size_t singles = 0;
+    for (const auto& [token, id] : token_to_id_) {
+      if (!token.empty() &&
+          unicode::CharLength(static_cast<unsigned char>(token[0])) == token.size()) {
+        ++singles;
+      }
+    }
+    char_id_.Reserve(singles);
+    for (const auto& [token, id] : token_to_id_) {
+      if (!token.empty() &&
+          unicode::CharLength(static_cast<unsigned char>(token[0])) == token.size()) {
+        size_t i = 0;
+        char_id_.Put(unicode::Next(token, &i), id);
+      }
+    }
     for (size_t rank = 0; rank < merges.size(); ++rank) {
       const json& m = merges[rank];
       const std::string at = where + ": merges[" + std::to_string(rank) + "]";
@@ -94,7 +154,21 @@ class Bpe final : public Model {
       if (iab == token_to_id_.end()) {
         throw InvalidArgument(at + ": merged token \"" + merged + "\" is not in the vocabulary");
       }
-      merges_[PairKey(ia->second, ib->second)] = {static_cast<int32_t>(rank), iab->second};
+      merges_.Put(PairKey(ia->second, ib->second), {static_cast<int32_t>(rank), iab->second});
+    }
+
+    // Long words (SentencePiece-style BPE has no pre-tokenizer: a paragraph
+    // is one word) split before each ▁ run when no token could cross it.
+    split_at_metaspace_ = prefix_.empty() && suffix_.empty() && token_to_id_.count(kMetaspace);
+    for (const auto& [token, id] : token_to_id_) {
+      if (!split_at_metaspace_) break;
+      for (size_t at = token.find(kMetaspace, 1); at != std::string::npos;
+           at = token.find(kMetaspace, at + 1)) {
+        if (at < 3 || token.compare(at - 3, 3, kMetaspace) != 0) {
+          split_at_metaspace_ = false;
+          break;
+        }
+      }
     }
 
     static const char kHex[] = "0123456789ABCDEF";
@@ -154,7 +228,30 @@ class Bpe final : public Model {
   }
 
   // `bytes`: `word` is raw bytes standing for byte-level characters.
-  void TokenizeWord(const std::string& word, bool bytes, std::vector<int64_t>* ids) const {
+  // `whole`: `word` is the whole piece (ignore_merges looks it up).
+  void TokenizeWord(const std::string& word, bool bytes, std::vector<int64_t>* ids,
+                    bool whole = true) const {
+    if (whole && split_at_metaspace_ && !bytes && word.size() > kMaxCachedWord / 4) {
+      if (ignore_merges_) {
+        auto it = token_to_id_.find(word);
+        if (it != token_to_id_.end()) {
+          ids->push_back(it->second);
+          return;
+        }
+      }
+      // No token has "x▁" (x not ▁), so no merge crosses the start
+      // of a ▁ run: the parts merge alone, the same as the whole (and
+      // are short enough for the cache).
+      size_t start = 0;
+      for (size_t i = 1; i + 3 <= word.size(); ++i) {
+        if (word.compare(i, 3, kMetaspace) != 0) continue;
+        if (i >= 3 && word.compare(i - 3, 3, kMetaspace) == 0) continue;  // inside a run
+        TokenizeWord(word.substr(start, i - start), false, ids, false);
+        start = i;
+      }
+      TokenizeWord(word.substr(start), false, ids, false);
+      return;
+    }
     const bool cacheable = word.size() <= kMaxCachedWord;
     std::string key;
     if (cacheable) {
@@ -170,7 +267,7 @@ class Bpe final : public Model {
     }
     // (The cache never holds a word of the vocabulary under ignore_merges, so
     // looking there first is the same as Hugging Face's order.)
-    if (ignore_merges_) {
+    if (ignore_merges_ && whole) {
       std::string token;
       if (bytes) {
         for (unsigned char b : word) token += ByteLevelChar(b);
@@ -205,17 +302,27 @@ class Bpe final : public Model {
       int32_t unk = -1;  // a pending unk (fused with the next ones)
       std::string s;
       size_t i = 0;
+      const bool plain = prefix_.empty() && suffix_.empty();
       while (i < w.size()) {
         const size_t start = i;
-        i += unicode::CharLength(static_cast<unsigned char>(w[i]));
+        int32_t id = -1;
+        if (plain) {
+          const uint32_t cp = unicode::Next(w, &i);
+          if (const int32_t* found = char_id_.Find(cp)) id = *found;
+        } else {
+          i += unicode::CharLength(static_cast<unsigned char>(w[i]));
+        }
         s.clear();
         if (start > 0) s += prefix_;
         s.append(w, start, i - start);
         if (i >= w.size()) s += suffix_;
-        auto it = token_to_id_.find(s);
-        if (it != token_to_id_.end()) {
+        if (!plain) {
+          auto it = token_to_id_.find(s);
+          if (it != token_to_id_.end()) id = it->second;
+        }
+        if (id >= 0) {
           if (unk >= 0) add(unk), unk = -1;
-          add(it->second);
+          add(id);
           continue;
         }
         if (byte_fallback_) {
@@ -247,9 +354,9 @@ class Bpe final : public Model {
     auto push = [&](int32_t pos) {
       const Symbol& s = syms[pos];
       if (s.next < 0) return;
-      auto it = merges_.find(PairKey(s.id, syms[s.next].id));
-      if (it == merges_.end()) return;
-      heap.push_back({it->second.rank, pos, it->second.new_id});
+      const MergeValue* m = merges_.Find(PairKey(s.id, syms[s.next].id));
+      if (!m) return;
+      heap.push_back({m->rank, pos, m->new_id});
       std::push_heap(heap.begin(), heap.end(), std::greater<Candidate>());
     };
     for (int32_t i = 0; i + 1 < static_cast<int32_t>(syms.size()); ++i) push(i);
@@ -259,8 +366,8 @@ class Bpe final : public Model {
       heap.pop_back();
       Symbol& s = syms[c.pos];
       if (!s.alive || s.next < 0) continue;
-      auto it = merges_.find(PairKey(s.id, syms[s.next].id));
-      if (it == merges_.end() || it->second.new_id != c.new_id) continue;
+      const MergeValue* m = merges_.Find(PairKey(s.id, syms[s.next].id));
+      if (!m || m->new_id != c.new_id) continue;
       Symbol& right = syms[s.next];
       s.id = c.new_id;
       right.alive = false;
@@ -274,10 +381,12 @@ class Bpe final : public Model {
 
   std::unordered_map<std::string, int32_t> token_to_id_;
   std::vector<std::string> id_to_token_;
-  std::unordered_map<uint64_t, MergeValue> merges_;
+  FlatMap<MergeValue> merges_;
+  FlatMap<int32_t> char_id_;  // the id of each one-character token
   std::string prefix_, suffix_, unk_token_;
   bool has_unk_ = false, fuse_unk_ = false, byte_fallback_ = false, ignore_merges_ = false;
   bool all_bytes_known_ = true;  // every byte has a byte-level symbol
+  bool split_at_metaspace_ = false;
   int32_t byte_level_id_[256];
   int32_t fallback_id_[256];
   mutable std::mutex cache_mutex_;

@@ -295,8 +295,10 @@ std::unique_ptr<Decoder> MakeDecoder(const json& j, const std::string& source) {
   if (type == "ByteFallback") return std::make_unique<ByteFallback>();
   if (type == "Fuse") return std::make_unique<Fuse>();
   if (type == "Strip") {
-    return std::make_unique<Strip>(j.value("content", std::string(" ")),
-                                   j.value("start", size_t{0}), j.value("stop", size_t{0}));
+    const std::string content = j.value("content", std::string(" "));
+    if (content.empty()) throw InvalidArgument(where + ": content must not be empty");
+    return std::make_unique<Strip>(content, j.value("start", size_t{0}),
+                                   j.value("stop", size_t{0}));
   }
   if (type == "WordPiece") {
     return MakeWordPieceDecoder(j.value("prefix", std::string("##")), j.value("cleanup", true));

@@ -96,6 +96,8 @@ std::unique_ptr<HfTokenizer> HfTokenizer::FromTokenizerJsonText(const std::strin
     (void)padding;
   } catch (const json::exception& e) {
     throw InvalidArgument(path + ": malformed tokenizer.json: " + e.what());
+  } catch (const std::logic_error& e) {  // (e.g. std::stoi on a template's type id)
+    throw InvalidArgument(path + ": malformed tokenizer.json: " + e.what());
   }
   tok->Finish(config_path);
   return tok;

@@ -77,7 +77,18 @@ const icu::Normalizer2* Instance(Form form) {
   return n;
 }
 
-uint32_t Mask(uint32_t c) { return U_GET_GC_MASK(static_cast<UChar32>(c)); }
+// General-category masks of ASCII, looked up once (the common case).
+struct AsciiMasks {
+  uint32_t mask[128];
+  AsciiMasks() {
+    for (UChar32 c = 0; c < 128; ++c) mask[c] = U_GET_GC_MASK(c);
+  }
+};
+
+uint32_t Mask(uint32_t c) {
+  static const AsciiMasks ascii;
+  return c < 128 ? ascii.mask[c] : U_GET_GC_MASK(static_cast<UChar32>(c));
+}
 
 }  // namespace
 

@@ -2,6 +2,8 @@
 // greedy longest match first, continuation pieces with the prefix ("##"), a
 // word with an unmatchable part or over max_input_chars_per_word characters
 // becomes unk_token.
+#include <mutex>
+
 #include "common/error.h"
 #include "common/tokenizer/pipeline.h"
 #include "common/tokenizer/unicode.h"
@@ -10,6 +12,8 @@ namespace stip::tokenizer_pipeline {
 namespace {
 
 constexpr int64_t kMaxTokenId = int64_t{1} << 24;
+constexpr size_t kCacheCapacity = 10000;  // words
+constexpr size_t kMaxCachedWord = 64;     // bytes
 
 class WordPiece final : public Model {
  public:
@@ -35,6 +39,27 @@ class WordPiece final : public Model {
     Materialize(&piece);
     const std::string& w = piece.text;
     if (w.empty()) return;
+    // (Words repeat: a cache of their pieces, as the BPE model has.)
+    const bool cacheable = w.size() <= kMaxCachedWord;
+    if (cacheable) {
+      std::lock_guard<std::mutex> lock(cache_mutex_);
+      auto it = cache_.find(w);
+      if (it != cache_.end()) {
+        ids->insert(ids->end(), it->second.begin(), it->second.end());
+        return;
+      }
+    }
+    const size_t mark = ids->size();
+    TokenizeWord(w, ids);
+    if (cacheable) {
+      std::lock_guard<std::mutex> lock(cache_mutex_);
+      if (cache_.size() < kCacheCapacity) {
+        cache_.emplace(w, std::vector<int64_t>(ids->begin() + mark, ids->end()));
+      }
+    }
+  }
+
+  void TokenizeWord(const std::string& w, std::vector<int64_t>* ids) const {
     size_t chars = 0;
     for (size_t i = 0; i < w.size(); i += unicode::CharLength(static_cast<unsigned char>(w[i]))) {
       ++chars;
@@ -93,6 +118,8 @@ class WordPiece final : public Model {
   std::string unk_, prefix_;
   size_t max_chars_;
   int32_t unk_id_ = 0;
+  mutable std::mutex cache_mutex_;
+  mutable std::unordered_map<std::string, std::vector<int64_t>> cache_;
 };
 
 }  // namespace

