@@ -261,7 +261,11 @@ std::vector<std::vector<LabelScore>> EncoderTasks::FillMask(const std::vector<st
   for (size_t i = 0; i < texts.size(); ++i) {
     const std::string name = TextName(i, texts[i]);
     if (texts[i].empty()) throw InvalidArgument(name + " is empty");
-    const std::vector<int64_t> ids = tok->Encode(texts[i]);
+    // The mask token is typed as text ("[MASK]"): special tokens are read as
+    // such here, as Hugging Face's fill-mask pipeline does.
+    EncodeOptions options;
+    options.allow_special = true;
+    const std::vector<int64_t> ids = tok->Encode(texts[i], options);
     const std::vector<size_t> at_mask = PositionsOf(ids, *mask);
     if (at_mask.size() != 1) {
       throw InvalidArgument(name + " has " + std::to_string(at_mask.size()) + " " + mask_text +

@@ -49,11 +49,12 @@ std::vector<std::string> ClientArgs(const std::string& command, const std::strin
 
 RunResult RunClient(std::vector<std::string> argv, const std::vector<std::string>& extra) {
   argv.insert(argv.end(), extra.begin(), extra.end());
-  return Run(argv, 300);
+  return test::Run(argv, 300);
 }
 
 // Writes `img` as a PNG of libpng color type `color_type` and `bit_depth`
-// (gray = the green channel; alpha = opaque).
+// (gray = the green channel; alpha = opaque) that Pillow's convert("RGB")
+// reads as the same picture.
 void WritePng(const Image& img, const std::string& path, int color_type, int bit_depth) {
   FILE* f = std::fopen(path.c_str(), "wb");
   ASSERT_NE(f, nullptr);
@@ -82,7 +83,10 @@ void WritePng(const Image& img, const std::string& path, int color_type, int bit
       if (channels == 2 || channels == 4) v.push_back(255);
       for (int value : v) {
         if (bytes == 2) {
-          const int wide = value * 257;  // 8 -> 16 bits, exact back again
+          // 8 -> 16 bits: colour and alpha samples scaled (Pillow keeps the
+          // high byte); 16-bit gray as is (Pillow reads it as mode I and
+          // clamps to 0..255, docs/images.md), so both mean the same image.
+          const int wide = color_type == PNG_COLOR_TYPE_GRAY ? value : value * 257;
           row[k++] = static_cast<uint8_t>(wide >> 8);
           row[k++] = static_cast<uint8_t>(wide & 0xff);
         } else {
@@ -117,7 +121,7 @@ TEST(EncoderDeployment, VitDigitsClassifiesEverySampleAndRefusesBadImages) {
     args.push_back(model + "/" + s["file"].get<std::string>());
   }
   args.insert(args.end(), {"--json", "--top-k", "3"});
-  RunResult r = Run(args, 300);
+  RunResult r = test::Run(args, 300);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   std::vector<nlohmann::json> lines = JsonLines(r.out);
   ASSERT_EQ(lines.size(), ref["samples"].size()) << r.out;
@@ -155,7 +159,7 @@ TEST(EncoderDeployment, VitDigitsClassifiesEverySampleAndRefusesBadImages) {
   args = ClientArgs("classify", data);
   for (const std::string& f : variant_files) args.insert(args.end(), {"--image", f});
   args.push_back("--json");
-  r = Run(args, 300);
+  r = test::Run(args, 300);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   lines = JsonLines(r.out);
   ASSERT_EQ(lines.size(), variant_files.size());
@@ -237,7 +241,7 @@ TEST(EncoderDeployment, BertKjvFillsEveryMaskAsTheReference) {
   std::vector<std::string> args = ClientArgs("fill-mask", data);
   for (const auto& ex : ref["fill_mask"]) args.insert(args.end(), {"--text", ex["text"]});
   args.push_back("--json");
-  RunResult r = Run(args, 300);
+  RunResult r = test::Run(args, 300);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   std::vector<nlohmann::json> lines = JsonLines(r.out);
   ASSERT_EQ(lines.size(), ref["fill_mask"].size());
@@ -390,7 +394,7 @@ TEST(EncoderDeployment, EmbedEqualsThePlainModel) {
   std::vector<std::string> args = ClientArgs("embed", data);
   for (const std::string& t : texts) args.insert(args.end(), {"--text", t});
   args.push_back("--json");
-  RunResult r = Run(args, 300);
+  RunResult r = test::Run(args, 300);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   std::vector<nlohmann::json> lines = JsonLines(r.out);
   ASSERT_EQ(lines.size(), texts.size());
