@@ -387,7 +387,17 @@ TEST(EncoderDeployment, EmbedEqualsThePlainModel) {
     }
     WriteSafetensors(st + "/model.safetensors", bare);
   }
-  const std::string data = d.Setup(st, {"carol"}).at(0);
+  {
+    RunResult t = test::Run({kDeveloperBin, "verify", "--model", st, "--json"}, 300);
+    ASSERT_EQ(t.exit_code, 0) << t.out << t.err;
+  }
+  std::string data;
+  try {
+    data = d.Setup(st, {"carol"}).at(0);
+  } catch (const std::exception& e) {
+    for (const std::string& log : d.Logs()) ADD_FAILURE() << log << ":\n" << ReadFile(log);
+    FAIL() << e.what();
+  }
 
   const std::vector<std::string> texts = {"In the beginning God created the heaven and the earth.",
                                           "Jesus wept.", "And God said, Let there be light"};
