@@ -13,6 +13,7 @@
 #include <random>
 
 #include "common/arch/architecture.h"
+#include "common/engine/causal_lm.h"
 #include "common/error.h"
 #include "common/format/safetensors.h"
 #include "common/keys/model_keys.h"
@@ -77,7 +78,9 @@ TEST_P(EncoderFixtureTest, StipEqualsPlainOnTheFixture) {
   auto tensors = TransformInMemory(f.config, src, keys);
   // No client tensor reaches the server.
   for (const TensorEntry& e : ExpectedTensors(f.config)) {
-    if (IsClientRole(e.role)) EXPECT_EQ(tensors.count(e.name), 0u) << e.name;
+    if (IsClientRole(e.role)) {
+      EXPECT_EQ(tensors.count(e.name), 0u) << e.name;
+    }
   }
   ModelConfig tc = TransformedConfig(f.config, keys.instance_id);
   MapSource tsrc(tensors, "transformed");
@@ -93,6 +96,17 @@ TEST_P(EncoderFixtureTest, StipEqualsPlainOnTheFixture) {
     at::Tensor o = UnpermuteLogits(out[i], keys.p_c);
     EXPECT_LE(MaxAbsDiff(o, logits[static_cast<int64_t>(i)]), kTol);
     EXPECT_GT(MaxAbsDiff(out[i], logits[static_cast<int64_t>(i)]), 1e-3) << "not permuted";
+  }
+}
+
+TEST_P(EncoderFixtureTest, CausalEngineRefusesEncoders) {
+  const test::Fixture& f = test::GetFixture(GetParam());
+  try {
+    CausalLM::Load(f.dir);
+    FAIL() << "the causal engine accepted an encoder";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kUnimplemented);
+    EXPECT_NE(std::string(e.what()).find("encoder"), std::string::npos) << e.what();
   }
 }
 

@@ -1011,7 +1011,8 @@ int main(int argc, char** argv) {
     if (want.count("client")) {
       at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(2);
       at::Tensor table = at::randn({client_vocab, client_d}, gen);
-      ClientWeights cw{table, at::Tensor()};
+      ClientWeights cw;
+      cw.token_embedding = table;
       ModelConfig cc = PresetConfig("tiny");
       cc.vocab_size = client_vocab;
       cc.hidden_size = client_d;

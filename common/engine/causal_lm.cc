@@ -23,8 +23,23 @@ namespace stip {
 
 // ---- client ----------------------------------------------------------------
 
+namespace {
+
+// Encoders (BERT, ViT) run on common/engine/encoder.h, not as causal LMs.
+void RefuseEncoder(const ModelConfig& c) {
+  if (c.encoder) {
+    throw Unimplemented(c.source + ": model_type " + c.model_type +
+                        " is an encoder; it runs on the encoder engine (EncoderClient / "
+                        "EncoderServer), not as a causal language model");
+  }
+}
+
+}  // namespace
+
 ClientModel::ClientModel(ModelConfig config, ClientWeights weights)
-    : config_(std::move(config)), weights_(std::move(weights)) {}
+    : config_(std::move(config)), weights_(std::move(weights)) {
+  RefuseEncoder(config_);
+}
 
 std::unique_ptr<ClientModel> ClientModel::Load(const std::string& dir, const LoadOptions& options) {
   ModelConfig config = LoadModelConfig(dir);
@@ -84,6 +99,7 @@ at::Tensor ClientModel::Embed(const std::vector<int64_t>& ids, int64_t start_pos
 
 ServerModel::ServerModel(ModelConfig config, ServerWeights weights, LoadOptions options)
     : config_(std::move(config)), weights_(std::move(weights)), options_(options) {
+  RefuseEncoder(config_);
   if (config_.positions == PositionKind::kRope) {
     inv_freq_ = RopeInverseFrequencies(config_, options_.device);
   }
