@@ -5,6 +5,7 @@
 // get_resize_output_image_size) and image_processing_utils.get_size_dict.
 #include "common/image/image_processor.h"
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <nlohmann/json.hpp>
