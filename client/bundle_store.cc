@@ -1,10 +1,9 @@
 #include "client/bundle_store.h"
 
-#include "client/encoder_tasks.h"
-
 #include <algorithm>
 #include <nlohmann/json.hpp>
 
+#include "client/encoder_tasks.h"
 #include "common/arch/model_config.h"
 #include "common/engine/causal_lm.h"
 #include "common/error.h"

@@ -19,9 +19,8 @@ template <typename Container>
 void CheckInputs(const Container& inputs, const EncoderServiceOptions& o, const char* what) {
   if (inputs.empty()) throw InvalidArgument(std::string("no ") + what + " in the request");
   if (static_cast<size_t>(inputs.size()) > o.max_inputs) {
-    throw ResourceExhausted(std::to_string(inputs.size()) + " " + what +
-                            " exceed the limit of " + std::to_string(o.max_inputs) +
-                            " per call");
+    throw ResourceExhausted(std::to_string(inputs.size()) + " " + what + " exceed the limit of " +
+                            std::to_string(o.max_inputs) + " per call");
   }
   size_t bytes = 0;
   for (const auto& s : inputs) bytes += s.size();

@@ -15,7 +15,7 @@
 namespace stip {
 
 struct EncoderServiceOptions {
-  size_t max_inputs = 256;                // texts or images per call
+  size_t max_inputs = 256;                    // texts or images per call
   size_t max_input_bytes = size_t{64} << 20;  // all inputs of one call together
 };
 

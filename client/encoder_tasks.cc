@@ -57,10 +57,10 @@ class RemoteEncoder final : public EncodeBackend {
                         reason);
     }
     if (resp.outputs_size() != static_cast<int>(x_prime.size())) {
-      throw RemoteError(grpc::StatusCode::INTERNAL,
-                        "stip server " + o_.address + " answered " +
-                            std::to_string(resp.outputs_size()) + " outputs for " +
-                            std::to_string(x_prime.size()) + " inputs");
+      throw RemoteError(grpc::StatusCode::INTERNAL, "stip server " + o_.address + " answered " +
+                                                        std::to_string(resp.outputs_size()) +
+                                                        " outputs for " +
+                                                        std::to_string(x_prime.size()) + " inputs");
     }
     std::vector<at::Tensor> out;
     for (const v1::Tensor& t : resp.outputs()) out.push_back(FromWire(t).to(at::kFloat));
@@ -144,10 +144,9 @@ std::shared_ptr<const EncoderBundle> EncoderBundle::Load(const std::string& dir,
   } else {
     b->tokenizer_ = Tokenizer::FromDirectory(dir);
     if (b->tokenizer_->vocab_size() > c.vocab_size) {
-      throw InvalidArgument(dir + ": the tokenizer has " +
-                            std::to_string(b->tokenizer_->vocab_size()) +
-                            " tokens, more than the model's vocabulary of " +
-                            std::to_string(c.vocab_size));
+      throw InvalidArgument(
+          dir + ": the tokenizer has " + std::to_string(b->tokenizer_->vocab_size()) +
+          " tokens, more than the model's vocabulary of " + std::to_string(c.vocab_size));
     }
   }
   return b;
@@ -234,7 +233,8 @@ std::vector<std::vector<float>> EncoderTasks::Embed(const std::vector<std::strin
   }
   if (texts.empty()) throw InvalidArgument("embed: no texts");
   std::vector<at::Tensor> xs;
-  for (size_t i = 0; i < texts.size(); ++i) xs.push_back(EmbedText(texts[i], TextName(i, texts[i])));
+  for (size_t i = 0; i < texts.size(); ++i)
+    xs.push_back(EmbedText(texts[i], TextName(i, texts[i])));
   std::vector<at::Tensor> out = Run(xs);
   std::vector<std::vector<float>> result;
   for (at::Tensor& o : out) {
@@ -248,8 +248,9 @@ std::vector<std::vector<float>> EncoderTasks::Embed(const std::vector<std::strin
 std::vector<std::vector<LabelScore>> EncoderTasks::FillMask(const std::vector<std::string>& texts,
                                                             int top_k) {
   if (EncoderOutputOf(bundle_->config()) != EncoderOutput::kTokenLogits) {
-    throw FailedPrecondition("fill-mask needs a masked-LM model (BertForMaskedLM); this one outputs " +
-                             std::string(EncoderOutputName(EncoderOutputOf(bundle_->config()))));
+    throw FailedPrecondition(
+        "fill-mask needs a masked-LM model (BertForMaskedLM); this one outputs " +
+        std::string(EncoderOutputName(EncoderOutputOf(bundle_->config()))));
   }
   if (texts.empty()) throw InvalidArgument("fill-mask: no texts");
   const Tokenizer* tok = bundle_->tokenizer();
@@ -302,8 +303,7 @@ std::vector<std::vector<LabelScore>> EncoderTasks::ClassifyImages(
   const ImageProcessorConfig& pc = *bundle_->image_processor();
   std::vector<at::Tensor> xs;
   for (size_t i = 0; i < images.size(); ++i) {
-    const std::string name =
-        i < names.size() ? "image " + names[i] : "image " + std::to_string(i);
+    const std::string name = i < names.size() ? "image " + names[i] : "image " + std::to_string(i);
     try {
       Image img = DecodeImage(images[i]);
       PixelValues pv = Preprocess(img, pc);
@@ -324,7 +324,8 @@ std::vector<std::vector<LabelScore>> EncoderTasks::ClassifyTexts(
   }
   if (texts.empty()) throw InvalidArgument("classify: no texts");
   std::vector<at::Tensor> xs;
-  for (size_t i = 0; i < texts.size(); ++i) xs.push_back(EmbedText(texts[i], TextName(i, texts[i])));
+  for (size_t i = 0; i < texts.size(); ++i)
+    xs.push_back(EmbedText(texts[i], TextName(i, texts[i])));
   return TopLabels(Run(xs), top_k);
 }
 

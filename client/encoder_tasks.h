@@ -53,7 +53,7 @@ class EncoderBundle {
   const ClientKeys& keys() const { return keys_; }
   const std::string& instance_id() const { return keys_.instance_id; }
   bool reads_images() const;
-  const Tokenizer* tokenizer() const { return tokenizer_.get(); }  // text models
+  const Tokenizer* tokenizer() const { return tokenizer_.get(); }                // text models
   const ImageProcessorConfig* image_processor() const { return images_.get(); }  // images
 
  private:
@@ -107,8 +107,7 @@ class EncoderTasks {
   // so. FAILED_PRECONDITION on a model with a head.
   std::vector<std::vector<float>> Embed(const std::vector<std::string>& texts);
   // Each text holds exactly one mask token: its top_k fillers.
-  std::vector<std::vector<LabelScore>> FillMask(const std::vector<std::string>& texts,
-                                                int top_k);
+  std::vector<std::vector<LabelScore>> FillMask(const std::vector<std::string>& texts, int top_k);
   // Image classifiers: encoded image files (PNG, JPEG); `names` label the
   // inputs in error messages.
   std::vector<std::vector<LabelScore>> ClassifyImages(const std::vector<std::string>& images,

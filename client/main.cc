@@ -594,8 +594,9 @@ int main(int argc, char** argv) {
                  "one JSON object per text: {\"input\": ..., \"top\": [{\"label\", \"score\"}]}");
   auto* classify = app.add_subcommand("classify", "classify images (ViT) or texts (BERT)");
   enc_conn[2].Add(classify, /*sessions=*/false);
-  auto* cls_image = classify->add_option("--image", enc_images, "an image file, PNG or JPEG "
-                                                                "(repeatable)");
+  auto* cls_image = classify->add_option("--image", enc_images,
+                                         "an image file, PNG or JPEG "
+                                         "(repeatable)");
   classify->add_option("--text", enc_texts, "a text (repeatable; text classifiers)")
       ->excludes(cls_image);
   classify->add_option("--top-k", enc_top_k, "labels per input")->check(CLI::Range(1, 1 << 20));
@@ -603,7 +604,11 @@ int main(int argc, char** argv) {
                      "one JSON object per input: {\"input\": ..., \"top\": [{\"label\", "
                      "\"score\"}]}");
   for (auto* sub : {embed, fill, classify}) {
-    sub->add_option("--timeout-s", enc_conn[sub == embed ? 0 : sub == fill ? 1 : 2].timeout_s,
+    sub->add_option("--timeout-s",
+                    enc_conn[sub == embed  ? 0
+                             : sub == fill ? 1
+                                           : 2]
+                        .timeout_s,
                     "deadline of the Encode call (0: 300 s)")
         ->check(CLI::NonNegativeNumber);
   }

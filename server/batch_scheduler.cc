@@ -142,8 +142,8 @@ void BatchScheduler::SubmitEncode(EncodeWork work) {
     }
   }
   if (work.done) {
-    Deliver(work, EncodeFailure(Failure(ErrorCode::kFailedPrecondition,
-                                        "the model is being unloaded")));
+    Deliver(work,
+            EncodeFailure(Failure(ErrorCode::kFailedPrecondition, "the model is being unloaded")));
     return;
   }
   cv_.notify_all();

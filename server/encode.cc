@@ -51,8 +51,8 @@ grpc::ServerUnaryReactor* StartEncode(const EncodeEnv& env, grpc::CallbackServer
       return Refuse(grpc::StatusCode::INVALID_ARGUMENT, "instance_id is empty");
     }
     AccessGrant grant;
-    grpc::Status auth = env.policy->Authorize(request->instance_id(), request->access_token(),
-                                              &grant);
+    grpc::Status auth =
+        env.policy->Authorize(request->instance_id(), request->access_token(), &grant);
     if (!auth.ok()) return auth;
     try {
       call->lease = env.store->OpenEncode(request->instance_id());

@@ -3,11 +3,11 @@
 // `fill-mask` and `embed` against the demo models' references and the plain
 // engine, the Inference.Encode call itself, the client daemon's Classify, and
 // every bad image and text getting a clear error.
+#include <ATen/ATen.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 #include <png.h>
 
-#include <ATen/ATen.h>
 #include <cstdio>
 #include <filesystem>
 #include <nlohmann/json.hpp>
@@ -147,11 +147,11 @@ TEST(EncoderDeployment, VitDigitsClassifiesEverySampleAndRefusesBadImages) {
     int color_type, bit_depth;
   };
   std::vector<std::string> variant_files;
-  for (Variant v : {Variant{"gray8", PNG_COLOR_TYPE_GRAY, 8},
-                    Variant{"gray-alpha8", PNG_COLOR_TYPE_GRAY_ALPHA, 8},
-                    Variant{"rgba8", PNG_COLOR_TYPE_RGBA, 8}, Variant{"rgb16", PNG_COLOR_TYPE_RGB, 16},
-                    Variant{"gray16", PNG_COLOR_TYPE_GRAY, 16},
-                    Variant{"rgba16", PNG_COLOR_TYPE_RGBA, 16}}) {
+  for (Variant v :
+       {Variant{"gray8", PNG_COLOR_TYPE_GRAY, 8},
+        Variant{"gray-alpha8", PNG_COLOR_TYPE_GRAY_ALPHA, 8},
+        Variant{"rgba8", PNG_COLOR_TYPE_RGBA, 8}, Variant{"rgb16", PNG_COLOR_TYPE_RGB, 16},
+        Variant{"gray16", PNG_COLOR_TYPE_GRAY, 16}, Variant{"rgba16", PNG_COLOR_TYPE_RGBA, 16}}) {
     const std::string path = d.dir() + "/" + v.name + ".png";
     WritePng(img, path, v.color_type, v.bit_depth);
     variant_files.push_back(path);
@@ -175,10 +175,9 @@ TEST(EncoderDeployment, VitDigitsClassifiesEverySampleAndRefusesBadImages) {
     huge[16 + i] = "\x00\x01\x86\xa0"[i];
     huge[20 + i] = "\x00\x01\x86\xa0"[i];
   }
-  for (const Bad& b :
-       {Bad{"truncated.png", png.substr(0, png.size() / 2), "truncated"},
-        Bad{"text.png", "hello, world\n", "not a PNG or JPEG"},
-        Bad{"empty.png", "", "empty"}, Bad{"huge.png", huge, "PNG"}}) {
+  for (const Bad& b : {Bad{"truncated.png", png.substr(0, png.size() / 2), "truncated"},
+                       Bad{"text.png", "hello, world\n", "not a PNG or JPEG"},
+                       Bad{"empty.png", "", "empty"}, Bad{"huge.png", huge, "PNG"}}) {
     const std::string path = d.dir() + "/" + b.name;
     WriteFileAtomic(path, b.bytes, 0644);
     RunResult bad = RunClient(ClientArgs("classify", data), {"--image", path, "--json"});
@@ -312,7 +311,8 @@ TEST(EncoderDeployment, BertKjvFillsEveryMaskAsTheReference) {
     at::Tensor b = FloatTensor(together.outputs(static_cast<int>(i)));
     ASSERT_EQ(a.sizes(), b.sizes());
     EXPECT_EQ(a.size(0), xs[i].size(0));
-    EXPECT_LE((a - b).abs().max().item<double>(), 1e-5 * std::max(1.0, a.abs().max().item<double>()))
+    EXPECT_LE((a - b).abs().max().item<double>(),
+              1e-5 * std::max(1.0, a.abs().max().item<double>()))
         << "sequence " << i;
   }
   v1::EncodeResponse resp;

@@ -89,7 +89,8 @@ void ReadSentenceTransformers(const std::string& dir, ModelConfig* c) {
     if (!j.is_object() || !j.contains("stip") || !j["stip"].is_object()) return;
     const nlohmann::json& stip = j["stip"];
     if (!stip.contains("pooling")) return;
-    const std::string pooling = stip["pooling"].is_string() ? stip["pooling"].get<std::string>() : "";
+    const std::string pooling =
+        stip["pooling"].is_string() ? stip["pooling"].get<std::string>() : "";
     if (pooling != "mean" && pooling != "cls") {
       throw InvalidArgument(config_path + ": stip.pooling must be \"mean\" or \"cls\"");
     }
