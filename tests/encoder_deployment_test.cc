@@ -234,7 +234,8 @@ at::Tensor FloatTensor(const v1::Tensor& t) { return FromWire(t).to(at::kFloat);
 TEST(EncoderDeployment, BertKjvFillsEveryMaskAsTheReference) {
   const std::string model = ModelDir("bert-kjv");
   Deployment d;
-  const std::string data = d.Setup(model, {"bob"}).at(0);
+  // All reference examples fit one call; one more sequence does not.
+  const std::string data = d.Setup(model, {"bob"}, {"--max-encode-sequences", "8"}).at(0);
   const nlohmann::json ref = ReadJson(model + "/reference.json");
 
   std::vector<std::string> args = ClientArgs("fill-mask", data);
@@ -325,6 +326,13 @@ TEST(EncoderDeployment, BertKjvFillsEveryMaskAsTheReference) {
   EXPECT_NE(s.error_message().find("at most"), std::string::npos) << s.error_message();
   s = encode({}, &resp);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  ASSERT_EQ(xs.size(), 8u);
+  std::vector<at::Tensor> nine = xs;
+  nine.push_back(xs[0]);
+  s = encode(nine, &resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_NE(s.error_message().find("--max-encode-sequences"), std::string::npos)
+      << s.error_message();
   {
     v1::EncodeRequest req;
     req.set_instance_id(creds.instance_id);
