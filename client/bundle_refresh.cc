@@ -22,8 +22,8 @@ std::shared_ptr<grpc::Channel> RegistryChannel(const Credentials& c) {
   return MakeChannel(c.developer, tls, "stip-client");
 }
 
-bool IsRetirement(const RemoteError& e) {
-  return e.reason() == kReasonInstanceRetired || e.status_code() == grpc::StatusCode::NOT_FOUND;
+bool IsRetirement(const Error& e) {
+  return e.reason() == kReasonInstanceRetired || e.code() == ErrorCode::kNotFound;
 }
 
 }  // namespace
@@ -114,9 +114,9 @@ void ClientConnection::RenewIfDue() {
       user + " --reissue) and register again";
   if (credentials_.developer.empty()) {
     if (expired) {
-      throw RemoteError(grpc::StatusCode::UNAUTHENTICATED,
-                        "the access token expired at " + until +
-                            " and no developer registry is recorded to renew it; " + what_to_do);
+      throw Error(ErrorCode::kUnauthenticated,
+                  "the access token expired at " + until +
+                      " and no developer registry is recorded to renew it; " + what_to_do);
     }
     if (!warned_no_registry_) {
       spdlog::warn("the access token expires at {}; no developer registry is recorded to renew it",
@@ -138,22 +138,22 @@ void ClientConnection::RenewIfDue() {
                    r.credentials.instance_id);
     }
     ReloadLocked();
-  } catch (const RemoteError& e) {
+  } catch (const Error& e) {
     if (expired) {
-      throw RemoteError(grpc::StatusCode::UNAUTHENTICATED, "the access token expired at " + until +
-                                                               " and could not be renewed (" +
-                                                               e.what() + "); " + what_to_do);
+      throw Error(ErrorCode::kUnauthenticated, "the access token expired at " + until +
+                                                   " and could not be renewed (" + e.what() +
+                                                   "); " + what_to_do);
     }
     spdlog::warn("cannot renew the access token yet ({}); it stays valid until {}", e.what(),
                  until);
   }
 }
 
-bool ClientConnection::Recover(const RemoteError& error, uint64_t generation) {
+bool ClientConnection::Recover(const Error& error, uint64_t generation) {
   if (!settings_.auto_refresh) return false;
   std::lock_guard<std::mutex> lock(mu_);
   if (view_.generation != generation) return true;  // another turn brought it up to date
-  const grpc::StatusCode code = error.status_code();
+  const ErrorCode code = error.code();
   if (IsRetirement(error)) {
     if (!settings_.bundle_dir.empty()) return false;
     FileLock file_lock(dir_.refresh_lock_file());
@@ -178,7 +178,7 @@ bool ClientConnection::Recover(const RemoteError& error, uint64_t generation) {
     ReloadLocked();
     return bundle_->instance_id() != old;
   }
-  if (code == grpc::StatusCode::PERMISSION_DENIED || code == grpc::StatusCode::UNAUTHENTICATED) {
+  if (code == ErrorCode::kPermissionDenied || code == ErrorCode::kUnauthenticated) {
     FileLock file_lock(dir_.refresh_lock_file());
     const uint64_t before = view_.generation;
     ReloadLocked();  // renewed (and so revoked) by another process on this data dir?
@@ -199,7 +199,7 @@ void ConnectWithRefresh(ClientConnection& connection, Generator& generator, uint
   SyncGenerator(connection, generator, generation);
   try {
     generator.Connect();
-  } catch (const RemoteError& e) {
+  } catch (const Error& e) {
     if (!connection.Recover(e, *generation)) throw;
     SyncGenerator(connection, generator, generation);
     generator.Connect();
@@ -218,7 +218,7 @@ GenerateResult GenerateTurn(ClientConnection& connection, Generator& generator,
   };
   try {
     return generator.Generate(prompt, options, watched);
-  } catch (const RemoteError& e) {
+  } catch (const Error& e) {
     // Once part of the answer is out, trying again would repeat it: the error
     // stands, and the next turn starts on the new instance.
     if (shown || !connection.Recover(e, *generation)) throw;

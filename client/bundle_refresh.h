@@ -32,8 +32,6 @@
 
 namespace stip {
 
-class RemoteError;
-
 struct ConnectSettings {
   std::string data_dir;
   std::string bundle_dir;   // "" = DATA_DIR/bundle (another directory: no bundle fetches)
@@ -64,14 +62,14 @@ class ClientConnection {
   View Current() const;
 
   // Renews the access token if half its lifetime has passed. Throws
-  // RemoteError (UNAUTHENTICATED) if it has expired and cannot be renewed.
+  // stip::Error (kUnauthenticated) if it has expired and cannot be renewed.
   void RenewIfDue();
 
   // After a session of view `generation` failed with `error`: brings the view
   // up to date if that can help (fetches the rotated bundle, or picks up
   // credentials another process renewed). True if the turn should be tried
   // again on the new view. Throws if the fetch fails.
-  bool Recover(const RemoteError& error, uint64_t generation);
+  bool Recover(const Error& error, uint64_t generation);
 
  private:
   View MakeViewLocked() const;  // from credentials_ and bundle_

@@ -5,6 +5,7 @@
 
 #include "client/encoder_tasks.h"
 #include "common/arch/model_config.h"
+#include "common/chat/chat_template.h"
 #include "common/engine/causal_lm.h"
 #include "common/error.h"
 #include "common/tokenizer/tokenizer.h"
@@ -28,30 +29,10 @@ std::string Field(const nlohmann::json& j, const char* key, const std::string& s
 }
 
 // EOS ids from config.json (already parsed) and generation_config.json.
-std::vector<int64_t> EosIds(const ModelConfig& config, const std::string& dir) {
+std::vector<int64_t> EosIds(const ModelConfig& config, const GenerationConfig& gen) {
   std::vector<int64_t> ids = config.eos_token_ids;
-  const std::string gen = JoinPath(dir, "generation_config.json");
-  if (PathExists(gen)) {
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(ReadFile(gen));
-    } catch (const nlohmann::json::exception& e) {
-      throw InvalidArgument(gen + ": not valid JSON (" + e.what() + ")");
-    }
-    auto add = [&](const nlohmann::json& v) {
-      if (v.is_number_integer()) {
-        int64_t id = v.get<int64_t>();
-        if (std::find(ids.begin(), ids.end(), id) == ids.end()) ids.push_back(id);
-      }
-    };
-    if (j.is_object() && j.contains("eos_token_id")) {
-      const auto& v = j["eos_token_id"];
-      if (v.is_array()) {
-        for (const auto& e : v) add(e);
-      } else {
-        add(v);
-      }
-    }
+  for (int64_t id : gen.eos_token_ids) {
+    if (std::find(ids.begin(), ids.end(), id) == ids.end()) ids.push_back(id);
   }
   return ids;
 }
@@ -201,8 +182,19 @@ std::shared_ptr<const ClientBundle> ClientBundle::Load(const std::string& dir,
         dir + ": the tokenizer has " + std::to_string(b->tokenizer_->vocab_size()) +
         " tokens, more than the model's vocabulary of " + std::to_string(config.vocab_size));
   }
-  b->eos_ids_ = EosIds(config, dir);
+  b->generation_config_ = LoadGenerationConfig(dir);
+  b->eos_ids_ = EosIds(config, b->generation_config_);
+  try {
+    b->chat_template_ = ChatTemplate::FromDirectory(dir);
+  } catch (const Error& e) {
+    b->chat_template_error_ = e.what();
+  }
   return b;
+}
+
+const ChatTemplate* ClientBundle::chat_template() const {
+  if (!chat_template_error_.empty()) throw InvalidArgument(chat_template_error_);
+  return chat_template_.get();
 }
 
 int64_t ClientBundle::hidden_size() const { return model_->config().hidden_size; }

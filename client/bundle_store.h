@@ -4,7 +4,8 @@
 //   DIR/bundle/             0700, the client bundle from the developer: config.json,
 //                           generation_config.json, model.safetensors (embedding
 //                           tensors), client_keys.safetensors (p, p_c), tokenizer
-//                           files; every file 0600
+//                           files and the chat template (tokenizer_config.json,
+//                           chat_template.jinja); every file 0600
 //   DIR/credentials.json    0600: user, instance id, stip server address, access
 //                           token, the CA that signs the server's certificate, and
 //                           how to reach the developer's registry again (address,
@@ -22,10 +23,12 @@
 #include <string>
 #include <vector>
 
+#include "common/chat/generation_config.h"
 #include "common/keys/model_keys.h"
 
 namespace stip {
 
+class ChatTemplate;
 class ClientModel;
 class Tokenizer;
 
@@ -90,6 +93,13 @@ class ClientBundle {
   const ClientKeys& keys() const { return keys_; }
   const std::string& instance_id() const { return keys_.instance_id; }
   const std::vector<int64_t>& eos_ids() const { return eos_ids_; }
+  // generation_config.json (empty if the bundle has none).
+  const GenerationConfig& generation_config() const { return generation_config_; }
+  // The chat template (common/chat/chat_template.h), nullptr if the bundle
+  // has none. A malformed template does not stop the bundle from loading
+  // (plain completions need none); using it throws the error naming the
+  // file and line.
+  const ChatTemplate* chat_template() const;
   int64_t hidden_size() const;
   int64_t vocab_size() const;
   int64_t max_positions() const;  // 0: unknown
@@ -101,6 +111,9 @@ class ClientBundle {
   std::unique_ptr<Tokenizer> tokenizer_;
   ClientKeys keys_;
   std::vector<int64_t> eos_ids_;
+  GenerationConfig generation_config_;
+  std::shared_ptr<const ChatTemplate> chat_template_;
+  std::string chat_template_error_;
 };
 
 }  // namespace stip

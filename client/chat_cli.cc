@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <poll.h>
 #include <signal.h>
+#include <spdlog/spdlog.h>
 #include <unistd.h>
 
 #include <string>
@@ -113,8 +114,10 @@ int RunChat(Generator& generator, const GenerateOptions& options, int in_fd, std
     if (line.empty()) continue;
     // Byte-level BPE glues a turn to the previous answer; SentencePiece
     // starts every encoded text with a space of its own.
+    // (In chat mode the template separates the turns.)
     std::string prompt = line;
-    if (bpe && !generator.history().empty() && prompt[0] != ' ' && prompt[0] != '\n') {
+    if (bpe && !generator.chat_mode() && !generator.history().empty() && prompt[0] != ' ' &&
+        prompt[0] != '\n') {
       prompt = " " + prompt;
     }
     if (interrupted) interrupted->store(false);
@@ -126,7 +129,15 @@ int RunChat(Generator& generator, const GenerateOptions& options, int in_fd, std
       GenerateResult r = turn_function ? turn_function(generator, prompt, turn, print)
                                        : generator.Generate(prompt, turn, print);
       std::fputs("\n", out);
+      std::fflush(out);
       if (r.finish_reason == "cancelled") std::fputs("(interrupted)\n", err);
+      if (generator.chat_mode()) {
+        spdlog::info(
+            "chat turn: conversation of {} tokens, {} reused from the session's cache, "
+            "{} prefilled; {} generated ({})",
+            r.conversation_length, r.reused_positions, r.prefilled_positions, r.token_ids.size(),
+            r.finish_reason);
+      }
     } catch (const std::exception& e) {
       std::fputs("\n", out);
       std::fprintf(err, "stip-client: error: %s\n", e.what());

@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "client/bundle_refresh.h"
+#include "client/bundle_store.h"
 #include "client/generator.h"
 #include "client/remote_session.h"
 #include "common/rpc/status.h"
@@ -16,6 +17,19 @@
 namespace stip {
 
 namespace {
+
+// The sampling settings a request gave (0: the model's default).
+UserSampling RequestSampling(const v1::GenerateRequest& req) {
+  UserSampling u;
+  const v1::SamplingParams& s = req.sampling();
+  u.greedy = s.greedy();
+  u.seed = s.has_seed();
+  u.temperature = s.temperature() != 0;
+  u.top_k = s.top_k() != 0;
+  u.top_p = s.top_p() != 0;
+  u.repetition_penalty = s.repetition_penalty() != 0;
+  return u;
+}
 
 GenerateOptions ToOptions(const v1::GenerateRequest& req, const ChatServiceOptions& service) {
   GenerateOptions o;
@@ -92,6 +106,7 @@ std::unique_ptr<Generator> ChatService::NewGenerator(uint64_t* generation) const
     g = std::make_unique<Generator>(options_.bundle, options_.make_backend());
   }
   g->SetReconnectPolicy(options_.reconnect);
+  if (options_.chat_template && g->bundle().chat_template()) g->EnableChat(options_.system_prompt);
   return g;
 }
 
@@ -135,8 +150,7 @@ grpc::Status ChatService::Generate(grpc::ServerContext* context, const v1::Gener
   } active(active_);
   try {
     if (request->prompt().size() > options_.max_prompt_bytes) {
-      return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                          "prompt of " + std::to_string(request->prompt().size()) +
+      throw ResourceExhausted("prompt of " + std::to_string(request->prompt().size()) +
                               " bytes exceeds the prompt size limit of " +
                               std::to_string(options_.max_prompt_bytes) +
                               " bytes (stip-client serve --max-prompt-bytes)");
@@ -170,12 +184,14 @@ grpc::Status ChatService::Generate(grpc::ServerContext* context, const v1::Gener
       conversation = Acquire(id);
       held = std::unique_lock<std::mutex>(conversation->mu, std::try_to_lock);
       if (!held.owns_lock()) {
-        return grpc::Status(grpc::StatusCode::ABORTED, "conversation \"" + id.substr(0, 64) +
-                                                           "\" is busy with another request");
+        throw Aborted("conversation \"" + id.substr(0, 64) + "\" is busy with another request");
       }
       gen = conversation->generator.get();
       generation = &conversation->generation;
     }
+    ApplyGenerationConfig(gen->bundle().generation_config(), RequestSampling(*request),
+                          &options.sampling);
+    ValidateGenerateOptions(options);
     std::optional<CallerWatch> watch;
     watch.emplace(context, *gen);
     GenerateResult r = options_.connection ? GenerateTurn(*options_.connection, *gen, generation,
@@ -184,7 +200,7 @@ grpc::Status ChatService::Generate(grpc::ServerContext* context, const v1::Gener
     watch.reset();
     if (conversation) conversation->last_used = std::chrono::steady_clock::now();
     if (write_failed || context->IsCancelled()) {
-      return grpc::Status(grpc::StatusCode::CANCELLED, "the request was cancelled");
+      return ToStatus(Cancelled("the request was cancelled"));
     }
     v1::GenerateResponse done;
     for (int64_t t : leftover_ids) done.add_token_ids(t);
@@ -193,14 +209,17 @@ grpc::Status ChatService::Generate(grpc::ServerContext* context, const v1::Gener
     done.set_prompt_tokens(static_cast<int32_t>(r.prompt_ids.size()));
     done.set_completion_tokens(static_cast<int32_t>(r.token_ids.size()));
     writer->Write(done);
-    spdlog::info("chat: {} prompt + {} new tokens ({}), prefill {:.1f} ms, {:.1f} tokens/s{}",
+    spdlog::info("chat: {} prompt + {} new tokens ({}), prefill {:.1f} ms, {:.1f} tokens/s{}{}",
                  r.prompt_ids.size(), r.token_ids.size(), r.finish_reason, r.prefill_seconds * 1e3,
                  r.decode_seconds > 0 ? (r.token_ids.size() - 1) / r.decode_seconds : 0.0,
-                 id.empty() ? "" : ", conversation context " + std::to_string(r.context_length));
+                 id.empty() ? "" : ", conversation context " + std::to_string(r.context_length),
+                 gen->chat_mode()
+                     ? "; chat template: conversation of " + std::to_string(r.conversation_length) +
+                           " tokens, " + std::to_string(r.reused_positions) +
+                           " reused from the session's cache, " +
+                           std::to_string(r.prefilled_positions) + " prefilled"
+                     : std::string());
     return grpc::Status::OK;
-  } catch (const RemoteError& e) {
-    spdlog::warn("chat: {}", e.what());
-    return grpc::Status(e.status_code(), e.what());
   } catch (...) {
     grpc::Status status = CurrentExceptionToStatus();
     spdlog::warn("chat: {}", status.error_message());

@@ -5,6 +5,12 @@
 // conversation is used by one request at a time (a concurrent request on it
 // gets ABORTED); the least recently used idle conversation is dropped when
 // there are too many. Prompts and answers are never logged.
+//
+// With chat_template set (the default of `stip-client serve` when the model
+// has a template), a prompt is a user message: the conversation is rendered
+// with the model's chat template and only its new suffix is prefilled
+// (Generator's chat mode). Sampling settings a request leaves at 0 come
+// from the model's generation_config.json.
 #pragma once
 
 #include <atomic>
@@ -37,6 +43,8 @@ struct ChatServiceOptions {
   int max_new_tokens_limit = 8192;
   size_t max_prompt_bytes = 1 << 20;  // larger prompts: RESOURCE_EXHAUSTED
   ReconnectPolicy reconnect;          // for every conversation's Generator
+  bool chat_template = false;         // apply the bundle's chat template
+  std::string system_prompt;          // chat_template: the system message ("" none)
 };
 
 class ChatService final : public v1::Chat::Service {

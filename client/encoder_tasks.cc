@@ -6,12 +6,12 @@
 #include <algorithm>
 #include <chrono>
 
-#include "client/remote_session.h"
 #include "common/engine/encoder.h"
 #include "common/error.h"
 #include "common/image/image.h"
 #include "common/image/image_processor.h"
 #include "common/keys/permutation.h"
+#include "common/rpc/status.h"
 #include "common/rpc/tensor_wire.h"
 #include "common/tokenizer/tokenizer.h"
 #include "common/util/files.h"
@@ -48,19 +48,12 @@ class RemoteEncoder final : public EncodeBackend {
     v1::EncodeResponse resp;
     grpc::Status s = stub_->Encode(&ctx, req, &resp);
     if (!s.ok()) {
-      std::string reason;
-      auto md = ctx.GetServerTrailingMetadata();
-      if (auto it = md.find("stip-error-reason"); it != md.end()) {
-        reason.assign(it->second.data(), it->second.size());
-      }
-      throw RemoteError(s.error_code(), "stip server " + o_.address + ": " + s.error_message(),
-                        reason);
+      throw ErrorFromStatus(s, ctx, "stip server " + o_.address + ": " + s.error_message());
     }
     if (resp.outputs_size() != static_cast<int>(x_prime.size())) {
-      throw RemoteError(grpc::StatusCode::INTERNAL, "stip server " + o_.address + " answered " +
-                                                        std::to_string(resp.outputs_size()) +
-                                                        " outputs for " +
-                                                        std::to_string(x_prime.size()) + " inputs");
+      throw Error(ErrorCode::kInternal, "stip server " + o_.address + " answered " +
+                                            std::to_string(resp.outputs_size()) + " outputs for " +
+                                            std::to_string(x_prime.size()) + " inputs");
     }
     std::vector<at::Tensor> out;
     for (const v1::Tensor& t : resp.outputs()) out.push_back(FromWire(t).to(at::kFloat));

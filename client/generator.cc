@@ -6,6 +6,7 @@
 #include <cstdio>
 
 #include "client/remote_session.h"
+#include "common/chat/chat_template.h"
 #include "common/engine/causal_lm.h"
 #include "common/error.h"
 #include "common/tokenizer/tokenizer.h"
@@ -18,10 +19,6 @@ namespace {
 // token, so that the token decodes as it does after that context
 // (SentencePiece's leading space).
 constexpr size_t kDecoderContext = 64;
-
-at::Tensor IndexTensor(const std::vector<int64_t>& v) {
-  return at::tensor(at::ArrayRef<int64_t>(v), at::kLong);
-}
 
 // Holds back text that could be the start of a stop string, and finds the
 // first complete one.
@@ -98,8 +95,7 @@ Generator::Generator(std::shared_ptr<const ClientBundle> bundle,
                      std::unique_ptr<LogitsBackend> backend)
     : bundle_(std::move(bundle)), backend_(std::move(backend)) {
   if (!bundle_ || !backend_) throw InvalidArgument("a Generator needs a bundle and a backend");
-  p_index_ = IndexTensor(bundle_->keys().p);
-  p_c_inverse_ = IndexTensor(InversePermutation(bundle_->keys().p_c));
+  permuter_ = std::make_unique<ClientPermuter>(bundle_->keys().p, bundle_->keys().p_c);
 }
 
 Generator::~Generator() {
@@ -113,6 +109,61 @@ void Generator::Reset() {
   history_.clear();
   fed_ = 0;
   backend_->Close();
+  messages_ = nlohmann::ordered_json::array();
+  if (chat_mode_ && !system_prompt_.empty()) {
+    messages_.push_back({{"role", "system"}, {"content", system_prompt_}});
+  }
+}
+
+void Generator::EnableChat(const std::string& system_prompt) {
+  const ChatTemplate* t = bundle_->chat_template();
+  if (!t) {
+    throw FailedPrecondition(bundle_->dir() +
+                             ": the model has no chat template (chat_template.jinja or "
+                             "tokenizer_config.json's chat_template)");
+  }
+  chat_mode_ = true;
+  system_prompt_ = system_prompt;
+  messages_ = nlohmann::ordered_json::array();
+  if (!system_prompt_.empty()) {
+    messages_.push_back({{"role", "system"}, {"content", system_prompt_}});
+  }
+  chat_eos_.clear();
+  const std::string eos = t->token("eos_token");
+  if (!eos.empty()) {
+    EncodeOptions special;
+    special.allow_special = true;
+    special.add_special_tokens = false;
+    std::vector<int64_t> ids = bundle_->tokenizer().Encode(eos, special);
+    if (ids.size() == 1 && bundle_->tokenizer().IsSpecial(ids[0])) chat_eos_ = ids;
+  }
+}
+
+GenerateResult Generator::GenerateConversation(const std::vector<int64_t>& conversation,
+                                               const GenerateOptions& options,
+                                               const PieceCallback& on_piece) {
+  if (conversation.empty()) throw InvalidArgument("the conversation encodes to no tokens");
+  size_t common = 0;
+  while (common < history_.size() && common < conversation.size() &&
+         history_[common] == conversation[common]) {
+    ++common;
+  }
+  // At least one position is stepped: its logits give the first new token.
+  if (common == conversation.size()) --common;
+  if (common < history_.size()) {
+    history_.resize(common);
+    if (fed_ > static_cast<int64_t>(common)) {
+      if (backend_->is_open()) backend_->Truncate(static_cast<int64_t>(common));
+      fed_ = static_cast<int64_t>(common);
+    }
+  }
+  const int64_t reused = backend_->is_open() ? fed_ : 0;
+  std::vector<int64_t> suffix(conversation.begin() + static_cast<std::ptrdiff_t>(common),
+                              conversation.end());
+  GenerateResult r = GenerateIds(suffix, options, on_piece);
+  r.reused_positions = reused;
+  r.conversation_length = static_cast<int64_t>(conversation.size());
+  return r;
 }
 
 void Generator::Connect() { EnsureSession(); }
@@ -135,8 +186,7 @@ void Generator::Rebind(std::shared_ptr<const ClientBundle> bundle,
     std::lock_guard<std::mutex> lock(backend_mu_);
     backend_ = std::move(backend);
   }
-  p_index_ = IndexTensor(bundle_->keys().p);
-  p_c_inverse_ = IndexTensor(InversePermutation(bundle_->keys().p_c));
+  permuter_ = std::make_unique<ClientPermuter>(bundle_->keys().p, bundle_->keys().p_c);
   fed_ = 0;
 }
 
@@ -174,16 +224,16 @@ void Generator::WithReconnect(const GenerateOptions& options, const std::functio
         }
       }
       return;
-    } catch (const std::exception& e) {
+    } catch (const Error& e) {
       const SessionLoss loss = ClassifySessionLoss(e, backend_->is_open());
       if (loss == SessionLoss::kNone || !may_reconnect) throw;
       fed_ = 0;
       ++attempt;
-      const auto* remote = dynamic_cast<const RemoteError*>(&e);
       if (attempt > reconnect_.max_attempts) {
-        throw RemoteError(remote->status_code(), std::string(e.what()) + " (gave up after " +
-                                                     std::to_string(reconnect_.max_attempts) +
-                                                     " reconnect attempts)");
+        throw Error(e.code(),
+                    std::string(e.what()) + " (gave up after " +
+                        std::to_string(reconnect_.max_attempts) + " reconnect attempts)",
+                    e.reason());
       }
       // The server ended an idle session: open a new one at once.
       const double delay = loss == SessionLoss::kExpired && attempt == 1
@@ -209,7 +259,7 @@ at::Tensor Generator::StepPending(const GenerateOptions& options) {
     const int64_t n = static_cast<int64_t>(history_.size()) - fed_;
     std::vector<int64_t> pending(history_.begin() + fed_, history_.end());
     at::Tensor x = bundle_->model().Embed(pending, fed_);
-    at::Tensor x_prime = x.index_select(-1, p_index_);
+    at::Tensor x_prime = permuter_->Permute(x);
     o_prime = backend_->Step(x_prime, /*all_logits=*/false);
     fed_ += n;
   });
@@ -225,6 +275,22 @@ int64_t Generator::ContextLimit() const {
 
 GenerateResult Generator::Generate(const std::string& prompt, const GenerateOptions& options,
                                    const PieceCallback& on_piece) {
+  if (chat_mode_) {
+    const ChatTemplate* t = bundle_->chat_template();
+    nlohmann::ordered_json messages = messages_;
+    messages.push_back({{"role", "user"}, {"content", prompt}});
+    const std::vector<int64_t> ids = t->Encode(bundle_->tokenizer(), t->Render(messages, true));
+    GenerateOptions o = options;
+    if (o.stop_at_eos) extra_eos_ = chat_eos_;
+    struct Clear {
+      std::vector<int64_t>& v;
+      ~Clear() { v.clear(); }
+    } clear{extra_eos_};
+    GenerateResult r = GenerateConversation(ids, o, on_piece);
+    messages.push_back({{"role", "assistant"}, {"content", r.text}});
+    messages_ = std::move(messages);
+    return r;
+  }
   EncodeOptions enc;
   enc.allow_special = false;
   enc.add_special_tokens = history_.empty();
@@ -295,14 +361,17 @@ GenerateResult Generator::GenerateIds(const std::vector<int64_t>& prompt_ids,
         break;
       }
       const auto t0 = std::chrono::steady_clock::now();
+      if (i == 0) r.prefilled_positions = n;
       at::Tensor o_prime = StepPending(options);
-      at::Tensor logits = o_prime[o_prime.size(0) - 1].index_select(-1, p_c_inverse_);
+      at::Tensor logits = permuter_->Unpermute(o_prime[o_prime.size(0) - 1]);
       CheckTopKRowExact(logits, backend_->logits_format(), options.sampling);
       const int64_t next = sampler.Next(logits, history_);
       history_.push_back(next);
       (prefill_done ? r.decode_seconds : r.prefill_seconds) += Since(t0);
       prefill_done = true;
-      if (options.stop_at_eos && std::find(eos.begin(), eos.end(), next) != eos.end()) {
+      if (options.stop_at_eos &&
+          (std::find(eos.begin(), eos.end(), next) != eos.end() ||
+           std::find(extra_eos_.begin(), extra_eos_.end(), next) != extra_eos_.end())) {
         r.finish_reason = "eos";
         break;
       }

@@ -23,6 +23,17 @@
 // the lost step is retried on a new session after a backoff delay, the answer
 // goes on where it stopped.
 //
+// Chat mode (EnableChat, when the bundle has a chat template): the Generator
+// keeps the conversation as messages (an optional system message, then user
+// and assistant turns). A turn renders the whole conversation with the
+// template (common/chat/chat_template.h: message content is plain text, the
+// template's markers are special tokens), and only the suffix that the
+// session's cache does not hold is prefilled: the rendered ids are compared
+// with the ids of the conversation so far, the cache is truncated to the
+// common prefix where they differ (a re-tokenized answer, a template that
+// rewrites earlier turns), and the rest is sent. The template's eos_token
+// also ends an answer.
+//
 // Not thread-safe: one turn at a time.
 #pragma once
 
@@ -31,12 +42,14 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
 #include "client/bundle_store.h"
 #include "client/logits_backend.h"
 #include "client/reconnect.h"
+#include "common/client/client_permuter.h"
 #include "common/engine/sampler.h"
 
 namespace stip {
@@ -58,6 +71,9 @@ struct GenerateResult {
   std::string text;                 // everything passed to the callback, concatenated
   std::string finish_reason;        // "length" | "eos" | "stop" | "cancelled"
   int64_t context_length = 0;       // ids in the conversation after the turn
+  int64_t reused_positions = 0;     // GenerateConversation: positions of the cache kept
+  int64_t conversation_length = 0;  // GenerateConversation: ids of the rendered conversation
+  int64_t prefilled_positions = 0;  // positions the turn's first step sent
   double prefill_seconds = 0;       // the first step (the prompt)
   double decode_seconds = 0;        // the other steps
 };
@@ -86,6 +102,20 @@ class Generator {
   // The same with the prompt given as ids (appended as they are).
   GenerateResult GenerateIds(const std::vector<int64_t>& prompt_ids, const GenerateOptions& options,
                              const PieceCallback& on_piece = {});
+  // Continues the conversation whose ids are `conversation` (all of them,
+  // from the first): reuses the cache for the longest common prefix with the
+  // conversation so far, truncates the rest, prefills the new suffix.
+  GenerateResult GenerateConversation(const std::vector<int64_t>& conversation,
+                                      const GenerateOptions& options,
+                                      const PieceCallback& on_piece = {});
+
+  // Chat mode: Generate(prompt) adds `prompt` as a user message and renders
+  // the conversation with the bundle's chat template ("" system: none).
+  // kFailedPrecondition if the bundle has no chat template.
+  void EnableChat(const std::string& system_prompt = "");
+  bool chat_mode() const { return chat_mode_; }
+  // Chat mode: the messages so far (system, user, assistant...).
+  const nlohmann::ordered_json& messages() const { return messages_; }
 
   // Forgets the conversation and closes the session (the next turn opens one).
   void Reset();
@@ -129,13 +159,17 @@ class Generator {
   std::shared_ptr<const ClientBundle> bundle_;
   std::unique_ptr<LogitsBackend> backend_;
   std::mutex backend_mu_;         // guards swapping backend_ against Interrupt
-  at::Tensor p_index_;            // x' = x.index_select(-1, p)
-  at::Tensor p_c_inverse_;        // o = o'.index_select(-1, argsort(p_c))
+  std::unique_ptr<ClientPermuter> permuter_;  // x' = x[..., p], o = o'[..., argsort(p_c)]
   std::vector<int64_t> history_;  // every id of the conversation
   int64_t fed_ = 0;               // history_[0, fed_) is in the server's cache
   ReconnectPolicy reconnect_;
   bool had_session_ = false;  // a session was opened once
   int reconnects_ = 0;
+  bool chat_mode_ = false;
+  std::string system_prompt_;
+  nlohmann::ordered_json messages_ = nlohmann::ordered_json::array();
+  std::vector<int64_t> chat_eos_;   // the template's eos_token, if it is one token
+  std::vector<int64_t> extra_eos_;  // during a chat turn: chat_eos_
 };
 
 }  // namespace stip

@@ -9,10 +9,12 @@
 //             generate, chat and serve do it on their own when the server
 //             says the instance is retired, and renew the access token)
 //   generate  one completion: prints the prompt and the continuation
-//   chat      interactive prompt, the conversation kept between turns
+//   chat      interactive prompt, the conversation kept between turns (with
+//             the model's chat template when it has one)
 //   serve     the local Chat gRPC service for other programs
 //   embed, fill-mask, classify
 //             encoder models (BERT, ViT; docs/encoders.md)
+//   render-chat  print a conversation rendered with a model's chat template
 #include <signal.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
@@ -37,10 +39,12 @@
 #include "client/reconnect.h"
 #include "client/registration.h"
 #include "client/remote_session.h"
+#include "common/chat/chat_template.h"
 #include "common/engine/causal_lm.h"
 #include "common/error.h"
 #include "common/rpc/server_setup.h"
 #include "common/rpc/tls.h"
+#include "common/tokenizer/tokenizer.h"
 #include "common/util/files.h"
 #include "common/util/no_core_dumps.h"
 
@@ -200,17 +204,26 @@ struct SamplingFlags {
   GenerateOptions o;
   uint64_t seed = 0;
   CLI::Option* seed_opt = nullptr;
+  CLI::Option* greedy_opt = nullptr;
+  CLI::Option* temperature_opt = nullptr;
+  CLI::Option* top_k_opt = nullptr;
+  CLI::Option* top_p_opt = nullptr;
+  CLI::Option* penalty_opt = nullptr;
   bool no_eos_stop = false;
 
   void Add(CLI::App* app) {
     app->add_option("--max-new-tokens", o.max_new_tokens, "tokens to generate per answer")
         ->check(CLI::Range(1, 1 << 20));
-    app->add_flag("--greedy", o.sampling.greedy, "greedy decoding");
-    app->add_option("--temperature", o.sampling.temperature, "sampling temperature (0: greedy)");
-    app->add_option("--top-k", o.sampling.top_k, "top-k sampling (0: off)");
-    app->add_option("--top-p", o.sampling.top_p, "nucleus sampling (1: off)");
-    app->add_option("--repetition-penalty", o.sampling.repetition_penalty,
-                    "repetition penalty (1: off)");
+    greedy_opt = app->add_flag("--greedy", o.sampling.greedy, "greedy decoding");
+    temperature_opt = app->add_option("--temperature", o.sampling.temperature,
+                                      "sampling temperature (0: greedy; default: the model's "
+                                      "generation_config.json, else 1)");
+    top_k_opt = app->add_option("--top-k", o.sampling.top_k,
+                                "top-k sampling (0: off; default: generation_config.json)");
+    top_p_opt = app->add_option("--top-p", o.sampling.top_p,
+                                "nucleus sampling (1: off; default: generation_config.json)");
+    penalty_opt = app->add_option("--repetition-penalty", o.sampling.repetition_penalty,
+                                  "repetition penalty (1: off; default: generation_config.json)");
     seed_opt = app->add_option("--seed", seed, "random seed (reproducible sampling)");
     app->add_option("--stop", o.stop, "stop at this text (repeatable; not printed)");
     app->add_flag("--ignore-eos", no_eos_stop, "do not stop at the end-of-sequence token");
@@ -222,14 +235,75 @@ struct SamplingFlags {
     ValidateGenerateOptions(g);
     return g;
   }
+  // What the user set (the rest comes from generation_config.json).
+  UserSampling User() const {
+    UserSampling u;
+    u.greedy = o.sampling.greedy;
+    u.seed = seed_opt->count() > 0;
+    u.temperature = temperature_opt->count() > 0;
+    u.top_k = top_k_opt->count() > 0;
+    u.top_p = top_p_opt->count() > 0;
+    u.repetition_penalty = penalty_opt->count() > 0;
+    return u;
+  }
 };
 
-int RunGenerate(const ConnectFlags& cf, const GenerateOptions& options, const std::string& prompt,
-                bool stats) {
+// The chat template: applied by chat and serve when the model has one
+// (--raw: never), by generate with --chat.
+struct ChatFlags {
+  std::string system;
+  bool raw = false;
+  bool chat = false;
+
+  void Add(CLI::App* app, bool for_generate) {
+    app->add_option("--system", system,
+                    "system message at the start of the conversation (chat template)");
+    if (for_generate) {
+      app->add_flag("--chat", chat,
+                    "apply the model's chat template: --prompt is a user message, only the "
+                    "answer is printed");
+    } else {
+      app->add_flag("--raw", raw, "do not apply the model's chat template (plain continuation)");
+    }
+  }
+  // Whether this bundle's conversations use the template.
+  bool Use(const ClientBundle& bundle, bool for_generate) const {
+    const bool has = bundle.chat_template() != nullptr;  // throws for a malformed one
+    if (for_generate ? !chat : raw) {
+      if (!system.empty()) throw InvalidArgument("--system needs the chat template");
+      return false;
+    }
+    if (!has) {
+      if (for_generate || !system.empty()) {
+        throw FailedPrecondition(bundle.dir() +
+                                 ": the model has no chat template (chat_template.jinja or "
+                                 "tokenizer_config.json's chat_template)");
+      }
+      return false;
+    }
+    return true;
+  }
+};
+
+// The model's generation_config.json defaults for what the user left unset.
+GenerateOptions WithModelDefaults(GenerateOptions options, const SamplingFlags& flags,
+                                  const ClientBundle& bundle) {
+  ApplyGenerationConfig(bundle.generation_config(), flags.User(), &options.sampling);
+  ValidateGenerateOptions(options);
+  return options;
+}
+
+int RunGenerate(const ConnectFlags& cf, const SamplingFlags& sampling, const ChatFlags& chat,
+                const std::string& prompt, bool stats) {
+  GenerateOptions options = sampling.Get();
   CheckSamplingExact(LogitsFormat::Parse(cf.logits), options.sampling);  // before connecting
   Backend b = MakeBackend(cf);
+  options = WithModelDefaults(options, sampling, *b.bundle);
+  CheckSamplingExact(LogitsFormat::Parse(cf.logits), options.sampling);
+  const bool use_template = chat.Use(*b.bundle, true);
   Session s = Connect(b);  // an unreachable server is reported before anything is printed
-  std::fputs(prompt.c_str(), stdout);
+  if (use_template) s.gen->EnableChat(chat.system);
+  if (!use_template) std::fputs(prompt.c_str(), stdout);
   std::fflush(stdout);
   PieceCallback print = [](const std::string& piece, const std::vector<int64_t>&) {
     std::fputs(piece.c_str(), stdout);
@@ -247,14 +321,28 @@ int RunGenerate(const ConnectFlags& cf, const GenerateOptions& options, const st
                  r.prompt_ids.size(), r.token_ids.size(), r.finish_reason.c_str(),
                  b.description.c_str(), r.prefill_seconds * 1e3,
                  r.decode_seconds > 0 ? (r.token_ids.size() - 1) / r.decode_seconds : 0.0);
+    if (use_template) {
+      std::fprintf(stderr, "stip-client: chat template %s: conversation of %lld tokens\n",
+                   b.bundle->chat_template()->source_name().c_str(),
+                   static_cast<long long>(r.conversation_length));
+    }
   }
   return 0;
 }
 
-int RunChatCommand(const ConnectFlags& cf, const GenerateOptions& options) {
+int RunChatCommand(const ConnectFlags& cf, const SamplingFlags& sampling, const ChatFlags& chat) {
+  GenerateOptions options = sampling.Get();
   CheckSamplingExact(LogitsFormat::Parse(cf.logits), options.sampling);  // before connecting
   Backend b = MakeBackend(cf);
+  options = WithModelDefaults(options, sampling, *b.bundle);
+  CheckSamplingExact(LogitsFormat::Parse(cf.logits), options.sampling);
+  const bool use_template = chat.Use(*b.bundle, false);
   Session s = Connect(b);
+  if (use_template) {
+    s.gen->EnableChat(chat.system);
+    spdlog::info("chat template {} applied (--raw: none)",
+                 b.bundle->chat_template()->source_name());
+  }
   InstallInterruptHandler(&g_interrupted);
   TurnFunction turn;
   if (b.connection) {
@@ -391,8 +479,9 @@ int RunClassify(const ConnectFlags& cf, const std::vector<std::string>& images,
 
 void OnTerminate(int) { g_interrupted.store(true); }
 
-int RunServe(const ConnectFlags& cf, const std::string& listen, TlsOptions tls,
-             bool listen_insecure, size_t max_conversations, size_t max_prompt_bytes) {
+int RunServe(const ConnectFlags& cf, const ChatFlags& chat, const std::string& listen,
+             TlsOptions tls, bool listen_insecure, size_t max_conversations,
+             size_t max_prompt_bytes) {
   if (IsEncoderBundle(BundleDirOf(cf))) {
     // An encoder: Embed, FillMask and Classify (no sessions, no generation).
     EncoderChatService service(MakeEncoderTasks(cf));
@@ -418,12 +507,13 @@ int RunServe(const ConnectFlags& cf, const std::string& listen, TlsOptions tls,
     return 0;
   }
   Backend b = MakeBackend(cf);
+  const bool use_template = chat.Use(*b.bundle, false);
   // Refused credentials or a mismatched model fail now; an unreachable
   // server only warns (it may start after us), requests then retry.
   try {
     Connect(b);
-  } catch (const RemoteError& e) {
-    if (e.status_code() != grpc::StatusCode::UNAVAILABLE) throw;
+  } catch (const Error& e) {
+    if (e.code() != ErrorCode::kUnavailable) throw;
     spdlog::warn("{} (requests will try again)", e.what());
   }
   ChatServiceOptions so;
@@ -432,6 +522,8 @@ int RunServe(const ConnectFlags& cf, const std::string& listen, TlsOptions tls,
   so.connection = b.connection;
   so.max_conversations = max_conversations;
   so.max_prompt_bytes = max_prompt_bytes;
+  so.chat_template = use_template;
+  so.system_prompt = chat.system;
   so.reconnect = b.reconnect;
   so.reconnect.notify = [](const std::string& message) { spdlog::warn("chat: {}", message); };
   ChatService service(so);
@@ -456,6 +548,30 @@ int RunServe(const ConnectFlags& cf, const std::string& listen, TlsOptions tls,
   // Answers in progress get a few seconds to finish; idle connections none.
   server->Shutdown(std::chrono::system_clock::now() +
                    std::chrono::seconds(service.active() > 0 ? 5 : 0));
+  return 0;
+}
+
+// Prints the conversation in FILE rendered with DIR's chat template: the
+// text and nothing else (--ids: the token ids as a JSON list instead).
+int RunRenderChat(const std::string& dir, const std::string& messages_file, bool generation_prompt,
+                  bool ids) {
+  if (!IsDirectory(dir)) throw NotFound(dir + ": no such directory");
+  std::unique_ptr<ChatTemplate> t = ChatTemplate::FromDirectory(dir);
+  if (!t) {
+    throw FailedPrecondition(dir +
+                             ": no chat template (looked for chat_template.jinja, "
+                             "chat_template.json and tokenizer_config.json's chat_template)");
+  }
+  const nlohmann::ordered_json messages = ReadChatMessages(messages_file);
+  const RenderedChat r = t->Render(messages, generation_prompt);
+  if (ids) {
+    auto tokenizer = Tokenizer::FromDirectory(dir);
+    const nlohmann::json j = t->Encode(*tokenizer, r);
+    std::printf("%s\n", j.dump().c_str());
+    return 0;
+  }
+  std::fwrite(r.text.data(), 1, r.text.size(), stdout);
+  std::fflush(stdout);
   return 0;
 }
 
@@ -530,9 +646,11 @@ int main(int argc, char** argv) {
   stip::SamplingFlags gen_sampling;
   std::string prompt;
   bool stats = false;
+  stip::ChatFlags gen_chat;
   auto* gen = app.add_subcommand("generate", "print the prompt and its continuation");
   gen_conn.Add(gen);
   gen_sampling.Add(gen);
+  gen_chat.Add(gen, true);
   gen->add_option("--prompt", prompt, "the prompt")->required();
   gen->add_flag("--stats", stats, "timings on stderr");
   gen->add_option("--timeout-s", gen_conn.timeout_s,
@@ -543,9 +661,28 @@ int main(int argc, char** argv) {
   // chat
   stip::ConnectFlags chat_conn;
   stip::SamplingFlags chat_sampling;
+  stip::ChatFlags chat_flags;
   auto* chat = app.add_subcommand("chat", "interactive prompt (/reset, /exit, Ctrl-C)");
   chat_conn.Add(chat);
   chat_sampling.Add(chat);
+  chat_flags.Add(chat, false);
+
+  // render-chat
+  std::string render_dir, render_messages;
+  bool no_generation_prompt = false, render_ids = false;
+  auto* render = app.add_subcommand(
+      "render-chat", "print a conversation rendered with a model's chat template (nothing else)");
+  render
+      ->add_option("--model-dir", render_dir,
+                   "a model directory, a client bundle, or a directory of tokenizer files")
+      ->required();
+  render->add_option("--messages", render_messages, "JSON list of {\"role\", \"content\"} objects")
+      ->required();
+  render->add_flag("--no-generation-prompt", no_generation_prompt,
+                   "without the assistant header that starts an answer");
+  render->add_flag("--ids", render_ids,
+                   "print the token ids (JSON list) instead: template markers as special "
+                   "tokens, message content as plain text");
 
   // serve
   stip::ConnectFlags serve_conn;
@@ -554,8 +691,10 @@ int main(int argc, char** argv) {
   bool listen_insecure = false, server_insecure = false;
   size_t max_conversations = 64;
   size_t max_prompt_bytes = 1 << 20;
+  stip::ChatFlags serve_chat;
   auto* serve = app.add_subcommand("serve", "serve the Chat gRPC service for local programs");
-  serve_conn.Add(serve);  // --insecure: plaintext toward the server AND on the listener
+  serve_conn.Add(serve);
+  serve_chat.Add(serve, false);  // --insecure: plaintext toward the server AND on the listener
   serve->add_option("--listen", listen, "HOST:PORT to listen on (port 0: any)")->required();
   serve->add_option("--cert,--tls-cert", listen_tls.cert_file,
                     "TLS certificate chain (PEM) to serve with");
@@ -623,8 +762,11 @@ int main(int argc, char** argv) {
   try {
     if (*reg) return stip::RunRegister(developer, user, token, data_dir, dev_tls);
     if (*fetch) return stip::RunFetch(developer, data_dir, dev_tls);
-    if (*gen) return stip::RunGenerate(gen_conn, gen_sampling.Get(), prompt, stats);
-    if (*chat) return stip::RunChatCommand(chat_conn, chat_sampling.Get());
+    if (*gen) return stip::RunGenerate(gen_conn, gen_sampling, gen_chat, prompt, stats);
+    if (*chat) return stip::RunChatCommand(chat_conn, chat_sampling, chat_flags);
+    if (*render) {
+      return stip::RunRenderChat(render_dir, render_messages, !no_generation_prompt, render_ids);
+    }
     if (*embed) return stip::RunEmbed(enc_conn[0], enc_texts, enc_file, enc_json);
     if (*fill) return stip::RunFillMask(enc_conn[1], enc_texts, enc_top_k, enc_json);
     if (*classify) {
@@ -634,8 +776,8 @@ int main(int argc, char** argv) {
       listen_tls.require_client_cert = !listen_tls.ca_file.empty();
       listen_insecure = listen_insecure || serve_conn.insecure;
       serve_conn.insecure = serve_conn.insecure || server_insecure;
-      return stip::RunServe(serve_conn, listen, listen_tls, listen_insecure, max_conversations,
-                            max_prompt_bytes);
+      return stip::RunServe(serve_conn, serve_chat, listen, listen_tls, listen_insecure,
+                            max_conversations, max_prompt_bytes);
     }
   } catch (const stip::Error& e) {
     std::fflush(stdout);

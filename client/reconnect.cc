@@ -10,15 +10,13 @@
 
 namespace stip {
 
-SessionLoss ClassifySessionLoss(const std::exception& e, bool session_open) {
+SessionLoss ClassifySessionLoss(const Error& e, bool session_open) {
   if (session_open) return SessionLoss::kNone;  // an in-band step error: the session goes on
-  const auto* remote = dynamic_cast<const RemoteError*>(&e);
-  if (!remote) return SessionLoss::kNone;
-  switch (remote->status_code()) {
-    case grpc::StatusCode::UNAVAILABLE:
+  switch (e.code()) {
+    case ErrorCode::kUnavailable:
       return SessionLoss::kUnavailable;
-    case grpc::StatusCode::DEADLINE_EXCEEDED:
-      return remote->local_deadline() ? SessionLoss::kNone : SessionLoss::kExpired;
+    case ErrorCode::kDeadlineExceeded:
+      return e.reason() == kReasonCallerDeadline ? SessionLoss::kNone : SessionLoss::kExpired;
     default:
       return SessionLoss::kNone;
   }

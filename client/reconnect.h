@@ -15,7 +15,8 @@
 //                 new session could not be opened because the server is not
 //                 back yet: retried after a backoff delay;
 //   kExpired      the server ended the session with DEADLINE_EXCEEDED although
-//                 the client's own deadline had not passed (its idle timeout):
+//                 the client's own deadline had not passed (its idle timeout;
+//                 the reason is not kReasonCallerDeadline):
 //                 reopened at once;
 //   kNone         anything else (refused credentials, a step error that left
 //                 the session usable, the client's own deadline): not retried.
@@ -27,12 +28,14 @@
 #include <functional>
 #include <string>
 
+#include "common/error.h"
+
 namespace stip {
 
 enum class SessionLoss { kNone, kUnavailable, kExpired };
 
 // `session_open`: whether the backend still holds its session after `e`.
-SessionLoss ClassifySessionLoss(const std::exception& e, bool session_open);
+SessionLoss ClassifySessionLoss(const Error& e, bool session_open);
 
 struct ReconnectPolicy {
   int max_attempts = 0;          // reconnect attempts per lost session (0: never reconnect)

@@ -8,6 +8,7 @@
 #include "client/remote_session.h"
 #include "common/error.h"
 #include "common/rpc/file_transfer.h"
+#include "common/rpc/status.h"
 #include "common/util/files.h"
 #include "stip/v1/stip.grpc.pb.h"
 
@@ -33,22 +34,20 @@ void RemoveLeftovers(const DataDir& dir, const std::string& new_bundle) {
   }
 }
 
-RemoteError RegistryError(const grpc::Status& status, const std::string& address,
-                          const std::string& what) {
+Error RegistryError(const grpc::Status& status, const std::string& address,
+                    const std::string& what) {
   const std::string msg = status.error_message();
+  const ErrorCode code = FromGrpcCode(status.error_code());
   switch (status.error_code()) {
     case grpc::StatusCode::UNAVAILABLE:
-      return RemoteError(status.error_code(),
-                         "cannot reach the developer's registry at " + address + ": " + msg);
+      return Error(code, "cannot reach the developer's registry at " + address + ": " + msg);
     case grpc::StatusCode::UNAUTHENTICATED:
     case grpc::StatusCode::PERMISSION_DENIED:
-      return RemoteError(status.error_code(),
-                         "the developer's registry at " + address + " refused the " + what + " (" +
-                             StatusCodeName(status.error_code()) + ": " + msg + ")");
+      return Error(code, "the developer's registry at " + address + " refused the " + what + " (" +
+                             ErrorCodeName(code) + ": " + msg + ")");
     default:
-      return RemoteError(status.error_code(), "the developer's registry at " + address +
-                                                  " failed the " + what + ": " +
-                                                  StatusCodeName(status.error_code()) + ": " + msg);
+      return Error(code, "the developer's registry at " + address + " failed the " + what + ": " +
+                             ErrorCodeName(code) + ": " + msg);
   }
 }
 
@@ -183,8 +182,8 @@ Credentials RenewAccessToken(std::shared_ptr<grpc::Channel> channel, const DataD
   grpc::Status status = stub->RenewToken(&context, req, &resp);
   if (!status.ok()) throw RegistryError(status, c.developer, "token renewal");
   if (resp.access_token().empty() || resp.instance_id().empty()) {
-    throw RemoteError(grpc::StatusCode::INTERNAL,
-                      "the developer's registry at " + c.developer + " renewed with no token");
+    throw Error(ErrorCode::kInternal,
+                "the developer's registry at " + c.developer + " renewed with no token");
   }
   if (moved_to) *moved_to = resp.instance_id() == c.instance_id ? "" : resp.instance_id();
   c.access_token = resp.access_token();

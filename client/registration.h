@@ -50,7 +50,7 @@ RegistrationResult FetchBundleFromDeveloper(std::shared_ptr<grpc::Channel> chann
 // (credentials.json, 0600, atomically) and returns the new credentials. The
 // instance may have changed (a rotation): then the stored instance is still
 // the bundle's and `*moved_to` names the new one -- fetch the bundle next.
-// Throws RemoteError with the registry's status (UNAUTHENTICATED "expired":
+// Throws stip::Error with the registry's status (UNAUTHENTICATED "expired":
 // too late to renew).
 Credentials RenewAccessToken(std::shared_ptr<grpc::Channel> channel, const DataDir& data_dir,
                              std::string* moved_to);

@@ -17,54 +17,6 @@
 
 namespace stip {
 
-RemoteError::RemoteError(grpc::StatusCode status, const std::string& message, std::string reason,
-                         bool local_deadline)
-    : Error(FromGrpcCode(status), message),
-      status_(status),
-      reason_(std::move(reason)),
-      local_deadline_(local_deadline) {}
-
-const char* StatusCodeName(grpc::StatusCode code) {
-  switch (code) {
-    case grpc::StatusCode::OK:
-      return "OK";
-    case grpc::StatusCode::CANCELLED:
-      return "CANCELLED";
-    case grpc::StatusCode::UNKNOWN:
-      return "UNKNOWN";
-    case grpc::StatusCode::INVALID_ARGUMENT:
-      return "INVALID_ARGUMENT";
-    case grpc::StatusCode::DEADLINE_EXCEEDED:
-      return "DEADLINE_EXCEEDED";
-    case grpc::StatusCode::NOT_FOUND:
-      return "NOT_FOUND";
-    case grpc::StatusCode::ALREADY_EXISTS:
-      return "ALREADY_EXISTS";
-    case grpc::StatusCode::PERMISSION_DENIED:
-      return "PERMISSION_DENIED";
-    case grpc::StatusCode::RESOURCE_EXHAUSTED:
-      return "RESOURCE_EXHAUSTED";
-    case grpc::StatusCode::FAILED_PRECONDITION:
-      return "FAILED_PRECONDITION";
-    case grpc::StatusCode::ABORTED:
-      return "ABORTED";
-    case grpc::StatusCode::OUT_OF_RANGE:
-      return "OUT_OF_RANGE";
-    case grpc::StatusCode::UNIMPLEMENTED:
-      return "UNIMPLEMENTED";
-    case grpc::StatusCode::INTERNAL:
-      return "INTERNAL";
-    case grpc::StatusCode::UNAVAILABLE:
-      return "UNAVAILABLE";
-    case grpc::StatusCode::DATA_LOSS:
-      return "DATA_LOSS";
-    case grpc::StatusCode::UNAUTHENTICATED:
-      return "UNAUTHENTICATED";
-    default:
-      return "UNKNOWN";
-  }
-}
-
 namespace {
 
 using Stream = grpc::ClientReaderWriter<v1::SessionRequest, v1::SessionResponse>;
@@ -91,54 +43,48 @@ struct RemoteSession::Impl {
   uint64_t next_step = 1;
 
   // The status the stream ended with, as an error that names the server.
-  RemoteError Ended(const std::string& while_doing) {
+  Error Ended(const std::string& while_doing) {
     grpc::Status status = stream->Finish();
-    std::string reason;
-    for (const auto& [key, value] : context->GetServerTrailingMetadata()) {
-      if (key == kErrorReasonKey) reason.assign(value.data(), value.size());
-    }
+    const std::string reason = ReasonOf(*context);
     stream.reset();
     ResetContext(nullptr);
     open = false;
     lost = true;
     const std::string& addr = options.address;
-    std::string msg = status.error_message();
+    const std::string msg = status.error_message();
+    const ErrorCode code = FromGrpcCode(status.error_code());
     if (interrupted.exchange(false) && status.error_code() == grpc::StatusCode::CANCELLED) {
-      return RemoteError(status.error_code(), "the session with the stip server at " + addr +
-                                                  " was interrupted " + while_doing +
-                                                  " (its caller went away)");
+      return Error(code, "the session with the stip server at " + addr + " was interrupted " +
+                             while_doing + " (its caller went away)");
     }
     const bool has_deadline = options.deadline != std::chrono::system_clock::time_point{};
     if (status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED && has_deadline &&
         std::chrono::system_clock::now() >= options.deadline) {
-      return RemoteError(status.error_code(),
-                         "the deadline of the request passed " + while_doing +
-                             " (the stip server at " + addr + " ended the session)",
-                         /*reason=*/"", /*local_deadline=*/true);
+      return Error(code,
+                   "the deadline of the request passed " + while_doing + " (the stip server at " +
+                       addr + " ended the session)",
+                   kReasonCallerDeadline);
     }
     switch (status.error_code()) {
       case grpc::StatusCode::OK:
-        return RemoteError(grpc::StatusCode::UNAVAILABLE,
-                           "the stip server at " + addr + " ended the session " + while_doing);
+        return Error(ErrorCode::kUnavailable,
+                     "the stip server at " + addr + " ended the session " + while_doing);
       case grpc::StatusCode::UNAVAILABLE:
         if (while_doing == "while opening it") {
-          return RemoteError(status.error_code(),
-                             "cannot reach the stip server at " + addr + ": " + msg);
+          return Error(code, "cannot reach the stip server at " + addr + ": " + msg);
         }
-        return RemoteError(status.error_code(), "the stip server at " + addr +
-                                                    " is unavailable (server unavailable: " + msg +
-                                                    "); the session ended " + while_doing);
+        return Error(code, "the stip server at " + addr + " is unavailable (server unavailable: " +
+                               msg + "); the session ended " + while_doing);
       case grpc::StatusCode::UNAUTHENTICATED:
       case grpc::StatusCode::PERMISSION_DENIED:
-        return RemoteError(status.error_code(), "the stip server at " + addr +
-                                                    " refused the credentials (" +
-                                                    StatusCodeName(status.error_code()) + ": " +
-                                                    msg + "); register again if they were revoked");
+        return Error(code, "the stip server at " + addr + " refused the credentials (" +
+                               ErrorCodeName(code) + ": " + msg +
+                               "); register again if they were revoked");
       default:
-        return RemoteError(status.error_code(),
-                           "the stip server at " + addr + " ended the session " + while_doing +
-                               ": " + StatusCodeName(status.error_code()) + ": " + msg,
-                           reason);
+        return Error(code,
+                     "the stip server at " + addr + " ended the session " + while_doing + ": " +
+                         ErrorCodeName(code) + ": " + msg,
+                     reason);
     }
   }
 
@@ -213,9 +159,9 @@ SessionInfo RemoteSession::Open() {
     const auto wait = std::chrono::milliseconds(std::max(100, m.options.reconnect_wait_ms));
     if (!m.channel->WaitForConnected(std::chrono::system_clock::now() + wait)) {
       m.lost = true;
-      throw RemoteError(grpc::StatusCode::UNAVAILABLE,
-                        "cannot reach the stip server at " + m.options.address +
-                            ": not connected within " + std::to_string(wait.count()) + " ms");
+      throw Error(ErrorCode::kUnavailable, "cannot reach the stip server at " + m.options.address +
+                                               ": not connected within " +
+                                               std::to_string(wait.count()) + " ms");
     }
   }
   m.ResetContext(std::make_unique<grpc::ClientContext>());
@@ -237,17 +183,16 @@ SessionInfo RemoteSession::Open() {
   if (!m.stream->Write(req) || !m.stream->Read(&resp)) throw m.Ended("while opening it");
   if (resp.kind_case() == v1::SessionResponse::kError) {
     const v1::Status& st = resp.error().status();
-    auto code = static_cast<grpc::StatusCode>(st.code());
+    const ErrorCode code = FromGrpcCode(static_cast<grpc::StatusCode>(st.code()));
     m.Shutdown(false);
-    throw RemoteError(code, "the stip server at " + m.options.address +
-                                " refused to open a session: " + StatusCodeName(code) + ": " +
-                                st.message());
+    throw Error(code, "the stip server at " + m.options.address + " refused to open a session: " +
+                          ErrorCodeName(code) + ": " + st.message());
   }
   if (resp.kind_case() != v1::SessionResponse::kOpened) {
     m.Shutdown(false);
-    throw RemoteError(grpc::StatusCode::INTERNAL,
-                      "the stip server at " + m.options.address +
-                          " answered the session's open with something else than `opened`");
+    throw Error(ErrorCode::kInternal,
+                "the stip server at " + m.options.address +
+                    " answered the session's open with something else than `opened`");
   }
   const v1::SessionOpened& o = resp.opened();
   SessionInfo info;
@@ -283,10 +228,9 @@ SessionInfo RemoteSession::Open() {
   }
   if (!mismatch.empty()) {
     m.Shutdown(true);
-    throw RemoteError(grpc::StatusCode::FAILED_PRECONDITION,
-                      "the stip server at " + m.options.address + " opened a session with " +
-                          mismatch +
-                          (logits_mismatch ? "" : " (is the bundle out of date? register again)"));
+    throw Error(ErrorCode::kFailedPrecondition,
+                "the stip server at " + m.options.address + " opened a session with " + mismatch +
+                    (logits_mismatch ? "" : " (is the bundle out of date? register again)"));
   }
   m.info = info;
   m.open = true;
@@ -335,16 +279,16 @@ at::Tensor RemoteSession::Step(const at::Tensor& x_prime, bool all_logits) {
     // length we know on the next step makes sure (a no-op otherwise).
     m.pending_truncate = m.context_length;
     const v1::StepError& e = resp.error();
-    auto code = static_cast<grpc::StatusCode>(e.status().code());
+    const ErrorCode code = FromGrpcCode(static_cast<grpc::StatusCode>(e.status().code()));
     if (e.step_id() != step_id) {
       m.Shutdown(true);
-      throw RemoteError(grpc::StatusCode::INTERNAL,
-                        "the stip server answered step " + std::to_string(step_id) +
-                            " with an error for step " + std::to_string(e.step_id()));
+      throw Error(ErrorCode::kInternal, "the stip server answered step " + std::to_string(step_id) +
+                                            " with an error for step " +
+                                            std::to_string(e.step_id()));
     }
-    throw RemoteError(code, "the stip server at " + m.options.address + " rejected step " +
-                                std::to_string(step_id) + ": " + StatusCodeName(code) + ": " +
-                                e.status().message());
+    throw Error(code, "the stip server at " + m.options.address + " rejected step " +
+                          std::to_string(step_id) + ": " + ErrorCodeName(code) + ": " +
+                          e.status().message());
   }
   std::string problem;
   at::Tensor logits;
@@ -366,10 +310,9 @@ at::Tensor RemoteSession::Step(const at::Tensor& x_prime, bool all_logits) {
   }
   if (!problem.empty()) {
     m.Shutdown(true);
-    throw RemoteError(grpc::StatusCode::INTERNAL, "the stip server at " + m.options.address +
-                                                      " answered step " + std::to_string(step_id) +
-                                                      " with " + problem +
-                                                      "; the session was closed");
+    throw Error(ErrorCode::kInternal, "the stip server at " + m.options.address +
+                                          " answered step " + std::to_string(step_id) + " with " +
+                                          problem + "; the session was closed");
   }
   m.pending_truncate = -1;
   m.context_length += t;

@@ -10,8 +10,6 @@
 // put into an error message.
 #pragma once
 
-#include <grpcpp/support/status.h>
-
 #include <chrono>
 #include <memory>
 #include <string>
@@ -25,28 +23,14 @@ class Channel;
 
 namespace stip {
 
-// An error reported by the stip server (or the transport to it): keeps the
-// gRPC status code so that the Chat service can pass it on.
-class RemoteError : public Error {
- public:
-  RemoteError(grpc::StatusCode status, const std::string& message, std::string reason = "",
-              bool local_deadline = false);
-  grpc::StatusCode status_code() const { return status_; }
-  // The machine-readable reason the server sent with the status ("" = none),
-  // e.g. kReasonInstanceRetired (common/rpc/status.h).
-  const std::string& reason() const { return reason_; }
-  // DEADLINE_EXCEEDED because the client's own deadline passed (not the
-  // server's idle timeout).
-  bool local_deadline() const { return local_deadline_; }
-
- private:
-  grpc::StatusCode status_;
-  std::string reason_;
-  bool local_deadline_;
-};
-
-// "UNAVAILABLE", "NOT_FOUND", ...
-const char* StatusCodeName(grpc::StatusCode code);
+// Errors: stip::Error with the server's status mapped (common/rpc/status.h:
+// the code, and the reason the server sent, e.g. kReasonInstanceRetired);
+// messages name the server.
+//
+// The reason of a DEADLINE_EXCEEDED because the caller's own deadline
+// (RemoteSessionOptions::deadline) passed, not the server's idle timeout.
+// Client-side only: it never goes on the wire.
+inline constexpr char kReasonCallerDeadline[] = "CALLER_DEADLINE";
 
 struct RemoteSessionOptions {
   std::string address;  // for messages only (the channel is already made)

@@ -4,22 +4,38 @@ namespace stip {
 
 const char* ErrorCodeName(ErrorCode code) {
   switch (code) {
+    case ErrorCode::kCancelled:
+      return "CANCELLED";
+    case ErrorCode::kUnknown:
+      return "UNKNOWN";
     case ErrorCode::kInvalidArgument:
       return "INVALID_ARGUMENT";
+    case ErrorCode::kDeadlineExceeded:
+      return "DEADLINE_EXCEEDED";
     case ErrorCode::kNotFound:
       return "NOT_FOUND";
-    case ErrorCode::kFailedPrecondition:
-      return "FAILED_PRECONDITION";
-    case ErrorCode::kDataLoss:
-      return "DATA_LOSS";
-    case ErrorCode::kResourceExhausted:
-      return "RESOURCE_EXHAUSTED";
-    case ErrorCode::kUnimplemented:
-      return "UNIMPLEMENTED";
+    case ErrorCode::kAlreadyExists:
+      return "ALREADY_EXISTS";
     case ErrorCode::kPermissionDenied:
       return "PERMISSION_DENIED";
+    case ErrorCode::kResourceExhausted:
+      return "RESOURCE_EXHAUSTED";
+    case ErrorCode::kFailedPrecondition:
+      return "FAILED_PRECONDITION";
+    case ErrorCode::kAborted:
+      return "ABORTED";
+    case ErrorCode::kOutOfRange:
+      return "OUT_OF_RANGE";
+    case ErrorCode::kUnimplemented:
+      return "UNIMPLEMENTED";
     case ErrorCode::kInternal:
       return "INTERNAL";
+    case ErrorCode::kUnavailable:
+      return "UNAVAILABLE";
+    case ErrorCode::kDataLoss:
+      return "DATA_LOSS";
+    case ErrorCode::kUnauthenticated:
+      return "UNAUTHENTICATED";
   }
   return "UNKNOWN";
 }

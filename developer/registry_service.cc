@@ -63,7 +63,7 @@ grpc::Status RegistryService::Register(grpc::ServerContext* context,
       }
       spdlog::warn("registration refused for user {} from {}: bad or used enrolment token",
                    ForLog(request->user()), Peer(context));
-      return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, kBadEnrolmentMessage);
+      return ToStatus(Unauthenticated(kBadEnrolmentMessage));
     }
     TokenIssue issue{key_.get(), config_.token_ttl_s};
     std::optional<UserRegistry::Enrolment> e =
@@ -71,7 +71,7 @@ grpc::Status RegistryService::Register(grpc::ServerContext* context,
     if (!e) {
       spdlog::warn("registration refused for user {} from {}: bad or used enrolment token",
                    ForLog(request->user()), Peer(context));
-      return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, kBadEnrolmentMessage);
+      return ToStatus(Unauthenticated(kBadEnrolmentMessage));
     }
     spdlog::info("user {} enrolled from {}", ForLog(e->user.name), Peer(context));
     if (e->instance != bundle->instance) bundle = BundleFor(e->user);  // moved meanwhile
@@ -98,7 +98,7 @@ grpc::Status RegistryService::FetchBundle(grpc::ServerContext* context,
       TokenIssue issue{key_.get(), config_.token_ttl_s};
       std::optional<UserRegistry::Enrolment> renewed =
           users_->RenewAccessToken(check.user.name, check.claims.token_id, issue);
-      if (!renewed) return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, kBadAccessMessage);
+      if (!renewed) return ToStatus(Unauthenticated(kBadAccessMessage));
       if (renewed->instance != bundle.instance) bundle = BundleFor(renewed->user);
       token = renewed->access_token;
       spdlog::info("user {} moved to instance {}: new access token issued", ForLog(check.user.name),
@@ -123,18 +123,17 @@ grpc::Status RegistryService::CheckAccess(grpc::ServerContext* context, const st
     case UserRegistry::AccessCheck::kRevoked:
       spdlog::warn("{} refused for user {} from {}: access revoked", what, ForLog(user),
                    Peer(context));
-      return grpc::Status(grpc::StatusCode::PERMISSION_DENIED, kRevokedAccessMessage);
+      return ToStatus(PermissionDenied(kRevokedAccessMessage));
     case UserRegistry::AccessCheck::kExpired:
       spdlog::warn("{} refused for user {} from {}: access token expired", what, ForLog(user),
                    Peer(context));
-      return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
-                          check->message + " (an expired token cannot be renewed)");
+      return ToStatus(Unauthenticated(check->message + " (an expired token cannot be renewed)"));
     case UserRegistry::AccessCheck::kInvalid:
       break;
   }
   spdlog::warn("{} refused for user {} from {}: bad access token", what, ForLog(user),
                Peer(context));
-  return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, kBadAccessMessage);
+  return ToStatus(Unauthenticated(kBadAccessMessage));
 }
 
 grpc::Status RegistryService::RenewToken(grpc::ServerContext* context,
@@ -150,7 +149,7 @@ grpc::Status RegistryService::RenewToken(grpc::ServerContext* context,
     TokenIssue issue{key_.get(), config_.token_ttl_s};
     std::optional<UserRegistry::Enrolment> renewed =
         users_->RenewAccessToken(check.user.name, check.claims.token_id, issue);
-    if (!renewed) return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, kBadAccessMessage);
+    if (!renewed) return ToStatus(Unauthenticated(kBadAccessMessage));
     response->set_access_token(renewed->access_token);
     response->set_instance_id(renewed->instance);
     response->set_expires_at(renewed->expires_at);
@@ -180,7 +179,7 @@ grpc::Status RegistryService::SendBundle(grpc::ServerContext* context, const std
   h->set_access_token(access_token);
   FillEntries(files, h->mutable_files());
   h->set_server_ca_pem(config_.server_ca_pem);
-  if (!writer->Write(header)) return grpc::Status(grpc::StatusCode::CANCELLED, "client went away");
+  if (!writer->Write(header)) return ToStatus(Cancelled("client went away"));
 
   uint64_t bytes = 0;
   std::string digest;
@@ -195,12 +194,12 @@ grpc::Status RegistryService::SendBundle(grpc::ServerContext* context, const std
   } catch (const Error& e) {
     if (e.code() != ErrorCode::kInternal) throw;
     spdlog::warn("bundle for user {} broken off after {} bytes", ForLog(user), bytes);
-    return grpc::Status(grpc::StatusCode::CANCELLED, "bundle stream broken off");
+    return ToStatus(Cancelled("bundle stream broken off"));
   }
   v1::BundleChunk trailer;
   trailer.mutable_trailer()->set_sha256(digest);
   if (!writer->Write(trailer)) {
-    return grpc::Status(grpc::StatusCode::CANCELLED, "client went away");
+    return ToStatus(Cancelled("client went away"));
   }
   users_->RecordBundle(user, instance);
   double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

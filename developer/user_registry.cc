@@ -1,7 +1,6 @@
 #include "developer/user_registry.h"
 
 #include <openssl/crypto.h>
-#include <openssl/evp.h>
 #include <openssl/rand.h>
 
 #include <algorithm>
@@ -16,17 +15,6 @@
 namespace stip {
 
 namespace {
-
-std::string Hex(const unsigned char* data, size_t n) {
-  static const char* kHex = "0123456789abcdef";
-  std::string out;
-  out.reserve(2 * n);
-  for (size_t i = 0; i < n; ++i) {
-    out += kHex[data[i] >> 4];
-    out += kHex[data[i] & 15];
-  }
-  return out;
-}
 
 UserRecord FromJson(const nlohmann::json& j) {
   UserRecord u;
@@ -67,15 +55,6 @@ const std::string kNoHash(64, 'x');
 }  // namespace
 
 std::string NewSecretToken() { return RandomHex(32); }
-
-std::string Sha256Hex(const std::string& text) {
-  unsigned char md[EVP_MAX_MD_SIZE];
-  unsigned int n = 0;
-  if (EVP_Digest(text.data(), text.size(), md, &n, EVP_sha256(), nullptr) != 1) {
-    throw Internal("SHA-256 failed");
-  }
-  return Hex(md, n);
-}
 
 bool ConstantTimeEquals(const std::string& a, const std::string& b) {
   if (a.size() != b.size() || a.empty()) return false;

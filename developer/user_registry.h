@@ -38,6 +38,7 @@
 #include <vector>
 
 #include "common/auth/access_token.h"
+#include "common/util/sha256.h"  // Sha256Hex: enrolment tokens are stored hashed
 
 namespace stip {
 
@@ -60,8 +61,6 @@ struct UserRecord {
 
 // 32 bytes from OpenSSL RAND_bytes as 64 lowercase hex characters.
 std::string NewSecretToken();
-// Lowercase hex SHA-256 of `text`.
-std::string Sha256Hex(const std::string& text);
 // Constant-time equality of two strings of equal length (false otherwise).
 bool ConstantTimeEquals(const std::string& a, const std::string& b);
 // Names: 1-64 characters of [A-Za-z0-9._@-], not starting with '.' or '-'.

@@ -32,7 +32,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (!request.has_step()) return 0;
   const stip::v1::Tensor& wire = request.step().hidden();
   try {
-    at::Tensor x = stip::server::DecodeHiddenStates(wire, kHidden);
+    at::Tensor x = stip::DecodeHiddenStates(wire, kHidden);
     if (x.dim() != 2 || x.size(0) < 1 || x.size(1) != kHidden) abort();
     if (static_cast<size_t>(x.nbytes()) != wire.data().size()) abort();
     if (!at::isfinite(x).all().item<bool>()) abort();

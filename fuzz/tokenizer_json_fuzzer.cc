@@ -26,8 +26,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static const char* const kTexts[] = {"", "Hello, World! 123 4567",
                                        "  caf\xc3\xa9 na\xc3\xafve\n\n\tx  ",
                                        "\xe4\xbd\xa0\xe5\xa5\xbd \xf0\x9f\x98\x80 <s>[CLS]</s>",
-                                       "\xe2\x96\x81\xe2\x96\x81 a\xe2\x96\x81"
-                                       "b"};
+                                       ("\xe2\x96\x81\xe2\x96\x81 a\xe2\x96\x81"
+                                        "b")};
   for (const char* t : kTexts) {
     for (int mode = 0; mode < 4; ++mode) {
       stip::EncodeOptions options;

@@ -5,12 +5,10 @@
 // the token.
 #pragma once
 
-#include <grpcpp/support/status.h>
-
 #include <memory>
 #include <string>
 
-namespace stip::server {
+namespace stip {
 
 class ModelStore;
 
@@ -23,13 +21,13 @@ struct AccessGrant {
 class AccessPolicy {
  public:
   virtual ~AccessPolicy() = default;
-  // OK to let the session open (and `grant`, if given, filled); else
-  //   UNAUTHENTICATED     no token, malformed, forged, expired ("expired")
-  //   PERMISSION_DENIED   valid, but for another instance, or revoked
-  //   NOT_FOUND           unknown instance
-  //   FAILED_PRECONDITION no token key registered for the instance
-  virtual grpc::Status Authorize(const std::string& instance_id, const std::string& access_token,
-                                 AccessGrant* grant = nullptr) const = 0;
+  // The grant if the session may open; else throws stip::Error:
+  //   kUnauthenticated     no token, malformed, forged, expired ("expired")
+  //   kPermissionDenied    valid, but for another instance, or revoked
+  //   kNotFound            unknown instance
+  //   kFailedPrecondition  no token key registered for the instance
+  virtual AccessGrant Authorize(const std::string& instance_id,
+                                const std::string& access_token) const = 0;
 };
 
 // Tokens signed with the key registered for the instance in the store, not
@@ -37,11 +35,11 @@ class AccessPolicy {
 class SignedTokenPolicy : public AccessPolicy {
  public:
   explicit SignedTokenPolicy(const ModelStore& store) : store_(store) {}
-  grpc::Status Authorize(const std::string& instance_id, const std::string& access_token,
-                         AccessGrant* grant = nullptr) const override;
+  AccessGrant Authorize(const std::string& instance_id,
+                        const std::string& access_token) const override;
 
  private:
   const ModelStore& store_;
 };
 
-}  // namespace stip::server
+}  // namespace stip

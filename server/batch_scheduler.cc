@@ -9,8 +9,9 @@
 
 #include "common/engine/causal_lm.h"
 #include "common/engine/encoder.h"
+#include "common/engine/cpu_runtime.h"
 
-namespace stip::server {
+namespace stip {
 
 namespace {
 
@@ -337,4 +338,4 @@ void BatchScheduler::RunEncodeBatch(std::vector<EncodeWork>& calls) {
   }
 }
 
-}  // namespace stip::server
+}  // namespace stip

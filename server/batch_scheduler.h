@@ -32,7 +32,7 @@ class KvCache;
 class ServerModel;
 }  // namespace stip
 
-namespace stip::server {
+namespace stip {
 
 // Counters for monitoring and tests (shared by all schedulers of a daemon).
 struct SchedulerCounters {
@@ -122,4 +122,4 @@ class BatchScheduler {
   std::thread thread_;
 };
 
-}  // namespace stip::server
+}  // namespace stip

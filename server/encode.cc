@@ -16,7 +16,7 @@
 #include "server/model_store.h"
 #include "server/step_validation.h"
 
-namespace stip::server {
+namespace stip {
 
 namespace {
 
@@ -147,4 +147,4 @@ grpc::ServerUnaryReactor* StartEncode(const EncodeEnv& env, grpc::CallbackServer
   return reactor;
 }
 
-}  // namespace stip::server
+}  // namespace stip

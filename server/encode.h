@@ -26,7 +26,7 @@
 #include "server/resource_limits.h"
 #include "stip/v1/stip.grpc.pb.h"
 
-namespace stip::server {
+namespace stip {
 
 class ModelStore;
 
@@ -45,4 +45,4 @@ grpc::ServerUnaryReactor* StartEncode(const EncodeEnv& env, grpc::CallbackServer
                                       const v1::EncodeRequest* request,
                                       v1::EncodeResponse* response);
 
-}  // namespace stip::server
+}  // namespace stip

@@ -1,46 +1,30 @@
 #include "server/inference_service.h"
 
-#include <openssl/rand.h>
 #include <spdlog/spdlog.h>
 
 #include <chrono>
 #include <condition_variable>
-#include <cstdio>
 #include <mutex>
 #include <set>
 #include <thread>
 #include <vector>
 
 #include "common/auth/access_token.h"
-#include "common/engine/causal_lm.h"
 #include "common/error.h"
 #include "common/rpc/logits_transport.h"
 #include "common/rpc/status.h"
 #include "common/rpc/tensor_wire.h"
-#include "common/rpc/tls.h"
-#include "common/util/random.h"
+#include "common/rpc/tls.h"  // kMaxMessageBytes
 #include "server/batch_scheduler.h"
 #include "server/encode.h"
 #include "server/input_recorder.h"
 #include "server/model_store.h"
 #include "server/resource_limits.h"
-#include "server/step_validation.h"
+#include "server/session.h"
 
-namespace stip::server {
+namespace stip {
 
 using Clock = std::chrono::steady_clock;
-
-namespace {
-
-std::string NewSessionId() { return RandomHex(16); }
-
-std::string GiB(int64_t bytes) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%.2f GiB", static_cast<double>(bytes) / (1 << 30));
-  return buf;
-}
-
-}  // namespace
 
 class SessionReactor;
 
@@ -87,6 +71,9 @@ struct InferenceService::Impl {
     reactors.erase(r);
   }
   void Reap();
+  SessionResources Resources() {
+    return SessionResources{store, *policy, slots, user_slots, kv, recorder.get()};
+  }
 
   ModelStore& store;
   const InferenceOptions options;
@@ -108,7 +95,7 @@ struct InferenceService::Impl {
 class SessionReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
   SessionReactor(InferenceService::Impl* svc, grpc::CallbackServerContext* context)
-      : svc_(svc), context_(context), peer_(context->peer()) {
+      : svc_(svc), context_(context), peer_(context->peer()), session_(svc->Resources()) {
     svc_->Register(this);
     PostRead();
   }
@@ -135,19 +122,17 @@ class SessionReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, gr
       const std::string what =
           "message of " + std::to_string(bytes) + " bytes exceeds the message size limit of " +
           std::to_string(svc_->max_message_bytes) + " bytes (server's --max-message-bytes)";
-      if (parsed && opened_ && request_.has_step()) {
+      if (parsed && session_.opened() && request_.has_step()) {
         SendStepError(request_.step().step_id(),
-                      grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                                   "step " + what + "; send the prompt in shorter steps"));
+                      ResourceExhausted("step " + what + "; send the prompt in shorter steps"));
       } else {
-        End(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "session " + what));
+        End(ResourceExhausted("session " + what));
       }
       return;
     }
     if (!parsed) {
-      End(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                       "malformed session message: " + std::to_string(bytes) +
-                           " bytes that do not parse as a stip.v1.SessionRequest"));
+      End(InvalidArgument("malformed session message: " + std::to_string(bytes) +
+                          " bytes that do not parse as a stip.v1.SessionRequest"));
       return;
     }
     switch (request_.kind_case()) {
@@ -161,8 +146,7 @@ class SessionReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, gr
         End(grpc::Status::OK);
         break;
       default:
-        End(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                         "session message carries none of open, step, close"));
+        End(InvalidArgument("session message carries none of open, step, close"));
     }
   }
 
@@ -173,7 +157,7 @@ class SessionReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, gr
     }
     response_buffer_.Clear();  // an idle session keeps no copy of its last answer
     if (!ok) {
-      End(grpc::Status(grpc::StatusCode::CANCELLED, "the stream broke while answering"));
+      End(Cancelled("the stream broke while answering"));
       return;
     }
     {
@@ -218,17 +202,17 @@ class SessionReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, gr
   void FinishDrained() {
     spdlog::info("session {}: its model instance is retired and the drain is over, ending it",
                  SessionName());
+    const Error drained = session_.DrainedError();
     ReleaseSession();
-    FinishRetired(RetiredStatus());
+    Finish(ToStatus(drained, context_));
   }
 
   // After ClaimIfIdle (registry unlocked; the reactor lives until Finish).
   void FinishIdle(int timeout_s) {
     spdlog::info("session {}: idle for {} s, ending it", SessionName(), timeout_s);
     ReleaseSession();
-    Finish(grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "session idle for more than " +
-                                                                 std::to_string(timeout_s) +
-                                                                 " s (server's --idle-timeout-s)"));
+    Finish(ToStatus(DeadlineExceeded("session idle for more than " + std::to_string(timeout_s) +
+                                     " s (server's --idle-timeout-s)")));
   }
 
  private:
@@ -238,7 +222,8 @@ class SessionReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, gr
   }
 
   std::string SessionName() const {
-    return session_id_.empty() ? std::string("(not opened, ") + peer_ + ")" : session_id_;
+    return session_.session_id().empty() ? std::string("(not opened, ") + peer_ + ")"
+                                         : session_.session_id();
   }
 
   // Sends response_ (one write at a time: the next read is posted when it is done).
@@ -248,7 +233,7 @@ class SessionReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, gr
     grpc::Status s = grpc::SerializationTraits<v1::SessionResponse>::Serialize(
         response_, &response_buffer_, &own_buffer);
     if (!s.ok()) {
-      End(grpc::Status(grpc::StatusCode::INTERNAL, "cannot serialize the session's answer"));
+      End(Internal("cannot serialize the session's answer"));
       return;
     }
     response_.Clear();  // one copy of the answer while it is written: the serialized one
@@ -272,9 +257,11 @@ class SessionReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, gr
     StartRead(&request_buffer_);
   }
 
-  // Ends the stream once: frees the session's resources, sends the status
-  // (with the INSTANCE_RETIRED reason if `retired`).
-  void End(const grpc::Status& status, bool retired = false) {
+  // Ends the stream with `error` (its reason goes into the trailing metadata).
+  void End(const Error& error) { End(ToStatus(error, context_)); }
+
+  // Ends the stream once: frees the session's resources, sends the status.
+  void End(const grpc::Status& status) {
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (finished_) return;
@@ -283,216 +270,74 @@ class SessionReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, gr
     if (!status.ok() && status.error_code() != grpc::StatusCode::CANCELLED) {
       spdlog::info("session {}: ended: {} ({})", SessionName(), status.error_message(),
                    static_cast<int>(status.error_code()));
-    } else if (!session_id_.empty()) {
-      spdlog::info("session {}: closed after {} step(s)", session_id_, steps_);
+    } else if (!session_.session_id().empty()) {
+      spdlog::info("session {}: closed after {} step(s)", session_.session_id(), session_.steps());
     }
     ReleaseSession();
-    if (retired) {
-      FinishRetired(status);
-    } else {
-      Finish(status);
-    }
-  }
-
-  grpc::Status RetiredStatus() const {
-    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
-                        "model instance " + instance_id_ +
-                            " is retired (instance retired: the developer rotated its keys) and "
-                            "its drain time is over; fetch the new client bundle from the "
-                            "developer");
-  }
-
-  // Ends the stream with a retirement status and its machine-readable reason.
-  void FinishRetired(const grpc::Status& status) {
-    context_->AddTrailingMetadata(kErrorReasonKey, kReasonInstanceRetired);
     Finish(status);
   }
+
+  // Ends the stream with what is being handled (call inside a catch block).
+  void EndWithCurrentException() { End(CurrentExceptionToStatus(context_)); }
 
   void ReleaseSession() {
     {
       std::lock_guard<std::mutex> lock(mu_);
       drain_model_ = nullptr;
     }
-    cache_.reset();
-    svc_->kv.Release(kv_reserved_);
-    kv_reserved_ = 0;
-    if (holds_slot_) svc_->slots.Release();
-    holds_slot_ = false;
-    if (holds_user_slot_) svc_->user_slots.Release(user_);
-    holds_user_slot_ = false;
-    lease_.Reset();
+    session_.Release();
   }
 
   void HandleOpen(const v1::OpenSession& open) {
-    if (opened_) {
-      End(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
-                       "session already open: one session per stream"));
-      return;
-    }
-    if (open.instance_id().empty()) {
-      End(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "open: instance_id is empty"));
-      return;
-    }
-    AccessGrant grant;
-    grpc::Status auth = svc_->policy->Authorize(open.instance_id(), open.access_token(), &grant);
-    if (!auth.ok()) {
-      End(auth);
-      return;
-    }
-    if (open.max_context() < 0) {
-      End(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "open: max_context is negative"));
-      return;
-    }
     try {
-      lease_ = svc_->store.OpenSession(open.instance_id());
-    } catch (const InstanceRetiredError& e) {
-      End(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, std::string("open: ") + e.what()),
-          /*retired=*/true);
-      return;
+      session_.Open(open, peer_);
     } catch (...) {
-      End(CurrentExceptionToStatus());
+      EndWithCurrentException();
       return;
     }
-    if (!svc_->user_slots.TryAcquire(grant.user)) {
-      lease_.Reset();
-      End(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                       "per-user session limit of " + std::to_string(svc_->user_slots.limit()) +
-                           " open sessions reached for user " + QuoteForMessage(grant.user, 64) +
-                           " (server's --max-sessions-per-user); close one or try again later"));
-      return;
-    }
-    user_ = grant.user;
-    holds_user_slot_ = true;
-    if (!svc_->slots.TryAcquire()) {
-      ReleaseSession();
-      End(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                       "session limit of " + std::to_string(svc_->slots.limit()) +
-                           " open sessions reached (server's --max-sessions); try again later"));
-      return;
-    }
-    holds_slot_ = true;
-    const ServerModel& model = lease_->model();
-    max_context_ = lease_->max_context();
-    context_limit_source_ = max_context_ < model.config().max_positions
-                                ? "server's --max-context"
-                                : "the model's maximum positions";
-    if (open.max_context() > 0 && (max_context_ <= 0 || open.max_context() < max_context_)) {
-      max_context_ = open.max_context();
-      context_limit_source_ = "the session's max_context";
-    }
-    hidden_size_ = model.config().hidden_size;
-    vocab_size_ = model.config().vocab_size;
-    bytes_per_position_ = model.CacheBytesPerPosition();
-    try {
-      logits_format_ = LogitsFormatFromProto(open.logits(), vocab_size_);
-    } catch (const Error& e) {
-      ReleaseSession();
-      End(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, std::string("open: ") + e.what()));
-      return;
-    }
-    try {
-      session_id_ = NewSessionId();
-      if (KvPool* pool = lease_->kv_pool()) {
-        try {
-          cache_ = std::make_shared<KvCache>(pool->Acquire());
-        } catch (const Error& e) {
-          throw ResourceExhausted(std::string(e.what()) + " (server's --kv-pool-sequences)");
-        }
-      } else {
-        cache_ = std::make_shared<KvCache>(model.NewCache());
-      }
-    } catch (...) {
-      End(CurrentExceptionToStatus());
-      return;
-    }
-    opened_ = true;
-    instance_id_ = open.instance_id();
     {
       std::lock_guard<std::mutex> lock(mu_);
-      drain_model_ = lease_.get();
+      drain_model_ = session_.model();
     }
-    spdlog::info(
-        "session {}: opened on model {} by user {} (token {}) from {} (max context {}, logits {})",
-        session_id_, instance_id_, grant.user, grant.token_id, peer_, max_context_,
-        logits_format_.ToString());
     response_.Clear();
     v1::SessionOpened* o = response_.mutable_opened();
-    o->set_session_id(session_id_);
-    o->set_instance_id(instance_id_);
-    o->set_hidden_size(hidden_size_);
-    o->set_vocab_size(model.config().vocab_size);
-    o->set_max_context(max_context_);
-    o->set_datatype(lease_->datatype());
-    LogitsFormatToProto(logits_format_, o->mutable_logits());
+    o->set_session_id(session_.session_id());
+    o->set_instance_id(session_.instance_id());
+    o->set_hidden_size(session_.hidden_size());
+    o->set_vocab_size(session_.vocab_size());
+    o->set_max_context(session_.max_context());
+    o->set_datatype(session_.datatype());
+    LogitsFormatToProto(session_.logits_format(), o->mutable_logits());
     Write();
   }
 
   void HandleStep(const v1::Step& step) {
-    if (!opened_) {
-      End(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
-                       "step before open: the first message of a session must be `open`"));
-      return;
-    }
-    if (lease_->DrainOver(auth::NowUnix())) {
-      End(RetiredStatus(), /*retired=*/true);
+    try {
+      session_.CheckStep(auth::NowUnix());  // what ends the stream
+    } catch (...) {
+      EndWithCurrentException();
       return;
     }
     const uint64_t step_id = step.step_id();
     StepWork work;
     try {
-      at::Tensor x = DecodeHiddenStates(step.hidden(), hidden_size_);
-      const int64_t t = x.size(0);
-      int64_t base = cache_->length();
-      const bool truncate = step.truncate_to() >= 0;
-      if (truncate) {
-        if (step.truncate_to() > base) {
-          throw InvalidArgument("truncate_to " + std::to_string(step.truncate_to()) +
-                                " is beyond the session's " + std::to_string(base) + " positions");
-        }
-        base = step.truncate_to();
-      }
-      if (base + t > max_context_) {
-        throw ResourceExhausted("context limit of " + std::to_string(max_context_) +
-                                " positions (" + context_limit_source_ + "): the session holds " +
-                                std::to_string(base) + " and the step adds " + std::to_string(t));
-      }
-      const int64_t rows = step.all_logits() ? t : 1;
-      if (LogitsWireBytes(logits_format_, rows, vocab_size_) > kMaxMessageBytes - (1 << 20)) {
-        throw ResourceExhausted("logits of " + std::to_string(rows) + " positions x " +
-                                std::to_string(vocab_size_) +
-                                " would exceed the message size limit; ask for all_logits on "
-                                "shorter steps");
-      }
-      const int64_t predicted = PredictCacheBytes(cache_->bytes(), bytes_per_position_, base + t);
-      // A pooled cache's memory was set aside when the model was loaded.
-      if (!cache_->pool() && predicted > kv_reserved_) {
-        if (!svc_->kv.TryReserve(predicted - kv_reserved_)) {
-          throw ResourceExhausted("KV cache memory limit of " + GiB(svc_->kv.limit()) +
-                                  " reached (server's --max-kv-gib; " + GiB(svc_->kv.reserved()) +
-                                  " held by open sessions)");
-        }
-        kv_reserved_ = predicted;
-      }
-      if (truncate) cache_->Truncate(base);  // only once the step is accepted
-      if (svc_->recorder && !recorded_) {
-        svc_->recorder->Record(session_id_, instance_id_, x);
-        recorded_ = true;
-      }
-      work.hidden = std::move(x);
+      work = session_.PrepareStep(step);
     } catch (...) {
       SendStepError(step_id, CurrentExceptionToStatus());
       return;
     }
-    work.cache = cache_;
-    work.all_logits = step.all_logits();
-    work.logits_format = logits_format_;
     work.done = [this, step_id](StepOutcome outcome) { StepDone(step_id, std::move(outcome)); };
-    ++steps_;
-    lease_->scheduler().Submit(std::move(work));
+    session_.Submit(std::move(work));
   }
 
+  void SendStepError(uint64_t step_id, const Error& error) {
+    SendStepError(step_id, ToStatus(error));
+  }
+
+  // An in-band error: the step is refused, the session goes on.
   void SendStepError(uint64_t step_id, const grpc::Status& status) {
-    spdlog::debug("session {}: step {} refused: {}", session_id_, step_id, status.error_message());
+    spdlog::debug("session {}: step {} refused: {}", session_.session_id(), step_id,
+                  status.error_message());
     response_.Clear();
     v1::StepError* e = response_.mutable_error();
     e->set_step_id(step_id);
@@ -508,8 +353,9 @@ class SessionReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, gr
       return;
     }
     if (!outcome.ok) {
-      spdlog::warn("session {}: step {} failed: {}", session_id_, step_id, outcome.message);
-      SendStepError(step_id, ToStatus(Error(outcome.code, outcome.message)));
+      spdlog::warn("session {}: step {} failed: {}", session_.session_id(), step_id,
+                   outcome.message);
+      SendStepError(step_id, Error(outcome.code, outcome.message));
       return;
     }
     try {
@@ -517,7 +363,7 @@ class SessionReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, gr
       v1::StepResult* r = response_.mutable_result();
       r->set_step_id(step_id);
       ToWire(outcome.logits, r);
-      r->set_context_length(cache_->length());
+      r->set_context_length(session_.context_length());
     } catch (...) {
       SendStepError(step_id, CurrentExceptionToStatus());
       return;
@@ -538,22 +384,11 @@ class SessionReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, gr
   bool awaiting_read_ = false;
   bool writing_ = false;  // an answer is with gRPC
   Clock::time_point read_posted_at_;
-  const LoadedModel* drain_model_ = nullptr;  // the open session's model (the lease keeps it)
+  const LoadedModel* drain_model_ = nullptr;  // the open session's model (the session keeps it)
 
   // Touched only by the one handler running at a time (reads, writes and the
   // step's completion are strictly sequential).
-  bool opened_ = false;
-  bool holds_slot_ = false;
-  bool holds_user_slot_ = false;
-  bool recorded_ = false;
-  std::string session_id_, instance_id_, user_;
-  std::string context_limit_source_;
-  SessionLease lease_;
-  std::shared_ptr<KvCache> cache_;
-  int64_t max_context_ = 0, hidden_size_ = 0, vocab_size_ = 0, bytes_per_position_ = 0;
-  int64_t kv_reserved_ = 0;
-  uint64_t steps_ = 0;
-  LogitsFormat logits_format_;
+  Session session_;
 };
 
 void InferenceService::Impl::Reap() {
@@ -611,4 +446,4 @@ int InferenceService::open_streams() const {
   return static_cast<int>(impl_->reactors.size());
 }
 
-}  // namespace stip::server
+}  // namespace stip

@@ -24,7 +24,9 @@
 //
 // Messages are handled one at a time per session: the next message is read
 // once the previous one's answer is written. Steps go to the model's batch
-// scheduler; the reactor never waits for the model.
+// scheduler; the reactor never waits for the model. The reactor parses,
+// orders, writes and handles cancellation; what a session may do (access,
+// slots, limits, KV memory) is decided by a Session (server/session.h).
 #pragma once
 
 #include <grpcpp/grpcpp.h>
@@ -36,7 +38,7 @@
 #include "server/access_policy.h"
 #include "stip/v1/stip.grpc.pb.h"
 
-namespace stip::server {
+namespace stip {
 
 class ModelStore;
 
@@ -78,4 +80,4 @@ class InferenceService final
   std::unique_ptr<Impl> impl_;
 };
 
-}  // namespace stip::server
+}  // namespace stip

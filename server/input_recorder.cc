@@ -6,7 +6,7 @@
 #include "common/format/safetensors.h"
 #include "common/util/files.h"
 
-namespace stip::server {
+namespace stip {
 
 InputRecorder::InputRecorder(std::string dir) : dir_(std::move(dir)) {
   if (!IsDirectory(dir_)) MakeDirectories(dir_, 0700);
@@ -24,4 +24,4 @@ void InputRecorder::Record(const std::string& session_id, const std::string& ins
   }
 }
 
-}  // namespace stip::server
+}  // namespace stip

@@ -8,7 +8,7 @@
 
 #include <string>
 
-namespace stip::server {
+namespace stip {
 
 class InputRecorder {
  public:
@@ -23,4 +23,4 @@ class InputRecorder {
   std::string dir_;
 };
 
-}  // namespace stip::server
+}  // namespace stip

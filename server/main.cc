@@ -25,7 +25,7 @@
 int main(int argc, char** argv) {
   stip::DisableCoreDumps();  // keys and tokens stay out of core files
   CLI::App app{"stip-server: serve STIP-transformed models to stip clients"};
-  stip::server::ServerOptions opt;
+  stip::ServerOptions opt;
   double max_kv_gib = 4;
   double shutdown_grace_s = 10;
   uint64_t max_message_bytes = stip::kMaxMessageBytes;
@@ -145,7 +145,7 @@ int main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   try {
-    stip::server::StipServer server(opt);
+    stip::StipServer server(opt);
     if (server.admin_port() != 0) {
       std::cout << "stip-server admin on " << server.admin_address() << std::endl;
       spdlog::info("serving ModelStore on {} ({})", server.admin_address(),

@@ -16,12 +16,12 @@
 #include "common/engine/tensor_util.h"
 #include "common/format/checkpoint.h"
 #include "common/rpc/file_transfer.h"
-#include "common/rpc/tensor_wire.h"
+#include "common/rpc/tensor_wire.h"  // WireDataType
 #include "common/util/files.h"
 #include "common/util/random.h"
 #include "server/batch_scheduler.h"
 
-namespace stip::server {
+namespace stip {
 
 namespace {
 
@@ -261,7 +261,7 @@ PendingUpload::~PendingUpload() {
   store_->EndUpload(id_);
 }
 
-void PendingUpload::Accept(const v1::FileChunk& chunk) { receiver_->Accept(chunk); }
+void PendingUpload::Accept(const TransferChunk& chunk) { receiver_->Accept(chunk); }
 
 uint64_t PendingUpload::bytes_received() const { return receiver_->bytes_received(); }
 
@@ -341,39 +341,39 @@ void ModelStore::Scan() {
   spdlog::info("model store {}: {} model(s)", models_dir_, models_.size());
 }
 
-v1::ModelInfo ModelStore::InfoLocked(const Entry& e) const {
-  v1::ModelInfo info;
-  info.set_instance_id(e.id);
-  info.set_model_type(e.config.model_type);
-  info.set_loaded(e.loaded != nullptr);
-  info.set_stored_bytes(e.stored_bytes);
-  info.set_hidden_size(e.config.hidden_size);
-  info.set_vocab_size(e.config.vocab_size);
-  if (e.access) info.set_token_key_id(e.access->key->key_id());
-  info.set_retired(e.retired);
-  if (e.retired) info.set_drain_deadline(e.drain_deadline);
+ModelInfo ModelStore::InfoLocked(const Entry& e) const {
+  ModelInfo info;
+  info.instance_id = e.id;
+  info.model_type = e.config.model_type;
+  info.loaded = e.loaded != nullptr;
+  info.stored_bytes = e.stored_bytes;
+  info.hidden_size = e.config.hidden_size;
+  info.vocab_size = e.config.vocab_size;
+  if (e.access) info.token_key_id = e.access->key->key_id();
+  info.retired = e.retired;
+  if (e.retired) info.drain_deadline = e.drain_deadline;
   if (e.loaded) {
-    info.set_max_context(e.loaded->max_context());
-    info.set_datatype(e.loaded->datatype());
-    info.set_active_sessions(e.loaded->active_sessions());
+    info.max_context = e.loaded->max_context();
+    info.datatype = e.loaded->datatype();
+    info.active_sessions = e.loaded->active_sessions();
   } else {
     int64_t max_context = e.config.max_positions;
     if (options_.max_context > 0 && (max_context <= 0 || options_.max_context < max_context)) {
       max_context = options_.max_context;
     }
-    info.set_max_context(max_context);
+    info.max_context = max_context;
   }
   return info;
 }
 
-std::vector<v1::ModelInfo> ModelStore::List() const {
+std::vector<ModelInfo> ModelStore::List() const {
   std::lock_guard<std::mutex> lock(mu_);
-  std::vector<v1::ModelInfo> out;
+  std::vector<ModelInfo> out;
   for (const auto& [id, e] : models_) out.push_back(InfoLocked(e));
   return out;
 }
 
-v1::ModelInfo ModelStore::Info(const std::string& id) const {
+ModelInfo ModelStore::Info(const std::string& id) const {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = models_.find(id);
   if (it == models_.end())
@@ -425,7 +425,7 @@ std::shared_ptr<LoadedModel> ModelStore::LoadEntry(const Entry& e) const {
   return m;
 }
 
-v1::ModelInfo ModelStore::Load(const std::string& id) {
+ModelInfo ModelStore::Load(const std::string& id) {
   std::lock_guard<std::mutex> admin(admin_mu_);
   Entry copy;
   {
@@ -445,10 +445,10 @@ v1::ModelInfo ModelStore::Load(const std::string& id) {
   return InfoLocked(it->second);
 }
 
-v1::ModelInfo ModelStore::Unload(const std::string& id) {
+ModelInfo ModelStore::Unload(const std::string& id) {
   std::lock_guard<std::mutex> admin(admin_mu_);
   std::shared_ptr<LoadedModel> dropped;
-  v1::ModelInfo info;
+  ModelInfo info;
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = models_.find(id);
@@ -498,36 +498,36 @@ void ModelStore::Delete(const std::string& id) {
   spdlog::info("model {} deleted", id);
 }
 
-std::unique_ptr<PendingUpload> ModelStore::BeginUpload(const v1::UploadHeader& header) {
-  const std::string& id = header.instance_id();
+std::unique_ptr<PendingUpload> ModelStore::BeginUpload(const UploadSpec& spec) {
+  const std::string& id = spec.instance_id;
   if (!IsValidInstanceId(id)) {
     throw InvalidArgument("upload: instance id " + QuoteForMessage(id) +
                           " is not valid (1 to 64 of [A-Za-z0-9_-])");
   }
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (models_.count(id)) throw AlreadyExistsError("model instance " + id + " is already stored");
+    if (models_.count(id)) throw AlreadyExists("model instance " + id + " is already stored");
     if (uploading_.count(id)) {
       throw FailedPrecondition("an upload of model instance " + id + " is already in progress");
     }
     uploading_.insert(id);
   }
-  std::unique_ptr<PendingUpload> upload(new PendingUpload(this, id, header.load()));
+  std::unique_ptr<PendingUpload> upload(new PendingUpload(this, id, spec.load));
   ReceiveLimits limits;
   limits.max_total_bytes = options_.max_upload_bytes;
   const std::string final_dir = JoinPath(models_dir_, id);
   if (PathExists(final_dir)) {
     // On disk but not registered: a model skipped as corrupted at start-up.
-    throw AlreadyExistsError(final_dir +
-                             " exists (a model that failed validation at start-up?); remove it "
-                             "first");
+    throw AlreadyExists(final_dir +
+                        " exists (a model that failed validation at start-up?); remove it "
+                        "first");
   }
-  upload->receiver_ = std::make_unique<DirectoryReceiver>(final_dir, header.files(), limits, 0700);
+  upload->receiver_ = std::make_unique<DirectoryReceiver>(final_dir, spec.files, limits, 0700);
   return upload;
 }
 
-v1::ModelInfo ModelStore::FinishUpload(std::unique_ptr<PendingUpload> upload,
-                                       const std::string& sha256_hex) {
+ModelInfo ModelStore::FinishUpload(std::unique_ptr<PendingUpload> upload,
+                                   const std::string& sha256_hex) {
   const std::string id = upload->instance_id();
   upload->receiver_->VerifyDigest(sha256_hex);
   const std::string tmp = upload->receiver_->temp_dir();
@@ -549,8 +549,7 @@ v1::ModelInfo ModelStore::FinishUpload(std::unique_ptr<PendingUpload> upload,
     std::lock_guard<std::mutex> admin(admin_mu_);
     {
       std::lock_guard<std::mutex> lock(mu_);
-      if (models_.count(id))
-        throw AlreadyExistsError("model instance " + id + " is already stored");
+      if (models_.count(id)) throw AlreadyExists("model instance " + id + " is already stored");
     }
     upload->receiver_->Commit();
     std::lock_guard<std::mutex> lock(mu_);
@@ -586,9 +585,10 @@ SessionLease ModelStore::Lease(const std::string& id, bool encode) {
     throw NotFound("model instance " + QuoteForMessage(id) + " is not on this server");
   }
   if (it->second.retired) {
-    throw InstanceRetiredError("model instance " + id +
-                               " is retired (instance retired: the developer rotated its keys); "
-                               "fetch the new client bundle from the developer");
+    throw FailedPrecondition("model instance " + id +
+                                 " is retired (instance retired: the developer rotated its keys); "
+                                 "fetch the new client bundle from the developer",
+                             kReasonInstanceRetired);
   }
   if (!it->second.loaded) {
     throw FailedPrecondition("model instance " + id +
@@ -608,7 +608,7 @@ SessionLease ModelStore::Lease(const std::string& id, bool encode) {
   return SessionLease(it->second.loaded);
 }
 
-v1::ModelInfo ModelStore::Retire(const std::string& id, int64_t drain_seconds) {
+ModelInfo ModelStore::Retire(const std::string& id, int64_t drain_seconds) {
   if (drain_seconds < 0) throw InvalidArgument("retire: drain_seconds is negative");
   drain_seconds = std::min<int64_t>(drain_seconds, int64_t{366} * 24 * 3600);
   std::lock_guard<std::mutex> serial(access_mu_);  // one writer of the model's records
@@ -649,9 +649,9 @@ v1::ModelInfo ModelStore::Retire(const std::string& id, int64_t drain_seconds) {
   return InfoLocked(e);
 }
 
-v1::AccessInfo ModelStore::SetAccess(const std::string& id, const std::string& key_pem,
-                                     const std::vector<auth::RevokedToken>& revoked,
-                                     const std::vector<auth::PreviousTokenKey>& previous) {
+AccessInfo ModelStore::SetAccess(const std::string& id, const std::string& key_pem,
+                                 const std::vector<auth::RevokedToken>& revoked,
+                                 const std::vector<auth::PreviousTokenKey>& previous) {
   std::shared_ptr<const InstanceAccess> access =
       MakeAccess(key_pem, revoked, previous, auth::NowUnix());
   // One SetAccess at a time, so that the file and the memory agree. (A Delete
@@ -673,13 +673,13 @@ v1::AccessInfo ModelStore::SetAccess(const std::string& id, const std::string& k
     auto it = models_.find(id);
     if (it != models_.end()) it->second.access = access;
   }
-  v1::AccessInfo info;
-  info.set_instance_id(id);
-  info.set_token_key_id(access->key->key_id());
-  info.set_revoked_tokens(static_cast<int32_t>(access->revoked.size()));
+  AccessInfo info;
+  info.instance_id = id;
+  info.token_key_id = access->key->key_id();
+  info.revoked_tokens = static_cast<int>(access->revoked.size());
   std::string previous_ids;
   for (const auth::PreviousTokenKey& p : access->previous) {
-    info.add_previous_token_key_ids(p.key.key_id());
+    info.previous_token_key_ids.push_back(p.key.key_id());
     previous_ids +=
         ", previous key " + p.key.key_id() + " until " + auth::FormatUnixUtc(p.accepted_until);
   }
@@ -697,4 +697,4 @@ std::shared_ptr<const InstanceAccess> ModelStore::Access(const std::string& id) 
   return it->second.access;
 }
 
-}  // namespace stip::server
+}  // namespace stip

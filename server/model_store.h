@@ -14,12 +14,17 @@
 //
 // Retirement: STORE/models/<instance_id>/retired.json (0600, written by
 // Retire) marks an instance the developer has replaced (key rotation): no new
-// sessions (InstanceRetiredError), open ones run until its drain deadline.
+// sessions (FAILED_PRECONDITION with the reason INSTANCE_RETIRED), open ones
+// run until its drain deadline.
 //
 // Memory: a loaded model has its ServerModel and one BatchScheduler thread.
 // Sessions hold a SessionLease on it; Unload and Delete refuse while a model
 // has open sessions (FAILED_PRECONDITION); Delete of a loaded model without
 // sessions unloads it first.
+//
+// The store speaks in plain structs (ModelInfo, AccessInfo, UploadSpec,
+// TransferChunk) and throws stip::Error; the gRPC layer
+// (model_store_service.h) only translates them to and from the wire.
 #pragma once
 
 #include <atomic>
@@ -34,16 +39,12 @@
 #include "common/arch/model_config.h"
 #include "common/auth/access_token.h"
 #include "common/error.h"
-#include "stip/v1/stip.pb.h"
+#include "common/rpc/file_transfer.h"
 
 namespace stip {
-class DirectoryReceiver;
 class EncoderServer;
 class KvPool;
 class ServerModel;
-}  // namespace stip
-
-namespace stip::server {
 
 class BatchScheduler;
 struct SchedulerCounters;
@@ -51,17 +52,35 @@ struct SchedulerCounters;
 // [A-Za-z0-9_-]{1,64} (the developer's ids are 32 lowercase hex digits).
 bool IsValidInstanceId(const std::string& id);
 
-// An instance id that is stored already (ALREADY_EXISTS on the wire).
-class AlreadyExistsError : public Error {
- public:
-  explicit AlreadyExistsError(const std::string& m) : Error(ErrorCode::kFailedPrecondition, m) {}
+// What the store says about one model (ModelStore.List/Info/Load...).
+struct ModelInfo {
+  std::string instance_id;
+  std::string model_type;
+  bool loaded = false;
+  uint64_t stored_bytes = 0;
+  int64_t hidden_size = 0;
+  int64_t vocab_size = 0;
+  int64_t max_context = 0;   // positions a session may hold
+  std::string datatype;      // wire name of the compute dtype (when loaded)
+  int active_sessions = 0;   // when loaded
+  std::string token_key_id;  // "" = no token key registered: no sessions
+  bool retired = false;
+  int64_t drain_deadline = 0;  // with retired: unix seconds
 };
 
-// A session refused because the instance is retired (FAILED_PRECONDITION with
-// the reason INSTANCE_RETIRED on the wire).
-class InstanceRetiredError : public Error {
- public:
-  explicit InstanceRetiredError(const std::string& m) : Error(ErrorCode::kFailedPrecondition, m) {}
+// What SetAccess registered.
+struct AccessInfo {
+  std::string instance_id;
+  std::string token_key_id;
+  int revoked_tokens = 0;  // entries kept (those of expired tokens are dropped)
+  std::vector<std::string> previous_token_key_ids;
+};
+
+// The start of an upload: the instance and its files.
+struct UploadSpec {
+  std::string instance_id;
+  std::vector<TransferFile> files;
+  bool load = false;  // load into memory once stored
 };
 
 // Checks that `dir` holds a STIP-transformed server checkpoint of instance
@@ -180,7 +199,7 @@ class PendingUpload {
   PendingUpload& operator=(const PendingUpload&) = delete;
 
   // Throws kInvalidArgument for out-of-order or oversized chunks.
-  void Accept(const v1::FileChunk& chunk);
+  void Accept(const TransferChunk& chunk);
   const std::string& instance_id() const { return id_; }
   uint64_t bytes_received() const;
 
@@ -204,27 +223,28 @@ class ModelStore {
   ModelStore(const ModelStore&) = delete;
   ModelStore& operator=(const ModelStore&) = delete;
 
-  std::vector<v1::ModelInfo> List() const;
-  v1::ModelInfo Info(const std::string& id) const;  // kNotFound
+  std::vector<ModelInfo> List() const;
+  ModelInfo Info(const std::string& id) const;  // kNotFound
   // Loads a stored model (no-op if loaded). kNotFound; load errors.
-  v1::ModelInfo Load(const std::string& id);
+  ModelInfo Load(const std::string& id);
   // kNotFound; kFailedPrecondition while the model has open sessions.
-  v1::ModelInfo Unload(const std::string& id);
+  ModelInfo Unload(const std::string& id);
   // Removes a model from disk (unloading it first). kNotFound;
   // kFailedPrecondition while it has open sessions.
   void Delete(const std::string& id);
 
   // Validates the header (instance id, file list) and opens the temporary
-  // directory. kInvalidArgument; AlreadyExistsError if the instance is stored;
+  // directory. kInvalidArgument; kAlreadyExists if the instance is stored;
   // kFailedPrecondition if an upload of it is in progress.
-  std::unique_ptr<PendingUpload> BeginUpload(const v1::UploadHeader& header);
+  std::unique_ptr<PendingUpload> BeginUpload(const UploadSpec& spec);
   // Verifies the digest (kDataLoss), validates the checkpoint in the temporary
   // directory (ValidateServerCheckpoint), renames it into place, loads it if
   // the header asked (a load failure is logged; the info says loaded=false).
-  v1::ModelInfo FinishUpload(std::unique_ptr<PendingUpload> upload, const std::string& sha256_hex);
+  ModelInfo FinishUpload(std::unique_ptr<PendingUpload> upload, const std::string& sha256_hex);
 
-  // For a new session: kNotFound (unknown instance), InstanceRetiredError, or
-  // kFailedPrecondition (stored but not loaded; an encoder, which serves Encode).
+  // For a new session: kNotFound (unknown instance), kFailedPrecondition with
+  // the reason kReasonInstanceRetired (retired), or kFailedPrecondition
+  // (stored but not loaded).
   SessionLease OpenSession(const std::string& id);
   // For an Encode call: the same, with kFailedPrecondition for a causal model.
   SessionLease OpenEncode(const std::string& id);
@@ -234,7 +254,7 @@ class ModelStore {
   // before it takes effect. Again on a retired instance: the deadline only
   // moves forward in time if the new one is earlier. kNotFound;
   // kInvalidArgument for a negative drain.
-  v1::ModelInfo Retire(const std::string& id, int64_t drain_seconds);
+  ModelInfo Retire(const std::string& id, int64_t drain_seconds);
 
   // Registers the instance's token key (Ed25519 SPKI PEM), the previous keys
   // still accepted (those past their accepted_until are dropped) and the
@@ -242,9 +262,9 @@ class ModelStore {
   // it takes effect. kNotFound; kInvalidArgument (not an Ed25519 key, bad
   // token id, more than kMaxPreviousTokenKeys); kResourceExhausted (more than
   // kMaxRevokedTokens entries).
-  v1::AccessInfo SetAccess(const std::string& id, const std::string& key_pem,
-                           const std::vector<auth::RevokedToken>& revoked,
-                           const std::vector<auth::PreviousTokenKey>& previous = {});
+  AccessInfo SetAccess(const std::string& id, const std::string& key_pem,
+                       const std::vector<auth::RevokedToken>& revoked,
+                       const std::vector<auth::PreviousTokenKey>& previous = {});
   // The instance's access record; null if none is registered. kNotFound.
   std::shared_ptr<const InstanceAccess> Access(const std::string& id) const;
 
@@ -264,7 +284,7 @@ class ModelStore {
 
   void Scan();
   std::shared_ptr<LoadedModel> LoadEntry(const Entry& entry) const;
-  v1::ModelInfo InfoLocked(const Entry& entry) const;
+  ModelInfo InfoLocked(const Entry& entry) const;
   void EndUpload(const std::string& id);
   SessionLease Lease(const std::string& id, bool encode);
 
@@ -277,4 +297,4 @@ class ModelStore {
   std::set<std::string> uploading_;
 };
 
-}  // namespace stip::server
+}  // namespace stip

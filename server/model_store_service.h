@@ -1,4 +1,6 @@
-// ModelStore, for the developer: chunked client-streaming upload of a
+// ModelStore, for the developer: the gRPC layer over server/model_store.h,
+// which only translates (protos <-> the store's structs, stip::Error ->
+// status). Chunked client-streaming upload of a
 // transformed model (header, chunks in order, trailer with the SHA-256),
 // verified and validated before it becomes visible; list, load, unload,
 // delete; set access; retire (key rotation). Synchronous gRPC handlers (administrative, rare).
@@ -19,12 +21,13 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <functional>
 #include <string>
 #include <vector>
 
 #include "stip/v1/stip.grpc.pb.h"
 
-namespace stip::server {
+namespace stip {
 
 class ModelStore;
 
@@ -54,11 +57,18 @@ class ModelStoreService final : public v1::ModelStore::Service {
                       v1::ModelInfo* response) override;
 
  private:
-  // OK iff the peer may use the model store (see above); logs refusals.
-  grpc::Status CheckPeer(grpc::ServerContext* context, const char* method) const;
+  // Throws kUnauthenticated / kPermissionDenied unless the peer may use the
+  // model store (see above); logs refusals.
+  void CheckPeer(grpc::ServerContext* context, const char* method) const;
+  // Checks the peer, runs `body`, and turns what it throws into the call's
+  // status (common/rpc/status.h), logging it with `what()` (the call's
+  // object, for the log).
+  grpc::Status Serve(grpc::ServerContext* context, const char* method,
+                     const std::function<std::string()>& what,
+                     const std::function<void()>& body) const;
 
   ModelStore& store_;
   const AdminAccess admin_;
 };
 
-}  // namespace stip::server
+}  // namespace stip

@@ -2,7 +2,7 @@
 
 #include <algorithm>
 
-namespace stip::server {
+namespace stip {
 
 bool SessionSlots::TryAcquire() {
   std::lock_guard<std::mutex> lock(mu_);
@@ -68,4 +68,4 @@ int64_t PredictCacheBytes(int64_t allocated_bytes, int64_t bytes_per_position, i
   return std::max<int64_t>({positions, 2 * capacity, 16}) * bytes_per_position;
 }
 
-}  // namespace stip::server
+}  // namespace stip

@@ -17,7 +17,7 @@
 #include <mutex>
 #include <string>
 
-namespace stip::server {
+namespace stip {
 
 class SessionSlots {
  public:
@@ -69,4 +69,4 @@ class KvBudget {
 // capacity, 16) positions when it runs out of room (common/engine/kv_cache.cc).
 int64_t PredictCacheBytes(int64_t allocated_bytes, int64_t bytes_per_position, int64_t positions);
 
-}  // namespace stip::server
+}  // namespace stip

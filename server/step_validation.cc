@@ -4,7 +4,7 @@
 #include "common/format/dtype.h"
 #include "common/rpc/tensor_wire.h"
 
-namespace stip::server {
+namespace stip {
 
 at::Tensor DecodeHiddenStates(const v1::Tensor& wire, int64_t hidden_size) {
   if (wire.datatype().empty() && wire.shape_size() == 0 && wire.data().empty()) {
@@ -26,4 +26,4 @@ at::Tensor DecodeHiddenStates(const v1::Tensor& wire, int64_t hidden_size) {
   return x;
 }
 
-}  // namespace stip::server
+}  // namespace stip

@@ -9,7 +9,7 @@
 
 #include "stip/v1/stip.pb.h"
 
-namespace stip::server {
+namespace stip {
 
 // Decodes x' of a step: a known float datatype (FP32, FP16 or BF16), bytes
 // matching the shape, shape [T >= 1, hidden_size], every value finite.
@@ -17,4 +17,4 @@ namespace stip::server {
 // the problem.
 at::Tensor DecodeHiddenStates(const v1::Tensor& wire, int64_t hidden_size);
 
-}  // namespace stip::server
+}  // namespace stip

@@ -9,7 +9,7 @@
 #include "server/batch_scheduler.h"
 #include "server/model_store_service.h"
 
-namespace stip::server {
+namespace stip {
 
 StipServer::StipServer(ServerOptions options)
     : options_(std::move(options)), counters_(std::make_shared<SchedulerCounters>()) {
@@ -85,4 +85,4 @@ void StipServer::Shutdown(std::chrono::milliseconds grace) {
   server_->Wait();
 }
 
-}  // namespace stip::server
+}  // namespace stip

@@ -18,7 +18,7 @@
 #include "server/inference_service.h"
 #include "server/model_store.h"
 
-namespace stip::server {
+namespace stip {
 
 class ModelStoreService;
 
@@ -71,4 +71,4 @@ class StipServer {
   bool shut_down_ = false;
 };
 
-}  // namespace stip::server
+}  // namespace stip

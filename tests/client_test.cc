@@ -33,12 +33,14 @@
 #include "client/registration.h"
 #include "client/remote_session.h"
 #include "common/arch/model_config.h"
+#include "common/client/client_permuter.h"
 #include "common/engine/causal_lm.h"
 #include "common/error.h"
 #include "common/keys/model_keys.h"
 #include "common/rpc/file_transfer.h"
 #include "common/rpc/logits_transport.h"
 #include "common/rpc/server_setup.h"
+#include "common/rpc/status.h"
 #include "common/rpc/tensor_wire.h"
 #include "common/rpc/tls.h"
 #include "common/tokenizer/tokenizer.h"
@@ -701,9 +703,9 @@ TEST(RemoteSession, RefusedCredentialsUnknownInstanceAndUnreachableServer) {
     try {
       gen->Generate(kPrompt, Greedy(2));
       ADD_FAILURE() << "accepted";
-    } catch (const RemoteError& e) {
-      EXPECT_EQ(e.status_code(), grpc::StatusCode::UNAUTHENTICATED);
-      EXPECT_EQ(e.code(), ErrorCode::kPermissionDenied);
+    } catch (const Error& e) {
+      EXPECT_EQ(ToGrpcCode(e.code()), grpc::StatusCode::UNAUTHENTICATED);
+      EXPECT_EQ(e.code(), ErrorCode::kUnauthenticated);
       EXPECT_EQ(std::string(e.what()).find("wrong-secret-token"), std::string::npos) << e.what();
       EXPECT_NE(std::string(e.what()).find(srv.address), std::string::npos) << e.what();
     }
@@ -717,8 +719,8 @@ TEST(RemoteSession, RefusedCredentialsUnknownInstanceAndUnreachableServer) {
     try {
       s.Open();
       ADD_FAILURE() << "opened";
-    } catch (const RemoteError& e) {
-      EXPECT_EQ(e.status_code(), grpc::StatusCode::NOT_FOUND);
+    } catch (const Error& e) {
+      EXPECT_EQ(ToGrpcCode(e.code()), grpc::StatusCode::NOT_FOUND);
     }
     EXPECT_FALSE(s.is_open());
   }
@@ -731,8 +733,8 @@ TEST(RemoteSession, RefusedCredentialsUnknownInstanceAndUnreachableServer) {
     try {
       s.Open();
       ADD_FAILURE() << "opened";
-    } catch (const RemoteError& e) {
-      EXPECT_EQ(e.status_code(), grpc::StatusCode::FAILED_PRECONDITION);
+    } catch (const Error& e) {
+      EXPECT_EQ(ToGrpcCode(e.code()), grpc::StatusCode::FAILED_PRECONDITION);
       EXPECT_NE(std::string(e.what()).find("vocabulary size"), std::string::npos);
     }
   }
@@ -751,8 +753,8 @@ TEST(RemoteSession, RefusedCredentialsUnknownInstanceAndUnreachableServer) {
     try {
       gen->Connect();
       ADD_FAILURE() << "connected";
-    } catch (const RemoteError& e) {
-      EXPECT_EQ(e.status_code(), grpc::StatusCode::UNAVAILABLE);
+    } catch (const Error& e) {
+      EXPECT_EQ(ToGrpcCode(e.code()), grpc::StatusCode::UNAVAILABLE);
       EXPECT_NE(std::string(e.what()).find("cannot reach the stip server at " + dead),
                 std::string::npos)
           << e.what();
@@ -774,8 +776,8 @@ TEST(RemoteSession, StepErrorsInBandAndSessionLossAreRecovered) {
   try {
     gen->Generate(" And Moses said", Greedy(5));
     ADD_FAILURE() << "no error";
-  } catch (const RemoteError& e) {
-    EXPECT_EQ(e.status_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  } catch (const Error& e) {
+    EXPECT_EQ(ToGrpcCode(e.code()), grpc::StatusCode::RESOURCE_EXHAUSTED);
     EXPECT_NE(std::string(e.what()).find("injected"), std::string::npos);
   }
   EXPECT_TRUE(gen->backend().is_open());
@@ -794,8 +796,8 @@ TEST(RemoteSession, StepErrorsInBandAndSessionLossAreRecovered) {
   try {
     gen->Generate(" And Aaron", Greedy(5));
     ADD_FAILURE() << "no error";
-  } catch (const RemoteError& e) {
-    EXPECT_EQ(e.status_code(), grpc::StatusCode::UNAVAILABLE);
+  } catch (const Error& e) {
+    EXPECT_EQ(ToGrpcCode(e.code()), grpc::StatusCode::UNAVAILABLE);
     EXPECT_NE(std::string(e.what()).find("server unavailable"), std::string::npos) << e.what();
   }
   EXPECT_FALSE(gen->backend().is_open());
@@ -848,16 +850,16 @@ TEST(RemoteSession, ReconnectsWithinTheTurnAndTheAnswerIsUnchanged) {
 }
 
 TEST(Reconnect, ClassifiesBacksOffWithJitterAndGivesUp) {
-  EXPECT_EQ(ClassifySessionLoss(RemoteError(grpc::StatusCode::UNAVAILABLE, "x"), false),
+  EXPECT_EQ(ClassifySessionLoss(Error(ErrorCode::kUnavailable, "x"), false),
             SessionLoss::kUnavailable);
-  EXPECT_EQ(ClassifySessionLoss(RemoteError(grpc::StatusCode::UNAVAILABLE, "x"), true),
+  EXPECT_EQ(ClassifySessionLoss(Error(ErrorCode::kUnavailable, "x"), true),
             SessionLoss::kNone);  // an in-band error: the session goes on
-  EXPECT_EQ(ClassifySessionLoss(RemoteError(grpc::StatusCode::DEADLINE_EXCEEDED, "idle"), false),
+  EXPECT_EQ(ClassifySessionLoss(Error(ErrorCode::kDeadlineExceeded, "idle"), false),
             SessionLoss::kExpired);
   EXPECT_EQ(
-      ClassifySessionLoss(RemoteError(grpc::StatusCode::DEADLINE_EXCEEDED, "x", "", true), false),
+      ClassifySessionLoss(Error(ErrorCode::kDeadlineExceeded, "x", kReasonCallerDeadline), false),
       SessionLoss::kNone);  // the client's own deadline
-  EXPECT_EQ(ClassifySessionLoss(RemoteError(grpc::StatusCode::PERMISSION_DENIED, "x"), false),
+  EXPECT_EQ(ClassifySessionLoss(Error(ErrorCode::kPermissionDenied, "x"), false),
             SessionLoss::kNone);
   EXPECT_EQ(ClassifySessionLoss(InvalidArgument("x"), false), SessionLoss::kNone);
   ReconnectPolicy p;
@@ -887,8 +889,8 @@ TEST(Reconnect, ClassifiesBacksOffWithJitterAndGivesUp) {
   try {
     gen->Generate(" And Moses said", Greedy(3));
     ADD_FAILURE() << "no error";
-  } catch (const RemoteError& e) {
-    EXPECT_EQ(e.status_code(), grpc::StatusCode::UNAVAILABLE);
+  } catch (const Error& e) {
+    EXPECT_EQ(ToGrpcCode(e.code()), grpc::StatusCode::UNAVAILABLE);
     EXPECT_NE(std::string(e.what()).find("gave up after 2 reconnect attempts"), std::string::npos)
         << e.what();
   }
@@ -1012,8 +1014,8 @@ TEST(Registration, FailuresLeaveNothingAndKeepThePreviousBundle) {
   try {
     RegisterWithDeveloper(channel, srv.address, "bob", "not-the-token", data);
     ADD_FAILURE() << "accepted";
-  } catch (const RemoteError& e) {
-    EXPECT_EQ(e.status_code(), grpc::StatusCode::PERMISSION_DENIED);
+  } catch (const Error& e) {
+    EXPECT_EQ(ToGrpcCode(e.code()), grpc::StatusCode::PERMISSION_DENIED);
   }
   EXPECT_TRUE(ListDirectory(data.path()).empty());
   EXPECT_THROW(data.LoadCredentials(), Error);

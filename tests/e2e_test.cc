@@ -15,6 +15,7 @@
 
 #include "common/arch/architecture.h"
 #include "common/auth/access_token.h"
+#include "common/client/client_permuter.h"
 #include "common/engine/causal_lm.h"
 #include "common/error.h"
 #include "common/format/checkpoint.h"

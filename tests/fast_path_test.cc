@@ -11,6 +11,7 @@
 
 #include "common/arch/architecture.h"
 #include "common/engine/causal_lm.h"
+#include "common/engine/cpu_runtime.h"
 #include "common/engine/layers.h"
 #include "common/engine/sampler.h"
 #include "tests/test_util.h"

@@ -26,6 +26,7 @@
 #include <thread>
 
 #include "common/auth/access_token.h"
+#include "common/client/client_permuter.h"
 #include "common/engine/causal_lm.h"
 #include "common/error.h"
 #include "common/format/safetensors.h"
@@ -44,7 +45,7 @@
 #include "tests/test_util.h"
 #include "tests/tls_channel.h"
 
-namespace stip::server {
+namespace stip {
 namespace {
 
 using test::FixtureDir;
@@ -986,4 +987,4 @@ TEST_F(HostileInputTest, CorruptedModelsOnDiskAreSkippedAndReported) {
 }
 
 }  // namespace
-}  // namespace stip::server
+}  // namespace stip

@@ -19,6 +19,7 @@
 #include <thread>
 
 #include "common/auth/access_token.h"
+#include "common/client/client_permuter.h"
 #include "common/engine/causal_lm.h"
 #include "common/error.h"
 #include "common/format/safetensors.h"
@@ -38,7 +39,7 @@
 #include "tests/test_util.h"
 #include "tests/tls_channel.h"
 
-namespace stip::server {
+namespace stip {
 namespace {
 
 using test::FixtureDir;
@@ -1454,4 +1455,4 @@ TEST_F(ServerTest, TlsEndToEndAndOnlyTheDevelopersCertificateChangesTheStore) {
 }
 
 }  // namespace
-}  // namespace stip::server
+}  // namespace stip

@@ -42,7 +42,9 @@
 #include <thread>
 
 #include "common/arch/architecture.h"
+#include "common/client/client_permuter.h"
 #include "common/engine/causal_lm.h"
+#include "common/engine/cpu_runtime.h"
 #include "common/engine/encoder.h"
 #include "common/engine/sampler.h"
 #include "common/engine/tensor_util.h"
@@ -361,12 +363,9 @@ struct E2eOptions {
 // ---- end to end over gRPC ------------------------------------------------------
 
 // The bench's server admits any session: it measures speed, not access control.
-class OpenDoorPolicy final : public server::AccessPolicy {
+class OpenDoorPolicy final : public AccessPolicy {
  public:
-  grpc::Status Authorize(const std::string&, const std::string&,
-                         server::AccessGrant* = nullptr) const override {
-    return grpc::Status::OK;
-  }
+  AccessGrant Authorize(const std::string&, const std::string&) const override { return {}; }
 };
 
 at::Tensor IndexOf(const std::vector<int64_t>& v) {
@@ -379,7 +378,7 @@ Json RunE2e(PreparedModel& m, const E2eOptions& o) {
   MakeDirectories(JoinPath(store, "models"), 0700);
   RenamePath(m.server_dir, JoinPath(store, "models/" + m.keys.instance_id));
 
-  server::ServerOptions so;
+  ServerOptions so;
   so.listen = "127.0.0.1:0";
   so.tls.insecure = true;
   so.store.dir = store;
@@ -390,8 +389,8 @@ Json RunE2e(PreparedModel& m, const E2eOptions& o) {
   so.inference.max_sessions = 0;
   so.inference.idle_timeout_s = 0;
   so.inference.policy = std::make_shared<OpenDoorPolicy>();
-  server::StipServer srv(so);
-  const server::SchedulerCounters& counters = srv.counters();
+  StipServer srv(so);
+  const SchedulerCounters& counters = srv.counters();
 
   auto bundle = ClientBundle::Load(m.bundle_dir, m.keys.instance_id);
   const ClientModel& client = bundle->model();
@@ -631,7 +630,7 @@ Json RunEncoderWire(const std::string& dir, int64_t batch, int reps, const std::
   MakeDirectories(JoinPath(store, "models"), 0700);
   RenamePath(JoinPath(tmp, "out/server"), model_dir);
 
-  server::ServerOptions so;
+  ServerOptions so;
   so.listen = "127.0.0.1:0";
   so.tls.insecure = true;
   so.store.dir = store;
@@ -641,7 +640,7 @@ Json RunEncoderWire(const std::string& dir, int64_t batch, int reps, const std::
   so.inference.max_sessions = 0;
   so.inference.idle_timeout_s = 0;
   so.inference.policy = std::make_shared<OpenDoorPolicy>();
-  server::StipServer srv(so);
+  StipServer srv(so);
   const std::string address = "127.0.0.1:" + std::to_string(srv.port());
   TlsOptions tls;
   tls.insecure = true;

@@ -14,6 +14,7 @@
 #include "common/audit/server_view.h"
 #include "common/audit/vocabulary_matching.h"
 #include "common/engine/causal_lm.h"
+#include "common/engine/cpu_runtime.h"
 #include "common/error.h"
 #include "common/tokenizer/tokenizer.h"
 #include "common/util/files.h"

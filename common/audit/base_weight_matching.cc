@@ -6,6 +6,7 @@
 
 #include "common/arch/architecture.h"
 #include "common/audit/known_plaintext.h"
+#include "common/client/client_permuter.h"
 #include "common/error.h"
 #include "common/format/checkpoint.h"
 #include "common/transform/transform_rules.h"

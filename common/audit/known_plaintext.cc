@@ -3,6 +3,7 @@
 #include "common/arch/architecture.h"
 #include "common/audit/decoding_codebook.h"
 #include "common/audit/vocabulary_matching.h"
+#include "common/client/client_permuter.h"
 #include "common/error.h"
 #include "common/transform/transform_rules.h"
 

@@ -1,6 +1,7 @@
 #include "common/audit/server_view.h"
 
 #include "common/arch/architecture.h"
+#include "common/client/client_permuter.h"
 #include "common/error.h"
 #include "common/format/checkpoint.h"
 #include "common/transform/transform_rules.h"

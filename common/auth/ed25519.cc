@@ -13,6 +13,7 @@
 
 #include "common/error.h"
 #include "common/util/files.h"
+#include "common/util/sha256.h"
 
 namespace stip::auth {
 
@@ -20,16 +21,6 @@ namespace {
 
 std::shared_ptr<EVP_PKEY> Own(EVP_PKEY* key) {
   return std::shared_ptr<EVP_PKEY>(key, [](EVP_PKEY* k) { EVP_PKEY_free(k); });
-}
-
-std::string Hex(const unsigned char* data, size_t n) {
-  static const char* kHex = "0123456789abcdef";
-  std::string out;
-  for (size_t i = 0; i < n; ++i) {
-    out += kHex[data[i] >> 4];
-    out += kHex[data[i] & 15];
-  }
-  return out;
 }
 
 std::string BioContents(BIO* bio) {
@@ -57,10 +48,9 @@ std::string KeyId(EVP_PKEY* key) {
   if (EVP_PKEY_get_raw_public_key(key, raw, &len) != 1) {
     throw Internal("cannot read an Ed25519 public key");
   }
-  unsigned char md[EVP_MAX_MD_SIZE];
-  unsigned int n = 0;
-  if (EVP_Digest(raw, len, md, &n, EVP_sha256(), nullptr) != 1) throw Internal("SHA-256 failed");
-  return Hex(md, 16);
+  Sha256 sha;
+  sha.Update(raw, len);
+  return HexBytes(sha.Finish().data(), 16);
 }
 
 std::string Errno() { return std::strerror(errno); }

@@ -9,16 +9,9 @@
 #include <optional>
 #include <vector>
 
-namespace stip {
+#include "common/engine/sampling_options.h"
 
-struct SamplingOptions {
-  bool greedy = false;
-  double temperature = 1.0;         // <= 0 means greedy
-  int64_t top_k = 0;                // 0: off
-  double top_p = 1.0;               // 1: off
-  double repetition_penalty = 1.0;  // 1: off (CTRL-style, as transformers)
-  std::optional<uint64_t> seed;     // nullopt: nondeterministic
-};
+namespace stip {
 
 class Sampler {
  public:

@@ -1,7 +1,6 @@
 #include "common/keys/model_keys.h"
 
 #include <openssl/crypto.h>
-#include <openssl/evp.h>
 #include <openssl/rand.h>
 
 #include <cstring>
@@ -19,6 +18,7 @@
 #include "common/format/checkpoint.h"
 #include "common/format/safetensors.h"
 #include "common/util/random.h"
+#include "common/util/sha256.h"
 
 namespace stip {
 namespace {
@@ -400,49 +400,24 @@ void CheckClientKeys(const ClientKeys& k, const Checker& ck) {
 // ---------------------------------------------------------------------------
 // Fingerprint.
 
-struct MdCtxDeleter {
-  void operator()(EVP_MD_CTX* ctx) const { EVP_MD_CTX_free(ctx); }
-};
-
-class Sha256 {
+// Length-prefixed fields over SHA-256, so that no two different sequences of
+// fields hash alike.
+class FingerprintHash {
  public:
-  Sha256() : ctx_(EVP_MD_CTX_new()) {
-    if (!ctx_ || EVP_DigestInit_ex(ctx_.get(), EVP_sha256(), nullptr) != 1) {
-      throw Internal("FingerprintModel: cannot initialize SHA-256 (OpenSSL EVP)");
-    }
-  }
-  void Bytes(const void* data, size_t n) {
-    if (n > 0 && EVP_DigestUpdate(ctx_.get(), data, n) != 1) {
-      throw Internal("FingerprintModel: SHA-256 update failed (OpenSSL EVP)");
-    }
-  }
+  void Bytes(const void* data, size_t n) { sha_.Update(data, n); }
   void U64(uint64_t v) {
     uint8_t b[8];
     for (int i = 0; i < 8; ++i) b[i] = static_cast<uint8_t>(v >> (8 * i));
     Bytes(b, sizeof(b));
   }
-  // Length-prefixed, so that no two different sequences of fields hash alike.
   void Field(const std::string& s) {
     U64(s.size());
     Bytes(s.data(), s.size());
   }
-  std::string HexDigest() {
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int len = 0;
-    if (EVP_DigestFinal_ex(ctx_.get(), md, &len) != 1) {
-      throw Internal("FingerprintModel: SHA-256 finalization failed (OpenSSL EVP)");
-    }
-    static const char kHex[] = "0123456789abcdef";
-    std::string out;
-    for (unsigned int i = 0; i < len; ++i) {
-      out += kHex[md[i] >> 4];
-      out += kHex[md[i] & 15];
-    }
-    return out;
-  }
+  std::string HexDigest() { return sha_.HexDigest(); }
 
  private:
-  std::unique_ptr<EVP_MD_CTX, MdCtxDeleter> ctx_;
+  Sha256 sha_;
 };
 
 std::string ReadTextFile(const std::string& path) {
@@ -672,7 +647,7 @@ std::string FingerprintModel(const std::string& model_dir) {
   if (!config.is_object()) throw InvalidArgument(config_path + ": expected a JSON object");
   for (const char* key : kConfigKeysNotFingerprinted) config.erase(key);
 
-  Sha256 h;
+  FingerprintHash h;
   h.Field("stip-model-fingerprint-v1");
   // nlohmann::json keeps object keys sorted: dump() is a canonical form.
   h.Field(config.dump());

@@ -1,7 +1,6 @@
 #include "common/rpc/file_transfer.h"
 
 #include <fcntl.h>
-#include <openssl/evp.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -10,20 +9,17 @@
 
 #include "common/error.h"
 #include "common/util/files.h"
+#include "common/util/sha256.h"
 
 namespace stip {
 
 namespace {
 
+// The transfer digest (file_transfer.h): SHA-256 over each file's name, a NUL
+// byte, its size (8 bytes little-endian) and its bytes.
 class Digest {
  public:
-  Digest() : ctx_(EVP_MD_CTX_new()) {
-    if (!ctx_ || EVP_DigestInit_ex(ctx_, EVP_sha256(), nullptr) != 1) throw Internal("SHA-256 init failed");
-  }
-  ~Digest() { EVP_MD_CTX_free(ctx_); }
-  void Update(const void* data, size_t n) {
-    if (n && EVP_DigestUpdate(ctx_, data, n) != 1) throw Internal("SHA-256 update failed");
-  }
+  void Update(const void* data, size_t n) { sha_.Update(data, n); }
   void FileHeader(const std::string& name, uint64_t size) {
     Update(name.data(), name.size());
     const char zero = 0;
@@ -32,21 +28,10 @@ class Digest {
     for (int i = 0; i < 8; ++i) le[i] = static_cast<unsigned char>(size >> (8 * i));
     Update(le, 8);
   }
-  std::string Hex() {
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int n = 0;
-    if (EVP_DigestFinal_ex(ctx_, md, &n) != 1) throw Internal("SHA-256 final failed");
-    static const char* kHex = "0123456789abcdef";
-    std::string out;
-    for (unsigned int i = 0; i < n; ++i) {
-      out += kHex[md[i] >> 4];
-      out += kHex[md[i] & 15];
-    }
-    return out;
-  }
+  std::string Hex() { return sha_.HexDigest(); }
 
  private:
-  EVP_MD_CTX* ctx_;
+  Sha256 sha_;
 };
 
 }  // namespace
@@ -121,7 +106,7 @@ std::string StreamFiles(const std::vector<OutgoingFile>& files, size_t chunk_byt
 
 struct DirectoryReceiver::Impl {
   std::string final_dir, tmp;
-  std::vector<v1::FileEntry> files;
+  std::vector<TransferFile> files;
   bool honour_modes = false;
   size_t current = 0;       // file being received
   uint64_t received = 0;    // bytes of the current file
@@ -132,13 +117,13 @@ struct DirectoryReceiver::Impl {
   bool committed = false;
 
   void OpenCurrent() {
-    const v1::FileEntry& f = files[current];
-    unsigned mode = honour_modes && f.mode() == 0600 ? 0600 : (honour_modes ? 0644 : 0600);
-    fd = open(JoinPath(tmp, f.name()).c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC,
+    const TransferFile& f = files[current];
+    unsigned mode = honour_modes && f.mode == 0600 ? 0600 : (honour_modes ? 0644 : 0600);
+    fd = open(JoinPath(tmp, f.name).c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC,
               static_cast<mode_t>(mode));
-    if (fd < 0) throw Internal(tmp + "/" + f.name() + ": cannot create");
+    if (fd < 0) throw Internal(tmp + "/" + f.name + ": cannot create");
     fchmod(fd, static_cast<mode_t>(mode));
-    digest.FileHeader(f.name(), f.size());
+    digest.FileHeader(f.name, f.size);
     received = 0;
   }
   void CloseCurrent() {
@@ -146,7 +131,7 @@ struct DirectoryReceiver::Impl {
       if (fsync(fd) != 0) {
         close(fd);
         fd = -1;
-        throw Internal("fsync failed while receiving " + files[current].name());
+        throw Internal("fsync failed while receiving " + files[current].name);
       }
       close(fd);
       fd = -1;
@@ -154,7 +139,7 @@ struct DirectoryReceiver::Impl {
   }
   // Moves past completed files (including empty ones).
   void Advance() {
-    while (current < files.size() && received == files[current].size()) {
+    while (current < files.size() && received == files[current].size) {
       CloseCurrent();
       ++current;
       if (current < files.size()) OpenCurrent();
@@ -162,8 +147,26 @@ struct DirectoryReceiver::Impl {
   }
 };
 
+std::vector<TransferFile> TransferFilesFromProto(
+    const google::protobuf::RepeatedPtrField<v1::FileEntry>& files) {
+  std::vector<TransferFile> out;
+  out.reserve(static_cast<size_t>(files.size()));
+  for (const v1::FileEntry& f : files) out.push_back({f.name(), f.size(), f.mode()});
+  return out;
+}
+
+TransferChunk TransferChunkFromProto(const v1::FileChunk& chunk) {
+  return {chunk.file_index(), chunk.offset(), chunk.data()};
+}
+
 DirectoryReceiver::DirectoryReceiver(std::string final_dir,
                                      const google::protobuf::RepeatedPtrField<v1::FileEntry>& files,
+                                     const ReceiveLimits& limits, unsigned dir_mode,
+                                     bool honour_file_modes)
+    : DirectoryReceiver(std::move(final_dir), TransferFilesFromProto(files), limits, dir_mode,
+                        honour_file_modes) {}
+
+DirectoryReceiver::DirectoryReceiver(std::string final_dir, const std::vector<TransferFile>& files,
                                      const ReceiveLimits& limits, unsigned dir_mode,
                                      bool honour_file_modes)
     : impl_(std::make_unique<Impl>()) {
@@ -177,17 +180,17 @@ DirectoryReceiver::DirectoryReceiver(std::string final_dir,
   std::set<std::string> names;
   uint64_t total = 0;
   for (const auto& f : files) {
-    if (!IsSafeFileName(f.name())) {
-      throw InvalidArgument("file name " + QuoteForMessage(f.name()) +
+    if (!IsSafeFileName(f.name)) {
+      throw InvalidArgument("file name " + QuoteForMessage(f.name) +
                             " is not a plain file name (no '/', no \"..\")");
     }
-    if (!names.insert(f.name()).second)
-      throw InvalidArgument("file " + QuoteForMessage(f.name()) + " listed twice");
-    if (f.size() > limits.max_total_bytes || total + f.size() > limits.max_total_bytes) {
+    if (!names.insert(f.name).second)
+      throw InvalidArgument("file " + QuoteForMessage(f.name) + " listed twice");
+    if (f.size > limits.max_total_bytes || total + f.size > limits.max_total_bytes) {
       throw ResourceExhausted("transfer of more than " + std::to_string(limits.max_total_bytes) +
                               " bytes refused (size limit)");
     }
-    total += f.size();
+    total += f.size;
     impl_->files.push_back(f);
   }
   if (PathExists(impl_->final_dir)) {
@@ -204,27 +207,32 @@ DirectoryReceiver::~DirectoryReceiver() {
 }
 
 void DirectoryReceiver::Accept(const v1::FileChunk& chunk) {
+  Accept(TransferChunkFromProto(chunk));
+}
+
+void DirectoryReceiver::Accept(const TransferChunk& chunk) {
   Impl& m = *impl_;
   if (m.current >= m.files.size()) throw InvalidArgument("data after the last file");
-  if (chunk.file_index() != m.current) {
-    throw InvalidArgument("chunk for file " + std::to_string(chunk.file_index()) + " while file " +
-                          std::to_string(m.current) + " (" + m.files[m.current].name() +
+  if (chunk.file_index != m.current) {
+    throw InvalidArgument("chunk for file " + std::to_string(chunk.file_index) + " while file " +
+                          std::to_string(m.current) + " (" + m.files[m.current].name +
                           ") is incomplete");
   }
-  if (chunk.offset() != m.received) {
-    throw InvalidArgument("chunk of " + m.files[m.current].name() + " at offset " +
-                          std::to_string(chunk.offset()) + ", expected " + std::to_string(m.received));
+  if (chunk.offset != m.received) {
+    throw InvalidArgument("chunk of " + m.files[m.current].name + " at offset " +
+                          std::to_string(chunk.offset) + ", expected " +
+                          std::to_string(m.received));
   }
-  const std::string& data = chunk.data();
-  if (m.received + data.size() > m.files[m.current].size()) {
-    throw InvalidArgument("more bytes of " + m.files[m.current].name() + " than its declared size " +
-                          std::to_string(m.files[m.current].size()));
+  const std::string_view data = chunk.data;
+  if (m.received + data.size() > m.files[m.current].size) {
+    throw InvalidArgument("more bytes of " + m.files[m.current].name + " than its declared size " +
+                          std::to_string(m.files[m.current].size));
   }
   size_t done = 0;
   while (done < data.size()) {
     ssize_t n = write(m.fd, data.data() + done, data.size() - done);
     if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) throw Internal("write failed while receiving " + m.files[m.current].name());
+    if (n <= 0) throw Internal("write failed while receiving " + m.files[m.current].name);
     done += static_cast<size_t>(n);
   }
   m.digest.Update(data.data(), data.size());
@@ -237,9 +245,9 @@ void DirectoryReceiver::VerifyDigest(const std::string& sha256_hex) {
   Impl& m = *impl_;
   if (m.verified) throw FailedPrecondition("transfer digest already verified");
   if (m.current < m.files.size()) {
-    throw InvalidArgument("transfer incomplete: " + m.files[m.current].name() + " has " +
+    throw InvalidArgument("transfer incomplete: " + m.files[m.current].name + " has " +
                           std::to_string(m.received) + " of " +
-                          std::to_string(m.files[m.current].size()) + " bytes");
+                          std::to_string(m.files[m.current].size) + " bytes");
   }
   std::string got = m.digest.Hex();
   if (got != sha256_hex) {

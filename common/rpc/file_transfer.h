@@ -11,6 +11,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "stip/v1/stip.pb.h"
@@ -35,6 +36,23 @@ void FillEntries(const std::vector<OutgoingFile>& files,
 std::string StreamFiles(const std::vector<OutgoingFile>& files, size_t chunk_bytes,
                         const std::function<bool(const v1::FileChunk&)>& send);
 
+// A file and a chunk of a transfer, independent of the wire (the model store
+// receives uploads in these; TransferFilesFromProto / TransferChunkFromProto
+// convert the messages).
+struct TransferFile {
+  std::string name;  // plain file name (IsSafeFileName)
+  uint64_t size = 0;
+  uint32_t mode = 0;  // 0600 for private files where modes are honoured
+};
+struct TransferChunk {
+  uint32_t file_index = 0;  // into the file list
+  uint64_t offset = 0;      // bytes of that file received before this chunk
+  std::string_view data;    // valid while Accept runs
+};
+std::vector<TransferFile> TransferFilesFromProto(
+    const google::protobuf::RepeatedPtrField<v1::FileEntry>& files);
+TransferChunk TransferChunkFromProto(const v1::FileChunk& chunk);  // views chunk's bytes
+
 struct ReceiveLimits {
   uint64_t max_total_bytes = uint64_t{1} << 40;
   size_t max_files = 4096;
@@ -48,7 +66,11 @@ class DirectoryReceiver {
   // Throws kInvalidArgument for a bad file list (names with '/', "..", empty
   // or duplicate names, sizes beyond the limits) or kFailedPrecondition if
   // `final_dir` exists.
-  DirectoryReceiver(std::string final_dir, const google::protobuf::RepeatedPtrField<v1::FileEntry>& files,
+  DirectoryReceiver(std::string final_dir, const std::vector<TransferFile>& files,
+                    const ReceiveLimits& limits, unsigned dir_mode = 0700,
+                    bool honour_file_modes = false);
+  DirectoryReceiver(std::string final_dir,
+                    const google::protobuf::RepeatedPtrField<v1::FileEntry>& files,
                     const ReceiveLimits& limits, unsigned dir_mode = 0700,
                     bool honour_file_modes = false);
   ~DirectoryReceiver();
@@ -57,6 +79,7 @@ class DirectoryReceiver {
 
   // Chunks must come in order: file by file, offsets contiguous. Throws
   // kInvalidArgument otherwise (or for bytes beyond a file's declared size).
+  void Accept(const TransferChunk& chunk);
   void Accept(const v1::FileChunk& chunk);
   // Checks completeness and the digest and fsyncs the received files, without
   // renaming: the content can then be validated in temp_dir() before Commit()

@@ -213,7 +213,8 @@ void WriteClientBundle(const std::string& model_dir, const std::string& client_d
       0600);
   for (const char* f : {"generation_config.json", "tokenizer.json", "tokenizer_config.json",
                         "tokenizer.model", "vocab.json", "merges.txt", "special_tokens_map.json",
-                        "added_tokens.json", "vocab.txt", "preprocessor_config.json"}) {
+                        "added_tokens.json", "vocab.txt", "preprocessor_config.json",
+                        "chat_template.jinja", "chat_template.json"}) {
     std::string from = JoinPath(model_dir, f);
     if (PathExists(from)) CopyFile(from, JoinPath(tmp.path, f), 0600);
   }

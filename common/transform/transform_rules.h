@@ -74,20 +74,4 @@ std::map<std::string, at::Tensor> TransformInMemory(const ModelConfig& plain,
                                                     const TensorSource& source,
                                                     const ModelKeys& keys);
 
-// The client's two gathers with their index tensors built once (per token
-// they are then a single index_select each).
-class ClientPermuter {
- public:
-  ClientPermuter(const Permutation& p, const Permutation& p_c, at::Device device = at::kCPU);
-  at::Tensor Permute(const at::Tensor& x) const;          // x' = x[..., p]
-  at::Tensor Unpermute(const at::Tensor& o_prime) const;  // o = o'[..., argsort(p_c)]
-
- private:
-  at::Tensor p_, p_c_inverse_;
-};
-
-// x' = x[..., p] and o = o'[..., argsort(p_c)], the client's two gathers.
-at::Tensor PermuteHidden(const at::Tensor& x, const Permutation& p);
-at::Tensor UnpermuteLogits(const at::Tensor& o_prime, const Permutation& p_c);
-
 }  // namespace stip

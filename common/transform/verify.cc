@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/arch/architecture.h"
+#include "common/client/client_permuter.h"
 #include "common/engine/causal_lm.h"
 #include "common/engine/encoder.h"
 #include "common/engine/tensor_util.h"

