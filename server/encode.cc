@@ -51,16 +51,11 @@ grpc::ServerUnaryReactor* StartEncode(const EncodeEnv& env, grpc::CallbackServer
       return Refuse(grpc::StatusCode::INVALID_ARGUMENT, "instance_id is empty");
     }
     AccessGrant grant;
-    grpc::Status auth =
-        env.policy->Authorize(request->instance_id(), request->access_token(), &grant);
-    if (!auth.ok()) return auth;
     try {
+      grant = env.policy->Authorize(request->instance_id(), request->access_token());
       call->lease = env.store->OpenEncode(request->instance_id());
-    } catch (const InstanceRetiredError& e) {
-      context->AddTrailingMetadata(kErrorReasonKey, kReasonInstanceRetired);
-      return Refuse(grpc::StatusCode::FAILED_PRECONDITION, e.what());
     } catch (...) {
-      return CurrentExceptionToStatus();
+      return CurrentExceptionToStatus(context);  // with its reason (INSTANCE_RETIRED)
     }
     call->instance_id = request->instance_id();
     const auto bytes = static_cast<int64_t>(request->ByteSizeLong());

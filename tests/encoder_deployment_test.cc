@@ -17,6 +17,7 @@
 
 #include "client/encoder_tasks.h"
 #include "common/arch/model_config.h"
+#include "common/client/client_permuter.h"
 #include "common/engine/encoder.h"
 #include "common/format/checkpoint.h"
 #include "common/format/safetensors.h"
