@@ -151,7 +151,9 @@ TEST(RoleTable, OneRowPerRoleInOrderWithConsistentAxes) {
     const bool client_axis = r.rows == Axis::kVocab || r.rows == Axis::kPositions ||
                              r.rows == Axis::kTokenTypes || r.rows == Axis::kOne ||
                              r.cols == Axis::kPatch;
-    if (client_axis) EXPECT_EQ(r.scope, Scope::kClient) << r.name;
+    if (client_axis) {
+      EXPECT_EQ(r.scope, Scope::kClient) << r.name;
+    }
     // Per-expert axes only in per-expert roles.
     EXPECT_EQ(r.rows == Axis::kExpertFfn || r.cols == Axis::kExpertFfn, r.scope == Scope::kExpert)
         << r.name;

@@ -11,6 +11,7 @@
 
 #include "common/auth/access_token.h"
 #include "common/error.h"
+#include "tests/temp_dir.h"
 
 namespace stip::auth {
 namespace {
@@ -198,9 +199,8 @@ TEST(Tokens, PreviousKeysVerifyUntilTheirTime) {
 }
 
 TEST(Keys, LoadOrCreateMakesOnePrivateKeyFile) {
-  char tmpl[] = "/tmp/stip-auth-test-XXXXXX";
-  const std::string dir = mkdtemp(tmpl);
-  const std::string path = dir + "/key.pem";
+  test::TempDir dir("stip-auth-test");
+  const std::string path = dir / "key.pem";
   bool created = false;
   SigningKey a = SigningKey::LoadOrCreate(path, &created);
   EXPECT_TRUE(created);
@@ -212,8 +212,6 @@ TEST(Keys, LoadOrCreateMakesOnePrivateKeyFile) {
   EXPECT_EQ(a.public_key().key_id(), b.public_key().key_id());
   chmod(path.c_str(), 0640);
   EXPECT_THROW(SigningKey::LoadOrCreate(path), Error);
-  unlink(path.c_str());
-  rmdir(dir.c_str());
 }
 
 }  // namespace

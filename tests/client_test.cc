@@ -1080,13 +1080,13 @@ ChatServiceOptions UpstreamChatOptions(const Instance& in, const std::string& up
   return so;
 }
 
-// A greedy request of 40 tokens for kPrompt in conversation "c".
-v1::GenerateRequest GreedyChatRequest() {
+// A greedy request of 40 tokens for kPrompt in `conversation` ("": none).
+v1::GenerateRequest GreedyChatRequest(const std::string& conversation = "c") {
   v1::GenerateRequest req;
   req.set_prompt(kPrompt);
   req.set_max_new_tokens(40);
   req.mutable_sampling()->set_greedy(true);
-  req.set_conversation_id("c");
+  req.set_conversation_id(conversation);
   return req;
 }
 
@@ -1101,10 +1101,7 @@ TEST(ChatService, StreamsCompletionsAndKeepsConversations) {
   RunningServer srv({&service});
   auto stub = v1::Chat::NewStub(MakeChannel(srv.address, Insecure(), "test"));
 
-  v1::GenerateRequest req;
-  req.set_prompt(kPrompt);
-  req.set_max_new_tokens(40);
-  req.mutable_sampling()->set_greedy(true);
+  v1::GenerateRequest req = GreedyChatRequest("");
   ChatCall one = CallChat(*stub, req);
   ASSERT_TRUE(one.status.ok()) << one.status.error_message();
   EXPECT_EQ(std::string(kPrompt) + one.text, in.greedy_text);
@@ -1128,10 +1125,7 @@ TEST(ChatService, StreamsCompletionsAndKeepsConversations) {
   EXPECT_EQ(service.conversations(), 1u);
 
   // Stop strings and bad parameters.
-  v1::GenerateRequest s;
-  s.set_prompt(kPrompt);
-  s.set_max_new_tokens(40);
-  s.mutable_sampling()->set_greedy(true);
+  v1::GenerateRequest s = GreedyChatRequest("");
   s.add_stop("Isaac");
   ChatCall stopped = CallChat(*stub, s);
   EXPECT_EQ(stopped.done.finish_reason(), "stop");
@@ -1316,47 +1310,19 @@ TEST(Binary, RegisterThenGenerateThroughAServer) {
 
 TEST(Binary, ServeAnswersChatRequests) {
   const Instance& in = Instances::Get()["kjv-llama"];
-  int out[2];
-  ASSERT_EQ(pipe(out), 0);
-  pid_t pid = fork();
-  if (pid == 0) {
-    dup2(out[1], 1);
-    int devnull = open("/dev/null", O_WRONLY);
-    dup2(devnull, 2);
-    close(out[0]);
-    execl(STIP_CLIENT_BIN, STIP_CLIENT_BIN, "serve", "--bundle", in.client_dir.c_str(),
-          "--server-model", in.server_dir.c_str(), "--listen", "127.0.0.1:0", "--listen-insecure",
-          static_cast<char*>(nullptr));
-    _exit(127);
-  }
-  close(out[1]);
-  std::string line;
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-  while (line.find('\n') == std::string::npos && std::chrono::steady_clock::now() < deadline) {
-    pollfd p{out[0], POLLIN, 0};
-    if (poll(&p, 1, 100) > 0) {
-      char buf[256];
-      ssize_t n = read(out[0], buf, sizeof buf);
-      if (n <= 0) break;
-      line.append(buf, static_cast<size_t>(n));
-    }
-  }
-  const std::string prefix = "stip-client listening on ";
-  ASSERT_EQ(line.rfind(prefix + "127.0.0.1:", 0), 0u) << line;
-  const std::string address = line.substr(prefix.size(), line.find('\n') - prefix.size());
+  TempDir tmp;
+  test::Daemon serve({STIP_CLIENT_BIN, "serve", "--bundle", in.client_dir, "--server-model",
+                      in.server_dir, "--listen", "127.0.0.1:0", "--listen-insecure"},
+                     tmp / "serve.log");
+  const std::string address = serve.WaitListening(60);
+  ASSERT_EQ(serve.lines().front().rfind("stip-client listening on 127.0.0.1:", 0), 0u)
+      << serve.lines().front();
   auto stub = v1::Chat::NewStub(MakeChannel(address, Insecure(), "test"));
-  v1::GenerateRequest req;
-  req.set_prompt(kPrompt);
-  req.set_max_new_tokens(40);
-  req.mutable_sampling()->set_greedy(true);
-  ChatCall call = CallChat(*stub, req);
+  ChatCall call = CallChat(*stub, GreedyChatRequest(""));
   EXPECT_TRUE(call.status.ok()) << call.status.error_message();
   EXPECT_EQ(std::string(kPrompt) + call.text, in.greedy_text);
-  kill(pid, SIGTERM);  // with the channel still open
-  int status = 0;
-  waitpid(pid, &status, 0);
-  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "status " << status;
-  close(out[0]);
+  // SIGTERM with the channel still open: exit status 0.
+  EXPECT_EQ(serve.Stop(), 0) << ReadFile(serve.log_path());
 }
 
 }  // namespace

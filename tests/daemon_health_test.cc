@@ -7,6 +7,7 @@
 #include "common/util/files.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "tests/process_util.h"
+#include "tests/temp_dir.h"
 #include "tests/test_util.h"
 
 namespace stip {
@@ -30,10 +31,8 @@ grpc::health::v1::HealthCheckResponse::ServingStatus Check(const std::string& ad
 }
 
 TEST(DaemonHealth, AllThreeDaemonsReportServing) {
-  std::string tmpl = ::testing::TempDir() + "stip-health-XXXXXX";
-  std::vector<char> buf(tmpl.begin(), tmpl.end());
-  buf.push_back('\0');
-  const std::string dir = mkdtemp(buf.data());
+  test::TempDir tmp("stip-health");
+  const std::string& dir = tmp.path();
   const auto serving = grpc::health::v1::HealthCheckResponse::SERVING;
   {
     test::Daemon server({kBin + "/server/stip-server", "--listen", "127.0.0.1:0", "--store",
@@ -73,7 +72,7 @@ TEST(DaemonHealth, AllThreeDaemonsReportServing) {
     EXPECT_EQ(Check(client_addr, ""), serving);
     EXPECT_EQ(Check(client_addr, "stip.v1.Chat"), serving);
   }
-  if (!::testing::Test::HasFailure()) RemoveAll(dir);
+  if (::testing::Test::HasFailure()) tmp.Keep();  // the logs
 }
 
 }  // namespace

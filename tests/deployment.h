@@ -18,7 +18,9 @@
 #include "common/rpc/tls.h"
 #include "common/util/files.h"
 #include "tests/process_util.h"
+#include "tests/temp_dir.h"
 #include "tests/test_util.h"
+#include "tests/tls_channel.h"
 
 namespace stip::test {
 
@@ -56,19 +58,12 @@ inline int64_t PeakRssBytes(pid_t pid) {
 
 class Deployment {
  public:
-  Deployment() {
-    std::string tmpl = ::testing::TempDir() + "stip-deploy-XXXXXX";
-    std::vector<char> buf(tmpl.begin(), tmpl.end());
-    buf.push_back('\0');
-    dir_ = mkdtemp(buf.data());
-    RunResult r = Run({"/bin/bash", kSrc + "/deploy/make-demo-ca.sh", dir_ + "/pki"}, 60);
-    if (r.exit_code != 0) throw std::runtime_error("make-demo-ca.sh failed: " + r.err);
-  }
+  Deployment() { MakeDemoPki(dir_ + "/pki"); }
   ~Deployment() {
     client_daemons_.clear();
     developer_.reset();
     server_.reset();
-    if (!::testing::Test::HasFailure()) RemoveAll(dir_);
+    if (::testing::Test::HasFailure()) tmp_.Keep();
   }
   Deployment(const Deployment&) = delete;
   Deployment& operator=(const Deployment&) = delete;
@@ -227,7 +222,8 @@ class Deployment {
   }
 
  private:
-  std::string dir_;
+  TempDir tmp_{"stip-deploy"};
+  const std::string dir_ = tmp_.path();
   std::string server_address_, admin_address_, developer_address_;
   std::unique_ptr<Daemon> server_, developer_;
   std::vector<std::unique_ptr<Daemon>> client_daemons_;

@@ -36,7 +36,9 @@
 #include "developer/state_store.h"
 #include "developer/user_registry.h"
 #include "stip/v1/stip.grpc.pb.h"
+#include "tests/process_util.h"
 #include "tests/temp_dir.h"
+#include "tests/tls_channel.h"
 
 namespace stip {
 namespace {
@@ -344,6 +346,25 @@ Received Fetch(v1::Registry::Stub* stub, const std::string& user, const std::str
   return Receive(reader.get(), out_dir);
 }
 
+// A RegistryService on 127.0.0.1 (plaintext), and a stub for it.
+struct RunningRegistry {
+  RegistryService service;
+  std::unique_ptr<grpc::Server> server;
+  std::unique_ptr<v1::Registry::Stub> stub;
+
+  RunningRegistry(StateStore* state, UserRegistry* users, const RegistryConfig& config)
+      : service(state, users, config) {
+    ServerSetup setup;
+    setup.address = "127.0.0.1:0";
+    setup.tls.insecure = true;
+    setup.name = "test registry";
+    int port = 0;
+    server = StartServer(setup, {&service}, &port);
+    stub = v1::Registry::NewStub(MakeChannel("127.0.0.1:" + std::to_string(port), Insecure(), "t"));
+  }
+  ~RunningRegistry() { server->Shutdown(); }
+};
+
 TEST(Registry, StreamsTheBundleOnceForAnEnrolmentTokenThenForTheAccessToken) {
   SharedState& shared = SharedState::Get();
   TempDir tmp;
@@ -356,16 +377,8 @@ TEST(Registry, StreamsTheBundleOnceForAnEnrolmentTokenThenForTheAccessToken) {
   rc.server_address = "server.example:7443";
   rc.server_ca_pem = "-----BEGIN CERTIFICATE-----\ntest\n-----END CERTIFICATE-----\n";
   rc.chunk_bytes = 16 << 10;  // several chunks per file
-  RegistryService service(&state, &users, rc);
-  ServerSetup setup;
-  setup.address = "127.0.0.1:0";
-  setup.tls.insecure = true;
-  setup.name = "test registry";
-  int port = 0;
-  auto server = StartServer(setup, {&service}, &port);
-  TlsOptions ctls;
-  ctls.insecure = true;
-  auto stub = v1::Registry::NewStub(MakeChannel("127.0.0.1:" + std::to_string(port), ctls, "t"));
+  RunningRegistry registry(&state, &users, rc);
+  auto& stub = registry.stub;
 
   Received r = Register(stub.get(), "reg-alice", token, tmp / "bundle");
   ASSERT_TRUE(r.status.ok()) << r.status.error_message();
@@ -426,7 +439,6 @@ TEST(Registry, StreamsTheBundleOnceForAnEnrolmentTokenThenForTheAccessToken) {
   users.Revoke("reg-bob");
   Received bob = Register(stub.get(), "reg-bob", bob_token, tmp / "bob");
   EXPECT_EQ(bob.status.error_code(), grpc::StatusCode::UNAUTHENTICATED);
-  server->Shutdown();
 }
 
 grpc::Status Renew(v1::Registry::Stub* stub, const std::string& user, const std::string& token,
@@ -466,14 +478,8 @@ TEST(InstanceGroups, GroupsAndRotationsDecideWhatTheRegistryHandsOut) {
   const std::string t_alice = users.AddUser("alice", "", false);
   const std::string t_bob = users.AddUser("bob", "", false, "user:bob");
 
-  RegistryService service(&state, &users, RegistryConfig());
-  ServerSetup setup;
-  setup.address = "127.0.0.1:0";
-  setup.tls.insecure = true;
-  int port = 0;
-  auto server = StartServer(setup, {&service}, &port);
-  auto stub =
-      v1::Registry::NewStub(MakeChannel("127.0.0.1:" + std::to_string(port), Insecure(), "t"));
+  RunningRegistry registry(&state, &users, RegistryConfig());
+  auto& stub = registry.stub;
 
   Received early = Register(stub.get(), "bob", t_bob, tmp / "early");
   EXPECT_EQ(early.status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
@@ -538,7 +544,6 @@ TEST(InstanceGroups, GroupsAndRotationsDecideWhatTheRegistryHandsOut) {
   for (const std::string& name : ListDirectory(JoinPath(state.dir(), "instances"))) {
     EXPECT_EQ(name.find(d0), std::string::npos) << name;
   }
-  server->Shutdown();
 }
 
 TEST(Registry, ExpiredAccessTokensAreRefused) {
@@ -549,14 +554,8 @@ TEST(Registry, ExpiredAccessTokensAreRefused) {
   std::string token = users.AddUser("exp-dan", "", true);
   RegistryConfig rc;
   rc.token_ttl_s = 1;
-  RegistryService service(&state, &users, rc);
-  ServerSetup setup;
-  setup.address = "127.0.0.1:0";
-  setup.tls.insecure = true;
-  int port = 0;
-  auto server = StartServer(setup, {&service}, &port);
-  auto stub =
-      v1::Registry::NewStub(MakeChannel("127.0.0.1:" + std::to_string(port), Insecure(), "t"));
+  RunningRegistry registry(&state, &users, rc);
+  auto& stub = registry.stub;
   Received r = Register(stub.get(), "exp-dan", token, tmp / "bundle");
   ASSERT_TRUE(r.status.ok()) << r.status.error_message();
   std::this_thread::sleep_for(std::chrono::milliseconds(2100));
@@ -564,7 +563,6 @@ TEST(Registry, ExpiredAccessTokensAreRefused) {
   EXPECT_EQ(late.status.error_code(), grpc::StatusCode::UNAUTHENTICATED);
   EXPECT_NE(late.status.error_message().find("expired"), std::string::npos)
       << late.status.error_message();
-  server->Shutdown();
 }
 
 TEST(Registry, AValidTokenIsNotConsumedWhenThereIsNoBundleToSend) {
@@ -572,14 +570,8 @@ TEST(Registry, AValidTokenIsNotConsumedWhenThereIsNoBundleToSend) {
   StateStore state(tmp / "state");  // no instance yet
   UserRegistry users(state);
   std::string token = users.AddUser("early", "", false);
-  RegistryService service(&state, &users, RegistryConfig{});
-  ServerSetup setup;
-  setup.address = "127.0.0.1:0";
-  setup.tls.insecure = true;
-  int port = 0;
-  auto server = StartServer(setup, {&service}, &port);
-  auto stub =
-      v1::Registry::NewStub(MakeChannel("127.0.0.1:" + std::to_string(port), Insecure(), "t"));
+  RunningRegistry registry(&state, &users, RegistryConfig{});
+  auto& stub = registry.stub;
   Received r = Register(stub.get(), "early", token, tmp / "bundle");
   EXPECT_EQ(r.status.error_code(), grpc::StatusCode::FAILED_PRECONDITION)
       << r.status.error_message();
@@ -589,7 +581,6 @@ TEST(Registry, AValidTokenIsNotConsumedWhenThereIsNoBundleToSend) {
   EXPECT_EQ(bad.status.error_code(), grpc::StatusCode::UNAUTHENTICATED);
   Received unknown = Register(stub.get(), "late", token, tmp / "bundle");
   EXPECT_EQ(unknown.status.error_code(), grpc::StatusCode::UNAUTHENTICATED);
-  server->Shutdown();
 }
 
 // ---- an in-test ModelStore ------------------------------------------------------
@@ -716,6 +707,18 @@ struct RunningStore {
   std::string address() const { return "127.0.0.1:" + std::to_string(port); }
 };
 
+// serve's path (EnsureModelOnServer) finds the instance stored and does not
+// upload it again; it is loaded, with `loads` loads so far.
+void ExpectEnsuredWithoutUpload(RunningStore& store, const std::string& server_dir, int loads) {
+  SharedState& shared = SharedState::Get();
+  PushResult ensured =
+      EnsureModelOnServer(store.address(), Insecure(), shared.instance(), server_dir);
+  EXPECT_TRUE(ensured.already_stored);
+  EXPECT_TRUE(ensured.info.loaded());
+  EXPECT_EQ(store.service.uploads, 1);
+  EXPECT_EQ(store.service.loads, loads);
+}
+
 TEST(ModelPusher, UploadsATransformedDirectoryWithItsDigest) {
   SharedState& shared = SharedState::Get();
   std::string server_dir = shared.state().ServerDir(shared.instance());
@@ -741,12 +744,7 @@ TEST(ModelPusher, UploadsATransformedDirectoryWithItsDigest) {
   EXPECT_TRUE(again.already_stored);
   EXPECT_TRUE(ServerHasModel(channel, shared.instance()));
   // serve's path lists first and does not upload again.
-  PushResult ensured =
-      EnsureModelOnServer(store.address(), Insecure(), shared.instance(), server_dir);
-  EXPECT_TRUE(ensured.already_stored);
-  EXPECT_TRUE(ensured.info.loaded());
-  EXPECT_EQ(store.service.uploads, 1);
-  EXPECT_EQ(store.service.loads, 0);
+  ExpectEnsuredWithoutUpload(store, server_dir, 0);
 }
 
 TEST(ModelPusher, LoadsAStoredButUnloadedModel) {
@@ -758,12 +756,7 @@ TEST(ModelPusher, LoadsAStoredButUnloadedModel) {
   PushResult r = PushModel(MakeChannel(store.address(), Insecure(), "t"), shared.instance(),
                            server_dir, store_only);
   EXPECT_FALSE(r.info.loaded());
-  PushResult ensured =
-      EnsureModelOnServer(store.address(), Insecure(), shared.instance(), server_dir);
-  EXPECT_TRUE(ensured.already_stored);
-  EXPECT_TRUE(ensured.info.loaded());
-  EXPECT_EQ(store.service.uploads, 1);
-  EXPECT_EQ(store.service.loads, 1);
+  ExpectEnsuredWithoutUpload(store, server_dir, 1);
 }
 
 TEST(ModelPusher, ReportsADigestMismatch) {
@@ -830,31 +823,17 @@ TEST(ModelPusher, RetriesUntilTheServerComesUpAndGivesUpLater) {
 
 // ---- TLS -------------------------------------------------------------------------
 
-// A throwaway CA and a certificate for localhost / 127.0.0.1, by the openssl
-// CLI, and an unrelated CA (other.pem).
-bool MakePki(const std::string& dir) {
-  std::string cmd = "cd '" + dir +
-                    "' && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "
-                    "-days 1 -subj '/CN=stip test CA' -keyout ca.key -out ca.pem 2>/dev/null && "
-                    "openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "
-                    "-subj '/CN=localhost' -keyout host.key -out host.csr 2>/dev/null && "
-                    "printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\nbasicConstraints=CA:"
-                    "FALSE\\nextendedKeyUsage=serverAuth,clientAuth\\n' > host.ext && "
-                    "openssl x509 -req -in host.csr -CA ca.pem -CAkey ca.key -CAcreateserial "
-                    "-days 1 -extfile host.ext -out host.pem 2>/dev/null && "
-                    "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "
-                    "-days 1 -subj '/CN=another CA' -keyout other.key -out other.pem 2>/dev/null";
-  return std::system(cmd.c_str()) == 0;
-}
-
 TEST(Tls, RegistryAndPushOverTls) {
   if (std::system("openssl version >/dev/null 2>&1") != 0) GTEST_SKIP() << "no openssl CLI";
   SharedState& shared = SharedState::Get();
-  TempDir pki;
-  ASSERT_TRUE(MakePki(pki.path()));
+  // The demo PKI (its developer certificate serves the registry and
+  // authenticates the push), and an unrelated CA.
+  TempDir pki, other;
+  test::MakeDemoPki(pki.path());
+  test::MakeDemoPki(other.path());
   TlsOptions server_tls;
-  server_tls.cert_file = pki / "host.pem";
-  server_tls.key_file = pki / "host.key";
+  server_tls.cert_file = pki / "developer.pem";
+  server_tls.key_file = pki / "developer.key";
 
   // Registry over TLS; the client trusts the test CA.
   StateStore& state = shared.state();
@@ -890,7 +869,7 @@ TEST(Tls, RegistryAndPushOverTls) {
   // A client that trusts another CA gets nothing.
   {
     TlsOptions untrusting;
-    untrusting.ca_file = pki / "other.pem";
+    untrusting.ca_file = other / "ca.pem";
     auto stub =
         v1::Registry::NewStub(MakeChannel("localhost:" + std::to_string(port), untrusting, "t"));
     Received r = Register(stub.get(), "tls-carol", token, out / "untrusted");
@@ -902,8 +881,8 @@ TEST(Tls, RegistryAndPushOverTls) {
   RunningStore store("127.0.0.1:0", &server_tls);
   TlsOptions push_tls;
   push_tls.ca_file = pki / "ca.pem";
-  push_tls.cert_file = pki / "host.pem";
-  push_tls.key_file = pki / "host.key";
+  push_tls.cert_file = pki / "developer.pem";
+  push_tls.key_file = pki / "developer.key";
   PushResult r = EnsureModelOnServer(store.address(), push_tls, shared.instance(),
                                      state.ServerDir(shared.instance()));
   EXPECT_FALSE(r.already_stored);
@@ -912,45 +891,11 @@ TEST(Tls, RegistryAndPushOverTls) {
 
 // ---- the binary ----------------------------------------------------------------
 
-struct Child {
-  pid_t pid = -1;
-  FILE* out = nullptr;  // its stdout
-};
-
-Child Spawn(const std::vector<std::string>& args, const std::string& stderr_file) {
-  int fds[2];
-  if (pipe(fds) != 0) throw std::runtime_error("pipe");
-  Child c;
-  c.pid = fork();
-  if (c.pid == 0) {
-    dup2(fds[1], 1);
-    int err = open(stderr_file.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    if (err >= 0) dup2(err, 2);
-    close(fds[0]);
-    close(fds[1]);
-    std::vector<char*> argv;
-    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    execv(argv[0], argv.data());
-    _exit(127);
-  }
-  close(fds[1]);
-  c.out = fdopen(fds[0], "r");
-  return c;
-}
-
-std::string ReadLine(FILE* f) {
-  char buf[4096];
-  if (!fgets(buf, sizeof(buf), f)) return "";
-  std::string s = buf;
-  if (!s.empty() && s.back() == '\n') s.pop_back();
-  return s;
-}
-
-int Wait(pid_t pid) {
-  int status = 0;
-  waitpid(pid, &status, 0);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+// The first line of `out`; `more` gets what follows it.
+std::string FirstLine(const std::string& out, std::string* more) {
+  const size_t nl = out.find('\n');
+  *more = nl == std::string::npos ? "" : out.substr(nl + 1);
+  return out.substr(0, nl);
 }
 
 // add-user's stdout is the token alone; serve pushes, prints its address, serves
@@ -959,28 +904,15 @@ TEST(Binary, AddUserAndServe) {
   const std::string bin = STIP_DEVELOPER_BIN;
   TempDir tmp;
   std::string state_dir = tmp / "state";
-  auto add_user = [&](const std::vector<std::string>& extra, int* rc) {
-    std::vector<std::string> args = {bin, "add-user", "dave", "--state", state_dir};
-    args.insert(args.end(), extra.begin(), extra.end());
-    Child c = Spawn(args, tmp / "add-user.err");
-    std::string all;
-    char buf[256];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof(buf), c.out)) > 0) all.append(buf, n);
-    fclose(c.out);
-    *rc = Wait(c.pid);
-    return all;
-  };
-  int rc = -1;
-  std::string out = add_user({}, &rc);
-  ASSERT_EQ(rc, 0) << ReadFile(tmp / "add-user.err");
-  ASSERT_EQ(out.size(), 65u) << out;  // 64 hex digits and a newline
-  const std::string token = out.substr(0, 64);
+  auto add_user = [&] { return test::Run({bin, "add-user", "dave", "--state", state_dir}, 120); };
+  test::RunResult added = add_user();
+  ASSERT_EQ(added.exit_code, 0) << added.err;
+  ASSERT_EQ(added.out.size(), 65u) << added.out;  // 64 hex digits and a newline
+  const std::string token = added.out.substr(0, 64);
   EXPECT_TRUE(IsHex64(token));
-  EXPECT_EQ(ReadFile(tmp / "add-user.err").find(token), std::string::npos);
+  EXPECT_EQ(added.err.find(token), std::string::npos);
   std::string access;
-  add_user({}, &rc);
-  EXPECT_NE(rc, 0) << "add-user accepted an existing name";
+  EXPECT_NE(add_user().exit_code, 0) << "add-user accepted an existing name";
   EXPECT_EQ(Mode(state_dir), 0700u);
   EXPECT_EQ(Mode(JoinPath(state_dir, "users.json")), 0600u);
 
@@ -988,11 +920,13 @@ TEST(Binary, AddUserAndServe) {
   std::string id;
   for (int run = 0; run < 2; ++run) {
     std::string err_file = tmp / ("serve" + std::to_string(run) + ".err");
-    Child c = Spawn({bin, "serve", "--model", kModel, "--state", state_dir, "--listen",
-                     "127.0.0.1:0", "--server", store.address(), "--public-server-address",
-                     "cloud.example:443", "--insecure", "--access-sync-s", "0.2"},
-                    err_file);
-    std::string line = ReadLine(c.out);
+    test::Daemon serve({bin, "serve", "--model", kModel, "--state", state_dir, "--listen",
+                        "127.0.0.1:0", "--server", store.address(), "--public-server-address",
+                        "cloud.example:443", "--insecure", "--access-sync-s", "0.2"},
+                       err_file);
+    serve.WaitListening();
+    ASSERT_EQ(serve.lines().size(), 1u) << ReadFile(err_file);
+    const std::string& line = serve.lines()[0];
     const std::string prefix = "stip-developer listening on 127.0.0.1:";
     ASSERT_EQ(line.rfind(prefix, 0), 0u) << line << "\n" << ReadFile(err_file);
     std::string address = line.substr(prefix.size() - 10);
@@ -1017,9 +951,8 @@ TEST(Binary, AddUserAndServe) {
       EXPECT_EQ(r.header.instance_id(), id);  // the instance survived the restart
       // revoke-user while serve runs: the Registry refuses at once, and the
       // revocation reaches the server within the sync interval.
-      Child rv = Spawn({bin, "revoke-user", "dave", "--state", state_dir}, tmp / "revoke.err");
-      fclose(rv.out);
-      EXPECT_EQ(Wait(rv.pid), 0) << ReadFile(tmp / "revoke.err");
+      test::RunResult rv = test::Run({bin, "revoke-user", "dave", "--state", state_dir}, 120);
+      EXPECT_EQ(rv.exit_code, 0) << rv.err;
       Received refused = Fetch(stub.get(), "dave", access, tmp / "refused");
       EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::PERMISSION_DENIED);
       int revoked = 0;
@@ -1032,10 +965,9 @@ TEST(Binary, AddUserAndServe) {
           StateStore(state_dir).TokenSigningKey().public_key(), access, id, auth::NowUnix());
       EXPECT_EQ(store.service.access(id)->revoked(0).token_id(), check.claims.token_id);
     }
-    kill(c.pid, SIGTERM);
-    EXPECT_EQ(Wait(c.pid), 0) << ReadFile(err_file);
-    EXPECT_EQ(ReadLine(c.out), "") << "serve printed more than its address on stdout";
-    fclose(c.out);
+    serve.Signal(SIGTERM);
+    EXPECT_EQ(serve.ReadRest(), "") << "serve printed more than its address on stdout";
+    EXPECT_EQ(serve.Stop(), 0) << ReadFile(err_file);
     std::string err = ReadFile(err_file);
     EXPECT_EQ(err.find(token), std::string::npos) << "a token was logged";
     EXPECT_EQ(err.find(access), std::string::npos) << "a token was logged";
@@ -1046,24 +978,27 @@ TEST(Binary, AddUserAndServe) {
   // push: one summary line on stdout; a second push finds it stored.
   RunningStore other;
   std::string server_dir = JoinPath(state_dir, "instances/" + id + "/server");
+  std::string push_err;
   auto push = [&](const std::vector<std::string>& extra, int* status) {
     std::vector<std::string> args = {bin,        "push",          "--model-dir", server_dir,
                                      "--server", other.address(), "--insecure"};
     args.insert(args.end(), extra.begin(), extra.end());
-    Child c = Spawn(args, tmp / "push.err");
-    std::string first = ReadLine(c.out), second = ReadLine(c.out);
-    fclose(c.out);
-    *status = Wait(c.pid);
-    EXPECT_EQ(second, "");
+    test::RunResult r = test::Run(args, 120);
+    *status = r.exit_code;
+    push_err = r.err;
+    std::string more;
+    std::string first = FirstLine(r.out, &more);
+    EXPECT_EQ(more, "");
     return first;
   };
+  int rc = -1;
   std::string line = push({"--no-load"}, &rc);
-  EXPECT_EQ(rc, 0) << ReadFile(tmp / "push.err");
+  EXPECT_EQ(rc, 0) << push_err;
   EXPECT_EQ(line.rfind("pushed instance " + id + " to " + other.address() + ": ", 0), 0u) << line;
   EXPECT_EQ(Tree(other.dir / ("store/" + id)), Tree(server_dir));
   EXPECT_FALSE(other.service.access(id).has_value()) << "push without --state registered a key";
   line = push({"--instance", id, "--state", state_dir}, &rc);
-  EXPECT_EQ(rc, 0) << ReadFile(tmp / "push.err");
+  EXPECT_EQ(rc, 0) << push_err;
   EXPECT_EQ(line, "instance " + id + " already stored on " + other.address());
   ASSERT_TRUE(other.service.access(id).has_value()) << "push --state registered no key";
   EXPECT_EQ(other.service.access(id)->revoked_size(), 1);

@@ -26,6 +26,7 @@
 #include "common/util/files.h"
 #include "stip/v1/stip.grpc.pb.h"
 #include "tests/deployment.h"
+#include "tests/model_store_client.h"
 #include "tests/process_util.h"
 #include "tests/test_util.h"
 
@@ -286,39 +287,16 @@ TEST(ThreePartiesTest, AccessTokensAreEnforcedByTheServer) {
 }
 
 grpc::Status ListModels(const std::string& address, const TlsOptions& tls) {
-  auto stub = v1::ModelStore::NewStub(MakeChannel(address, tls, "test"));
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-  v1::ListModelsResponse resp;
-  return stub->List(&ctx, v1::ListModelsRequest(), &resp);
+  return test::ListModels(MakeChannel(address, tls, "test"));
 }
 
+// An upload of `dir` (not loaded) to `address` with `tls`.
 grpc::Status UploadDir(const std::string& address, const TlsOptions& tls, const std::string& dir,
                        const std::string& id) {
-  auto stub = v1::ModelStore::NewStub(MakeChannel(address, tls, "test"));
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
-  v1::ModelInfo info;
-  auto writer = stub->Upload(&ctx, &info);
-  std::vector<OutgoingFile> files = ListFilesForTransfer(dir);
-  v1::UploadRequest req;
-  req.mutable_header()->set_instance_id(id);
-  FillEntries(files, req.mutable_header()->mutable_files());
-  if (writer->Write(req)) {
-    try {
-      std::string sha = StreamFiles(files, 1 << 20, [&](const v1::FileChunk& chunk) {
-        v1::UploadRequest r;
-        *r.mutable_chunk() = chunk;
-        return writer->Write(r);
-      });
-      v1::UploadRequest trailer;
-      trailer.mutable_trailer()->set_sha256(sha);
-      writer->Write(trailer);
-    } catch (const Error&) {
-    }
-  }
-  writer->WritesDone();
-  return writer->Finish();
+  test::UploadPlan plan = test::PlanFor(dir, id);
+  plan.load = false;
+  plan.chunk_bytes = 1 << 20;
+  return test::Upload(MakeChannel(address, tls, "test"), plan);
 }
 
 // Only the developer's certificate changes the store: a TLS client without a
@@ -395,24 +373,13 @@ std::string InstanceOf(const std::string& data_dir) {
   return Credentials(data_dir)["instance_id"].get<std::string>();
 }
 
-TlsOptions DeveloperTls(const Deployment& d) {
-  TlsOptions tls;
-  tls.ca_file = d.Pki("ca.pem");
-  tls.cert_file = d.Pki("developer.pem");
-  tls.key_file = d.Pki("developer.key");
-  return tls;
-}
-
 // The server's store as the developer sees it (ModelStore.List on the admin port).
 std::map<std::string, v1::ModelInfo> StoredModels(const Deployment& d) {
-  auto stub = v1::ModelStore::NewStub(MakeChannel(d.admin_address(), DeveloperTls(d), "test"));
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-  v1::ListModelsResponse resp;
-  grpc::Status s = stub->List(&ctx, v1::ListModelsRequest(), &resp);
-  EXPECT_TRUE(s.ok()) << s.error_message();
   std::map<std::string, v1::ModelInfo> out;
-  for (const v1::ModelInfo& m : resp.models()) out[m.instance_id()] = m;
+  for (const v1::ModelInfo& m :
+       test::Models(MakeChannel(d.admin_address(), d.DeveloperTls(), "test"))) {
+    out[m.instance_id()] = m;
+  }
   return out;
 }
 

@@ -13,6 +13,7 @@
 #include <random>
 
 #include "common/arch/architecture.h"
+#include "common/client/client_permuter.h"
 #include "common/engine/causal_lm.h"
 #include "common/error.h"
 #include "common/format/safetensors.h"

@@ -15,6 +15,7 @@
 #include "common/util/files.h"
 #include "stip/v1/stip.grpc.pb.h"
 #include "tests/deployment.h"
+#include "tests/model_store_client.h"
 
 namespace stip {
 namespace {
@@ -23,19 +24,11 @@ using test::Deployment;
 using test::Interactive;
 using test::RunResult;
 
-bool HasTempEntry(const std::string& models_dir) {
-  for (const std::string& n : ListDirectory(models_dir)) {
-    if (n.find(".tmp-") != std::string::npos) return true;
-  }
-  return false;
-}
+using test::HasTempEntry;
 
 grpc::Status ListModels(const std::string& admin, const TlsOptions& tls,
                         v1::ListModelsResponse* resp) {
-  auto stub = v1::ModelStore::NewStub(MakeChannel(admin, tls, "test"));
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-  return stub->List(&ctx, v1::ListModelsRequest(), resp);
+  return test::ListModels(MakeChannel(admin, tls, "test"), resp);
 }
 
 // The server is killed (SIGKILL) while it receives a model: the temporary
@@ -57,39 +50,20 @@ TEST(FaultTest, ServerKilledDuringUploadShowsNoPartialModelAndTheUploadCanBeRepe
   // An upload with the developer's certificate that stops after a few chunks
   // of a much larger model: then the server dies.
   {
-    auto stub = v1::ModelStore::NewStub(MakeChannel(d.admin_address(), d.DeveloperTls(), "test"));
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
-    v1::ModelInfo info;
-    auto writer = stub->Upload(&ctx, &info);
-    std::vector<OutgoingFile> files = ListFilesForTransfer(server_dir);
-    v1::UploadRequest req;
-    req.mutable_header()->set_instance_id(id);
-    req.mutable_header()->set_load(true);
-    FillEntries(files, req.mutable_header()->mutable_files());
-    ASSERT_TRUE(writer->Write(req));
-    int sent = 0;
+    test::UploadPlan plan = test::PlanFor(server_dir, id);
     bool killed = false;
-    try {
-      StreamFiles(files, 16 << 10, [&](const v1::FileChunk& chunk) {
-        if (sent == 20) {
-          for (int i = 0; i < 500 && !HasTempEntry(models_dir); ++i) {
-            std::this_thread::sleep_for(std::chrono::milliseconds(10));
-          }
-          EXPECT_TRUE(HasTempEntry(models_dir)) << "the server never started receiving";
-          d.KillServer();
-          killed = true;
-          return false;
-        }
-        v1::UploadRequest r;
-        *r.mutable_chunk() = chunk;
-        ++sent;
-        return writer->Write(r);
-      });
-    } catch (const Error&) {
-    }
+    plan.interrupt = [&](int index, grpc::ClientContext&) {
+      if (index != 20) return false;
+      for (int i = 0; i < 500 && !HasTempEntry(models_dir); ++i) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      }
+      EXPECT_TRUE(HasTempEntry(models_dir)) << "the server never started receiving";
+      d.KillServer();
+      killed = true;
+      return true;
+    };
+    grpc::Status s = test::Upload(MakeChannel(d.admin_address(), d.DeveloperTls(), "test"), plan);
     ASSERT_TRUE(killed);
-    grpc::Status s = writer->Finish();
     EXPECT_FALSE(s.ok());
   }
   EXPECT_TRUE(HasTempEntry(models_dir)) << "SIGKILL cleaned up? then this test tests nothing";

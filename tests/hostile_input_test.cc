@@ -40,6 +40,9 @@
 #include "server/batch_scheduler.h"
 #include "server/stip_server.h"
 #include "stip/v1/stip.grpc.pb.h"
+#include "tests/access_tokens.h"
+#include "tests/model_store_client.h"
+#include "tests/prepared_model.h"
 #include "tests/session_client.h"
 #include "tests/temp_dir.h"
 #include "tests/test_util.h"
@@ -57,82 +60,13 @@ using Code = grpc::StatusCode;
 constexpr double kTolerance = 1e-5;
 const Ids kPrompt = {1, 17, 42, 99, 256, 7, 300};
 
-// ---- models, keys, certificates ---------------------------------------------
-
-// A fixture transformed with fresh keys: the server checkpoint the developer
-// uploads, and what the user holds (client model, keys).
-struct Prepared {
-  std::string server_dir, instance_id;
-  ClientKeys keys;
-  std::unique_ptr<ClientModel> client;
-  CausalLM plain;
-  int64_t hidden = 0, max_positions = 0;
-
-  at::Tensor Input(const Ids& ids, int64_t start) const {
-    return PermuteHidden(client->Embed(ids, start), keys.p);
-  }
-  // The plain model's logits of the last position of `ids`.
-  at::Tensor Plain(const Ids& ids) const {
-    KvCache cache = plain.server->NewCache();
-    return plain.server->Forward({{plain.client->Embed(ids, 0), &cache, false}})[0];
-  }
-};
-
-std::unique_ptr<Prepared> Prepare(const std::string& arch, const std::string& root,
-                                  uint64_t shard_bytes) {
-  auto p = std::make_unique<Prepared>();
-  const std::string fixture = FixtureDir(arch);
-  ModelConfig config = LoadModelConfig(fixture);
-  ModelKeys keys = GenerateKeys(config, FingerprintModel(fixture));
-  TransformOptions opt;
-  opt.max_shard_bytes = shard_bytes;
-  opt.progress = false;
-  const std::string out = JoinPath(root, arch + "-" + keys.instance_id);
-  TransformCheckpoint(fixture, out, keys, opt);
-  p->server_dir = JoinPath(out, "server");
-  p->instance_id = keys.instance_id;
-  p->keys = LoadClientKeys(JoinPath(JoinPath(out, "client"), "client_keys.safetensors"));
-  p->client = ClientModel::Load(JoinPath(out, "client"));
-  p->plain = CausalLM::Load(fixture);
-  p->hidden = config.hidden_size;
-  p->max_positions = config.max_positions;
-  return p;
-}
-
-const auth::SigningKey& DeveloperKey() {
-  static const auth::SigningKey key = auth::SigningKey::Generate();
-  return key;
-}
-
-std::string TokenFor(const std::string& instance) {
-  auth::TokenClaims c;
-  c.user = "alice";
-  c.instance = instance;
-  c.token_id = auth::NewTokenId();
-  c.issued_at = auth::NowUnix();
-  c.expires_at = c.issued_at + 3600;
-  return auth::IssueToken(DeveloperKey(), c);
-}
-
-// A CA, the server's certificate and the developer's client certificate.
-void MakePki(const std::string& dir) {
-  auto issue = [](const std::string& name, const std::string& cn, const std::string& eku) {
-    return " && openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout " + name +
-           ".key -out " + name + ".csr -subj /CN=" + cn +
-           " && printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\nextendedKeyUsage=" + eku +
-           "\\n' > " + name + ".cnf && openssl x509 -req -in " + name +
-           ".csr -CA ca.pem -CAkey ca.key -CAcreateserial -out " + name + ".pem -days 1 -extfile " +
-           name + ".cnf";
-  };
-  const std::string cmd =
-      "(cd " + dir +
-      " && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key "
-      "-out ca.pem -days 1 -subj /CN=stip-test-ca -addext basicConstraints=critical,CA:TRUE "
-      "-addext keyUsage=critical,keyCertSign,cRLSign" +
-      issue("server", "localhost", "serverAuth") +
-      issue("developer", "stip-developer", "clientAuth") + ") >/dev/null 2>&1";
-  if (std::system(cmd.c_str()) != 0) throw Internal("openssl failed");
-}
+using test::DeveloperKey;
+using test::PlanFor;
+using test::Prepare;
+using test::Prepared;
+using test::TokenFor;
+using test::Upload;
+using test::UploadPlan;
 
 // ---- raw and typed calls -------------------------------------------------------
 
@@ -227,84 +161,13 @@ void ExpectStepError(const std::optional<v1::SessionResponse>& r, uint64_t step_
       code, needle);
 }
 
-// Upload of the files of `dir` with hooks to break it.
-struct UploadPlan {
-  std::vector<OutgoingFile> files;
-  std::string instance_id;
-  // Chunk -> chunks to send instead (none: stop sending data).
-  std::function<std::vector<v1::FileChunk>(const v1::FileChunk&, int index)> mangle;
-  bool send_trailer = true;
-  std::string sha_override;
-};
-
-grpc::Status Upload(const std::shared_ptr<grpc::Channel>& admin, const UploadPlan& plan) {
-  auto stub = v1::ModelStore::NewStub(admin);
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
-  v1::ModelInfo response;
-  auto writer = stub->Upload(&ctx, &response);
-  v1::UploadRequest req;
-  req.mutable_header()->set_instance_id(plan.instance_id);
-  req.mutable_header()->set_load(true);
-  FillEntries(plan.files, req.mutable_header()->mutable_files());
-  writer->Write(req);
-  int index = 0;
-  bool stopped = false;
-  std::string sha;
-  try {
-    sha = StreamFiles(plan.files, 16 << 10, [&](const v1::FileChunk& chunk) {
-      std::vector<v1::FileChunk> out = {chunk};
-      if (plan.mangle) out = plan.mangle(chunk, index);
-      ++index;
-      if (out.empty()) {
-        stopped = true;
-        return false;
-      }
-      for (const v1::FileChunk& c : out) {
-        v1::UploadRequest r;
-        *r.mutable_chunk() = c;
-        if (!writer->Write(r)) return false;
-      }
-      return true;
-    });
-  } catch (const Error&) {
-    if (!stopped) return writer->Finish();  // the server ended the call
-  }
-  if (plan.send_trailer) {
-    v1::UploadRequest trailer;
-    trailer.mutable_trailer()->set_sha256(plan.sha_override.empty() ? (sha.empty() ? "0" : sha)
-                                                                    : plan.sha_override);
-    writer->Write(trailer);
-  }
-  writer->WritesDone();
-  return writer->Finish();
-}
-
-UploadPlan PlanFor(const std::string& dir, const std::string& id) {
-  UploadPlan p;
-  p.files = ListFilesForTransfer(dir);
-  p.instance_id = id;
-  return p;
-}
-
 grpc::Status SetAccess(const std::shared_ptr<grpc::Channel>& admin, const std::string& id) {
-  auto stub = v1::ModelStore::NewStub(admin);
-  grpc::ClientContext ctx;
-  v1::SetAccessRequest req;
-  req.set_instance_id(id);
-  req.set_token_key_pem(DeveloperKey().public_key().pem());
-  v1::AccessInfo info;
-  return stub->SetAccess(&ctx, req, &info);
+  return test::SetAccess(admin, id, DeveloperKey().public_key().pem());
 }
 
 std::vector<std::string> ListIds(const std::shared_ptr<grpc::Channel>& admin) {
-  auto stub = v1::ModelStore::NewStub(admin);
-  grpc::ClientContext ctx;
-  v1::ListModelsResponse resp;
-  grpc::Status s = stub->List(&ctx, v1::ListModelsRequest(), &resp);
-  EXPECT_TRUE(s.ok()) << s.error_message();
   std::vector<std::string> ids;
-  for (const auto& m : resp.models()) ids.push_back(m.instance_id());
+  for (const v1::ModelInfo& m : test::Models(admin)) ids.push_back(m.instance_id());
   return ids;
 }
 
@@ -379,8 +242,7 @@ class HostileInputTest : public ::testing::Test {
   static void SetUpTestSuite() {
     root_ = new TempDir("stip-hostile");
     pki_ = JoinPath(root_->path(), "pki");
-    MakeDirectories(pki_, 0700);
-    MakePki(pki_);
+    test::MakeDemoPki(pki_);
     llama_ = Prepare("llama", root_->path(), 128 << 10).release();  // sharded, with an index
     gpt2_ = Prepare("gpt2", root_->path(), 0).release();            // one file
     reference_ = new at::Tensor(llama_->Plain(kPrompt));

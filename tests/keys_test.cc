@@ -561,6 +561,11 @@ class CorruptKeyFile : public ::testing::Test {
     WriteRaw(path, raw);
     return ErrorOf([&] { LoadKeys(path); }, code);
   }
+  // The same, and that the message holds `needle`.
+  void ExpectLoadError(const RawFile& raw, ErrorCode code, const std::string& needle) {
+    std::string msg = LoadError(raw, code);
+    EXPECT_NE(msg.find(needle), std::string::npos) << msg;
+  }
 
   TempDir dir_;
   ModelKeys keys_;
@@ -590,40 +595,31 @@ TEST_F(CorruptKeyFile, DuplicateEntry) {
 TEST_F(CorruptKeyFile, MissingTensor) {
   RawFile raw = raw_;
   raw.tensors.erase("layers.1.attn.qk_within");
-  std::string msg = LoadError(raw, ErrorCode::kDataLoss);
-  EXPECT_NE(msg.find("missing tensor \"layers.1.attn.qk_within\""), std::string::npos) << msg;
+  ExpectLoadError(raw, ErrorCode::kDataLoss, "missing tensor \"layers.1.attn.qk_within\"");
 
   raw = raw_;
   raw.tensors.erase("p_c");
-  msg = LoadError(raw, ErrorCode::kDataLoss);
-  EXPECT_NE(msg.find("\"p_c\""), std::string::npos) << msg;
+  ExpectLoadError(raw, ErrorCode::kDataLoss, "\"p_c\"");
 }
 
 TEST_F(CorruptKeyFile, WrongFormat) {
   RawFile raw = raw_;
   raw.metadata["format"] = "pt";
-  std::string msg = LoadError(raw, ErrorCode::kInvalidArgument);
-  EXPECT_NE(msg.find("format is \"pt\", expected \"stip-keys\""), std::string::npos) << msg;
+  ExpectLoadError(raw, ErrorCode::kInvalidArgument, "format is \"pt\", expected \"stip-keys\"");
 
   raw = raw_;
   raw.metadata.erase("format");
-  msg = LoadError(raw, ErrorCode::kInvalidArgument);
-  EXPECT_NE(msg.find("not a STIP key file"), std::string::npos) << msg;
+  ExpectLoadError(raw, ErrorCode::kInvalidArgument, "not a STIP key file");
 }
 
 TEST_F(CorruptKeyFile, FutureVersion) {
   RawFile raw = raw_;
   raw.metadata["version"] = "2";
-  std::string msg = LoadError(raw, ErrorCode::kUnimplemented);
-  EXPECT_NE(msg.find("version 2 is newer"), std::string::npos) << msg;
-
+  ExpectLoadError(raw, ErrorCode::kUnimplemented, "version 2 is newer");
   raw.metadata["version"] = "one";
-  msg = LoadError(raw, ErrorCode::kInvalidArgument);
-  EXPECT_NE(msg.find("not understood"), std::string::npos) << msg;
-
+  ExpectLoadError(raw, ErrorCode::kInvalidArgument, "not understood");
   raw.metadata["version"] = "0";
-  msg = LoadError(raw, ErrorCode::kInvalidArgument);
-  EXPECT_NE(msg.find("version 0 is not supported"), std::string::npos) << msg;
+  ExpectLoadError(raw, ErrorCode::kInvalidArgument, "version 0 is not supported");
 }
 
 TEST_F(CorruptKeyFile, WrongDtypeShapeOrExtraTensor) {

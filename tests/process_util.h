@@ -95,6 +95,24 @@ class Daemon {
     }
     return "";
   }
+  // The stdout lines read so far.
+  const std::vector<std::string>& lines() const { return lines_; }
+  // What the daemon writes to stdout from here until it closes it (it exits)
+  // or `seconds` pass, beyond the lines read so far.
+  std::string ReadRest(double seconds = 60) {
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+    while (out_ >= 0 && std::chrono::steady_clock::now() < deadline) {
+      pollfd p{out_, POLLIN, 0};
+      if (poll(&p, 1, 100) <= 0) continue;
+      char buf[4096];
+      ssize_t n = read(out_, buf, sizeof buf);
+      if (n <= 0) break;
+      buffer_.append(buf, static_cast<size_t>(n));
+    }
+    std::string rest;
+    rest.swap(buffer_);
+    return rest;
+  }
   void Signal(int sig) {
     if (pid_ > 0) kill(pid_, sig);
   }

@@ -35,7 +35,11 @@
 #include "server/batch_scheduler.h"
 #include "server/stip_server.h"
 #include "stip/v1/stip.grpc.pb.h"
+#include "tests/access_tokens.h"
+#include "tests/model_store_client.h"
+#include "tests/prepared_model.h"
 #include "tests/session_client.h"
+#include "tests/temp_dir.h"
 #include "tests/test_util.h"
 #include "tests/tls_channel.h"
 
@@ -50,81 +54,17 @@ constexpr double kTolerance = 1e-5;
 // Against Hugging Face's own logits (another implementation, fp32 on CPU).
 constexpr double kHfTolerance = 1e-4;
 
-std::string MakeTempDir() {
-  char tmpl[] = "/tmp/stip-server-test-XXXXXX";
-  const char* dir = mkdtemp(tmpl);
-  if (!dir) throw Internal("mkdtemp failed");
-  return dir;
-}
-
-// ---- prepared models ----------------------------------------------------------
-
-// A fixture transformed with fresh keys: what the developer would push
-// (server_dir) and hand to a user (client model and keys).
-struct Prepared {
-  std::string fixture, server_dir, client_dir, instance_id;
-  ClientKeys keys;
-  std::unique_ptr<ClientModel> client;  // from the client bundle
-  CausalLM plain;                       // the plaintext model, for reference logits
-  int64_t hidden = 0;
-
-  // x' for `ids` at positions [start, start + n).
-  at::Tensor Input(const Ids& ids, int64_t start) const {
-    return PermuteHidden(client->Embed(ids, start), keys.p);
-  }
-  // Plain logits of `ids` appended to `cache`.
-  at::Tensor Plain(KvCache& cache, const Ids& ids, bool all) const {
-    at::Tensor x = plain.client->Embed(ids, cache.length());
-    return plain.server->Forward({{x, &cache, all}})[0];
-  }
-};
-
-std::unique_ptr<Prepared> Prepare(const std::string& arch, const std::string& root,
-                                  uint64_t shard_bytes) {
-  auto p = std::make_unique<Prepared>();
-  p->fixture = FixtureDir(arch);
-  ModelConfig config = LoadModelConfig(p->fixture);
-  ModelKeys keys = GenerateKeys(config, FingerprintModel(p->fixture));
-  TransformOptions opt;
-  opt.max_shard_bytes = shard_bytes;
-  opt.progress = false;
-  const std::string out = JoinPath(root, arch + "-" + keys.instance_id);
-  TransformCheckpoint(p->fixture, out, keys, opt);
-  p->server_dir = JoinPath(out, "server");
-  p->client_dir = JoinPath(out, "client");
-  p->instance_id = keys.instance_id;
-  p->keys = LoadClientKeys(JoinPath(p->client_dir, "client_keys.safetensors"));
-  p->client = ClientModel::Load(p->client_dir);
-  p->plain = CausalLM::Load(p->fixture);
-  p->hidden = config.hidden_size;
-  return p;
-}
-
-// ---- access tokens ----------------------------------------------------------------
-
-// The test developer's token signing key.
-const auth::SigningKey& DeveloperKey() {
-  static const auth::SigningKey key = auth::SigningKey::Generate();
-  return key;
-}
-
-struct TokenSpec {
-  std::string user = "alice";
-  int64_t ttl_s = 3600;                   // from now; negative: expired
-  std::string token_id;                   // "" = fresh
-  const auth::SigningKey* key = nullptr;  // null: DeveloperKey()
-};
-
-std::string TokenFor(const std::string& instance, const TokenSpec& spec = {}) {
-  auth::TokenClaims c;
-  c.user = spec.user;
-  c.instance = instance;
-  c.token_id = spec.token_id.empty() ? auth::NewTokenId() : spec.token_id;
-  const int64_t now = auth::NowUnix();
-  c.expires_at = now + spec.ttl_s;
-  c.issued_at = std::min(now, c.expires_at - 1);
-  return auth::IssueToken(spec.key ? *spec.key : DeveloperKey(), c);
-}
+using test::DeveloperKey;
+using test::HasTempEntry;
+using test::ListModels;
+using test::Models;
+using test::Prepare;
+using test::Prepared;
+using test::SetAccess;
+using test::TempDir;
+using test::TokenFor;
+using test::TokenSpec;
+using test::Upload;
 
 // Session::Open's default: a valid token for the instance opened.
 const std::string kValidToken = "(a valid token)";
@@ -141,95 +81,6 @@ std::shared_ptr<grpc::Channel> AdminChannel(const StipServer& server) {
   TlsOptions tls;
   tls.insecure = true;
   return MakeChannel("127.0.0.1:" + std::to_string(server.admin_port()), tls, "test");
-}
-
-grpc::Status SetAccess(const std::shared_ptr<grpc::Channel>& admin, const std::string& id,
-                       const std::string& key_pem,
-                       const std::vector<auth::RevokedToken>& revoked = {},
-                       v1::AccessInfo* info = nullptr,
-                       const std::vector<std::pair<std::string, int64_t>>& previous = {}) {
-  auto stub = v1::ModelStore::NewStub(admin);
-  grpc::ClientContext ctx;
-  v1::SetAccessRequest req;
-  req.set_instance_id(id);
-  req.set_token_key_pem(key_pem);
-  for (const auto& [pem, until] : previous) {
-    v1::PreviousTokenKey* k = req.add_previous_token_keys();
-    k->set_pem(pem);
-    k->set_accepted_until(until);
-  }
-  for (const auto& r : revoked) {
-    v1::RevokedToken* t = req.add_revoked();
-    t->set_token_id(r.token_id);
-    t->set_expires_at(r.expires_at);
-  }
-  v1::AccessInfo ignored;
-  return stub->SetAccess(&ctx, req, info ? info : &ignored);
-}
-
-struct UploadOptions {
-  std::string sha_override;
-  int cancel_after_chunks = -1;  // cancel the call once the server has started receiving
-  std::string models_dir;        // where to look for the temporary directory
-  bool load = true;
-};
-
-bool HasTempEntry(const std::string& models_dir) {
-  for (const std::string& n : ListDirectory(models_dir)) {
-    if (n.find(".tmp-") != std::string::npos) return true;
-  }
-  return false;
-}
-
-grpc::Status Upload(const std::shared_ptr<grpc::Channel>& channel, const std::string& dir,
-                    const std::string& id, v1::ModelInfo* info = nullptr,
-                    const UploadOptions& o = {}) {
-  auto stub = v1::ModelStore::NewStub(channel);
-  grpc::ClientContext ctx;
-  v1::ModelInfo response;
-  auto writer = stub->Upload(&ctx, &response);
-  std::vector<OutgoingFile> files = ListFilesForTransfer(dir);
-  v1::UploadRequest req;
-  req.mutable_header()->set_instance_id(id);
-  req.mutable_header()->set_load(o.load);
-  FillEntries(files, req.mutable_header()->mutable_files());
-  writer->Write(req);
-  int sent = 0;
-  std::string sha;
-  try {
-    sha = StreamFiles(files, 16 << 10, [&](const v1::FileChunk& chunk) {
-      if (sent == o.cancel_after_chunks) {
-        for (int i = 0; i < 500 && !HasTempEntry(o.models_dir); ++i) {
-          std::this_thread::sleep_for(std::chrono::milliseconds(10));
-        }
-        EXPECT_TRUE(HasTempEntry(o.models_dir)) << "the server never started receiving";
-        ctx.TryCancel();
-        return false;
-      }
-      v1::UploadRequest r;
-      *r.mutable_chunk() = chunk;
-      ++sent;
-      return writer->Write(r);
-    });
-  } catch (const Error&) {
-    return writer->Finish();  // the stream broke (or was cancelled)
-  }
-  v1::UploadRequest trailer;
-  trailer.mutable_trailer()->set_sha256(o.sha_override.empty() ? sha : o.sha_override);
-  writer->Write(trailer);
-  writer->WritesDone();
-  grpc::Status status = writer->Finish();
-  if (info) *info = response;
-  return status;
-}
-
-std::vector<v1::ModelInfo> List(const std::shared_ptr<grpc::Channel>& channel) {
-  auto stub = v1::ModelStore::NewStub(channel);
-  grpc::ClientContext ctx;
-  v1::ListModelsResponse resp;
-  grpc::Status s = stub->List(&ctx, v1::ListModelsRequest(), &resp);
-  EXPECT_TRUE(s.ok()) << s.error_message();
-  return {resp.models().begin(), resp.models().end()};
 }
 
 // A session stream; Open signs a token for the instance unless given one.
@@ -307,23 +158,18 @@ void RunAndCheck(Session& s, const Prepared& p, const Ids& prompt, const Ids& de
 class ServerTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    root_ = new std::string(MakeTempDir());
+    root_ = new TempDir("stip-server-test");
     // llama in several shards (the upload carries the index), gpt2 in one file.
-    llama_ = Prepare("llama", *root_, 128 << 10).release();
-    gpt2_ = Prepare("gpt2", *root_, 0).release();
+    llama_ = Prepare("llama", root_->path(), 128 << 10).release();
+    gpt2_ = Prepare("gpt2", root_->path(), 0).release();
   }
   static void TearDownTestSuite() {
     delete llama_;
     delete gpt2_;
-    RemoveAll(*root_);
     delete root_;
   }
 
-  void SetUp() override { store_ = MakeTempDir(); }
-  void TearDown() override {
-    server_.reset();
-    RemoveAll(store_);
-  }
+  void TearDown() override { server_.reset(); }
 
   ServerOptions Options() const {
     ServerOptions o;
@@ -360,16 +206,17 @@ class ServerTest : public ::testing::Test {
     ASSERT_TRUE(s.ok()) << s.error_message();
   }
 
-  static std::string* root_;
+  static TempDir* root_;
   static Prepared* llama_;
   static Prepared* gpt2_;
-  std::string store_;
+  TempDir store_dir_{"stip-server-test"};
+  const std::string store_ = store_dir_.path();
   std::unique_ptr<StipServer> server_;
   std::shared_ptr<grpc::Channel> channel_;  // public port: Inference
   std::shared_ptr<grpc::Channel> admin_;    // admin port: ModelStore
 };
 
-std::string* ServerTest::root_ = nullptr;
+TempDir* ServerTest::root_ = nullptr;
 Prepared* ServerTest::llama_ = nullptr;
 Prepared* ServerTest::gpt2_ = nullptr;
 
@@ -390,7 +237,7 @@ TEST_F(ServerTest, UploadThenSessionEqualsPlainModel) {
   EXPECT_EQ(info.vocab_size(), llama_->plain.server->config().vocab_size);
   EXPECT_EQ(info.datatype(), "FP32");
   EXPECT_GT(info.stored_bytes(), 0u);
-  auto models = List(admin_);
+  auto models = Models(admin_);
   ASSERT_EQ(models.size(), 1u);
   EXPECT_EQ(models[0].instance_id(), llama_->instance_id);
 
@@ -675,12 +522,12 @@ TEST_F(ServerTest, ConcurrentSessionsAreBatchedAndCorrect) {
 
 TEST_F(ServerTest, DigestMismatchIsDataLossAndStoresNothing) {
   Start();
-  UploadOptions o;
+  test::UploadPlan o = test::PlanFor(llama_->server_dir, llama_->instance_id);
   o.sha_override = std::string(64, '0');
-  grpc::Status s = Upload(admin_, llama_->server_dir, llama_->instance_id, nullptr, o);
+  grpc::Status s = Upload(admin_, o);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::DATA_LOSS) << s.error_message();
   EXPECT_NE(s.error_message().find("SHA-256 mismatch"), std::string::npos) << s.error_message();
-  EXPECT_TRUE(List(admin_).empty());
+  EXPECT_TRUE(Models(admin_).empty());
   EXPECT_TRUE(ListDirectory(ModelsDir()).empty());
   Session session(channel_);
   EXPECT_EQ(session.Open(llama_->instance_id).error_code(), grpc::StatusCode::NOT_FOUND);
@@ -688,17 +535,25 @@ TEST_F(ServerTest, DigestMismatchIsDataLossAndStoresNothing) {
 
 TEST_F(ServerTest, InterruptedUploadLeavesNothingAndCanBeRetried) {
   Start();
-  UploadOptions o;
-  o.cancel_after_chunks = 3;
-  o.models_dir = ModelsDir();
-  grpc::Status s = Upload(admin_, llama_->server_dir, llama_->instance_id, nullptr, o);
+  test::UploadPlan o = test::PlanFor(llama_->server_dir, llama_->instance_id);
+  // Cancel the call once the server has started receiving.
+  o.interrupt = [&](int index, grpc::ClientContext& ctx) {
+    if (index != 3) return false;
+    for (int i = 0; i < 500 && !HasTempEntry(ModelsDir()); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    EXPECT_TRUE(HasTempEntry(ModelsDir())) << "the server never started receiving";
+    ctx.TryCancel();
+    return true;
+  };
+  grpc::Status s = Upload(admin_, o);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::CANCELLED) << s.error_message();
   // The server notices the cancellation on its own thread.
   for (int i = 0; i < 500 && !ListDirectory(ModelsDir()).empty(); ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   EXPECT_TRUE(ListDirectory(ModelsDir()).empty());
-  EXPECT_TRUE(List(admin_).empty());
+  EXPECT_TRUE(Models(admin_).empty());
   grpc::Status retry;
   for (int i = 0; i < 100; ++i) {  // until the server has forgotten the first attempt
     retry = Upload(admin_, llama_->server_dir, llama_->instance_id);
@@ -715,7 +570,7 @@ TEST_F(ServerTest, InterruptedUploadLeavesNothingAndCanBeRetried) {
 TEST_F(ServerTest, UploadsThatAreNotTransformedServerCheckpointsAreRefused) {
   Start();
   // The server checkpoint plus the plaintext embedding table in the same file.
-  const std::string bad = JoinPath(*root_, "with-embeddings");
+  const std::string bad = JoinPath(root_->path(), "with-embeddings");
   RemoveAll(bad);
   MakeDirectories(bad, 0700);
   CopyFile(JoinPath(gpt2_->server_dir, "config.json"), JoinPath(bad, "config.json"));
@@ -752,7 +607,7 @@ TEST_F(ServerTest, UploadsThatAreNotTransformedServerCheckpointsAreRefused) {
     s = Upload(admin_, gpt2_->server_dir, id);
     EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << "id " << id;
   }
-  EXPECT_TRUE(List(admin_).empty());
+  EXPECT_TRUE(Models(admin_).empty());
   EXPECT_TRUE(ListDirectory(ModelsDir()).empty());
   // And the daemon still takes a good upload.
   UploadOk(*gpt2_);
@@ -851,7 +706,7 @@ TEST_F(ServerTest, RestartServesStoredModelsAndSkipsCorruptedOnes) {
 
   // Restart: both come back without an upload.
   Start();
-  auto models = List(admin_);
+  auto models = Models(admin_);
   ASSERT_EQ(models.size(), 2u);
   for (const auto& m : models) {
     EXPECT_TRUE(m.loaded()) << m.instance_id();
@@ -873,7 +728,7 @@ TEST_F(ServerTest, RestartServesStoredModelsAndSkipsCorruptedOnes) {
   const std::string stale = JoinPath(ModelsDir(), llama_->instance_id + "x.tmp-abcdef");
   MakeDirectories(stale, 0700);
   Start();
-  models = List(admin_);
+  models = Models(admin_);
   ASSERT_EQ(models.size(), 1u);
   EXPECT_EQ(models[0].instance_id(), llama_->instance_id);
   EXPECT_FALSE(PathExists(stale));
@@ -1080,7 +935,7 @@ TEST_F(ServerTest, UnloadAndDeleteWaitForSessions) {
     grpc::Status st = stub->Delete(&ctx, ref, &resp);
     ASSERT_TRUE(st.ok()) << st.error_message();
   }
-  EXPECT_TRUE(List(admin_).empty());
+  EXPECT_TRUE(Models(admin_).empty());
   EXPECT_TRUE(ListDirectory(ModelsDir()).empty());
   {
     grpc::ClientContext ctx;
@@ -1178,7 +1033,7 @@ TEST_F(ServerTest, RetiredInstancesRefuseNewSessionsAndDrainOpenOnes) {
   // Stored with the model: still retired after a restart.
   Start();
   bool seen = false;
-  for (const v1::ModelInfo& m : List(admin_)) {
+  for (const v1::ModelInfo& m : Models(admin_)) {
     if (m.instance_id() != llama_->instance_id) continue;
     seen = true;
     EXPECT_TRUE(m.retired());
@@ -1196,7 +1051,7 @@ TEST_F(ServerTest, RetiredInstancesRefuseNewSessionsAndDrainOpenOnes) {
   ref.set_instance_id(llama_->instance_id);
   v1::DeleteModelResponse resp;
   ASSERT_TRUE(stub->Delete(&ctx, ref, &resp).ok());
-  EXPECT_EQ(List(admin_).size(), 1u);
+  EXPECT_EQ(Models(admin_).size(), 1u);
 }
 
 // ---- access tokens ---------------------------------------------------------------
@@ -1307,7 +1162,7 @@ TEST_F(ServerTest, AccessTokensAreCheckedBeforeAnyWork) {
   EXPECT_TRUE(open(id, TokenFor(id, forged)).ok());
 
   // An uploaded access.json is refused: access goes through SetAccess.
-  const std::string with_access = JoinPath(*root_, "with-access");
+  const std::string with_access = JoinPath(root_->path(), "with-access");
   RemoveAll(with_access);
   MakeDirectories(with_access, 0700);
   for (const std::string& f : ListDirectory(gpt2_->server_dir)) {
@@ -1349,38 +1204,17 @@ TEST_F(ServerTest, ModelStoreIsOnTheAdminPortOnly) {
 
 // ---- TLS ---------------------------------------------------------------------
 
-// A CA, the server's certificate, the developer's client certificate
-// (CN stip-developer), another client certificate of the same CA (CN
-// stip-client), and one of an unrelated CA (CN stip-developer).
-std::string MakeTestPki() {
-  const std::string dir = MakeTempDir();
-  auto issue = [](const std::string& name, const std::string& cn, const std::string& ca,
-                  const std::string& eku) {
-    return " && openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout " + name +
-           ".key -out " + name + ".csr -subj /CN=" + cn +
-           " && printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\nextendedKeyUsage=" + eku +
-           "\\n' > " + name + ".cnf && openssl x509 -req -in " + name + ".csr -CA " + ca +
-           ".pem -CAkey " + ca + ".key -CAcreateserial -out " + name + ".pem -days 1 -extfile " +
-           name + ".cnf";
-  };
-  auto ca = [](const std::string& name, const std::string& cn) {
-    return " && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout " +
-           name + ".key -out " + name + ".pem -days 1 -subj /CN=" + cn +
-           " -addext basicConstraints=critical,CA:TRUE -addext "
-           "keyUsage=critical,keyCertSign,cRLSign";
-  };
-  const std::string cmd = "(cd " + dir + ca("ca", "stip-test-ca") + ca("other", "other-ca") +
-                          issue("server", "localhost", "ca", "serverAuth") +
-                          issue("developer", "stip-developer", "ca", "clientAuth") +
-                          issue("client", "stip-client", "ca", "clientAuth") +
-                          issue("impostor", "stip-developer", "other", "clientAuth") +
-                          ") >/dev/null 2>&1";
-  if (std::system(cmd.c_str()) != 0) throw Internal("openssl failed");
-  return dir;
-}
-
 TEST_F(ServerTest, TlsEndToEndAndOnlyTheDevelopersCertificateChangesTheStore) {
-  const std::string dir = MakeTestPki();
+  // The demo PKI: a CA, the server's certificate, the developer's client
+  // certificate (CN stip-developer), another client certificate of the same CA
+  // (CN stip-client); and, as "impostor", the developer's certificate of an
+  // unrelated CA (CN stip-developer).
+  TempDir pki("stip-server-pki"), other("stip-server-pki");
+  const std::string& dir = pki.path();
+  test::MakeDemoPki(dir);
+  test::MakeDemoPki(other.path());
+  CopyFile(other / "developer.pem", pki / "impostor.pem");
+  CopyFile(other / "developer.key", pki / "impostor.key");
   ServerOptions o = Options();
   o.tls.insecure = false;
   o.tls.cert_file = JoinPath(dir, "server.pem");
@@ -1391,28 +1225,22 @@ TEST_F(ServerTest, TlsEndToEndAndOnlyTheDevelopersCertificateChangesTheStore) {
   auto tls_channel = [&](int port, const std::string& cert) {
     return test::PkiChannel(dir, port, cert);
   };
-  auto list = [](const std::shared_ptr<grpc::Channel>& ch) {
-    auto stub = v1::ModelStore::NewStub(ch);
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
-    v1::ListModelsResponse resp;
-    return stub->List(&ctx, v1::ListModelsRequest(), &resp);
-  };
   const int admin_port = server_->admin_port();
 
   // TLS without a client certificate: the handshake fails, nothing is stored.
   {
     auto ch = tls_channel(admin_port, "");
-    EXPECT_EQ(list(ch).error_code(), grpc::StatusCode::UNAVAILABLE);
+    EXPECT_EQ(ListModels(ch).error_code(), grpc::StatusCode::UNAVAILABLE);
     EXPECT_FALSE(Upload(ch, llama_->server_dir, llama_->instance_id).ok());
     EXPECT_FALSE(SetAccess(ch, llama_->instance_id, DeveloperKey().public_key().pem()).ok());
   }
   // A certificate of another CA, even with the developer's name.
-  EXPECT_EQ(list(tls_channel(admin_port, "impostor")).error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_EQ(ListModels(tls_channel(admin_port, "impostor")).error_code(),
+            grpc::StatusCode::UNAVAILABLE);
   // The same CA, another name (the client's certificate): PERMISSION_DENIED.
   {
     auto ch = tls_channel(admin_port, "client");
-    grpc::Status st = list(ch);
+    grpc::Status st = ListModels(ch);
     EXPECT_EQ(st.error_code(), grpc::StatusCode::PERMISSION_DENIED) << st.error_message();
     EXPECT_NE(st.error_message().find("stip-client"), std::string::npos) << st.error_message();
     st = Upload(ch, llama_->server_dir, llama_->instance_id);
@@ -1422,12 +1250,14 @@ TEST_F(ServerTest, TlsEndToEndAndOnlyTheDevelopersCertificateChangesTheStore) {
   {
     TlsOptions plain;
     plain.insecure = true;
-    EXPECT_FALSE(list(MakeChannel("127.0.0.1:" + std::to_string(admin_port), plain, "t")).ok());
     EXPECT_FALSE(
-        list(MakeChannel("127.0.0.1:" + std::to_string(server_->port()), plain, "t")).ok());
+        ListModels(MakeChannel("127.0.0.1:" + std::to_string(admin_port), plain, "t")).ok());
+    EXPECT_FALSE(
+        ListModels(MakeChannel("127.0.0.1:" + std::to_string(server_->port()), plain, "t")).ok());
   }
   // A TLS client of the public port: no ModelStore there.
-  EXPECT_EQ(list(tls_channel(server_->port(), "")).error_code(), grpc::StatusCode::UNIMPLEMENTED);
+  EXPECT_EQ(ListModels(tls_channel(server_->port(), "")).error_code(),
+            grpc::StatusCode::UNIMPLEMENTED);
   EXPECT_EQ(Upload(tls_channel(server_->port(), ""), llama_->server_dir, llama_->instance_id)
                 .error_code(),
             grpc::StatusCode::UNIMPLEMENTED);
@@ -1446,12 +1276,11 @@ TEST_F(ServerTest, TlsEndToEndAndOnlyTheDevelopersCertificateChangesTheStore) {
   // Any certificate of the admin CA when no names are listed.
   o.admin.allowed_common_names.clear();
   server_ = std::make_unique<StipServer>(o);
-  EXPECT_TRUE(list(tls_channel(server_->admin_port(), "client")).ok());
+  EXPECT_TRUE(ListModels(tls_channel(server_->admin_port(), "client")).ok());
   // An admin port without its CA is refused at start-up.
   o.admin.ca_file.clear();
   server_.reset();
   EXPECT_THROW(StipServer bad(o), Error);
-  RemoveAll(dir);
 }
 
 }  // namespace

@@ -21,6 +21,7 @@ class TempDir {
     path_ = tmpl;
   }
   ~TempDir() {
+    if (keep_) return;
     std::error_code ec;
     std::filesystem::remove_all(path_, ec);
   }
@@ -28,6 +29,8 @@ class TempDir {
   TempDir& operator=(const TempDir&) = delete;
 
   const std::string& path() const { return path_; }
+  // Leaves the directory in place at the end (to look at after a failure).
+  void Keep() { keep_ = true; }
   std::string File(const std::string& name) const { return path_ + "/" + name; }
   std::string operator/(const std::string& name) const { return File(name); }
   void Write(const std::string& name, const std::string& content) const {
@@ -47,6 +50,7 @@ class TempDir {
 
  private:
   std::string path_;
+  bool keep_ = false;
 };
 
 }  // namespace stip::test
