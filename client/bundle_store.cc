@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <nlohmann/json.hpp>
 
+#include "client/encoder_tasks.h"
 #include "common/arch/model_config.h"
 #include "common/chat/chat_template.h"
 #include "common/engine/causal_lm.h"
@@ -150,6 +151,10 @@ ClientBundle::~ClientBundle() = default;
 
 void ClientBundle::Check(const std::string& dir, const std::string& expected_instance) {
   ModelConfig config = LoadModelConfig(dir);
+  if (config.encoder) {  // BERT, ViT: client/encoder_tasks.h
+    EncoderBundle::Load(dir, expected_instance);
+    return;
+  }
   ClientKeys keys = LoadClientKeys(JoinPath(dir, "client_keys.safetensors"));
   CheckKeys(keys, config, dir, expected_instance);
   if (!PathExists(JoinPath(dir, "model.safetensors"))) {

@@ -13,6 +13,8 @@
 //             the model's chat template when it has one)
 //   serve     the local Chat gRPC service and/or the OpenAI-compatible HTTP
 //             API with the chat page (--http) for other programs
+//   embed, fill-mask, classify
+//             encoder models (BERT, ViT; docs/encoders.md)
 //   render-chat  print a conversation rendered with a model's chat template
 #include <signal.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
@@ -24,6 +26,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
 #include <nlohmann/json.hpp>
 #include <thread>
 
@@ -32,6 +35,8 @@
 #include "client/chat_cli.h"
 #include "client/chat_service.h"
 #include "client/client_metrics.h"
+#include "client/encoder_service.h"
+#include "client/encoder_tasks.h"
 #include "client/generator.h"
 #include "client/http_api.h"
 #include "client/local_backend.h"
@@ -69,7 +74,8 @@ struct ConnectFlags {
   double timeout_s = 0;         // generate: deadline of the whole request (0: none)
   ReconnectPolicy reconnect{8, 0.5, 10, {}};
 
-  void Add(CLI::App* app) {
+  // `sessions`: the flags of commands that open sessions (causal models).
+  void Add(CLI::App* app, bool sessions = true) {
     app->add_option("--data-dir", data_dir, "the client's data directory (from `register`)");
     app->add_option("--bundle", bundle,
                     "use this client bundle directory instead of DATA_DIR/bundle");
@@ -79,6 +85,10 @@ struct ConnectFlags {
     app->add_option("--server-name,--tls-server-name", server_name,
                     "name expected in the stip server's certificate");
     app->add_flag("--insecure", insecure, "connect to the stip server WITHOUT TLS (testing only)");
+    app->add_option("--server-model", server_model,
+                    "TESTING ONLY: run this transformed server checkpoint in-process instead of "
+                    "connecting to a stip server (no privacy: it needs both halves here)");
+    if (!sessions) return;
     app->add_option("--max-context", max_context, "session context limit (0: the server's)");
     app->add_option("--logits", logits,
                     "how the server sends logits back: fp32 (exact), fp16 (half the bytes; exact "
@@ -87,9 +97,6 @@ struct ConnectFlags {
         ->capture_default_str();
     app->add_flag("--no-refresh", no_refresh,
                   "never renew the access token or fetch a rotated bundle on our own");
-    app->add_option("--server-model", server_model,
-                    "TESTING ONLY: run this transformed server checkpoint in-process instead of "
-                    "connecting to a stip server (no privacy: it needs both halves here)");
     app->add_option("--reconnect-attempts", reconnect.max_attempts,
                     "when the server is lost mid-conversation: reconnect attempts before giving "
                     "up (0: never reconnect)")
@@ -352,6 +359,129 @@ int RunChatCommand(const ConnectFlags& cf, const SamplingFlags& sampling, const 
   return RunChat(*s.gen, options, STDIN_FILENO, stdout, stderr, &g_interrupted, turn);
 }
 
+// ---- encoders (BERT, ViT) ----------------------------------------------------------
+
+std::string BundleDirOf(const ConnectFlags& f) {
+  if (!f.bundle.empty()) return f.bundle;
+  if (f.data_dir.empty()) throw InvalidArgument("--data-dir is required (or --bundle)");
+  return DataDir(f.data_dir).bundle_dir();
+}
+
+// The encoder bundle and where its Encode calls go (the credentials' server,
+// or --server-model in-process).
+std::shared_ptr<EncoderTasks> MakeEncoderTasks(const ConnectFlags& f) {
+  const std::string bundle_dir = BundleDirOf(f);
+  if (!f.server_model.empty()) {
+    auto bundle = EncoderBundle::Load(bundle_dir);
+    spdlog::warn("running the server half in-process from {} (--server-model: testing only)",
+                 f.server_model);
+    return std::make_shared<EncoderTasks>(bundle, MakeLocalEncoder(f.server_model));
+  }
+  if (f.data_dir.empty()) throw InvalidArgument("--data-dir is required");
+  const Credentials c = DataDir(f.data_dir).LoadCredentials();
+  auto bundle = EncoderBundle::Load(bundle_dir, c.instance_id);
+  TlsOptions tls;
+  tls.insecure = f.insecure;
+  if (!f.server_ca.empty()) {
+    tls.ca_file = f.server_ca;
+  } else {
+    tls.ca_pem = c.server_ca_pem;
+  }
+  tls.server_name_override = f.server_name;
+  RemoteEncoderOptions o;
+  o.address = f.server.empty() ? c.server_address : f.server;
+  o.instance_id = c.instance_id;
+  o.access_token = c.access_token;
+  if (f.timeout_s > 0) o.timeout_s = f.timeout_s;
+  auto channel = MakeChannel(o.address, tls, "stip-client");
+  return std::make_shared<EncoderTasks>(bundle, MakeRemoteEncoder(channel, o));
+}
+
+std::string JsonLine(const nlohmann::json& j) {
+  return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+void PrintTop(const std::string& input, const std::vector<LabelScore>& top, bool json) {
+  if (json) {
+    nlohmann::json j;
+    j["input"] = input;
+    j["top"] = nlohmann::json::array();
+    for (const LabelScore& s : top) j["top"].push_back({{"label", s.label}, {"score", s.score}});
+    std::printf("%s\n", JsonLine(j).c_str());
+  } else {
+    std::printf("%s\n", input.c_str());
+    for (const LabelScore& s : top) {
+      std::printf("  %-20s %.4f\n", s.label.c_str(), s.score);
+    }
+  }
+  std::fflush(stdout);
+}
+
+std::vector<std::string> ReadLines(const std::string& file) {
+  std::ifstream in(file);
+  if (!in) throw NotFound("cannot read " + file);
+  std::vector<std::string> lines;
+  std::string line;
+  while (std::getline(in, line)) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (!line.empty()) lines.push_back(line);
+  }
+  if (lines.empty()) throw InvalidArgument(file + ": no text (one text per line)");
+  return lines;
+}
+
+int RunEmbed(const ConnectFlags& cf, std::vector<std::string> texts, const std::string& file,
+             bool json) {
+  if (!file.empty()) {
+    for (std::string& t : ReadLines(file)) texts.push_back(std::move(t));
+  }
+  if (texts.empty()) throw InvalidArgument("give --text or --file");
+  auto tasks = MakeEncoderTasks(cf);
+  std::vector<std::vector<float>> out = tasks->Embed(texts);
+  for (size_t i = 0; i < texts.size(); ++i) {
+    if (json) {
+      nlohmann::json j;
+      j["input"] = texts[i];
+      j["embedding"] = out[i];
+      std::printf("%s\n", JsonLine(j).c_str());
+    } else {
+      std::printf("%s\n ", texts[i].c_str());
+      for (float v : out[i]) std::printf(" %.6g", v);
+      std::printf("\n");
+    }
+  }
+  std::fflush(stdout);
+  return 0;
+}
+
+int RunFillMask(const ConnectFlags& cf, const std::vector<std::string>& texts, int top_k,
+                bool json) {
+  auto tasks = MakeEncoderTasks(cf);
+  std::vector<std::vector<LabelScore>> out = tasks->FillMask(texts, top_k);
+  for (size_t i = 0; i < texts.size(); ++i) PrintTop(texts[i], out[i], json);
+  return 0;
+}
+
+int RunClassify(const ConnectFlags& cf, const std::vector<std::string>& images,
+                const std::vector<std::string>& texts, int top_k, bool json) {
+  if (images.empty() == texts.empty()) throw InvalidArgument("give --image or --text");
+  auto tasks = MakeEncoderTasks(cf);
+  std::vector<std::vector<LabelScore>> out;
+  if (!images.empty()) {
+    std::vector<std::string> bytes;
+    for (const std::string& f : images) {
+      if (!PathExists(f)) throw NotFound("image " + f + ": no such file");
+      bytes.push_back(ReadFile(f));
+    }
+    out = tasks->ClassifyImages(bytes, images, top_k);
+    for (size_t i = 0; i < images.size(); ++i) PrintTop(images[i], out[i], json);
+  } else {
+    out = tasks->ClassifyTexts(texts, top_k);
+    for (size_t i = 0; i < texts.size(); ++i) PrintTop(texts[i], out[i], json);
+  }
+  return 0;
+}
+
 void OnTerminate(int) { g_interrupted.store(true); }
 
 struct ServeFlags {
@@ -399,6 +529,34 @@ int RunServe(const ConnectFlags& cf, const ChatFlags& chat, const ServeFlags& f)
     if (api_key.empty()) throw InvalidArgument("--api-key-file " + f.api_key_file + " is empty");
   } else if (const char* env = std::getenv("STIP_API_KEY"); env && *env) {
     api_key = env;
+  }
+  if (IsEncoderBundle(BundleDirOf(cf))) {
+    if (!f.http.empty() || f.listen.empty()) {
+      throw InvalidArgument(
+          "an encoder bundle is served on --listen (Embed, FillMask, Classify); the HTTP API "
+          "(--http) serves causal language models");
+    }
+    // An encoder: Embed, FillMask and Classify (no sessions, no generation).
+    EncoderChatService service(MakeEncoderTasks(cf));
+    ServerSetup setup;
+    setup.address = f.listen;
+    setup.tls = f.tls;
+    setup.tls.insecure = f.listen_insecure;
+    setup.name = "stip-client";
+    int port = 0;
+    auto server = StartServer(setup, {&service}, &port, {v1::Chat::service_full_name()});
+    std::printf("stip-client listening on %s:%d\n", HostOf(f.listen).c_str(), port);
+    std::fflush(stdout);
+    spdlog::info("serving Embed, FillMask and Classify for an encoder bundle");
+    struct sigaction sa {};
+    sa.sa_handler = OnTerminate;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, nullptr);
+    sigaction(SIGTERM, &sa, nullptr);
+    while (!g_interrupted.load()) std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    spdlog::info("shutting down");
+    server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+    return 0;
   }
   Backend b = MakeBackend(cf);
   const bool use_template = chat.Use(*b.bundle, false);
@@ -664,6 +822,45 @@ int main(int argc, char** argv) {
   serve->add_option("--metrics-listen", sf.metrics_listen,
                     "HOST:PORT to serve Prometheus metrics at /metrics");
 
+  // encoders
+  stip::ConnectFlags enc_conn[3];
+  std::vector<std::string> enc_texts, enc_images;
+  std::string enc_file;
+  int enc_top_k = 5;
+  bool enc_json = false;
+  auto* embed = app.add_subcommand("embed", "sentence embeddings (BERT / sentence-transformers)");
+  enc_conn[0].Add(embed, /*sessions=*/false);
+  auto* embed_text = embed->add_option("--text", enc_texts, "a text to embed (repeatable)");
+  embed->add_option("--file", enc_file, "a file with one text per line")->excludes(embed_text);
+  embed->add_flag("--json", enc_json,
+                  "one JSON object per text: {\"input\": ..., \"embedding\": [...]}");
+  auto* fill = app.add_subcommand("fill-mask", "fill the [MASK] of each text (masked LM)");
+  enc_conn[1].Add(fill, /*sessions=*/false);
+  fill->add_option("--text", enc_texts, "a text with exactly one [MASK] (repeatable)")->required();
+  fill->add_option("--top-k", enc_top_k, "candidates per text")->check(CLI::Range(1, 1 << 20));
+  fill->add_flag("--json", enc_json,
+                 "one JSON object per text: {\"input\": ..., \"top\": [{\"label\", \"score\"}]}");
+  auto* classify = app.add_subcommand("classify", "classify images (ViT) or texts (BERT)");
+  enc_conn[2].Add(classify, /*sessions=*/false);
+  auto* cls_image = classify->add_option("--image", enc_images,
+                                         "an image file, PNG or JPEG "
+                                         "(repeatable)");
+  classify->add_option("--text", enc_texts, "a text (repeatable; text classifiers)")
+      ->excludes(cls_image);
+  classify->add_option("--top-k", enc_top_k, "labels per input")->check(CLI::Range(1, 1 << 20));
+  classify->add_flag("--json", enc_json,
+                     "one JSON object per input: {\"input\": ..., \"top\": [{\"label\", "
+                     "\"score\"}]}");
+  for (auto* sub : {embed, fill, classify}) {
+    sub->add_option("--timeout-s",
+                    enc_conn[sub == embed  ? 0
+                             : sub == fill ? 1
+                                           : 2]
+                        .timeout_s,
+                    "deadline of the Encode call (0: 300 s)")
+        ->check(CLI::NonNegativeNumber);
+  }
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -678,6 +875,11 @@ int main(int argc, char** argv) {
     if (*chat) return stip::RunChatCommand(chat_conn, chat_sampling, chat_flags);
     if (*render) {
       return stip::RunRenderChat(render_dir, render_messages, !no_generation_prompt, render_ids);
+    }
+    if (*embed) return stip::RunEmbed(enc_conn[0], enc_texts, enc_file, enc_json);
+    if (*fill) return stip::RunFillMask(enc_conn[1], enc_texts, enc_top_k, enc_json);
+    if (*classify) {
+      return stip::RunClassify(enc_conn[2], enc_images, enc_texts, enc_top_k, enc_json);
     }
     if (*serve) {
       sf.tls.require_client_cert = !sf.tls.ca_file.empty();

@@ -13,6 +13,12 @@
 #                       OpenAI-compatible API at http://127.0.0.1:8080 (STIP_DEMO_HTTP=ADDR
 #                       to change it; port 0: any free one), until Ctrl-C
 #   STIP_DEMO_MODEL=models/kjv-gpt2 deploy/demo.sh ...      the other demo model
+# Encoders (docs/encoders.md):
+#   STIP_DEMO_MODEL=models/vit-digits deploy/demo.sh --image FILE...    top labels
+#   STIP_DEMO_MODEL=models/bert-kjv deploy/demo.sh --fill-mask "TEXT WITH [MASK]"
+#                                                                       top words
+#   (--top-k K and --json pass through; a sentence-transformers model:
+#    deploy/demo.sh --embed TEXT)
 # Any other client flags (--temperature, --top-k, --top-p, --seed, ...) pass through.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -96,6 +102,19 @@ if [[ "${1:-}" == "--web" ]]; then
   echo "http://$ADDR/"
   echo "demo: Ctrl-C stops the three parties" >&2
   wait "${PIDS[-1]}"
+elif [[ " $* " == *" --image "* ]]; then
+  "$BIN/client/stip-client" classify --data-dir "$WORK/client" "$@"
+elif [[ " $* " == *" --fill-mask "* || " $* " == *" --embed "* ]]; then
+  CMD=fill-mask
+  ARGS=()
+  while (($# > 0)); do
+    case $1 in
+      --fill-mask) ARGS+=(--text "$2"); shift 2 ;;
+      --embed) CMD=embed; ARGS+=(--text "$2"); shift 2 ;;
+      *) ARGS+=("$1"); shift ;;
+    esac
+  done
+  "$BIN/client/stip-client" "$CMD" --data-dir "$WORK/client" "${ARGS[@]}"
 elif [[ " $* " == *" --prompt "* ]]; then
   "$BIN/client/stip-client" generate --data-dir "$WORK/client" "$@"
 else

@@ -9,6 +9,7 @@
 
 #include "common/engine/causal_lm.h"
 #include "common/engine/cpu_runtime.h"
+#include "common/engine/encoder.h"
 
 namespace stip {
 
@@ -52,7 +53,8 @@ class ForwardTimer {
   const std::chrono::steady_clock::time_point start_;
 };
 
-void Deliver(StepWork& work, StepOutcome outcome) {
+template <typename Work, typename Outcome>
+void Deliver(Work& work, Outcome outcome) {
   try {
     work.done(std::move(outcome));
   } catch (const std::exception& e) {
@@ -62,15 +64,40 @@ void Deliver(StepWork& work, StepOutcome outcome) {
   }
 }
 
+EncodeOutcome EncodeFailure(const StepOutcome& f) {
+  EncodeOutcome o;
+  o.code = f.code;
+  o.message = f.message;
+  return o;
+}
+
+void NoteBatch(SchedulerCounters& c, size_t size) {
+  c.forwards++;
+  if (size > 1) c.batched_forwards++;
+  uint64_t largest = c.largest_batch.load();
+  while (size > largest && !c.largest_batch.compare_exchange_weak(largest, size)) {
+  }
+}
+
 }  // namespace
 
 BatchScheduler::BatchScheduler(const ServerModel& model, SchedulerOptions options,
                                std::shared_ptr<SchedulerCounters> counters, std::string name)
-    : model_(model),
+    : model_(&model),
       options_(options),
       counters_(counters ? std::move(counters) : std::make_shared<SchedulerCounters>()),
       name_(std::move(name)) {
   ConfigureCpuRuntime();  // once per process: intra-op threads, BLAS kernels
+  thread_ = std::thread([this] { Run(); });
+}
+
+BatchScheduler::BatchScheduler(const EncoderServer& encoder, SchedulerOptions options,
+                               std::shared_ptr<SchedulerCounters> counters, std::string name)
+    : encoder_(&encoder),
+      options_(options),
+      counters_(counters ? std::move(counters) : std::make_shared<SchedulerCounters>()),
+      name_(std::move(name)) {
+  ConfigureCpuRuntime();
   thread_ = std::thread([this] { Run(); });
 }
 
@@ -103,6 +130,27 @@ void BatchScheduler::Submit(StepWork work) {
   cv_.notify_all();
 }
 
+void BatchScheduler::SubmitEncode(EncodeWork work) {
+  if (!encoder_) {
+    Deliver(work, EncodeFailure(Failure(ErrorCode::kFailedPrecondition,
+                                        "the model is not an encoder: it serves sessions")));
+    return;
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!stop_) {
+      encode_queue_.push_back(std::move(work));
+      work.done = nullptr;
+    }
+  }
+  if (work.done) {
+    Deliver(work,
+            EncodeFailure(Failure(ErrorCode::kFailedPrecondition, "the model is being unloaded")));
+    return;
+  }
+  cv_.notify_all();
+}
+
 void BatchScheduler::SessionOpened() {
   std::lock_guard<std::mutex> lock(mu_);
   ++sessions_;
@@ -122,8 +170,24 @@ void BatchScheduler::Run() {
   const size_t max_batch = static_cast<size_t>(std::max(1, options_.max_batch));
   std::unique_lock<std::mutex> lock(mu_);
   while (true) {
-    cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
+    cv_.wait(lock, [&] { return stop_ || !queue_.empty() || !encode_queue_.empty(); });
     if (stop_) break;
+    if (!encode_queue_.empty()) {
+      // Whole calls, together up to max_batch sequences (a larger call alone).
+      std::vector<EncodeWork> calls;
+      size_t sequences = 0;
+      while (!encode_queue_.empty() &&
+             (calls.empty() || sequences + encode_queue_.front().inputs.size() <= max_batch)) {
+        sequences += encode_queue_.front().inputs.size();
+        calls.push_back(std::move(encode_queue_.front()));
+        encode_queue_.pop_front();
+      }
+      lock.unlock();
+      RunEncodeBatch(calls);
+      calls.clear();
+      lock.lock();
+      continue;
+    }
     if (options_.batch_wait_us > 0) {
       // Wait (briefly) for the other open sessions' steps to join this batch.
       auto enough = [&] {
@@ -150,10 +214,12 @@ void BatchScheduler::Run() {
   std::deque<StepWork> left;
   left.swap(queue_);
   counters_->queued -= static_cast<int64_t>(left.size());
+  std::deque<EncodeWork> left_encodes;
+  left_encodes.swap(encode_queue_);
   lock.unlock();
-  for (StepWork& w : left) {
-    Deliver(w, Failure(ErrorCode::kFailedPrecondition, "the server is shutting down"));
-  }
+  const StepOutcome down = Failure(ErrorCode::kFailedPrecondition, "the server is shutting down");
+  for (StepWork& w : left) Deliver(w, down);
+  for (EncodeWork& w : left_encodes) Deliver(w, EncodeFailure(down));
 }
 
 void BatchScheduler::RunBatch(std::vector<StepWork>& batch) {
@@ -180,7 +246,7 @@ void BatchScheduler::RunBatch(std::vector<StepWork>& batch) {
   const auto t0 = std::chrono::steady_clock::now();
   try {
     ForwardTimer timer(counters_->forward_ns);
-    std::vector<at::Tensor> logits = model_.Forward(steps);
+    std::vector<at::Tensor> logits = model_->Forward(steps);
     for (size_t i = 0; i < batch.size(); ++i) outcomes.push_back(encode(i, logits[i]));
   } catch (...) {
     StepOutcome failure = CurrentFailure();
@@ -198,7 +264,7 @@ void BatchScheduler::RunBatch(std::vector<StepWork>& batch) {
       StepOutcome outcome;
       try {
         ForwardTimer timer(counters_->forward_ns);
-        std::vector<at::Tensor> logits = model_.Forward({steps[i]});
+        std::vector<at::Tensor> logits = model_->Forward({steps[i]});
         counters_->forwards++;
         outcome = encode(i, logits.at(0));
       } catch (...) {
@@ -209,8 +275,7 @@ void BatchScheduler::RunBatch(std::vector<StepWork>& batch) {
     }
     return;
   }
-  counters_->forwards++;
-  if (batch.size() > 1) counters_->batched_forwards++;
+  NoteBatch(*counters_, batch.size());
   for (const StepWork& w : batch) {
     counters_->positions_in += static_cast<uint64_t>(w.hidden.size(0));
     counters_->logits_rows_out += w.all_logits ? static_cast<uint64_t>(w.hidden.size(0)) : 1;
@@ -219,13 +284,69 @@ void BatchScheduler::RunBatch(std::vector<StepWork>& batch) {
     counters_->on_batch(
         batch.size(), std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   }
-  uint64_t largest = counters_->largest_batch.load();
-  while (batch.size() > largest &&
-         !counters_->largest_batch.compare_exchange_weak(largest, batch.size())) {
-  }
   for (size_t i = 0; i < batch.size(); ++i) {
     counters_->steps++;
     Deliver(batch[i], std::move(outcomes[i]));
+  }
+}
+
+void BatchScheduler::RunEncodeBatch(std::vector<EncodeWork>& calls) {
+  const size_t max_batch = static_cast<size_t>(std::max(1, options_.max_batch));
+  // Runs `inputs` in padded batches of at most max_batch sequences; results
+  // as FP32 on the host (timed like Forward, until they are there).
+  auto encode = [&](const std::vector<at::Tensor>& inputs) {
+    std::vector<at::Tensor> out;
+    out.reserve(inputs.size());
+    for (size_t begin = 0; begin < inputs.size(); begin += max_batch) {
+      const size_t end = std::min(inputs.size(), begin + max_batch);
+      std::vector<at::Tensor> part(inputs.begin() + static_cast<std::ptrdiff_t>(begin),
+                                   inputs.begin() + static_cast<std::ptrdiff_t>(end));
+      ForwardTimer timer(counters_->forward_ns);
+      for (at::Tensor& o : encoder_->Encode(part)) {
+        out.push_back(o.to(at::kCPU, at::kFloat).contiguous());
+      }
+      NoteBatch(*counters_, part.size());
+    }
+    return out;
+  };
+  std::vector<at::Tensor> all;
+  for (const EncodeWork& w : calls) all.insert(all.end(), w.inputs.begin(), w.inputs.end());
+  std::vector<at::Tensor> outputs;
+  try {
+    outputs = encode(all);
+  } catch (...) {
+    const StepOutcome failure = CurrentFailure();
+    if (calls.size() == 1) {
+      counters_->steps++;
+      Deliver(calls[0], EncodeFailure(failure));
+      return;
+    }
+    // One bad call must not fail the others: run them one by one.
+    spdlog::warn("{}: batched encode of {} calls failed ({}); running them one by one", name_,
+                 calls.size(), failure.message);
+    counters_->fallbacks++;
+    for (EncodeWork& w : calls) {
+      EncodeOutcome outcome;
+      try {
+        outcome.outputs = encode(w.inputs);
+        outcome.ok = true;
+      } catch (...) {
+        outcome = EncodeFailure(CurrentFailure());
+      }
+      counters_->steps++;
+      Deliver(w, std::move(outcome));
+    }
+    return;
+  }
+  size_t next = 0;
+  for (EncodeWork& w : calls) {
+    EncodeOutcome outcome;
+    outcome.ok = true;
+    outcome.outputs.assign(outputs.begin() + static_cast<std::ptrdiff_t>(next),
+                           outputs.begin() + static_cast<std::ptrdiff_t>(next + w.inputs.size()));
+    next += w.inputs.size();
+    counters_->steps++;
+    Deliver(w, std::move(outcome));
   }
 }
 

@@ -3,6 +3,11 @@
 // ONE ServerModel::Forward (up to max_batch sequences, each against its own KV
 // cache), then hands each session its logits. Sessions (gRPC reactors) only
 // enqueue; they never wait for the model.
+//
+// An encoder model (BERT, ViT) has the same thread for Encode calls: it takes
+// the pending calls' sequences together (whole calls, up to max_batch
+// sequences unless one call alone has more) and runs them through
+// EncoderServer::Encode in padded batches of at most max_batch sequences.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -22,6 +27,7 @@
 #include "common/rpc/logits_transport.h"
 
 namespace stip {
+class EncoderServer;
 class KvCache;
 class ServerModel;
 }  // namespace stip
@@ -64,6 +70,19 @@ struct StepWork {
   std::function<void(StepOutcome)> done;
 };
 
+struct EncodeOutcome {
+  bool ok = false;
+  std::vector<at::Tensor> outputs;  // o' per sequence, FP32 on the host, when ok
+  ErrorCode code = ErrorCode::kInternal;
+  std::string message;  // when !ok
+};
+
+struct EncodeWork {
+  std::vector<at::Tensor> inputs;  // validated x' [T_i, hidden_size] per sequence
+  // Called once, on the scheduler thread. Must not throw or block on the scheduler.
+  std::function<void(EncodeOutcome)> done;
+};
+
 struct SchedulerOptions {
   int max_batch = 16;  // sequences per Forward
   // How long to hold a step back for the steps of other open sessions of the
@@ -75,6 +94,8 @@ class BatchScheduler {
  public:
   BatchScheduler(const ServerModel& model, SchedulerOptions options,
                  std::shared_ptr<SchedulerCounters> counters, std::string name);
+  BatchScheduler(const EncoderServer& encoder, SchedulerOptions options,
+                 std::shared_ptr<SchedulerCounters> counters, std::string name);
   // Fails whatever is still queued (UNAVAILABLE) and joins the thread.
   ~BatchScheduler();
   BatchScheduler(const BatchScheduler&) = delete;
@@ -82,6 +103,8 @@ class BatchScheduler {
 
   // Queues a step; returns at once. A session has at most one step queued.
   void Submit(StepWork work);
+  // Queues an Encode call (encoder models only); returns at once.
+  void SubmitEncode(EncodeWork work);
   // Open sessions of the model (the batch window waits only for them).
   void SessionOpened();
   void SessionClosed();
@@ -89,8 +112,10 @@ class BatchScheduler {
  private:
   void Run();
   void RunBatch(std::vector<StepWork>& batch);
+  void RunEncodeBatch(std::vector<EncodeWork>& batch);
 
-  const ServerModel& model_;
+  const ServerModel* model_ = nullptr;      // causal models
+  const EncoderServer* encoder_ = nullptr;  // encoders
   const SchedulerOptions options_;
   std::shared_ptr<SchedulerCounters> counters_;
   const std::string name_;
@@ -98,6 +123,7 @@ class BatchScheduler {
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<StepWork> queue_;
+  std::deque<EncodeWork> encode_queue_;
   int sessions_ = 0;
   bool stop_ = false;
   std::thread thread_;

@@ -16,6 +16,7 @@
 #include "common/rpc/tensor_wire.h"
 #include "common/rpc/tls.h"  // kMaxMessageBytes
 #include "server/batch_scheduler.h"
+#include "server/encode.h"
 #include "server/input_recorder.h"
 #include "server/model_store.h"
 #include "server/resource_limits.h"
@@ -44,6 +45,12 @@ struct InferenceService::Impl {
           "(test-only; never use in production)",
           options.record_inputs_dir);
     }
+    encode_env.store = &store;
+    encode_env.policy = policy.get();
+    encode_env.slots = &slots;
+    encode_env.user_slots = &user_slots;
+    encode_env.max_message_bytes = max_message_bytes;
+    encode_env.max_sequences = options.max_encode_sequences;
     reaper = std::thread([this] { Reap(); });
   }
   ~Impl() {
@@ -76,6 +83,7 @@ struct InferenceService::Impl {
   KvBudget kv;
   const int64_t max_message_bytes;
   std::unique_ptr<InputRecorder> recorder;
+  EncodeEnv encode_env;
 
   mutable std::mutex mu;  // guards reactors, stop
   std::condition_variable cv;
@@ -422,6 +430,12 @@ InferenceService::~InferenceService() = default;
 grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* InferenceService::Session(
     grpc::CallbackServerContext* context) {
   return new SessionReactor(impl_.get(), context);
+}
+
+grpc::ServerUnaryReactor* InferenceService::Encode(grpc::CallbackServerContext* context,
+                                                   const v1::EncodeRequest* request,
+                                                   v1::EncodeResponse* response) {
+  return StartEncode(impl_->encode_env, context, request, response);
 }
 
 int InferenceService::active_sessions() const { return impl_->slots.active(); }

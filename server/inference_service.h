@@ -49,6 +49,7 @@ struct InferenceOptions {
   int max_sessions_per_user = 0;            // ... of them per token user (0: unlimited)
   int64_t max_message_bytes = 0;            // one session message (0: the gRPC limit, 256 MiB)
   int64_t max_kv_bytes = int64_t{4} << 30;  // KV cache of all sessions together (0: unlimited)
+  int max_encode_sequences = 256;           // sequences per Encode call (0: unlimited)
   int idle_timeout_s = 600;       // end a session that sends nothing for this long (0: never)
   std::string record_inputs_dir;  // test-only: record each session's first x' here ("" = off)
   std::shared_ptr<const AccessPolicy> policy;  // null: SignedTokenPolicy on the store
@@ -60,14 +61,19 @@ struct InferenceOptions {
 
 // The Session stream is registered raw (bytes, parsed by the reactor): a
 // malformed message then gets INVALID_ARGUMENT naming it.
+// Encode (encoders) is a callback unary method: server/encode.h.
 class InferenceService final
-    : public v1::Inference::WithRawCallbackMethod_Session<v1::Inference::Service> {
+    : public v1::Inference::WithCallbackMethod_Encode<
+          v1::Inference::WithRawCallbackMethod_Session<v1::Inference::Service>> {
  public:
   InferenceService(ModelStore& store, InferenceOptions options);
   ~InferenceService() override;
 
   grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* Session(
       grpc::CallbackServerContext* context) override;
+  grpc::ServerUnaryReactor* Encode(grpc::CallbackServerContext* context,
+                                   const v1::EncodeRequest* request,
+                                   v1::EncodeResponse* response) override;
 
   int active_sessions() const;                         // holding a session slot
   int active_sessions(const std::string& user) const;  // ... opened with `user`'s tokens

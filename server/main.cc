@@ -53,6 +53,10 @@ int main(int argc, char** argv) {
                  "limit)")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
+  app.add_option("--max-encode-sequences", opt.inference.max_encode_sequences,
+                 "sequences (texts, images) per Encode call of an encoder model (0: no limit)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--max-message-bytes", max_message_bytes,
                  "largest session message (a step's hidden states) accepted; larger steps are "
                  "refused with RESOURCE_EXHAUSTED (KiB/MiB suffixes; at most 256MiB)")

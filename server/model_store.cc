@@ -11,6 +11,7 @@
 
 #include "common/arch/architecture.h"
 #include "common/engine/causal_lm.h"
+#include "common/engine/encoder.h"
 #include "common/engine/model_weights.h"
 #include "common/engine/tensor_util.h"
 #include "common/format/checkpoint.h"
@@ -227,6 +228,7 @@ void ValidateServerCheckpoint(const std::string& dir, const std::string& instanc
 LoadedModel::~LoadedModel() {
   scheduler_.reset();  // stop the thread before the weights go
   model_.reset();
+  encoder_.reset();
 }
 
 SessionLease::SessionLease(std::shared_ptr<LoadedModel> model) : model_(std::move(model)) {
@@ -386,14 +388,19 @@ std::shared_ptr<LoadedModel> ModelStore::LoadEntry(const Entry& e) const {
   lo.dtype = ParseComputeDType(options_.dtype, e.config.dtype, lo.device);
   std::shared_ptr<LoadedModel> m(new LoadedModel());
   m->id_ = e.id;
-  m->model_ = ServerModel::Load(e.dir, lo);
+  m->config_ = e.config;
+  if (e.config.encoder) {
+    m->encoder_ = std::make_unique<EncoderServer>(EncoderServer::Load(e.dir, lo));
+  } else {
+    m->model_ = ServerModel::Load(e.dir, lo);
+  }
   m->datatype_ = WireDataType(lo.dtype);
   m->max_context_ = e.config.max_positions;
   if (options_.max_context > 0 &&
       (m->max_context_ <= 0 || options_.max_context < m->max_context_)) {
     m->max_context_ = options_.max_context;
   }
-  if (options_.kv_pool_sequences > 0) {
+  if (options_.kv_pool_sequences > 0 && !m->encoder_) {
     if (m->max_context_ <= 0) {
       throw InvalidArgument(
           "a KV pool needs a context limit: the model has none, give --max-context");
@@ -403,8 +410,13 @@ std::shared_ptr<LoadedModel> ModelStore::LoadEntry(const Entry& e) const {
   SchedulerOptions so;
   so.max_batch = options_.max_batch;
   so.batch_wait_us = options_.batch_wait_us;
-  m->scheduler_ = std::make_unique<BatchScheduler>(*m->model_, so, options_.counters,
-                                                   "model " + e.id.substr(0, 12));
+  if (m->encoder_) {
+    m->scheduler_ = std::make_unique<BatchScheduler>(*m->encoder_, so, options_.counters,
+                                                     "model " + e.id.substr(0, 12));
+  } else {
+    m->scheduler_ = std::make_unique<BatchScheduler>(*m->model_, so, options_.counters,
+                                                     "model " + e.id.substr(0, 12));
+  }
   m->drain_deadline_ = e.drain_deadline;
   m->retired_ = e.retired;
   spdlog::info("model {} ({}) loaded on {} as {} in {:.2f} s", e.id, e.config.model_type,
@@ -562,7 +574,11 @@ void ModelStore::EndUpload(const std::string& id) {
   uploading_.erase(id);
 }
 
-SessionLease ModelStore::OpenSession(const std::string& id) {
+SessionLease ModelStore::OpenSession(const std::string& id) { return Lease(id, false); }
+
+SessionLease ModelStore::OpenEncode(const std::string& id) { return Lease(id, true); }
+
+SessionLease ModelStore::Lease(const std::string& id, bool encode) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = models_.find(id);
   if (it == models_.end()) {
@@ -577,6 +593,17 @@ SessionLease ModelStore::OpenSession(const std::string& id) {
   if (!it->second.loaded) {
     throw FailedPrecondition("model instance " + id +
                              " is stored but not loaded (ModelStore.Load it first)");
+  }
+  const ModelConfig& c = it->second.config;
+  if (encode && !c.encoder) {
+    throw FailedPrecondition("model instance " + id + " is a causal language model (" +
+                             c.model_type +
+                             "): it serves sessions (Inference.Session), not Encode");
+  }
+  if (!encode && c.encoder) {
+    throw FailedPrecondition("model instance " + id + " is an encoder (" + c.model_type +
+                             "): it serves Encode calls, not sessions (no KV cache, no "
+                             "generation); use `stip-client embed`, `fill-mask` or `classify`");
   }
   return SessionLease(it->second.loaded);
 }

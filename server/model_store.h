@@ -42,7 +42,7 @@
 #include "common/rpc/file_transfer.h"
 
 namespace stip {
-
+class EncoderServer;
 class KvPool;
 class ServerModel;
 
@@ -131,7 +131,12 @@ class LoadedModel {
  public:
   ~LoadedModel();
   const std::string& instance_id() const { return id_; }
+  // Causal models (sessions); ModelStore::OpenSession refuses encoders.
   const ServerModel& model() const { return *model_; }
+  // Encoders (BERT, ViT: Encode calls); ModelStore::OpenEncode refuses causal models.
+  bool is_encoder() const { return encoder_ != nullptr; }
+  const EncoderServer& encoder() const { return *encoder_; }
+  const ModelConfig& config() const { return config_; }
   BatchScheduler& scheduler() { return *scheduler_; }
   // The model's KV pool (ModelStoreOptions::kv_pool_sequences), or null.
   KvPool* kv_pool() const { return kv_pool_.get(); }
@@ -151,7 +156,9 @@ class LoadedModel {
 
   std::string id_, datatype_;
   int64_t max_context_ = 0;
+  ModelConfig config_;
   std::unique_ptr<ServerModel> model_;
+  std::unique_ptr<EncoderServer> encoder_;
   std::shared_ptr<KvPool> kv_pool_;            // outlives its sessions' caches
   std::unique_ptr<BatchScheduler> scheduler_;  // destroyed before the model
   std::atomic<int> sessions_{0};
@@ -239,6 +246,8 @@ class ModelStore {
   // the reason kReasonInstanceRetired (retired), or kFailedPrecondition
   // (stored but not loaded).
   SessionLease OpenSession(const std::string& id);
+  // For an Encode call: the same, with kFailedPrecondition for a causal model.
+  SessionLease OpenEncode(const std::string& id);
 
   // Retires the instance: no new sessions; open ones may run `drain_seconds`
   // more (then the Inference service ends them). Persisted (retired.json)
@@ -277,6 +286,7 @@ class ModelStore {
   std::shared_ptr<LoadedModel> LoadEntry(const Entry& entry) const;
   ModelInfo InfoLocked(const Entry& entry) const;
   void EndUpload(const std::string& id);
+  SessionLease Lease(const std::string& id, bool encode);
 
   const ModelStoreOptions options_;
   std::string models_dir_;

@@ -288,6 +288,29 @@ TEST_F(ServerTest, UploadThenSessionEqualsPlainModel) {
 // value to FP16, TOP_K carries exactly the K largest entries of each row (and
 // which they are, in o''s permuted order) in 8 bytes each. Bad formats are
 // refused at open, and the server goes on serving.
+// Inference.Encode is for encoders: on a causal model it is refused before
+// any work, naming why (the encoder side is in encoder_deployment_test).
+TEST_F(ServerTest, EncodeOnACausalModelIsFailedPrecondition) {
+  Start();
+  UploadOk(*gpt2_);
+  auto stub = v1::Inference::NewStub(channel_);
+  v1::EncodeRequest req;
+  req.set_instance_id(gpt2_->instance_id);
+  req.set_access_token(TokenFor(gpt2_->instance_id));
+  ToWire(gpt2_->Input(kPromptB, 0), req.add_sequences());
+  v1::EncodeResponse resp;
+  grpc::ClientContext ctx;
+  grpc::Status s = stub->Encode(&ctx, req, &resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_NE(s.error_message().find("causal language model"), std::string::npos)
+      << s.error_message();
+  // The token is checked first, as for sessions.
+  req.set_access_token("forged");
+  grpc::ClientContext ctx2;
+  EXPECT_EQ(stub->Encode(&ctx2, req, &resp).error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(server_->inference().active_sessions(), 0);
+}
+
 TEST_F(ServerTest, LogitsFormatsAgainstTransformers) {
   Start();
   UploadOk(*llama_);

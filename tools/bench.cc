@@ -63,6 +63,7 @@
 
 #include "client/bundle_store.h"
 #include "client/chat_service.h"
+#include "client/encoder_tasks.h"
 #include "client/http_api.h"
 #include "client/remote_session.h"
 #include "common/rpc/logits_transport.h"
@@ -735,6 +736,109 @@ Json RunE2e(PreparedModel& m, const E2eOptions& o) {
   srv.Shutdown(std::chrono::milliseconds(1000));
   return out;
 }
+
+// Encoders through the wire: the same batch of permuted inputs as one
+// Inference.Encode call (gRPC on loopback, plaintext, the server in this
+// process, its batch scheduler) against the same STIP checkpoint run
+// directly, interleaved: what the call adds (serialization, transport,
+// scheduling) on top of the engine.
+Json RunEncoderWire(const std::string& dir, int64_t batch, int reps, const std::string& device,
+                    const std::string& dtype) {
+  c10::InferenceMode inference_mode;
+  const std::string tmp = MakeTempDirectoryBeside("/tmp/stip-bench-encoder", 0700);
+  struct Cleanup {
+    std::string dir;
+    ~Cleanup() { RemoveAll(dir); }
+  } cleanup{tmp};
+  ModelKeys keys = GenerateKeys(LoadModelConfig(dir), FingerprintModel(dir));
+  TransformOptions topt;
+  topt.progress = false;
+  TransformCheckpoint(dir, JoinPath(tmp, "out"), keys, topt);
+  const std::string store = JoinPath(tmp, "store");
+  const std::string model_dir = JoinPath(store, "models/" + keys.instance_id);
+  MakeDirectories(JoinPath(store, "models"), 0700);
+  RenamePath(JoinPath(tmp, "out/server"), model_dir);
+
+  ServerOptions so;
+  so.listen = "127.0.0.1:0";
+  so.tls.insecure = true;
+  so.store.dir = store;
+  so.store.device = device;
+  so.store.dtype = dtype;
+  so.store.max_batch = static_cast<int>(batch);
+  so.inference.max_sessions = 0;
+  so.inference.idle_timeout_s = 0;
+  so.inference.policy = std::make_shared<OpenDoorPolicy>();
+  StipServer srv(so);
+  const std::string address = "127.0.0.1:" + std::to_string(srv.port());
+  TlsOptions tls;
+  tls.insecure = true;
+  RemoteEncoderOptions ro;
+  ro.address = address;
+  ro.instance_id = keys.instance_id;
+  ro.access_token = "bench";
+  std::unique_ptr<EncodeBackend> remote =
+      MakeRemoteEncoder(MakeChannel(address, tls, "stip-bench"), ro);
+  LoadOptions lo;
+  lo.device = ParseDevice(device);
+  const ModelConfig config = LoadModelConfig(model_dir);
+  lo.dtype = ParseComputeDType(dtype, config.dtype, lo.device);
+  EncoderServer local = EncoderServer::Load(model_dir, lo);
+  auto bundle = EncoderBundle::Load(JoinPath(tmp, "out/client"));
+
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(7);
+  const at::Tensor p = at::tensor(at::ArrayRef<int64_t>(bundle->keys().p), at::kLong);
+  std::vector<at::Tensor> xps, local_in;
+  int64_t request_bytes = 0;
+  for (int64_t i = 0; i < batch; ++i) {
+    at::Tensor x;
+    if (bundle->reads_images()) {
+      x = bundle->client().EmbedImage(
+          at::rand({config.num_channels, config.image_size, config.image_size}, gen) * 2 - 1);
+    } else {
+      const int64_t cap = std::max<int64_t>(1, std::min<int64_t>(64, config.max_positions));
+      const int64_t len = std::min<int64_t>(cap, 8 + (i * 13) % 57);
+      std::vector<int64_t> ids(static_cast<size_t>(len));
+      for (auto& id : ids) id = at::randint(0, config.vocab_size, {1}, gen).item<int64_t>();
+      x = bundle->client().EmbedTokens(ids);
+    }
+    xps.push_back(x.index_select(-1, p).to(at::kFloat).contiguous());
+    local_in.push_back(xps.back().to(lo.device, lo.dtype));
+    request_bytes += xps.back().numel() * 4;
+  }
+  auto time_remote = [&] {
+    auto t0 = Clock::now();
+    remote->Encode(xps);
+    return Seconds(t0, Clock::now());
+  };
+  auto time_local = [&] {
+    auto t0 = Clock::now();
+    for (at::Tensor& o : local.Encode(local_in)) o.to(at::kCPU, at::kFloat);
+    return Seconds(t0, Clock::now());
+  };
+  time_remote();  // warm-up
+  time_local();
+  std::vector<double> tr, tl, ratios;
+  for (int r = 0; r < reps; ++r) {
+    if (r % 2 == 0) {
+      tr.push_back(time_remote());
+      tl.push_back(time_local());
+    } else {
+      tl.push_back(time_local());
+      tr.push_back(time_remote());
+    }
+    ratios.push_back(tr.back() / tl.back());
+  }
+  srv.Shutdown(std::chrono::milliseconds(1000));
+  const double n = static_cast<double>(batch);
+  return {{"transport", "gRPC on loopback, plaintext (no TLS), server in the same process"},
+          {"batch", batch},
+          {"request_bytes", request_bytes},
+          {"wire_per_s", n / Median(tr)},
+          {"engine_per_s", n / Median(tl)},
+          {"calls_per_s", 1.0 / Median(tr)},
+          {"wire_over_engine_time", Median(ratios)}};
+}
 #endif  // STIP_WITH_GRPC
 
 // Encoders: a batch of inputs (token sequences of different lengths, or
@@ -1207,6 +1311,16 @@ int main(int argc, char** argv) {
       eopt.dtype = ParseComputeDType(dtype, "float32", opt.device);
       for (const std::string& dir : encoder_models) {
         Json r = RunEncoder(dir, encoder_batch, encoder_reps, eopt);
+#ifdef STIP_WITH_GRPC
+        r["wire"] = RunEncoderWire(dir, encoder_batch, encoder_reps, device, "float32");
+        std::fprintf(stderr,
+                     "encoder %-10s through Encode (gRPC): %.1f %s/s, %.1f calls/s of %lld; "
+                     "wire/engine time %.3f\n",
+                     BaseName(dir).c_str(), r["wire"]["wire_per_s"].get<double>(),
+                     r["unit"].get<std::string>().c_str(), r["wire"]["calls_per_s"].get<double>(),
+                     static_cast<long long>(encoder_batch),
+                     r["wire"]["wire_over_engine_time"].get<double>());
+#endif
         std::fprintf(stderr,
                      "encoder %-10s %s: plain %.1f %s/s, STIP %.1f %s/s (STIP/plain time %.3f); "
                      "client per input: embed %.3f + permute %.4f + un-permute %.4f ms\n",

@@ -79,7 +79,29 @@ nlohmann::json ReadJson(const std::string& path) {
 // Pooling (1_Pooling/config.json: mean or CLS) and optionally Normalize.
 void ReadSentenceTransformers(const std::string& dir, ModelConfig* c) {
   const std::string modules_path = dir + "/modules.json";
-  if (!std::ifstream(modules_path)) return;
+  if (!std::ifstream(modules_path)) {
+    // A transformed checkpoint or client bundle keeps what the modules said
+    // in config.json's stip record ({"pooling": "mean" | "cls", "normalize":
+    // bool}): both travel as flat directories (no 1_Pooling/).
+    const std::string config_path = dir + "/config.json";
+    if (!std::ifstream(config_path)) return;
+    const nlohmann::json j = ReadJson(config_path);
+    if (!j.is_object() || !j.contains("stip") || !j["stip"].is_object()) return;
+    const nlohmann::json& stip = j["stip"];
+    if (!stip.contains("pooling")) return;
+    const std::string pooling =
+        stip["pooling"].is_string() ? stip["pooling"].get<std::string>() : "";
+    if (pooling != "mean" && pooling != "cls") {
+      throw InvalidArgument(config_path + ": stip.pooling must be \"mean\" or \"cls\"");
+    }
+    if (c->head != HeadKind::kNone) {
+      throw InvalidArgument(config_path + ": stip.pooling on a model with a head");
+    }
+    c->pooling = pooling == "cls" ? Pooling::kCls : Pooling::kMean;
+    c->normalize = stip.contains("normalize") && stip["normalize"].is_boolean() &&
+                   stip["normalize"].get<bool>();
+    return;
+  }
   nlohmann::json modules = ReadJson(modules_path);
   if (!modules.is_array()) throw InvalidArgument(modules_path + ": expected a JSON list");
   bool pooled = false;

@@ -86,22 +86,20 @@ struct TempDirGuard {
   }
 };
 
-// sentence-transformers' modules.json and the Pooling module's config: what
-// the encoder returns (pooled or not) and whether the client normalizes it.
-void CopyPoolingModules(const std::string& model_dir, const std::string& to, unsigned mode) {
-  const std::string modules = JoinPath(model_dir, "modules.json");
-  if (!PathExists(modules)) return;
-  CopyFile(modules, JoinPath(to, "modules.json"), mode);
-  nlohmann::json j = nlohmann::json::parse(ReadFile(modules), nullptr, false);
-  if (!j.is_array()) return;  // LoadModelConfig has already rejected it
-  for (const auto& m : j) {
-    if (!m.is_object() || !m.contains("path") || !m["path"].is_string()) continue;
-    const std::string path = m["path"].get<std::string>();
-    if (path.empty() || path.find("..") != std::string::npos || path[0] == '/') continue;
-    const std::string from = JoinPath(JoinPath(model_dir, path), "config.json");
-    MakeDirectories(JoinPath(to, path), mode == 0600 ? 0700u : 0755u);
-    if (PathExists(from)) CopyFile(from, JoinPath(JoinPath(to, path), "config.json"), mode);
-  }
+// sentence-transformers' modules (modules.json, 1_Pooling/, 2_Normalize/):
+// what the encoder returns (pooled or not) and whether the client normalizes
+// it, written flat into config.json's stip record ({"pooling": "mean" | "cls",
+// "normalize": bool}; common/arch/bert.cc reads it back). Transformed
+// checkpoints and client bundles are flat directories: uploads and bundle
+// transfers carry plain file names only.
+std::string WithPoolingRecord(const std::string& config_text, const std::string& model_dir) {
+  if (!PathExists(JoinPath(model_dir, "modules.json"))) return config_text;
+  const ModelConfig config = LoadModelConfig(model_dir);
+  if (config.pooling == Pooling::kNone) return config_text;
+  nlohmann::ordered_json j = nlohmann::ordered_json::parse(config_text);
+  j["stip"]["pooling"] = config.pooling == Pooling::kCls ? "cls" : "mean";
+  j["stip"]["normalize"] = config.normalize;
+  return j.dump(2) + "\n";
 }
 
 }  // namespace
@@ -184,8 +182,8 @@ TransformStats WriteServerCheckpoint(const std::string& model_dir, const std::st
   }
   std::string config_text = ReadFile(JoinPath(model_dir, "config.json"));
   WriteFileAtomic(JoinPath(tmp.path, "config.json"),
-                  TransformedConfigJson(config_text, keys.instance_id));
-  CopyPoolingModules(model_dir, tmp.path, 0644);  // the server pools (sentence-transformers)
+                  WithPoolingRecord(TransformedConfigJson(config_text, keys.instance_id),
+                                    model_dir));  // the server pools (sentence-transformers)
   FinishOutputDir(tmp.path, server_dir, 0755);
   tmp.path.clear();
   stats.seconds = std::chrono::duration<double>(Clock::now() - start).count();
@@ -208,8 +206,11 @@ void WriteClientBundle(const std::string& model_dir, const std::string& client_d
   WriteSafetensors(JoinPath(tmp.path, "model.safetensors"), tensors, {{"format", "pt"}}, 0600);
   SaveClientKeys(JoinPath(tmp.path, "client_keys.safetensors"), ClientShare(keys));
   nlohmann::json stip = {{"stip", {{"format", "stip-client-v1"}, {"instance", keys.instance_id}}}};
-  WriteFileAtomic(JoinPath(tmp.path, "config.json"),
-                  PatchConfigJson(ReadFile(JoinPath(model_dir, "config.json")), stip.dump()), 0600);
+  WriteFileAtomic(
+      JoinPath(tmp.path, "config.json"),
+      WithPoolingRecord(PatchConfigJson(ReadFile(JoinPath(model_dir, "config.json")), stip.dump()),
+                        model_dir),  // the client normalizes (2_Normalize)
+      0600);
   for (const char* f : {"generation_config.json", "tokenizer.json", "tokenizer_config.json",
                         "tokenizer.model", "vocab.json", "merges.txt", "special_tokens_map.json",
                         "added_tokens.json", "vocab.txt", "preprocessor_config.json",
@@ -217,7 +218,6 @@ void WriteClientBundle(const std::string& model_dir, const std::string& client_d
     std::string from = JoinPath(model_dir, f);
     if (PathExists(from)) CopyFile(from, JoinPath(tmp.path, f), 0600);
   }
-  CopyPoolingModules(model_dir, tmp.path, 0600);  // the client normalizes (2_Normalize)
   FinishOutputDir(tmp.path, client_dir, 0700);
   tmp.path.clear();
 }
