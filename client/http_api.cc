@@ -1,19 +1,7 @@
 #include "client/http_api.h"
 
-// Debian's cpp-httplib is a compiled library: these must match its build
-// (pkg-config cpp-httplib gives them too).
-#ifndef CPPHTTPLIB_OPENSSL_SUPPORT
-#define CPPHTTPLIB_OPENSSL_SUPPORT
-#endif
-#ifndef CPPHTTPLIB_ZLIB_SUPPORT
-#define CPPHTTPLIB_ZLIB_SUPPORT
-#endif
-#ifndef CPPHTTPLIB_BROTLI_SUPPORT
-#define CPPHTTPLIB_BROTLI_SUPPORT
-#endif
 #include <arpa/inet.h>
 #include <dirent.h>
-#include <httplib.h>
 #include <netinet/in.h>
 #include <openssl/crypto.h>
 #include <poll.h>
@@ -37,6 +25,7 @@
 #include "client/web_assets.h"
 #include "common/chat/chat_template.h"
 #include "common/error.h"
+#include "common/metrics/httplib.h"
 #include "common/tokenizer/tokenizer.h"
 
 namespace stip {

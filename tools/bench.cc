@@ -57,7 +57,7 @@
 #include "tools/random_model.h"
 
 #ifdef STIP_WITH_GRPC
-#include <httplib.h>
+#include "common/metrics/httplib.h"
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 

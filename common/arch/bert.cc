@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/arch/architecture.h"
+#include "common/arch/encoder_common.h"
 #include "common/arch/json_config.h"
 #include "common/error.h"
 
@@ -21,15 +22,7 @@ bool TokenTypes(const ModelConfig& c) { return c.type_vocab_size > 0; }
 
 void ParseBert(const JsonConfig& cfg, ModelConfig* c) {
   c->vocab_size = cfg.Int("vocab_size");
-  c->hidden_size = cfg.Int("hidden_size");
-  c->num_layers = cfg.Int("num_hidden_layers");
-  c->num_heads = cfg.Int("num_attention_heads");
-  c->num_kv_heads = c->num_heads;
-  if (c->num_heads <= 0 || c->hidden_size % c->num_heads != 0) {
-    cfg.Fail("num_attention_heads", "must divide hidden_size");
-  }
-  c->head_dim = c->hidden_size / c->num_heads;
-  c->intermediate_size = cfg.Int("intermediate_size");
+  ParseEncoderSizes(cfg, c);
   c->max_positions = cfg.Int("max_position_embeddings");
   c->type_vocab_size = cfg.Int("type_vocab_size", 2);
   c->norm = NormKind::kLayerNorm;

@@ -4,6 +4,7 @@
 // the classifier on [CLS] (ViTForImageClassification) or returns the hidden
 // states (ViTModel).
 #include "common/arch/architecture.h"
+#include "common/arch/encoder_common.h"
 #include "common/arch/json_config.h"
 #include "common/error.h"
 
@@ -16,15 +17,7 @@ bool QkvBias(const ModelConfig& c) { return c.qkv_bias; }
 
 void ParseVit(const JsonConfig& cfg, ModelConfig* c) {
   c->vocab_size = 0;  // images, not tokens
-  c->hidden_size = cfg.Int("hidden_size");
-  c->num_layers = cfg.Int("num_hidden_layers");
-  c->num_heads = cfg.Int("num_attention_heads");
-  c->num_kv_heads = c->num_heads;
-  if (c->num_heads <= 0 || c->hidden_size % c->num_heads != 0) {
-    cfg.Fail("num_attention_heads", "must divide hidden_size");
-  }
-  c->head_dim = c->hidden_size / c->num_heads;
-  c->intermediate_size = cfg.Int("intermediate_size");
+  ParseEncoderSizes(cfg, c);
   c->image_size = cfg.Int("image_size", 224);
   c->patch_size = cfg.Int("patch_size", 16);
   c->num_channels = cfg.Int("num_channels", 3);

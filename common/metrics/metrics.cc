@@ -1,16 +1,5 @@
 #include "common/metrics/metrics.h"
 
-// Debian's cpp-httplib is a compiled library: these must match its build.
-#ifndef CPPHTTPLIB_OPENSSL_SUPPORT
-#define CPPHTTPLIB_OPENSSL_SUPPORT
-#endif
-#ifndef CPPHTTPLIB_ZLIB_SUPPORT
-#define CPPHTTPLIB_ZLIB_SUPPORT
-#endif
-#ifndef CPPHTTPLIB_BROTLI_SUPPORT
-#define CPPHTTPLIB_BROTLI_SUPPORT
-#endif
-#include <httplib.h>
 #include <prometheus/collectable.h>
 #include <prometheus/registry.h>
 #include <prometheus/text_serializer.h>
@@ -19,6 +8,7 @@
 #include <thread>
 
 #include "common/error.h"
+#include "common/metrics/httplib.h"
 
 namespace stip {
 

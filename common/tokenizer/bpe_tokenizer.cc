@@ -10,11 +10,13 @@
 
 #include "common/error.h"
 #include "common/tokenizer/internal.h"
+#include "common/tokenizer/pipeline.h"
 
 namespace stip {
 namespace {
 
 namespace ti = tokenizer_internal;
+namespace tp = tokenizer_pipeline;
 using json = nlohmann::json;
 
 constexpr size_t kCacheCapacity = 10000;  // words (Hugging Face's BPE cache size)
@@ -36,48 +38,9 @@ std::string Gpt2Pattern() {
          "]+(?![^" + ws + "])|[" + ws + "]+";
 }
 
-// GPT-2's bytes_to_unicode(): printable bytes map to themselves, the others to
-// U+0100 onwards.
-struct ByteLevelTables {
-  std::array<std::string, 256> byte_to_char;  // UTF-8 of the code point
-  std::array<int16_t, 324> char_to_byte;      // code point -> byte, or -1
-  ByteLevelTables() {
-    char_to_byte.fill(-1);
-    uint32_t next = 256;
-    for (int b = 0; b < 256; ++b) {
-      const bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE);
-      const uint32_t cp = printable ? static_cast<uint32_t>(b) : next++;
-      ti::AppendUtf8(cp, &byte_to_char[b]);
-      char_to_byte[cp] = static_cast<int16_t>(b);
-    }
-  }
-};
-
-const ByteLevelTables& ByteLevel() {
-  static const ByteLevelTables tables;
-  return tables;
-}
-
-// The code point of a valid UTF-8 sequence of `length` bytes.
-uint32_t CodePoint(const char* s, size_t length) {
-  const auto* p = reinterpret_cast<const unsigned char*>(s);
-  switch (length) {
-    case 1:
-      return p[0];
-    case 2:
-      return ((p[0] & 0x1Fu) << 6) | (p[1] & 0x3Fu);
-    case 3:
-      return ((p[0] & 0x0Fu) << 12) | ((p[1] & 0x3Fu) << 6) | (p[2] & 0x3Fu);
-    default:
-      return ((p[0] & 0x07u) << 18) | ((p[1] & 0x3Fu) << 12) | ((p[2] & 0x3Fu) << 6) |
-             (p[3] & 0x3Fu);
-  }
-}
-
 // Bytes of a byte-level token: each character through the inverse byte map;
 // characters outside it are kept as their UTF-8 (as Hugging Face does).
 std::string ByteLevelDecode(const std::string& token) {
-  const ByteLevelTables& t = ByteLevel();
   std::string out;
   size_t i = 0;
   while (i < token.size()) {
@@ -87,9 +50,9 @@ std::string ByteLevelDecode(const std::string& token) {
       i += step.length;
       continue;
     }
-    const uint32_t cp = CodePoint(token.data() + i, step.length);
-    if (cp < t.char_to_byte.size() && t.char_to_byte[cp] >= 0) {
-      out.push_back(static_cast<char>(t.char_to_byte[cp]));
+    const int byte = tp::ByteOfByteLevelChar(ti::DecodeUtf8(token.data() + i, step.length));
+    if (byte >= 0) {
+      out.push_back(static_cast<char>(byte));
     } else {
       out.append(token, i, step.length);
     }
@@ -103,7 +66,7 @@ size_t WhitespaceAt(std::string_view s) {
   if (s.empty()) return 0;
   const ti::Utf8Step step = ti::NextUtf8(s);
   if (step.kind != ti::Utf8Step::kValid) return 0;
-  const uint32_t cp = CodePoint(s.data(), step.length);
+  const uint32_t cp = ti::DecodeUtf8(s.data(), step.length);
   const bool ws = (cp >= 0x09 && cp <= 0x0D) || cp == 0x20 || cp == 0x85 || cp == 0xA0 ||
                   cp == 0x1680 || (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 ||
                   cp == 0x202F || cp == 0x205F || cp == 0x3000;
@@ -532,9 +495,8 @@ void BpeTokenizer::Finish(const std::vector<std::pair<std::string, std::string>>
   }
 
   // Byte symbols.
-  const ByteLevelTables& t = ByteLevel();
   for (int b = 0; b < 256; ++b) {
-    auto it = token_to_id_.find(t.byte_to_char[b]);
+    auto it = token_to_id_.find(tp::ByteLevelChar(static_cast<unsigned char>(b)));
     byte_id_[b] = it == token_to_id_.end() ? -1 : it->second;
   }
 
@@ -666,7 +628,7 @@ void BpeTokenizer::EncodeSegment(std::string_view segment, std::vector<int64_t>*
 void BpeTokenizer::EncodeWord(std::string_view word, std::vector<int64_t>* ids) const {
   if (ignore_merges_) {
     std::string token;
-    for (unsigned char b : word) token += ByteLevel().byte_to_char[b];
+    for (unsigned char b : word) token += tp::ByteLevelChar(b);
     auto it = token_to_id_.find(token);
     if (it != token_to_id_.end()) {
       ids->push_back(it->second);

@@ -62,6 +62,21 @@ void CheckUtf8(std::string_view s, std::string_view what) {
                         kHex[b & 15] + " at offset " + std::to_string(bad));
 }
 
+uint32_t DecodeUtf8(const char* s, size_t length) {
+  const auto* p = reinterpret_cast<const unsigned char*>(s);
+  switch (length) {
+    case 1:
+      return p[0];
+    case 2:
+      return ((p[0] & 0x1Fu) << 6) | (p[1] & 0x3Fu);
+    case 3:
+      return ((p[0] & 0x0Fu) << 12) | ((p[1] & 0x3Fu) << 6) | (p[2] & 0x3Fu);
+    default:
+      return ((p[0] & 0x07u) << 18) | ((p[1] & 0x3Fu) << 12) | ((p[2] & 0x3Fu) << 6) |
+             (p[3] & 0x3Fu);
+  }
+}
+
 void AppendUtf8(uint32_t cp, std::string* out) {
   if (cp < 0x80) {
     out->push_back(static_cast<char>(cp));

@@ -30,6 +30,8 @@ void CheckUtf8(std::string_view s, std::string_view what);
 // Replaces each invalid sequence (and an unfinished one at the end) by U+FFFD.
 std::string SanitizeUtf8(std::string_view s);
 void AppendUtf8(uint32_t code_point, std::string* out);
+// The code point of a valid UTF-8 sequence of `length` (1 to 4) bytes at `s`.
+uint32_t DecodeUtf8(const char* s, size_t length);
 
 bool FileExists(const std::string& path);
 std::string JoinPath(const std::string& dir, const std::string& name);

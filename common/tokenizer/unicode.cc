@@ -7,43 +7,18 @@
 #include <unicode/ustring.h>
 
 #include "common/error.h"
+#include "common/tokenizer/internal.h"
 
 namespace stip::unicode {
 
 uint32_t Next(std::string_view s, size_t* pos) {
-  const auto* p = reinterpret_cast<const unsigned char*>(s.data()) + *pos;
-  const size_t n = CharLength(p[0]);
+  const size_t n = CharLength(static_cast<unsigned char>(s[*pos]));
+  const uint32_t cp = tokenizer_internal::DecodeUtf8(s.data() + *pos, n);
   *pos += n;
-  switch (n) {
-    case 1:
-      return p[0];
-    case 2:
-      return ((p[0] & 0x1Fu) << 6) | (p[1] & 0x3Fu);
-    case 3:
-      return ((p[0] & 0x0Fu) << 12) | ((p[1] & 0x3Fu) << 6) | (p[2] & 0x3Fu);
-    default:
-      return ((p[0] & 0x07u) << 18) | ((p[1] & 0x3Fu) << 12) | ((p[2] & 0x3Fu) << 6) |
-             (p[3] & 0x3Fu);
-  }
+  return cp;
 }
 
-void Append(uint32_t cp, std::string* out) {
-  if (cp < 0x80) {
-    out->push_back(static_cast<char>(cp));
-  } else if (cp < 0x800) {
-    out->push_back(static_cast<char>(0xC0 | (cp >> 6)));
-    out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  } else if (cp < 0x10000) {
-    out->push_back(static_cast<char>(0xE0 | (cp >> 12)));
-    out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
-    out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  } else {
-    out->push_back(static_cast<char>(0xF0 | (cp >> 18)));
-    out->push_back(static_cast<char>(0x80 | ((cp >> 12) & 0x3F)));
-    out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
-    out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  }
-}
+void Append(uint32_t cp, std::string* out) { tokenizer_internal::AppendUtf8(cp, out); }
 
 namespace {
 
